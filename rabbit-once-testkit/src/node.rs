@@ -1,0 +1,296 @@
+//! A private RabbitMQ node the harness owns: its own ports, node name and data directory, so
+//! it can be stopped, restarted and killed without touching the shared broker on 5672.
+//!
+//! Recipe from `TESTING.md`: call the inner `rabbitmq-server` script directly (the outer one
+//! switches user and drops the environment), wait on the pid file, drive it with `rabbitmqctl -n`.
+
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+
+/// A RabbitMQ node of our own. Dropping it stops the node (kill -9 if it must) and removes
+/// its directory, also when the test failed.
+#[derive(Debug)]
+pub struct BrokerNode {
+    name: String,
+    port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+    keep_dir: bool,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough between parallel tests).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn ctl_err(what: &str, out: &std::process::Output) -> io::Error {
+    io::Error::other(format!(
+        "rabbitmqctl {what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+impl BrokerNode {
+    /// Whether this machine can start private nodes (RabbitMQ's scripts are installed).
+    pub fn available() -> bool {
+        Path::new(SERVER).exists() && Path::new(CTL).exists()
+    }
+
+    /// Starts a node on free ports and waits until it accepts AMQP connections.
+    pub async fn start() -> io::Result<Self> {
+        let tag = format!(
+            "ronce-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        let node = BrokerNode {
+            name: format!("{tag}@localhost"),
+            port: free_port()?,
+            dist_port: free_port()?,
+            dir,
+            keep_dir: std::env::var_os("RONCE_KEEP_NODE_DIR").is_some(),
+        };
+        node.launch().await?;
+        Ok(node)
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        let d = &self.dir;
+        cmd.env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+
+    /// Starts the Erlang VM (first start, or after `kill`/`stop`) and waits until ready.
+    async fn launch(&self) -> io::Result<()> {
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+        let mut cmd = Command::new(SERVER);
+        self.env(&mut cmd);
+        cmd.arg("-detached");
+        let status = tokio::task::spawn_blocking(move || cmd.status())
+            .await
+            .map_err(io::Error::other)??;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "rabbitmq-server -detached: {status}"
+            )));
+        }
+        let pid = self.dir.join("pid");
+        self.ctl_timeout(
+            &["wait", pid.to_str().unwrap_or_default()],
+            Duration::from_secs(90),
+        )
+        .await?;
+        self.wait_port(Duration::from_secs(60)).await
+    }
+
+    async fn ctl(&self, args: &[&str]) -> io::Result<()> {
+        self.ctl_timeout(args, Duration::from_secs(60)).await
+    }
+
+    async fn ctl_timeout(&self, args: &[&str], timeout: Duration) -> io::Result<()> {
+        let mut cmd = tokio::process::Command::new(CTL);
+        cmd.arg("-n").arg(&self.name).args(args);
+        cmd.env("RABBITMQ_NODENAME", &self.name)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(timeout, cmd.output())
+            .await
+            .map_err(|_| io::Error::other(format!("rabbitmqctl {args:?} timed out")))??;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ctl_err(&args.join(" "), &out))
+        }
+    }
+
+    async fn wait_port(&self, timeout: Duration) -> io::Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(io::Error::other(format!(
+                    "node {} did not open port {}",
+                    self.name, self.port
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `host:port` for a proxy to forward to.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the RabbitMQ application (the VM stays up; connections are closed by the broker
+    /// with 320 CONNECTION_FORCED).
+    pub async fn stop_app(&self) -> io::Result<()> {
+        self.ctl(&["stop_app"]).await
+    }
+
+    /// Starts the application again and waits for the AMQP port.
+    pub async fn start_app(&self) -> io::Result<()> {
+        self.ctl(&["start_app"]).await?;
+        self.wait_port(Duration::from_secs(60)).await
+    }
+
+    /// `stop_app` then `start_app`.
+    pub async fn restart_app(&self) -> io::Result<()> {
+        self.stop_app().await?;
+        self.start_app().await
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args…>` (e.g. `set_vm_memory_high_watermark 0`).
+    pub async fn rabbitmqctl(&self, args: &[&str]) -> io::Result<()> {
+        self.ctl(args).await
+    }
+
+    /// Closes every client connection from the broker's side, with a reason.
+    pub async fn close_all_connections(&self, reason: &str) -> io::Result<()> {
+        self.ctl(&["close_all_connections", reason]).await
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `kill -9` of the node's VM: no goodbye to anyone. Returns once the process is gone.
+    pub async fn kill9(&self) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("no pid file: is the node running?"))?;
+        kill(pid, libc::SIGKILL);
+        let end = Instant::now() + Duration::from_secs(30);
+        while alive(pid) && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts the node again after `kill9` (same name, ports and data).
+    pub async fn start_again(&self) -> io::Result<()> {
+        self.launch().await
+    }
+
+    /// `kill -9`, then start again and wait until ready.
+    pub async fn kill9_and_restart(&self) -> io::Result<()> {
+        self.kill9().await?;
+        self.start_again().await
+    }
+
+    /// Queue depth (ready messages) as the broker reports it, via `rabbitmqctl list_queues`.
+    pub async fn queue_messages(&self, queue: &str) -> io::Result<Option<u64>> {
+        let out = tokio::process::Command::new(CTL)
+            .args(["-n", &self.name, "-q", "list_queues", "name", "messages"])
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(ctl_err("list_queues", &out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(queue)).then(|| it.next()?.parse().ok())?
+        }))
+    }
+}
+
+fn kill(pid: i32, sig: i32) {
+    // The `kill` command rather than libc::kill: the workspace forbids unsafe code.
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+impl Drop for BrokerNode {
+    fn drop(&mut self) {
+        // Best effort, synchronous: stop politely for a few seconds, then kill.
+        let mut cmd = Command::new(CTL);
+        cmd.args(["-n", &self.name, "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let stopped = match cmd.spawn() {
+            Ok(mut child) => {
+                let end = Instant::now() + Duration::from_secs(15);
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(s)) => break s.success(),
+                        Ok(None) if Instant::now() < end => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        _ => {
+                            let _ = child.kill();
+                            break false;
+                        }
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if let Some(pid) = self.pid()
+            && (!stopped || alive(pid))
+        {
+            kill(pid, libc::SIGKILL);
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

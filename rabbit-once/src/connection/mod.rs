@@ -1,0 +1,277 @@
+//! A supervised connection: one task reconnects, everything else watches its state.
+//!
+//! - [`state`]: [`ConnectionState`] (public, on a watch channel) and the internal `Session`
+//!   (one live AMQP connection + its epoch) that publishers and consumers open channels on.
+//! - [`supervisor`]: the reconnect loop — endpoints in turn, backoff with jitter, fatal errors
+//!   end it at once, topology declared on every new session before the session is announced.
+//!
+//! [`Connection`] is the cheap `Clone` handle; when the last handle is dropped the
+//! supervisor closes the connection.
+
+mod state;
+mod supervisor;
+
+pub use state::ConnectionState;
+pub(crate) use state::Session;
+
+use crate::config::ConnectionConfig;
+use crate::error::Error;
+use crate::event::{Event, Events};
+use crate::topology::Topology;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+pub(crate) struct Inner {
+    pub(crate) config: ConnectionConfig,
+    pub(crate) state: watch::Sender<ConnectionState>,
+    pub(crate) session: watch::Sender<Option<Session>>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) topology: Mutex<Topology>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) reconnects: AtomicU64,
+}
+
+/// Stops the supervisor when the last user handle goes away.
+struct HandleGuard(Arc<Inner>);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        self.0.shutdown.send_replace(true);
+    }
+}
+
+/// A supervised, self-healing connection to RabbitMQ. Cheap to clone.
+///
+/// Publishers and consumers made from it survive any number of lost connections: they wait for
+/// the next session and carry on. Use separate `Connection`s for publishing and consuming, so a
+/// broker that blocks publishers (memory alarm) does not stall acknowledgements.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+    _guard: Arc<HandleGuard>,
+}
+
+/// What a passive `queue.declare` says about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Messages ready for delivery (not counting unacknowledged ones).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("name", &self.inner.config.name)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts the supervisor and returns at once; the connection comes up in the background
+    /// (publishing waits for it). Fails only on invalid configuration.
+    pub fn start(config: ConnectionConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (state, _) = watch::channel(ConnectionState::Connecting {
+            attempt: 1,
+            endpoint: config.endpoints[0].to_string(),
+        });
+        let (session, _) = watch::channel(None);
+        let (events, _) = broadcast::channel(1024);
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            topology: Mutex::new(config.topology.clone()),
+            config,
+            state,
+            session,
+            events,
+            shutdown,
+            reconnects: AtomicU64::new(0),
+        });
+        tokio::spawn(supervisor::run(inner.clone()));
+        Ok(Connection {
+            _guard: Arc::new(HandleGuard(inner.clone())),
+            inner,
+        })
+    }
+
+    /// Starts the supervisor and waits for the first session (or a fatal error).
+    pub async fn connect(config: ConnectionConfig) -> Result<Self, Error> {
+        let c = Self::start(config)?;
+        c.wait_connected().await?;
+        Ok(c)
+    }
+
+    /// Waits until a session is up; returns its epoch. Fails if the supervisor gave up.
+    pub async fn wait_connected(&self) -> Result<u64, Error> {
+        self.next_session(0).await.map(|s| s.epoch)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A watch on the state, for those who want every change.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Events from now on: connected, disconnected + reason, blocked, unblocked, …
+    pub fn events(&self) -> Events {
+        Events {
+            rx: self.inner.events.subscribe(),
+        }
+    }
+
+    /// Sessions started after the first one.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The configuration this connection was started with.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.inner.config
+    }
+
+    /// Adds `t` to the topology declared on every session, and declares it now.
+    pub async fn declare(&self, t: &Topology) -> Result<(), Error> {
+        t.validate().map_err(Error::Config)?;
+        {
+            let mut topo = self.inner.topology.lock().expect("topology lock");
+            *topo = std::mem::take(&mut *topo).merge(t);
+        }
+        loop {
+            let s = self.next_session(0).await?;
+            match crate::topology::declare(&s.conn, t).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_connection_level() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The topology declared on every session.
+    pub fn topology(&self) -> Topology {
+        self.inner.topology.lock().expect("topology lock").clone()
+    }
+
+    /// Message and consumer counts of a queue (passive declare). Waits for a session.
+    pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
+        let (_, messages, consumers) = self
+            .with_channel(|mut ch| {
+                let queue = queue.to_string();
+                async move {
+                    let r = ch
+                        .queue_declare(&queue, true, false, false, false, Default::default())
+                        .await;
+                    let _ = ch.close().await;
+                    r
+                }
+            })
+            .await?;
+        Ok(QueueInfo {
+            messages,
+            consumers,
+        })
+    }
+
+    /// Deletes a queue; returns how many messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u32, Error> {
+        self.with_channel(|mut ch| {
+            let queue = queue.to_string();
+            async move {
+                let r = ch.queue_delete(&queue).await;
+                let _ = ch.close().await;
+                r
+            }
+        })
+        .await
+    }
+
+    /// Removes every ready message from a queue; returns how many.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u32, Error> {
+        self.with_channel(|mut ch| {
+            let queue = queue.to_string();
+            async move {
+                let r = ch.queue_purge(&queue).await;
+                let _ = ch.close().await;
+                r
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_exchange(&self, exchange: &str) -> Result<(), Error> {
+        self.with_channel(|mut ch| {
+            let exchange = exchange.to_string();
+            async move {
+                let r = ch.exchange_delete(&exchange).await;
+                let _ = ch.close().await;
+                r
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` on a fresh channel of the current session; retried on a new session if the
+    /// connection is lost meanwhile.
+    async fn with_channel<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(crate::transport::Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut after = 0;
+        loop {
+            let s = self.next_session(after).await?;
+            let r = match s.conn.open_channel().await {
+                Ok(ch) => f(ch).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if e.is_connection_level() && !matches!(e, Error::Closed) => {
+                    after = s.epoch;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Closes: stops the supervisor and closes the AMQP connection gracefully. Safe twice.
+    /// Close publishers first (`Publisher::close`) so their messages are drained.
+    pub async fn close(&self) {
+        self.inner.shutdown.send_replace(true);
+        let mut st = self.inner.state.subscribe();
+        let _ = st
+            .wait_for(|s| matches!(s, ConnectionState::Closed | ConnectionState::Failed(_)))
+            .await;
+    }
+
+    /// The first session with an epoch above `after`; an error if the supervisor has stopped.
+    pub(crate) async fn next_session(&self, after: u64) -> Result<Session, Error> {
+        let mut sessions = self.inner.session.subscribe();
+        let mut state = self.inner.state.subscribe();
+        loop {
+            if let Some(s) = sessions.borrow_and_update().as_ref()
+                && s.epoch > after
+                && !s.conn.is_closed()
+            {
+                return Ok(s.clone());
+            }
+            if let Some(e) = state.borrow_and_update().terminal_error() {
+                return Err(e);
+            }
+            tokio::select! {
+                r = sessions.changed() => if r.is_err() { return Err(Error::Closed) },
+                r = state.changed() => if r.is_err() { return Err(Error::Closed) },
+            }
+        }
+    }
+
+    /// Sends an event to every listener (never blocks).
+    pub(crate) fn emit(&self, e: Event) {
+        let _ = self.inner.events.send(e);
+    }
+}

@@ -1,0 +1,180 @@
+//! The supervisor: the only place that (re)connects. It tries the endpoints in turn with
+//! backoff, declares the topology on each new connection, publishes the session with its epoch
+//! and the state on watch channels, and emits events without ever blocking on a listener.
+
+use super::Inner;
+use super::state::{ConnectionState, Session};
+use crate::error::Error;
+use crate::event::Event;
+use crate::topology;
+use crate::transport::connection::stopped;
+use crate::transport::{self, ConnectParams};
+use crate::uri::Endpoint;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let cfg = &inner.config;
+    let params = ConnectParams {
+        name: cfg.name.clone(),
+        heartbeat: cfg.heartbeat,
+        connect_timeout: cfg.connect_timeout,
+        frame_max: cfg.frame_max,
+        channel_max: cfg.channel_max,
+    };
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut failures: u32 = 0;
+    let mut epoch: u64 = 0;
+    let mut next = 0usize;
+    let outcome: Option<Error> = loop {
+        if *shutdown.borrow() {
+            break None;
+        }
+        let ep = &cfg.endpoints[next % cfg.endpoints.len()];
+        inner.state.send_replace(ConnectionState::Connecting {
+            attempt: failures + 1,
+            endpoint: ep.to_string(),
+        });
+        let opened = tokio::select! {
+            r = open_session(&inner, ep, &params) => r,
+            _ = stopped(&mut shutdown) => break None,
+        };
+        match opened {
+            Ok(conn) => {
+                epoch += 1;
+                failures = 0;
+                if epoch > 1 {
+                    inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                let endpoint = ep.to_string();
+                let props = conn.server_properties();
+                let server = format!(
+                    "{} {}",
+                    props
+                        .get("product")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("AMQP broker"),
+                    props.get("version").and_then(|v| v.as_str()).unwrap_or("")
+                );
+                tracing::info!(%endpoint, epoch, %server, heartbeat = ?conn.heartbeat(), "session up");
+                inner.session.send_replace(Some(Session {
+                    epoch,
+                    conn: conn.clone(),
+                }));
+                inner.state.send_replace(ConnectionState::Connected {
+                    epoch,
+                    endpoint: endpoint.clone(),
+                });
+                let _ = inner.events.send(Event::Connected {
+                    epoch,
+                    endpoint,
+                    server,
+                });
+                let lost = watch_session(&inner, &conn, &mut shutdown).await;
+                inner.session.send_replace(None);
+                let Some(reason) = lost else {
+                    conn.close(CLOSE_TIMEOUT).await;
+                    break None;
+                };
+                tracing::warn!(epoch, %reason, "session lost");
+                inner.state.send_replace(ConnectionState::Disconnected {
+                    epoch,
+                    reason: reason.clone(),
+                });
+                let _ = inner.events.send(Event::Disconnected { epoch, reason });
+                if sleep_or_shutdown(cfg.backoff.delay(0), &mut shutdown).await {
+                    break None;
+                }
+            }
+            Err(e) if !e.is_recoverable() => {
+                tracing::error!(endpoint = %ep, error = %e, "fatal connection error; not retrying");
+                let _ = inner.events.send(Event::ConnectFailed {
+                    endpoint: ep.to_string(),
+                    attempt: failures + 1,
+                    reason: e.clone(),
+                });
+                break Some(e);
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(endpoint = %ep, attempt = failures, error = %e, "connect failed");
+                let _ = inner.events.send(Event::ConnectFailed {
+                    endpoint: ep.to_string(),
+                    attempt: failures,
+                    reason: e.clone(),
+                });
+                if cfg.max_attempts.is_some_and(|max| failures >= max) {
+                    break Some(Error::GaveUp {
+                        attempts: failures,
+                        last: Box::new(e),
+                    });
+                }
+                next += 1;
+                if sleep_or_shutdown(cfg.backoff.delay(failures - 1), &mut shutdown).await {
+                    break None;
+                }
+            }
+        }
+    };
+    inner.session.send_replace(None);
+    match outcome {
+        Some(e) => {
+            let _ = inner.events.send(Event::GaveUp { reason: e.clone() });
+            inner.state.send_replace(ConnectionState::Failed(e));
+        }
+        None => {
+            inner.state.send_replace(ConnectionState::Closed);
+        }
+    }
+}
+
+/// Connects and declares the topology. A topology the broker refuses is fatal.
+async fn open_session(
+    inner: &Inner,
+    ep: &Endpoint,
+    params: &ConnectParams,
+) -> Result<transport::Connection, Error> {
+    let conn = transport::Connection::open(ep, params).await?;
+    let topo = inner.topology.lock().expect("topology lock").clone();
+    if let Err(e) = topology::declare(&conn, &topo).await {
+        conn.kill(e.clone());
+        return Err(e);
+    }
+    Ok(conn)
+}
+
+/// Waits for the session to end, forwarding blocked/unblocked. `None` means shutdown.
+async fn watch_session(
+    inner: &Inner,
+    conn: &transport::Connection,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Error> {
+    let mut blocked = conn.blocked();
+    loop {
+        tokio::select! {
+            reason = conn.closed() => return Some(reason),
+            _ = stopped(shutdown) => return None,
+            changed = blocked.changed() => {
+                if changed.is_err() {
+                    return Some(conn.closed().await);
+                }
+                let ev = match blocked.borrow_and_update().clone() {
+                    Some(reason) => Event::Blocked { reason },
+                    None => Event::Unblocked,
+                };
+                let _ = inner.events.send(ev);
+            }
+        }
+    }
+}
+
+/// Sleeps; `true` if shutdown was asked for meanwhile.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stopped(shutdown) => true,
+    }
+}

@@ -1,0 +1,111 @@
+//! A delivered message and the handle that settles it on the channel it came from.
+
+use crate::transport::RawDelivery;
+use crate::transport::properties::Properties;
+use crate::transport::table::FieldValue;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// Header carrying the delivery attempt (1 for the first), set when a message is retried.
+pub const ATTEMPT_HEADER: &str = "x-rabbit-once-attempt";
+
+/// How a delivery was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack,
+    Nack { requeue: bool },
+}
+
+#[derive(Debug)]
+pub(crate) struct AckCmd {
+    pub generation: u64,
+    pub tag: u64,
+    pub how: Settle,
+}
+
+/// A message from the broker. Settle it with [`ack`](Self::ack) or [`nack`](Self::nack);
+/// dropping it unsettled requeues it.
+///
+/// Settling is bound to the channel the message came on: after that channel is gone, settling
+/// does nothing (the broker redelivers the message on a new channel instead).
+#[derive(Debug)]
+pub struct Delivery {
+    pub(crate) raw: RawDelivery,
+    pub(crate) generation: u64,
+    pub(crate) acks: Option<mpsc::UnboundedSender<AckCmd>>,
+}
+
+impl Delivery {
+    pub fn body(&self) -> &Bytes {
+        &self.raw.body
+    }
+
+    /// The producer's `message_id`, if it set one.
+    pub fn message_id(&self) -> Option<&str> {
+        self.raw.properties.message_id.as_deref()
+    }
+
+    pub fn properties(&self) -> &Properties {
+        &self.raw.properties
+    }
+
+    pub fn header(&self, key: &str) -> Option<&FieldValue> {
+        self.raw.properties.header(key)
+    }
+
+    /// Whether the broker delivered this message before (to this or another consumer).
+    pub fn redelivered(&self) -> bool {
+        self.raw.redelivered
+    }
+
+    /// The attempt number: 1 at first, +1 for each retry through the retry queue.
+    pub fn attempt(&self) -> u32 {
+        self.header(ATTEMPT_HEADER)
+            .and_then(FieldValue::as_i64)
+            .map_or(1, |a| a.clamp(1, u32::MAX as i64) as u32)
+    }
+
+    pub fn exchange(&self) -> &str {
+        &self.raw.exchange
+    }
+
+    pub fn routing_key(&self) -> &str {
+        &self.raw.routing_key
+    }
+
+    pub fn delivery_tag(&self) -> u64 {
+        self.raw.delivery_tag
+    }
+
+    /// Which channel (counted per subscription) the message came on.
+    pub fn channel_generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Acknowledges: the broker forgets the message. Acks are coalesced into `multiple` acks.
+    pub fn ack(mut self) {
+        self.settle(Settle::Ack);
+    }
+
+    /// Negative acknowledgement: requeue it, or (with `requeue = false`) drop or dead-letter
+    /// it per the queue's policy.
+    pub fn nack(mut self, requeue: bool) {
+        self.settle(Settle::Nack { requeue });
+    }
+
+    fn settle(&mut self, how: Settle) {
+        if let Some(tx) = self.acks.take() {
+            let _ = tx.send(AckCmd {
+                generation: self.generation,
+                tag: self.raw.delivery_tag,
+                how,
+            });
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.settle(Settle::Nack { requeue: true });
+    }
+}

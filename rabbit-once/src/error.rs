@@ -1,0 +1,153 @@
+//! One error type for the crate; each variant says what happened and, by its kind, what to do next.
+
+use crate::transport::wire::ProtocolError;
+use std::sync::Arc;
+
+/// Everything that can go wrong in rabbit-once.
+///
+/// No variant ever carries a password: endpoints are shown as `amqp://user@host:port/vhost`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URI could not be parsed; `part` names the part that is wrong (scheme, host, port, …).
+    #[error("invalid AMQP URI: bad {part}: {reason}")]
+    InvalidUri { part: &'static str, reason: String },
+
+    /// A setting is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The broker refused the username or password. Retrying will not help.
+    #[error("authentication failed for user {user:?} at {endpoint}: {reason}")]
+    AuthenticationFailed {
+        endpoint: String,
+        user: String,
+        reason: String,
+    },
+
+    /// The virtual host does not exist or the user may not use it. Retrying will not help.
+    #[error("access to vhost {vhost:?} refused at {endpoint}: {reason}")]
+    VhostRefused {
+        endpoint: String,
+        vhost: String,
+        reason: String,
+    },
+
+    /// A TCP/TLS connection or the AMQP handshake could not be completed (transient).
+    #[error("could not connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+
+    /// The connection died: I/O error, missed heartbeats, or the broker went away (transient).
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+
+    /// The broker closed the connection with a reason (a restart gives 320 CONNECTION_FORCED).
+    #[error("connection closed by the broker: {code} {text}")]
+    ConnectionClosed { code: u16, text: String },
+
+    /// The broker closed a channel because of something it was asked to do.
+    #[error("channel closed by the broker: {code} {text}")]
+    ChannelClosed { code: u16, text: String },
+
+    /// The peer sent something that is not AMQP 0-9-1 as we know it.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+
+    /// Topology could not be declared (for example an existing queue with other arguments).
+    #[error("topology declaration failed: {0}")]
+    Topology(String),
+
+    /// A `mandatory` message matched no queue; the broker returned it.
+    #[error("message {message_id} was unroutable: {reply_code} {reply_text}")]
+    Unroutable {
+        message_id: String,
+        reply_code: u16,
+        reply_text: String,
+    },
+
+    /// The broker nacked the message on every attempt.
+    #[error("message {message_id} was nacked by the broker {attempts} times")]
+    Nacked { message_id: String, attempts: u32 },
+
+    /// The target exchange does not exist.
+    #[error("message {message_id}: exchange {exchange:?} does not exist")]
+    ExchangeNotFound {
+        message_id: String,
+        exchange: String,
+    },
+
+    /// The broker refused this message and closed the channel over it (for example no write
+    /// permission on the exchange).
+    #[error("message {message_id} refused by the broker: {code} {text}")]
+    Refused {
+        message_id: String,
+        code: u16,
+        text: String,
+    },
+
+    /// The message is larger than the configured maximum; it was never sent.
+    #[error("message of {size} bytes is larger than the maximum of {max} bytes")]
+    MessageTooLarge { size: usize, max: usize },
+
+    /// The message is malformed (a property the broker would reject); it was never sent.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+
+    /// `try_publish` found the publisher's buffer full.
+    #[error("the publisher's buffer is full")]
+    BufferFull,
+
+    /// The publisher was closed: no new message is accepted.
+    #[error("the publisher is closed")]
+    PublisherClosed,
+
+    /// `close()` ran out of time before the broker confirmed this message; it was handed back.
+    #[error("message was still unconfirmed when the publisher closed; it was handed back")]
+    HandedBack,
+
+    /// The connection supervisor stopped trying (max attempts reached, or a fatal error).
+    #[error("gave up connecting after {attempts} attempts: {last}")]
+    GaveUp { attempts: u32, last: Box<Error> },
+
+    /// The connection was closed by the application.
+    #[error("the connection was closed by the application")]
+    Closed,
+
+    /// An operation did not complete in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// The dedup store (database) failed; what failed is in the message.
+    #[error("dedup store: {0}")]
+    Store(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Whether reconnecting can help: false for bad credentials, refused vhosts, bad
+    /// configuration and topology that contradicts what the broker has.
+    pub fn is_recoverable(&self) -> bool {
+        !matches!(
+            self,
+            Error::InvalidUri { .. }
+                | Error::Config(_)
+                | Error::AuthenticationFailed { .. }
+                | Error::VhostRefused { .. }
+                | Error::Topology(_)
+                | Error::GaveUp { .. }
+                | Error::Closed
+        )
+    }
+
+    /// Whether the error concerns the connection as a whole (all channels are gone).
+    pub(crate) fn is_connection_level(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionLost(_)
+                | Error::ConnectionClosed { .. }
+                | Error::Protocol(_)
+                | Error::Closed
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,78 @@
+//! Connection events: what the supervisor saw, for logs and dashboards. Never blocks the sender.
+
+use crate::error::Error;
+use tokio::sync::broadcast;
+
+/// Something that happened to the connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A session is up (topology declared). `epoch` counts sessions from 1.
+    Connected {
+        epoch: u64,
+        endpoint: String,
+        /// Product and version the broker announced, e.g. "RabbitMQ 3.10.8".
+        server: String,
+    },
+    /// The session ended; the supervisor reconnects unless the reason is fatal.
+    Disconnected {
+        epoch: u64,
+        reason: Error,
+    },
+    /// One connection attempt failed.
+    ConnectFailed {
+        endpoint: String,
+        attempt: u32,
+        reason: Error,
+    },
+    /// The broker stopped reading from publishers (memory or disk alarm).
+    Blocked {
+        reason: String,
+    },
+    Unblocked,
+    /// A consumer subscribed to `queue` on session `epoch`.
+    Subscribed {
+        queue: String,
+        epoch: u64,
+    },
+    /// The broker cancelled a consumer (its queue was deleted, …); it subscribes again.
+    ConsumerCancelled {
+        queue: String,
+    },
+    /// The supervisor stopped for good.
+    GaveUp {
+        reason: Error,
+    },
+}
+
+/// A stream of [`Event`]s. A receiver that falls behind skips the oldest events.
+#[derive(Debug)]
+pub struct Events {
+    pub(crate) rx: broadcast::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the connection is gone for good and every event was read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "event receiver lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! # rabbit-once
+//!
+//! RabbitMQ (AMQP 0-9-1) messaging that loses nothing and applies nothing twice.
+//!
+//! - A [`Publisher`] keeps every accepted message until the broker confirms it — across lost
+//!   channels and connections — and re-publishes the unconfirmed ones first, in their original
+//!   order, on every new session. Every message carries a `message_id` that never changes.
+//! - A [`Connection`] is supervised: one task reconnects with backoff and jitter over several
+//!   endpoints, declares the [`Topology`] again on every session, and reports state and events.
+//!
+//! ## Layout
+//! - [`error`]: the one error type;  [`uri`]: `amqp://` parsing;  [`config`]: connection
+//!   settings;  [`backoff`]: delays between attempts;  [`event`]: connection events;
+//!   [`message`]: outgoing messages.
+//! - `transport/`: the AMQP 0-9-1 seam — codec, connection I/O tasks, channels. Nothing above
+//!   it knows how frames are made.
+//! - [`connection`]: the supervisor (the only reconnect loop) and the session watch.
+//! - [`topology`]: exchanges, queues, bindings, declared on every session.
+//! - [`publisher`]: handle, pending buffer, the task that owns the channel.
+//! - [`consumer`]: subscriptions with manual acks across reconnects.
+
+pub mod backoff;
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod event;
+pub mod message;
+pub mod publisher;
+pub mod topology;
+pub(crate) mod transport;
+pub mod uri;
+
+pub use backoff::Backoff;
+pub use config::ConnectionConfig;
+pub use connection::{Connection, ConnectionState, QueueInfo};
+pub use consumer::{Delivery, Subscription, SubscriptionConfig, SubscriptionStats};
+pub use error::{Error, Result};
+pub use event::{Event, Events};
+pub use message::{Message, new_message_id};
+pub use publisher::{
+    Confirmation, Confirmed, PublishError, Publisher, PublisherConfig, PublisherStats,
+};
+pub use topology::{Binding, Exchange, ExchangeKind, Overflow, Queue, QueueType, Topology};
+pub use transport::properties::Properties;
+pub use transport::table::{FieldTable, FieldValue};

@@ -1,0 +1,380 @@
+//! Declarative topology: exchanges, queues (classic or quorum, DLX, TTL, max-length, single
+//! active consumer) and bindings, declared again on every new session before anything else.
+//!
+//! - this file: the value types and their builders;
+//! - [`declare`](self::declare): declaring them on a channel, in order (exchanges, queues,
+//!   exchange bindings, queue bindings).
+
+mod declare;
+
+pub(crate) use declare::declare;
+
+use crate::transport::table::{FieldTable, FieldValue};
+use std::time::Duration;
+
+/// Everything to declare on each session. Order of declaration: exchanges, queues, bindings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    pub(crate) exchanges: Vec<Exchange>,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) bindings: Vec<Binding>,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn exchange(mut self, e: Exchange) -> Self {
+        self.exchanges.retain(|x| x.name != e.name);
+        self.exchanges.push(e);
+        self
+    }
+
+    pub fn queue(mut self, q: Queue) -> Self {
+        self.queues.retain(|x| x.name != q.name);
+        self.queues.push(q);
+        self
+    }
+
+    pub fn binding(mut self, b: Binding) -> Self {
+        if !self.bindings.contains(&b) {
+            self.bindings.push(b);
+        }
+        self
+    }
+
+    /// Adds everything in `other` (same names replace).
+    pub fn merge(mut self, other: &Topology) -> Self {
+        for e in &other.exchanges {
+            self = self.exchange(e.clone());
+        }
+        for q in &other.queues {
+            self = self.queue(q.clone());
+        }
+        for b in &other.bindings {
+            self = self.binding(b.clone());
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.queues.is_empty() && self.bindings.is_empty()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        use crate::transport::wire::check_short;
+        for e in &self.exchanges {
+            check_short("exchange name", &e.name)?;
+            if e.name.is_empty() || e.name.starts_with("amq.") {
+                return Err(format!(
+                    "exchange name {:?} is reserved by the broker",
+                    e.name
+                ));
+            }
+        }
+        for q in &self.queues {
+            check_short("queue name", &q.name)?;
+            if q.name.is_empty() {
+                return Err("a declared queue needs a name".into());
+            }
+        }
+        for b in &self.bindings {
+            check_short("routing key", &b.routing_key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exchange types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+    /// A plugin's type, e.g. `x-consistent-hash`.
+    Custom(String),
+}
+
+impl ExchangeKind {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+            ExchangeKind::Custom(s) => s,
+        }
+    }
+}
+
+/// An exchange to declare. Durable by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exchange {
+    pub(crate) name: String,
+    pub(crate) kind: ExchangeKind,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+    pub(crate) arguments: FieldTable,
+}
+
+impl Exchange {
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
+        Exchange {
+            name: name.into(),
+            kind,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    pub fn durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+
+    pub fn auto_delete(mut self, yes: bool) -> Self {
+        self.auto_delete = yes;
+        self
+    }
+
+    pub fn internal(mut self, yes: bool) -> Self {
+        self.internal = yes;
+        self
+    }
+
+    /// Where messages no queue takes go (`alternate-exchange`).
+    pub fn alternate_exchange(self, name: impl Into<String>) -> Self {
+        self.argument("alternate-exchange", name.into())
+    }
+
+    pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.arguments.insert(key, value);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Queue types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    /// Replicated (Raft); durable only.
+    Quorum,
+}
+
+/// What a full queue (max-length) does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    DropHead,
+    /// Refuse the publish: with confirms, the publisher gets a nack (and retries).
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+/// A queue to declare. Durable by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
+}
+
+impl Queue {
+    pub fn new(name: impl Into<String>) -> Self {
+        Queue {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    pub fn durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+
+    pub fn exclusive(mut self, yes: bool) -> Self {
+        self.exclusive = yes;
+        self
+    }
+
+    pub fn auto_delete(mut self, yes: bool) -> Self {
+        self.auto_delete = yes;
+        self
+    }
+
+    pub fn queue_type(self, t: QueueType) -> Self {
+        match t {
+            QueueType::Classic => self.argument("x-queue-type", "classic"),
+            QueueType::Quorum => self.durable(true).argument("x-queue-type", "quorum"),
+        }
+    }
+
+    /// Dead-letter exchange for rejected or expired messages.
+    pub fn dead_letter_exchange(self, exchange: impl Into<String>) -> Self {
+        self.argument("x-dead-letter-exchange", exchange.into())
+    }
+
+    pub fn dead_letter_routing_key(self, key: impl Into<String>) -> Self {
+        self.argument("x-dead-letter-routing-key", key.into())
+    }
+
+    /// Per-queue message TTL.
+    pub fn message_ttl(self, ttl: Duration) -> Self {
+        self.argument(
+            "x-message-ttl",
+            ttl.as_millis().min(i64::MAX as u128) as i64,
+        )
+    }
+
+    /// Delete the queue after it has been unused this long.
+    pub fn expires(self, after: Duration) -> Self {
+        self.argument("x-expires", after.as_millis().min(i64::MAX as u128) as i64)
+    }
+
+    pub fn max_length(self, n: u64) -> Self {
+        self.argument("x-max-length", n.min(i64::MAX as u64) as i64)
+    }
+
+    pub fn max_length_bytes(self, n: u64) -> Self {
+        self.argument("x-max-length-bytes", n.min(i64::MAX as u64) as i64)
+    }
+
+    pub fn overflow(self, o: Overflow) -> Self {
+        self.argument(
+            "x-overflow",
+            match o {
+                Overflow::DropHead => "drop-head",
+                Overflow::RejectPublish => "reject-publish",
+                Overflow::RejectPublishDlx => "reject-publish-dlx",
+            },
+        )
+    }
+
+    /// Only one consumer at a time receives (the others wait as hot standbys).
+    pub fn single_active_consumer(self) -> Self {
+        self.argument("x-single-active-consumer", true)
+    }
+
+    pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.arguments.insert(key, value);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A binding of a queue (or an exchange) to a source exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub(crate) destination: Destination,
+    pub(crate) source: String,
+    pub(crate) routing_key: String,
+    pub(crate) arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    Queue(String),
+    Exchange(String),
+}
+
+impl Binding {
+    pub fn queue(
+        queue: impl Into<String>,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        Binding {
+            destination: Destination::Queue(queue.into()),
+            source: exchange.into(),
+            routing_key: routing_key.into(),
+            arguments: FieldTable::new(),
+        }
+    }
+
+    pub fn exchange(
+        destination: impl Into<String>,
+        source: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        Binding {
+            destination: Destination::Exchange(destination.into()),
+            source: source.into(),
+            routing_key: routing_key.into(),
+            arguments: FieldTable::new(),
+        }
+    }
+
+    pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.arguments.insert(key, value);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_set_arguments() {
+        let q = Queue::new("work")
+            .queue_type(QueueType::Quorum)
+            .dead_letter_exchange("dlx")
+            .message_ttl(Duration::from_secs(5))
+            .max_length(10)
+            .overflow(Overflow::RejectPublish)
+            .single_active_consumer();
+        assert_eq!(
+            q.arguments.get("x-queue-type").unwrap().as_str(),
+            Some("quorum")
+        );
+        assert_eq!(
+            q.arguments.get("x-message-ttl").unwrap().as_i64(),
+            Some(5000)
+        );
+        assert_eq!(q.arguments.get("x-max-length").unwrap().as_i64(), Some(10));
+        assert_eq!(
+            q.arguments.get("x-overflow").unwrap().as_str(),
+            Some("reject-publish")
+        );
+        assert_eq!(
+            q.arguments.get("x-single-active-consumer"),
+            Some(&FieldValue::Bool(true))
+        );
+    }
+
+    #[test]
+    fn same_name_replaces_and_reserved_names_are_refused() {
+        let t = Topology::new()
+            .queue(Queue::new("a"))
+            .queue(Queue::new("a").durable(false))
+            .binding(Binding::queue("a", "x", "k"))
+            .binding(Binding::queue("a", "x", "k"));
+        assert_eq!(t.queues.len(), 1);
+        assert!(!t.queues[0].durable);
+        assert_eq!(t.bindings.len(), 1);
+        assert!(
+            Topology::new()
+                .exchange(Exchange::new("amq.x", ExchangeKind::Direct))
+                .validate()
+                .is_err()
+        );
+        assert!(Topology::new().queue(Queue::new("")).validate().is_err());
+    }
+}

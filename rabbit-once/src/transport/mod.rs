@@ -1,0 +1,26 @@
+//! The AMQP 0-9-1 seam: everything that touches the wire lives here and nothing above it
+//! knows how frames are made.
+//!
+//! rabbit-once speaks AMQP itself instead of wrapping a client crate (see
+//! `docs/architecture.md` for the measurements behind that choice): one connection is a
+//! reader task and a writer task around the socket; frames from many publishes are
+//! coalesced into one write; confirms, returns and deliveries reach the channel that owns
+//! them as events, and a dead connection closes every channel with its reason. Nothing
+//! here reconnects — the supervisor above does.
+//!
+//! - [`wire`]: integers, strings, bits;  [`table`]: field tables;  [`properties`]: basic
+//!   properties;  [`method`]: the methods;  [`frame`]: frames on the socket.
+//! - [`connection`]: handshake and the I/O tasks;  [`channel`]: calls and events per channel.
+
+pub(crate) mod channel;
+pub(crate) mod connection;
+pub(crate) mod frame;
+pub(crate) mod method;
+pub(crate) mod properties;
+pub(crate) mod table;
+#[cfg(feature = "tls")]
+mod tls;
+pub(crate) mod wire;
+
+pub(crate) use channel::{Channel, ChannelEvent, RawDelivery};
+pub(crate) use connection::{ConnectParams, Connection};

@@ -1,0 +1,120 @@
+//! Shared helpers for the integration tests: the real broker, unique names, reading a queue
+//! back, sequence-numbered bodies.
+#![allow(dead_code)]
+
+use rabbit_once::{Connection, ConnectionConfig, Message, Subscription, SubscriptionConfig};
+use std::time::Duration;
+
+#[allow(unused_imports)]
+pub use rabbit_once_testkit::{BrokerNode, FaultProxy, unique};
+
+/// The shared broker (never stopped by a test). `RONCE_AMQP_URI` overrides.
+pub fn broker_uri() -> String {
+    std::env::var("RONCE_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// `host:port` of the shared broker, for a proxy to forward to.
+pub fn broker_addr() -> String {
+    let uri = broker_uri();
+    let rest = uri.split_once('@').map_or(uri.as_str(), |(_, r)| r);
+    let rest = rest.trim_start_matches("amqp://");
+    rest.split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5672")
+        .to_string()
+}
+
+/// A URI for the shared broker's credentials and vhost, through `127.0.0.1:port`.
+pub fn uri_via(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+/// A fast-reconnecting config (short backoff, short heartbeat) for tests.
+pub fn config(uri: &str) -> ConnectionConfig {
+    ConnectionConfig::new(uri)
+        .unwrap()
+        .name(unique("test"))
+        .heartbeat(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(5))
+        .backoff(rabbit_once::Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(500),
+            0.5,
+        ))
+}
+
+/// A direct connection to the shared broker, for setting up and reading back.
+pub async fn direct() -> Connection {
+    Connection::connect(config(&broker_uri())).await.unwrap()
+}
+
+/// A body that starts with `{"seq":i}`, padded with spaces to `size` bytes.
+pub fn body(seq: u64, size: usize) -> Vec<u8> {
+    let mut b = format!("{{\"seq\":{seq}}}").into_bytes();
+    if b.len() < size {
+        b.resize(size, b' ');
+    }
+    b
+}
+
+pub fn seq_message(queue: &str, seq: u64, size: usize) -> Message {
+    Message::to_queue(queue, body(seq, size))
+}
+
+/// The `seq` of a body made by [`body`].
+pub fn seq_of(body: &[u8]) -> u64 {
+    let s = std::str::from_utf8(&body[..body.len().min(40)]).unwrap_or("");
+    let digits: String = s
+        .trim_start_matches("{\"seq\":")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("not a seq body: {s:?}"))
+}
+
+/// Reads every message of `queue` (acking them) until `idle` passes with nothing new, or
+/// `expect` messages were read. Returns (message_id, body) in queue order.
+pub async fn drain(
+    conn: &Connection,
+    queue: &str,
+    expect: usize,
+    idle: Duration,
+) -> Vec<(String, bytes::Bytes)> {
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(queue).prefetch(1000)).unwrap();
+    let mut out = Vec::with_capacity(expect);
+    loop {
+        let wait = if out.len() >= expect {
+            Duration::from_millis(300)
+        } else {
+            idle
+        };
+        match tokio::time::timeout(wait, sub.recv()).await {
+            Ok(Some(d)) => {
+                out.push((
+                    d.message_id().unwrap_or_default().to_string(),
+                    d.body().clone(),
+                ));
+                d.ack();
+            }
+            _ => break,
+        }
+    }
+    sub.close(Duration::from_secs(5)).await;
+    out
+}
+
+/// Waits until `f` is true, checking every 10 ms, for at most `limit` (a guard, not a timing
+/// assertion). Returns whether it became true.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
