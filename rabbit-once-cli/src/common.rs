@@ -1,0 +1,75 @@
+//! Pieces the commands share: connection flags, sequence-numbered bodies, progress bars.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rabbit_once::{Backoff, ConnectionConfig};
+use std::time::Duration;
+
+pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Flags every command that talks to a broker takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Broker URI; repeat for several endpoints, tried in turn.
+    #[arg(long = "uri", default_value = DEFAULT_URI)]
+    pub uris: Vec<String>,
+    /// Heartbeat interval in seconds (0 disables).
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat: u64,
+}
+
+impl Conn {
+    pub fn config(&self, name: &str) -> anyhow::Result<ConnectionConfig> {
+        Ok(ConnectionConfig::from_uris(&self.uris)?
+            .name(name)
+            .heartbeat(Duration::from_secs(self.heartbeat))
+            .backoff(Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_secs(2),
+                0.5,
+            )))
+    }
+}
+
+/// A body that starts with the JSON `{"seq":i}`, padded with spaces to `size` bytes.
+pub fn seq_body(seq: u64, size: usize) -> Vec<u8> {
+    let mut b = format!("{{\"seq\":{seq}}}").into_bytes();
+    if b.len() < size {
+        b.resize(size, b' ');
+    }
+    b
+}
+
+/// The `seq` of a body made by [`seq_body`], if it is one.
+pub fn seq_of(body: &[u8]) -> Option<u64> {
+    let rest = body.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>10} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} {{msg}}"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_bodies_round_trip() {
+        let b = seq_body(42, 64);
+        assert_eq!(b.len(), 64);
+        assert!(b.starts_with(br#"{"seq":42}"#));
+        assert_eq!(seq_of(&b), Some(42));
+        assert_eq!(seq_of(b"nope"), None);
+        assert_eq!(seq_body(7, 0), br#"{"seq":7}"#.to_vec());
+    }
+}

@@ -1,0 +1,165 @@
+//! `rabbit-once publish`: N sequence-numbered messages with confirms, across any faults.
+
+use crate::common::{Conn, bar, seq_body};
+use rabbit_once::{
+    Connection, ConnectionState, Message, Publisher, PublisherConfig, Queue, Topology,
+};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Queue to publish to (declared durable).
+    #[arg(long)]
+    pub queue: String,
+    /// How many messages.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Body size in bytes; the body starts with {"seq":i}.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Messages per second (default: as fast as confirms allow).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// First sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// message_id = <prefix>-<seq> (stable across runs) instead of a fresh UUIDv7.
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+    /// Delivery mode 1 instead of persistent.
+    #[arg(long)]
+    pub transient: bool,
+    /// Seconds to wait for outstanding confirms at the end.
+    #[arg(long, default_value_t = 60)]
+    pub close_timeout: u64,
+    /// Most messages in flight (sent, unconfirmed).
+    #[arg(long, default_value_t = 1000)]
+    pub window: usize,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub published: u64,
+    pub confirmed: u64,
+    pub failed: BTreeMap<String, u64>,
+    pub republished: u64,
+    pub reconnects: u64,
+    pub handed_back: u64,
+    pub seconds: f64,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let config = a
+        .conn
+        .config(&format!("rabbit-once publish {}", std::process::id()))?
+        .topology(Topology::new().queue(Queue::new(&a.queue)));
+    let conn = Connection::start(config)?;
+    let publisher = Publisher::new(
+        &conn,
+        PublisherConfig::default()
+            .window(a.window)
+            .max_buffered(a.window.max(10_000)),
+    )?;
+    let pb = bar(a.count, "confirmed");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rabbit_once::Confirmation>();
+    let collector = {
+        let pb = pb.clone();
+        tokio::spawn(async move {
+            let mut confirmed = 0u64;
+            let mut failed = BTreeMap::new();
+            while let Some(c) = rx.recv().await {
+                match c.await {
+                    Ok(_) => confirmed += 1,
+                    Err(e) => *failed.entry(kind(&e.error)).or_insert(0u64) += 1,
+                }
+                pb.inc(1);
+            }
+            (confirmed, failed)
+        })
+    };
+    let started = Instant::now();
+    for i in 0..a.count {
+        if let Some(rate) = a.rate.filter(|r| *r > 0) {
+            let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let seq = a.start + i;
+        let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
+        if a.transient {
+            m = m.transient();
+        }
+        if let Some(p) = &a.id_prefix {
+            m = m.message_id(format!("{p}-{seq}"));
+        }
+        match publisher.publish(m).await {
+            Ok(c) => {
+                let _ = tx.send(c);
+            }
+            Err(e) => {
+                if let ConnectionState::Failed(err) = conn.state() {
+                    anyhow::bail!("the connection gave up: {err}");
+                }
+                anyhow::bail!("message {seq} refused: {}", e.error);
+            }
+        }
+    }
+    let handed_back = publisher
+        .close(Duration::from_secs(a.close_timeout))
+        .await
+        .len() as u64;
+    drop(tx);
+    let (confirmed, failed) = collector.await?;
+    pb.finish_and_clear();
+    let stats = publisher.stats();
+    let s = Summary {
+        published: stats.accepted,
+        confirmed,
+        failed,
+        republished: stats.republished,
+        reconnects: conn.reconnects(),
+        handed_back,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if let ConnectionState::Failed(err) = conn.state() {
+        eprintln!("the connection gave up: {err}");
+    }
+    conn.close().await;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "published {}  confirmed {}  re-published {}  reconnects {}  handed back {}  in {:.2}s ({:.0} msg/s)",
+            s.published,
+            s.confirmed,
+            s.republished,
+            s.reconnects,
+            s.handed_back,
+            s.seconds,
+            s.confirmed as f64 / s.seconds.max(1e-9)
+        );
+        for (k, n) in &s.failed {
+            println!("failed: {n} {k}");
+        }
+    }
+    Ok(if s.confirmed == a.count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A short name for an error kind, for counting.
+pub fn kind(e: &rabbit_once::Error) -> String {
+    let s = format!("{e:?}");
+    s.split([' ', '(', '{'])
+        .next()
+        .unwrap_or("Error")
+        .to_string()
+}
