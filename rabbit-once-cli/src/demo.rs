@@ -1,15 +1,17 @@
-//! `rabbit-once demo`: the whole path against a local broker, with connections cut on purpose
-//! through a fault proxy, then the ledger.
+//! `rabbit-once demo`: the whole path against a local broker — publish with connections cut on
+//! purpose, consume idempotently into SQLite while connections are cut, then print the ledger.
 
-use crate::common::{Conn, seq_body, seq_of};
+use crate::applied::{Applied, Db};
+use crate::common::{Conn, seq_body};
 use rabbit_once::uri::Endpoint;
 use rabbit_once::{
-    Connection, Message, Publisher, PublisherConfig, Queue, Subscription, SubscriptionConfig,
-    Topology,
+    Connection, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig, Queue, RetryPolicy,
+    SqliteStore, Topology,
 };
 use rabbit_once_testkit::FaultProxy;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -19,71 +21,107 @@ pub struct Args {
     /// Messages to publish.
     #[arg(long, default_value_t = 5000)]
     pub count: u64,
-    /// Connection cuts while publishing.
+    /// Connection cuts (each cuts the publisher's and the consumer's connection).
     #[arg(long, default_value_t = 6)]
     pub cuts: u64,
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// SQLite file for the dedup records and the `applied` table (default: a temporary file,
+    /// removed at the end).
+    #[arg(long)]
+    pub db: Option<std::path::PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let target = Endpoint::parse(&a.conn.uris[0])?;
-    let proxy = std::sync::Arc::new(
-        FaultProxy::start(format!("{}:{}", target.host(), target.port())).await?,
-    );
+    let proxy = Arc::new(FaultProxy::start(format!("{}:{}", target.host(), target.port())).await?);
     let via = target.clone().with_address("127.0.0.1", proxy.port());
     let queue = rabbit_once_testkit::unique("rabbit-once-demo");
+    let temp_db = a.db.is_none();
+    let db_path =
+        a.db.clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("{queue}.db")));
     println!(
-        "rabbit-once demo: {} messages to {target}, queue {queue}",
+        "rabbit-once demo: {} messages, {target}, queue {queue}",
         a.count
     );
     println!(
-        "  through a fault proxy on 127.0.0.1:{} that will cut every connection {} times\n",
-        proxy.port(),
-        a.cuts
+        "  publisher and consumer both connect through a fault proxy (127.0.0.1:{})",
+        proxy.port()
+    );
+    println!(
+        "  consumer applies each message in SQLite {} (dedup record + `applied` row, one transaction)\n",
+        db_path.display()
     );
 
     let topology = Topology::new().queue(Queue::new(&queue));
-    let config = a
-        .conn
-        .config("rabbit-once demo")?
-        .endpoints(vec![via])
-        .topology(topology);
-    let conn = Connection::connect(config).await?;
-    let publisher = Publisher::new(&conn, PublisherConfig::default())?;
+    let pub_conn = Connection::connect(
+        a.conn
+            .config("rabbit-once demo publisher")?
+            .endpoints(vec![via.clone()])
+            .topology(topology.clone()),
+    )
+    .await?;
+    let con_conn = Connection::connect(
+        a.conn
+            .config("rabbit-once demo consumer")?
+            .endpoints(vec![via])
+            .topology(topology),
+    )
+    .await?;
+    let store = SqliteStore::open(&db_path).await?;
+    let db = Db::Sqlite(store.clone());
+    db.prepare().await?;
+    let consumer = Consumer::start(
+        &con_conn,
+        store,
+        Applied::new(),
+        ConsumerConfig::new(&queue).retry(RetryPolicy::new(
+            5,
+            vec![Duration::from_millis(200), Duration::from_secs(1)],
+        )),
+    )
+    .await?;
+    let publisher = Publisher::new(&pub_conn, PublisherConfig::default())?;
 
-    // --- publish; a cutter cuts every connection each time count/(cuts+1) more are confirmed ---
+    // --- a cutter: cuts every connection each time count/(cuts+1) more are confirmed --------
     let started = Instant::now();
     let every = (a.count / (a.cuts + 1)).max(1);
     let cutter = {
-        let (publisher, conn, cuts, proxy) =
-            (publisher.clone(), conn.clone(), a.cuts, proxy.clone());
+        let (publisher, pub_conn, proxy, cuts) =
+            (publisher.clone(), pub_conn.clone(), proxy.clone(), a.cuts);
         tokio::spawn(async move {
             let mut done = 0;
             for k in 1..=cuts {
                 while publisher.stats().confirmed < k * every {
-                    if publisher.stats().buffered == 0 && publisher.stats().confirmed > 0 {
+                    if publisher.stats().confirmed + publisher.stats().failed
+                        >= publisher.stats().accepted
+                        && publisher.stats().accepted > 0
+                        && publisher.stats().buffered == 0
+                    {
                         return done;
                     }
-                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    tokio::time::sleep(Duration::from_micros(500)).await;
                 }
                 let s = publisher.stats();
-                let before = conn.reconnects();
+                let before = pub_conn.reconnects();
                 proxy.cut_all();
                 done += 1;
                 println!(
-                    "  cut #{k}: {:>6} confirmed, {:>5} in the buffer unconfirmed -> kept, re-published first",
+                    "  cut #{k}: {:>6} confirmed, {:>5} unconfirmed kept in the buffer, re-published first",
                     s.confirmed, s.buffered
                 );
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while conn.reconnects() == before && Instant::now() < deadline {
+                while pub_conn.reconnects() == before && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
             done
         })
     };
+
+    // --- publish -----------------------------------------------------------------------------
     let mut pending = Vec::with_capacity(a.count as usize);
     for seq in 0..a.count {
         pending.push(
@@ -92,12 +130,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .await?,
         );
     }
-    let mut ids = HashMap::with_capacity(pending.len());
+    let mut confirmed_ids = HashSet::with_capacity(pending.len());
     let mut failed = 0u64;
     for (seq, c) in pending.into_iter().enumerate() {
         match c.await {
             Ok(ok) => {
-                ids.insert(seq as u64, ok.message_id);
+                confirmed_ids.insert(ok.message_id);
             }
             Err(e) => {
                 failed += 1;
@@ -105,62 +143,100 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64();
     let cuts = cutter.await?;
-    let stats = publisher.stats();
+    let pstats = publisher.stats();
     publisher.close(Duration::from_secs(10)).await;
 
-    // --- read the queue back --------------------------------------------------------------
-    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&queue).prefetch(1000))?;
-    let mut copies: HashMap<u64, u32> = HashMap::new();
-    let mut wrong_id = 0u64;
-    let mut on_queue = 0u64;
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {
-        on_queue += 1;
-        if let Some(seq) = seq_of(d.body()) {
-            *copies.entry(seq).or_default() += 1;
-            if ids.get(&seq).map(String::as_str) != d.message_id() {
-                wrong_id += 1;
+    // --- let the consumer finish: everything applied or skipped, the queue empty ---------------
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = consumer.stats();
+        let ready = con_conn
+            .queue_info(&queue)
+            .await
+            .map(|i| i.messages)
+            .unwrap_or(1);
+        if s.applied >= confirmed_ids.len() as u64 && ready == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await; // let stragglers (redeliveries) land
+            if con_conn
+                .queue_info(&queue)
+                .await
+                .map(|i| i.messages)
+                .unwrap_or(1)
+                == 0
+            {
+                break;
             }
         }
-        d.ack();
+        if Instant::now() > deadline {
+            eprintln!("  gave up waiting for the consumer: {s:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sub.close(Duration::from_secs(5)).await;
-    conn.delete_queue(&queue).await?;
-    conn.close().await;
+    let cstats = consumer.shutdown(Duration::from_secs(10)).await;
+    let secs = started.elapsed().as_secs_f64();
 
-    let missing = (0..a.count).filter(|s| !copies.contains_key(s)).count() as u64;
-    let duplicated = copies.values().filter(|n| **n > 1).count() as u64;
+    // --- the ledger, from the database ---------------------------------------------------------
+    let counts = db.id_counts().await?;
+    let applied_ids: HashSet<&str> = counts.iter().map(|(id, _)| id.as_str()).collect();
+    let twice = counts.iter().filter(|(_, n)| *n > 1).count() as u64;
+    let lost = confirmed_ids
+        .iter()
+        .filter(|id| !applied_ids.contains(id.as_str()))
+        .count() as u64;
+    let once = counts.iter().filter(|(_, n)| *n == 1).count() as u64;
+    for q in [
+        queue.clone(),
+        format!("{queue}.dead"),
+        format!("{queue}.retry.200"),
+        format!("{queue}.retry.1000"),
+    ] {
+        let _ = con_conn.delete_queue(&q).await;
+    }
+    let (pub_reconnects, con_reconnects) = (pub_conn.reconnects(), con_conn.reconnects());
+    pub_conn.close().await;
+    con_conn.close().await;
+    if temp_db {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
+        }
+    }
+
     println!();
-    println!("  published        {:>8}", stats.accepted);
+    println!("  published           {:>7}", pstats.accepted);
+    println!("  confirmed           {:>7}", confirmed_ids.len());
+    println!("  failed              {failed:>7}");
     println!(
-        "  confirmed        {:>8}   ({:.0} msg/s with {} cuts)",
-        ids.len(),
-        ids.len() as f64 / secs,
-        cuts
+        "  re-published        {:>7}   unconfirmed at a cut, sent again with the same message_id",
+        pstats.republished
     );
-    println!("  failed           {failed:>8}");
     println!(
-        "  re-published     {:>8}   (unconfirmed at a cut, sent again with the same message_id)",
-        stats.republished
+        "  delivered           {:>7}   copies on the queue, and redeliveries after cuts",
+        cstats.delivered
     );
-    println!("  reconnects       {:>8}", conn.reconnects());
+    println!("  applied once        {once:>7}");
     println!(
-        "  on the queue     {on_queue:>8}   ({} distinct seq)",
-        copies.len()
+        "  duplicates skipped  {:>7}   acked without running the handler",
+        cstats.duplicates
     );
-    println!("  missing          {missing:>8}");
+    println!("  lost                {lost:>7}   confirmed but never applied");
+    println!("  applied twice       {twice:>7}");
+    println!("  dead-lettered       {:>7}", cstats.dead_lettered);
     println!(
-        "  duplicated       {duplicated:>8}   (same message_id: the consumer's dedup skips these)"
+        "  cuts {cuts}, reconnects: publisher {pub_reconnects}, consumer {con_reconnects}; {secs:.1}s"
     );
-    println!("  id changed       {wrong_id:>8}");
-    let ok = failed == 0 && missing == 0 && wrong_id == 0 && ids.len() as u64 == a.count;
+    let ok = failed == 0
+        && lost == 0
+        && twice == 0
+        && once == a.count
+        && confirmed_ids.len() as u64 == a.count;
     println!(
         "\n  {}",
         if ok {
-            "OK: every message confirmed and on the queue; nothing lost"
+            "OK: published = confirmed = applied once; lost 0; applied twice 0"
         } else {
-            "FAILED"
+            "FAILED: the ledger does not balance"
         }
     );
     Ok(if ok {

@@ -1,6 +1,8 @@
 //! `rabbit-once`: demo, publish, consume, chaos and bench, built on the rabbit-once library.
 
+mod applied;
 mod common;
+mod consume;
 mod demo;
 mod publish;
 
@@ -23,6 +25,8 @@ enum Command {
     Demo(demo::Args),
     /// Publish N sequence-numbered messages with confirms; exit 1 if any ended unconfirmed.
     Publish(publish::Args),
+    /// Consume idempotently into SQLite or PostgreSQL with the built-in `applied` handler.
+    Consume(consume::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Demo(a) => demo::run(a).await,
             Command::Publish(a) => publish::run(a).await,
+            Command::Consume(a) => consume::run(a).await,
         }
     });
     match result {

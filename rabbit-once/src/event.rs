@@ -39,6 +39,13 @@ pub enum Event {
     ConsumerCancelled {
         queue: String,
     },
+    /// A consumer found its dedup store unreachable: it holds its messages unacked and takes no
+    /// new work until the store answers again.
+    StoreUnavailable {
+        reason: String,
+    },
+    /// The dedup store answers again.
+    StoreRecovered,
     /// The supervisor stopped for good.
     GaveUp {
         reason: Error,

@@ -17,12 +17,15 @@
 //! - [`connection`]: the supervisor (the only reconnect loop) and the session watch.
 //! - [`topology`]: exchanges, queues, bindings, declared on every session.
 //! - [`publisher`]: handle, pending buffer, the task that owns the channel.
-//! - [`consumer`]: subscriptions with manual acks across reconnects.
+//! - [`consumer`]: subscriptions with manual acks across reconnects; the idempotent consumer.
+//! - [`dedup`]: the dedup store trait, SQLite and PostgreSQL backends.
 
 pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod consumer;
+#[cfg(feature = "dedup")]
+pub mod dedup;
 pub mod error;
 pub mod event;
 pub mod message;
@@ -34,13 +37,27 @@ pub mod uri;
 pub use backoff::Backoff;
 pub use config::ConnectionConfig;
 pub use connection::{Connection, ConnectionState, QueueInfo};
+#[cfg(feature = "dedup")]
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerStats, DeadLetter, Handler, HandlerError, MissingId, Outcome,
+    RetryPolicy,
+};
 pub use consumer::{Delivery, Subscription, SubscriptionConfig, SubscriptionStats};
+#[cfg(feature = "dedup")]
+pub use dedup::Store;
+#[cfg(feature = "postgres")]
+pub use dedup::postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use dedup::sqlite::{SqliteOptions, SqliteStore};
 pub use error::{Error, Result};
 pub use event::{Event, Events};
 pub use message::{Message, new_message_id};
 pub use publisher::{
     Confirmation, Confirmed, PublishError, Publisher, PublisherConfig, PublisherStats,
 };
+/// The `sqlx` this crate builds on, for handlers' transactions.
+#[cfg(feature = "dedup")]
+pub use sqlx;
 pub use topology::{Binding, Exchange, ExchangeKind, Overflow, Queue, QueueType, Topology};
 pub use transport::properties::Properties;
 pub use transport::table::{FieldTable, FieldValue};

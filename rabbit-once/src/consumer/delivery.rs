@@ -16,6 +16,14 @@ pub(crate) enum Settle {
     Nack { requeue: bool },
 }
 
+/// What deliveries share with their subscription: where settles go, and which channel is live.
+#[derive(Debug)]
+pub(crate) struct AckLink {
+    pub tx: mpsc::UnboundedSender<AckCmd>,
+    /// The generation of the live channel (`u64::MAX` while there is none).
+    pub live: std::sync::atomic::AtomicU64,
+}
+
 #[derive(Debug)]
 pub(crate) struct AckCmd {
     pub generation: u64,
@@ -32,7 +40,7 @@ pub(crate) struct AckCmd {
 pub struct Delivery {
     pub(crate) raw: RawDelivery,
     pub(crate) generation: u64,
-    pub(crate) acks: Option<mpsc::UnboundedSender<AckCmd>>,
+    pub(crate) link: Option<std::sync::Arc<AckLink>>,
 }
 
 impl Delivery {
@@ -82,6 +90,14 @@ impl Delivery {
         self.generation
     }
 
+    /// Whether the channel it came on is still open, i.e. settling it still means something.
+    /// Once it is not, the broker will deliver the message again.
+    pub fn is_live(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.live.load(std::sync::atomic::Ordering::Acquire) == self.generation)
+    }
+
     /// Acknowledges: the broker forgets the message. Acks are coalesced into `multiple` acks.
     pub fn ack(mut self) {
         self.settle(Settle::Ack);
@@ -94,8 +110,8 @@ impl Delivery {
     }
 
     fn settle(&mut self, how: Settle) {
-        if let Some(tx) = self.acks.take() {
-            let _ = tx.send(AckCmd {
+        if let Some(link) = self.link.take() {
+            let _ = link.tx.send(AckCmd {
                 generation: self.generation,
                 tag: self.raw.delivery_tag,
                 how,

@@ -3,7 +3,7 @@
 //! longer be settled, so the broker redelivers them and nothing is acked on the wrong channel.
 
 use super::acks::{AckFrame, AckTracker};
-use super::delivery::{AckCmd, Delivery, Settle};
+use super::delivery::{AckCmd, AckLink, Delivery, Settle};
 use crate::connection::{Connection, Session};
 use crate::error::Error;
 use crate::event::Event;
@@ -104,7 +104,10 @@ impl Subscription {
             conn: conn.clone(),
             config,
             tx,
-            acks_tx,
+            link: Arc::new(AckLink {
+                tx: acks_tx,
+                live: AtomicU64::new(u64::MAX),
+            }),
             acks_rx,
             close_rx,
             counters: counters.clone(),
@@ -165,7 +168,7 @@ struct Task {
     conn: Connection,
     config: SubscriptionConfig,
     tx: mpsc::UnboundedSender<Delivery>,
-    acks_tx: mpsc::UnboundedSender<AckCmd>,
+    link: Arc<AckLink>,
     acks_rx: mpsc::UnboundedReceiver<AckCmd>,
     close_rx: mpsc::UnboundedReceiver<(Duration, oneshot::Sender<()>)>,
     counters: Arc<Counters>,
@@ -213,7 +216,9 @@ impl Task {
                         continue;
                     }
                 };
-                match self.pump(&mut ch, &tag).await {
+                let exit = self.pump(&mut ch, &tag).await;
+                self.link.live.store(u64::MAX, Ordering::Release);
+                match exit {
                     Exit::Closed => return,
                     Exit::Connection => break,
                     Exit::Channel => {
@@ -256,6 +261,7 @@ impl Task {
         )
         .await?;
         self.generation += 1;
+        self.link.live.store(self.generation, Ordering::Release);
         self.counters.subscribed.fetch_add(1, Ordering::Relaxed);
         self.conn.emit(Event::Subscribed {
             queue: self.config.queue.clone(),
@@ -365,10 +371,10 @@ impl Task {
                 let d = Delivery {
                     raw,
                     generation: self.generation,
-                    acks: Some(self.acks_tx.clone()),
+                    link: Some(self.link.clone()),
                 };
                 if let Err(mpsc::error::SendError(mut d)) = self.tx.send(d) {
-                    d.acks = None; // nobody listens: the channel close requeues it
+                    d.link = None; // nobody listens: the channel close requeues it
                 }
                 None
             }

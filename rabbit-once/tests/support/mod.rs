@@ -118,3 +118,77 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// The shared PostgreSQL (`RONCE_PG_URL` overrides).
+pub fn pg_url() -> String {
+    std::env::var("RONCE_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// `host:port` of the shared PostgreSQL, for a proxy to forward to.
+pub fn pg_addr() -> String {
+    let url = pg_url();
+    let rest = url.split_once('@').map_or(url.as_str(), |(_, r)| r);
+    rest.split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .to_string()
+}
+
+/// A PostgreSQL schema of the test's own, dropped (with everything in it) when this is dropped.
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Self {
+        PgSchema {
+            name: unique("ro_test").replace('-', "_"),
+        }
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = rabbit_once::sqlx::PgPool::connect(&pg_url()).await {
+                    let _ = rabbit_once::sqlx::query(&format!(
+                        "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                    ))
+                    .execute(&pool)
+                    .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A temporary SQLite file path, removed (with its WAL files) when this is dropped.
+pub struct TempDb {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDb {
+    pub fn new() -> Self {
+        TempDb {
+            path: std::env::temp_dir().join(format!("{}.db", unique("ro-test"))),
+        }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+        }
+    }
+}

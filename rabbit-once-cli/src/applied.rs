@@ -1,0 +1,142 @@
+//! The built-in handler: inside the consumer's transaction it inserts one row per message into
+//! `applied(message_id, seq, consumer_pid, applied_at)` — a table with **no** unique key, so a
+//! message applied twice would show as two rows. Also the ledger queries over that table.
+
+use crate::common::seq_of;
+use rabbit_once::sqlx::{self, Postgres, QueryBuilder, Sqlite, Transaction};
+use rabbit_once::{
+    Delivery, Handler, HandlerError, Outcome, PostgresOptions, PostgresStore, SqliteStore,
+};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Inserts a row into `applied` per message.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pid: i64,
+}
+
+impl Applied {
+    pub fn new() -> Self {
+        Applied {
+            pid: std::process::id() as i64,
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn row(d: &Delivery) -> (String, Option<i64>) {
+    (
+        d.message_id().unwrap_or_default().to_string(),
+        seq_of(d.body()).map(|s| s as i64),
+    )
+}
+
+macro_rules! applied_handler {
+    ($db:ty) => {
+        impl Handler<$db> for Applied {
+            async fn handle<'a>(
+                &'a self,
+                msg: &'a Delivery,
+                tx: &'a mut Transaction<'static, $db>,
+            ) -> Result<Outcome, HandlerError> {
+                self.handle_batch(&[msg], tx).await?;
+                Ok(Outcome::Done)
+            }
+
+            async fn handle_batch<'a>(
+                &'a self,
+                msgs: &'a [&'a Delivery],
+                tx: &'a mut Transaction<'static, $db>,
+            ) -> Result<Vec<Outcome>, HandlerError> {
+                let now = now_micros();
+                for chunk in msgs.chunks(200) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO applied (message_id, seq, consumer_pid, applied_at) ",
+                    );
+                    q.push_values(chunk, |mut b, d| {
+                        let (id, seq) = row(d);
+                        b.push_bind(id)
+                            .push_bind(seq)
+                            .push_bind(self.pid)
+                            .push_bind(now);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(vec![Outcome::Done; msgs.len()])
+            }
+        }
+    };
+}
+applied_handler!(Sqlite);
+applied_handler!(Postgres);
+
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS applied (
+    message_id   TEXT NOT NULL,
+    seq          BIGINT,
+    consumer_pid BIGINT NOT NULL,
+    applied_at   BIGINT NOT NULL
+)";
+
+/// Where the dedup records and the `applied` table live.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Db {
+    /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only.
+    pub async fn open(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            let store = PostgresStore::connect_with(
+                spec,
+                PostgresOptions {
+                    schema,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            return Ok(Db::Postgres(store));
+        }
+        let path = spec
+            .strip_prefix("sqlite://")
+            .or_else(|| spec.strip_prefix("sqlite:"))
+            .unwrap_or(spec);
+        anyhow::ensure!(
+            !path.is_empty(),
+            "--store: give sqlite:PATH or postgres://…"
+        );
+        Ok(Db::Sqlite(SqliteStore::open(path).await?))
+    }
+
+    /// Creates the `applied` table (and, through the store, the dedup table).
+    pub async fn prepare(&self) -> anyhow::Result<()> {
+        use rabbit_once::Store;
+        match self {
+            Db::Sqlite(s) => {
+                s.migrate().await?;
+                sqlx::query(CREATE).execute(s.pool()).await?;
+            }
+            Db::Postgres(s) => {
+                s.migrate().await?;
+                sqlx::query(CREATE).execute(s.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every applied message id with how many rows it has.
+    pub async fn id_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let sql = "SELECT message_id, COUNT(*) FROM applied GROUP BY message_id";
+        Ok(match self {
+            Db::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+            Db::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! `rabbit-once consume`: the idempotent consumer with the built-in `applied` handler.
+
+use crate::applied::{Applied, Db};
+use crate::common::Conn;
+use indicatif::{ProgressBar, ProgressStyle};
+use rabbit_once::{
+    Connection, Consumer, ConsumerConfig, ConsumerStats, Queue, RetryPolicy, Topology,
+};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Queue to consume (declared durable if missing).
+    #[arg(long)]
+    pub queue: String,
+    /// Dedup store: sqlite:PATH or postgres://user@host:port/db
+    #[arg(long)]
+    pub store: String,
+    /// PostgreSQL schema for the dedup and applied tables (created if missing).
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Consumer group (consumers of one group apply each message once between them).
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long, default_value_t = 500)]
+    pub prefetch: u16,
+    /// Batches handled at once (1 = strictly in order).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Group commit: messages per transaction (1 = one transaction per message).
+    #[arg(long, default_value_t = 200)]
+    pub batch: usize,
+    /// Stop after this many seconds without a delivery (default: run until Ctrl-C).
+    #[arg(long)]
+    pub until_idle: Option<f64>,
+    /// Stop once this many messages were applied or skipped as duplicates.
+    #[arg(long)]
+    pub until_count: Option<u64>,
+    /// Attempts before a failing message is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub delivered: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub store_outages: u64,
+    pub reconnects: u64,
+    pub seconds: f64,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let db = Db::open(&a.store, a.schema.clone()).await?;
+    db.prepare().await?;
+    let config = a
+        .conn
+        .config(&format!("rabbit-once consume {}", std::process::id()))?
+        .topology(Topology::new().queue(Queue::new(&a.queue)));
+    let conn = Connection::start(config)?;
+    let (s, secs) = consume(&conn, &db, &a).await?;
+    let summary = Summary {
+        delivered: s.delivered,
+        applied: s.applied,
+        duplicates: s.duplicates,
+        retried: s.retried,
+        dead_lettered: s.dead_lettered,
+        store_outages: s.store_outages,
+        reconnects: conn.reconnects(),
+        seconds: secs,
+    };
+    conn.close().await;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "delivered {}  applied {}  duplicates skipped {}  retried {}  dead-lettered {}  reconnects {}  in {:.2}s",
+            summary.delivered,
+            summary.applied,
+            summary.duplicates,
+            summary.retried,
+            summary.dead_lettered,
+            summary.reconnects,
+            summary.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the consumer on `conn` until idle / count / Ctrl-C; returns its counters.
+pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(ConsumerStats, f64)> {
+    let mut config = ConsumerConfig::new(&a.queue)
+        .prefetch(a.prefetch)
+        .concurrency(a.concurrency)
+        .group_commit(a.batch, Duration::from_millis(1))
+        .retry(RetryPolicy::new(
+            a.max_attempts,
+            vec![
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+            ],
+        ));
+    if let Some(g) = &a.group {
+        config = config.group(g);
+    }
+    let consumer = match db {
+        Db::Sqlite(s) => Consumer::start(conn, s.clone(), Applied::new(), config).await?,
+        Db::Postgres(s) => Consumer::start(conn, s.clone(), Applied::new(), config).await?,
+    };
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    let started = Instant::now();
+    let mut last_delivered = 0;
+    let mut idle_since = Instant::now();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut ctrl_c => break,
+        }
+        let s = consumer.stats();
+        pb.set_message(format!(
+            "delivered {}  applied {}  duplicates {}  retried {}  dead-lettered {}  reconnects {}",
+            s.delivered,
+            s.applied,
+            s.duplicates,
+            s.retried,
+            s.dead_lettered,
+            conn.reconnects()
+        ));
+        pb.tick();
+        if s.delivered != last_delivered {
+            last_delivered = s.delivered;
+            idle_since = Instant::now();
+        }
+        if a.until_count.is_some_and(|n| s.applied + s.duplicates >= n) {
+            break;
+        }
+        if a.until_idle
+            .is_some_and(|secs| idle_since.elapsed() >= Duration::from_secs_f64(secs))
+        {
+            break;
+        }
+        if consumer.is_finished() {
+            anyhow::bail!("the consumer stopped: {:?}", conn.state());
+        }
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let stats = consumer.shutdown(Duration::from_secs(10)).await;
+    Ok((stats, secs))
+}

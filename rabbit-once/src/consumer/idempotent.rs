@@ -1,0 +1,698 @@
+//! The idempotent consumer: claim → handle → commit → ack, for every delivery.
+//!
+//! For a batch of deliveries (group commit: up to `batch_size`, or what arrived within
+//! `batch_wait`), one transaction: insert every `(group, message_id)` into the dedup table;
+//! those already there are duplicates (acked without running the handler); the handler applies
+//! the new ones in the same transaction; commit; then ack (the subscription turns the acks into
+//! one `multiple` ack). If the handler fails anywhere in a batch, the batch is rolled back and its
+//! messages are run one at a time, so one bad message neither blocks nor duplicates the others.
+//! A failing message is retried through a retry queue, then dead-lettered — never dropped.
+//! If the database is unreachable, nothing is acked and no new work is taken until it is back.
+
+use super::delivery::Delivery;
+use super::handler::{Handler, HandlerError, Outcome};
+use super::retry::{self, DeadLetter, MissingId, RetryPolicy};
+use super::subscription::{Subscription, SubscriptionConfig};
+use crate::backoff::Backoff;
+use crate::connection::Connection;
+use crate::dedup::{Failure, Store, find_sqlx_error};
+use crate::error::Error;
+use crate::event::Event;
+use crate::publisher::{Publisher, PublisherConfig};
+use crate::transport::connection::stopped;
+use futures_util::FutureExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Options of an idempotent consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub(crate) queue: String,
+    pub(crate) group: String,
+    pub(crate) prefetch: u16,
+    pub(crate) concurrency: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) batch_wait: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) missing_id: MissingId,
+    pub(crate) retention: Duration,
+    pub(crate) retention_interval: Duration,
+    pub(crate) store_backoff: Backoff,
+}
+
+impl ConsumerConfig {
+    /// Consume `queue` in consumer group `queue`, prefetch 500, one handler at a time, group
+    /// commit of up to 200 messages, 5 attempts, dead letters to `<queue>.dead`.
+    pub fn new(queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        ConsumerConfig {
+            group: queue.clone(),
+            dead_letter: DeadLetter::Queue(format!("{queue}.dead")),
+            queue,
+            prefetch: 500,
+            concurrency: 1,
+            batch_size: 200,
+            batch_wait: Duration::from_millis(1),
+            retry: RetryPolicy::default(),
+            missing_id: MissingId::DeadLetter,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            retention_interval: Duration::from_secs(3600),
+            store_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5),
+        }
+    }
+
+    /// The consumer group: consumers of one group apply each message once between them.
+    pub fn group(mut self, g: impl Into<String>) -> Self {
+        self.group = g.into();
+        self
+    }
+
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n;
+        self
+    }
+
+    /// Batches handled at once. 1 (the default) keeps strict queue order.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Group commit: up to `size` deliveries per transaction, waiting at most `wait` for the
+    /// batch to fill. `size` 1 turns it off (one transaction per message).
+    pub fn group_commit(mut self, size: usize, wait: Duration) -> Self {
+        self.batch_size = size;
+        self.batch_wait = wait;
+        self
+    }
+
+    pub fn retry(mut self, p: RetryPolicy) -> Self {
+        self.retry = p;
+        self
+    }
+
+    pub fn dead_letter(mut self, d: DeadLetter) -> Self {
+        self.dead_letter = d;
+        self
+    }
+
+    pub fn missing_id(mut self, m: MissingId) -> Self {
+        self.missing_id = m;
+        self
+    }
+
+    /// Dedup records older than this are deleted (default 7 days), every `interval`, in
+    /// batches of 1,000. A duplicate arriving later than that is applied again.
+    pub fn retention(mut self, keep: Duration, interval: Duration) -> Self {
+        self.retention = keep;
+        self.retention_interval = interval;
+        self
+    }
+
+    /// Delay between attempts while the database is unreachable.
+    pub fn store_backoff(mut self, b: Backoff) -> Self {
+        self.store_backoff = b;
+        self
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        crate::transport::wire::check_short("queue name", &self.queue).map_err(Error::Config)?;
+        if self.group.is_empty() {
+            return Err(Error::Config("the consumer group needs a name".into()));
+        }
+        if self.concurrency == 0 || self.batch_size == 0 {
+            return Err(Error::Config(
+                "concurrency and batch size must be at least 1".into(),
+            ));
+        }
+        if self.prefetch != 0 && (self.prefetch as usize) < self.batch_size {
+            return Err(Error::Config(format!(
+                "prefetch {} is smaller than the group-commit batch size {}",
+                self.prefetch, self.batch_size
+            )));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(Error::Config(
+                "retention interval must be more than zero".into(),
+            ));
+        }
+        self.retry.validate().map_err(Error::Config)?;
+        self.store_backoff.validate().map_err(Error::Config)
+    }
+}
+
+/// Counters of a consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Deliveries received (duplicates and redeliveries included).
+    pub delivered: u64,
+    /// Messages whose handler committed.
+    pub applied: u64,
+    /// Deliveries whose id was already recorded: acked without running the handler.
+    pub duplicates: u64,
+    /// Messages sent to a retry queue.
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub missing_id: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Batches rolled back and run again one message at a time.
+    pub split_batches: u64,
+    pub handler_errors: u64,
+    pub handler_panics: u64,
+    /// Times the database was found unreachable (work held, nothing acked).
+    pub store_outages: u64,
+    /// Deliveries dropped unacked because their channel died first (the broker redelivers them).
+    pub abandoned: u64,
+    /// Dedup records deleted by the retention job.
+    pub purged: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    missing_id: AtomicU64,
+    commits: AtomicU64,
+    split_batches: AtomicU64,
+    handler_errors: AtomicU64,
+    handler_panics: AtomicU64,
+    store_outages: AtomicU64,
+    abandoned: AtomicU64,
+    purged: AtomicU64,
+}
+
+impl Counters {
+    fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> ConsumerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConsumerStats {
+            delivered: g(&self.delivered),
+            applied: g(&self.applied),
+            duplicates: g(&self.duplicates),
+            retried: g(&self.retried),
+            dead_lettered: g(&self.dead_lettered),
+            missing_id: g(&self.missing_id),
+            commits: g(&self.commits),
+            split_batches: g(&self.split_batches),
+            handler_errors: g(&self.handler_errors),
+            handler_panics: g(&self.handler_panics),
+            store_outages: g(&self.store_outages),
+            abandoned: g(&self.abandoned),
+            purged: g(&self.purged),
+        }
+    }
+}
+
+/// A running idempotent consumer. Stop it with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct Consumer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl Consumer {
+    /// Creates the dedup table if needed, declares the retry and dead-letter queues (on every
+    /// session from now on) and starts consuming. Fails if the store cannot be migrated.
+    pub async fn start<S, H>(
+        conn: &Connection,
+        store: S,
+        handler: H,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, Error>
+    where
+        S: Store,
+        H: Handler<S::Db>,
+    {
+        config.validate()?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| Error::Store(Arc::new(e)))?;
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let publisher = Publisher::new(conn, PublisherConfig::default().window(256))?;
+        let worker = Arc::new(Worker {
+            conn: conn.clone(),
+            store,
+            handler,
+            config,
+            counters: counters.clone(),
+            publisher,
+            stop: stop_rx.clone(),
+        });
+        let task = tokio::spawn(worker.run(stop_rx));
+        Ok(Consumer {
+            stop,
+            task,
+            counters,
+        })
+    }
+
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the consumer stopped on its own (the connection gave up for good).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops taking deliveries, lets the batch in hand finish (commit and ack, or roll back),
+    /// waits up to `timeout` for acks to be written, and closes the channel; everything not
+    /// acked is redelivered by the broker. Returns the final counters.
+    pub async fn shutdown(self, timeout: Duration) -> ConsumerStats {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(timeout + Duration::from_secs(5), self.task).await;
+        self.counters.snapshot()
+    }
+}
+
+/// One delivery with its dedup key.
+struct Item {
+    d: Delivery,
+    key: String,
+}
+
+/// Why a transaction did not commit.
+enum Attempt {
+    Committed {
+        fresh: usize,
+        duplicates: usize,
+    },
+    /// Lock conflict: run the same batch again.
+    Conflict,
+    /// The database is unreachable: hold the batch.
+    Unavailable(String),
+    /// The handler did not finish with `Done`.
+    Failed(Failure_),
+}
+
+/// A handler's failure, as the retry logic sees it.
+enum Failure_ {
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    Reject(String),
+    Error(String),
+    Panic(String),
+}
+
+struct Worker<S: Store, H> {
+    conn: Connection,
+    store: S,
+    handler: H,
+    config: ConsumerConfig,
+    counters: Arc<Counters>,
+    publisher: Publisher,
+    stop: watch::Receiver<bool>,
+}
+
+impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let c = &self.config;
+        let topo = retry::topology(&c.queue, &c.retry, &c.dead_letter);
+        tokio::select! {
+            r = self.conn.declare(&topo) => if let Err(e) = r {
+                tracing::error!(error = %e, "could not declare the retry and dead-letter queues; consumer stopped");
+                return;
+            },
+            _ = stopped(&mut stop) => return,
+        }
+        let retention = tokio::spawn(self.clone().retention(stop.clone()));
+        let mut sub = match Subscription::start(
+            &self.conn,
+            SubscriptionConfig::new(&c.queue).prefetch(c.prefetch),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "could not subscribe; consumer stopped");
+                return;
+            }
+        };
+        let slots = Arc::new(Semaphore::new(c.concurrency));
+        let mut running = JoinSet::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                d = sub.recv() => d,
+            };
+            let Some(first) = first else {
+                tracing::warn!("subscription ended (the connection gave up); consumer stopped");
+                break;
+            };
+            let mut batch = vec![first];
+            if c.batch_size > 1 {
+                let deadline = tokio::time::Instant::now() + c.batch_wait;
+                while batch.len() < c.batch_size {
+                    if let Some(d) = sub.try_recv() {
+                        batch.push(d);
+                        continue;
+                    }
+                    match tokio::time::timeout_at(deadline, sub.recv()).await {
+                        Ok(Some(d)) => batch.push(d),
+                        _ => break,
+                    }
+                }
+            }
+            Counters::add(&self.counters.delivered, batch.len() as u64);
+            if c.concurrency == 1 {
+                self.process(batch).await;
+            } else {
+                let permit = slots.clone().acquire_owned().await.expect("never closed");
+                let me = self.clone();
+                running.spawn(async move {
+                    me.process(batch).await;
+                    drop(permit);
+                });
+                while running.try_join_next().is_some() {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+        sub.close(Duration::from_secs(5)).await;
+        self.publisher.close(Duration::from_secs(5)).await;
+        retention.abort();
+    }
+
+    async fn process(&self, batch: Vec<Delivery>) {
+        let mut items = Vec::with_capacity(batch.len());
+        for d in batch {
+            match self.key_of(&d) {
+                Some(key) => items.push(Item { d, key }),
+                None => {
+                    Counters::add(&self.counters.missing_id, 1);
+                    let key = String::new();
+                    let item = Item { d, key };
+                    self.dead_letter(item, "missing message_id", 1).await;
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let Some(failure) = self.commit_or_fail(&mut items).await else {
+            return;
+        };
+        if items.len() == 1 {
+            let item = items.pop().expect("one item");
+            return self.settle_failure(item, failure).await;
+        }
+        Counters::add(&self.counters.split_batches, 1);
+        for item in items {
+            let mut one = vec![item];
+            if let Some(f) = self.commit_or_fail(&mut one).await {
+                let item = one.pop().expect("one item");
+                self.settle_failure(item, f).await;
+            }
+        }
+    }
+
+    fn key_of(&self, d: &Delivery) -> Option<String> {
+        if let Some(id) = d.message_id().filter(|id| !id.is_empty()) {
+            return Some(id.to_string());
+        }
+        match self.config.missing_id {
+            MissingId::DeadLetter => None,
+            MissingId::HashBody => {
+                let mut h = Sha256::new();
+                h.update(d.routing_key().as_bytes());
+                h.update([0u8]);
+                h.update(d.body());
+                let digest = h.finalize();
+                let mut s = String::with_capacity(7 + 64);
+                s.push_str("sha256:");
+                for b in digest {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                Some(s)
+            }
+        }
+    }
+
+    /// Runs `items` in one transaction until it commits (then acks them and returns `None`) or
+    /// the handler fails (returns the failure; nothing acked, `items` kept). Holds the items
+    /// through database outages; drops those whose channel died (the broker redelivers them).
+    async fn commit_or_fail(&self, items: &mut Vec<Item>) -> Option<Failure_> {
+        let mut outage: u32 = 0;
+        loop {
+            let before = items.len();
+            items.retain(|i| i.d.is_live());
+            Counters::add(&self.counters.abandoned, (before - items.len()) as u64);
+            if items.is_empty() {
+                return None;
+            }
+            match self.attempt(items).await {
+                Attempt::Committed { fresh, duplicates } => {
+                    if outage > 0 {
+                        tracing::info!("dedup store reachable again");
+                        self.conn.emit(Event::StoreRecovered);
+                    }
+                    let c = &self.counters;
+                    Counters::add(&c.applied, fresh as u64);
+                    Counters::add(&c.duplicates, duplicates as u64);
+                    Counters::add(&c.commits, 1);
+                    for item in items.drain(..) {
+                        item.d.ack();
+                    }
+                    return None;
+                }
+                Attempt::Conflict => {
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+                }
+                Attempt::Unavailable(reason) => {
+                    if outage == 0 {
+                        Counters::add(&self.counters.store_outages, 1);
+                        tracing::warn!(%reason, held = items.len(), "dedup store unreachable; holding messages unacked");
+                        self.conn.emit(Event::StoreUnavailable { reason });
+                    }
+                    let delay = self.config.store_backoff.delay(outage);
+                    outage = outage.saturating_add(1);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut stop) => {
+                            // Shutting down: leave them unacked; the broker redelivers them.
+                            Counters::add(&self.counters.abandoned, items.len() as u64);
+                            items.clear();
+                            return None;
+                        }
+                    }
+                }
+                Attempt::Failed(f) => return Some(f),
+            }
+        }
+    }
+
+    async fn attempt(&self, items: &[Item]) -> Attempt {
+        let mut tx = match self.store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return store_failure::<S>(&e),
+        };
+        // The first occurrence of a key in the batch is the candidate; later ones are
+        // duplicates of it within this very transaction.
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+        let mut keys: Vec<&str> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(v) = first.entry(item.key.as_str()) {
+                v.insert(i);
+                keys.push(item.key.as_str());
+            }
+        }
+        let claimed = match self.store.claim(&mut tx, &self.config.group, &keys).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return store_failure::<S>(&e);
+            }
+        };
+        let fresh: Vec<&Delivery> = keys
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, new)| **new)
+            .map(|(k, _)| &items[first[k]].d)
+            .collect();
+        if !fresh.is_empty() {
+            let run = AssertUnwindSafe(self.handler.handle_batch(&fresh, &mut tx)).catch_unwind();
+            let failure = match run.await {
+                Ok(Ok(outcomes)) => match outcomes.iter().find(|o| **o != Outcome::Done) {
+                    None if outcomes.len() == fresh.len() => None,
+                    None => Some(Failure_::Error(format!(
+                        "handle_batch returned {} outcomes for {} messages",
+                        outcomes.len(),
+                        fresh.len()
+                    ))),
+                    Some(Outcome::Retry { after, reason }) => Some(Failure_::Retry {
+                        after: *after,
+                        reason: reason.clone(),
+                    }),
+                    Some(Outcome::Reject { reason }) => Some(Failure_::Reject(reason.clone())),
+                    Some(Outcome::Done) => unreachable!(),
+                },
+                Ok(Err(e)) => {
+                    if let Some(a) = self.database_trouble(&e).await {
+                        let _ = tx.rollback().await;
+                        return a;
+                    }
+                    Counters::add(&self.counters.handler_errors, 1);
+                    Some(Failure_::Error(e.to_string()))
+                }
+                Err(panic) => {
+                    Counters::add(&self.counters.handler_panics, 1);
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "handler panicked".into());
+                    tracing::warn!(panic = %msg, "handler panicked; rolled back");
+                    Some(Failure_::Panic(format!("handler panicked: {msg}")))
+                }
+            };
+            if let Some(f) = failure {
+                let _ = tx.rollback().await;
+                return Attempt::Failed(f);
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => Attempt::Committed {
+                fresh: fresh.len(),
+                duplicates: items.len() - fresh.len(),
+            },
+            // The commit's outcome is unknown: run the batch again. If it did commit, every
+            // message is now a duplicate and is acked without running the handler.
+            Err(e) => match S::classify(&e) {
+                Failure::Conflict => Attempt::Conflict,
+                _ => Attempt::Unavailable(format!("commit failed: {e}")),
+            },
+        }
+    }
+
+    /// Whether a handler error is really the database failing (outage or lock conflict).
+    async fn database_trouble(&self, e: &HandlerError) -> Option<Attempt> {
+        if let Some(sqlx_err) = find_sqlx_error(e.as_ref()) {
+            match S::classify(sqlx_err) {
+                Failure::Unavailable => return Some(Attempt::Unavailable(sqlx_err.to_string())),
+                Failure::Conflict => return Some(Attempt::Conflict),
+                Failure::Other => {}
+            }
+        }
+        if let Err(ping) = self.store.ping().await {
+            return Some(Attempt::Unavailable(ping.to_string()));
+        }
+        None
+    }
+
+    async fn settle_failure(&self, item: Item, f: Failure_) {
+        let attempt = item.d.attempt();
+        let p = &self.config.retry;
+        let (after, reason) = match f {
+            Failure_::Reject(reason) => return self.dead_letter(item, &reason, attempt).await,
+            Failure_::Retry { after, reason } => (after, reason),
+            Failure_::Error(reason) | Failure_::Panic(reason) => (None, reason),
+        };
+        if attempt >= p.max_attempts {
+            let reason = format!("gave up after {attempt} attempts: {reason}");
+            return self.dead_letter(item, &reason, attempt).await;
+        }
+        let delay = after.map_or_else(|| p.delay_after(attempt), |d| p.tier_for(d));
+        let m = retry::retry_message(
+            &item.d,
+            &item.key,
+            &self.config.queue,
+            delay,
+            attempt + 1,
+            &reason,
+        );
+        match self.publisher.publish_confirmed(m).await {
+            Ok(_) => {
+                Counters::add(&self.counters.retried, 1);
+                item.d.ack();
+            }
+            Err(e) => {
+                tracing::error!(error = %e.error, "could not publish to the retry queue; requeueing");
+                item.d.nack(true);
+            }
+        }
+    }
+
+    async fn dead_letter(&self, item: Item, reason: &str, attempts: u32) {
+        let c = &self.config;
+        let m = retry::dead_message(
+            &item.d,
+            &item.key,
+            &c.dead_letter,
+            &c.queue,
+            &c.group,
+            attempts,
+            reason,
+        );
+        match self.publisher.publish_confirmed(m).await {
+            Ok(_) => {
+                Counters::add(&self.counters.dead_lettered, 1);
+                tracing::warn!(%reason, message_id = ?item.d.message_id(), "dead-lettered");
+                item.d.ack();
+            }
+            Err(e) => {
+                tracing::error!(error = %e.error, "could not dead-letter; requeueing");
+                item.d.nack(true);
+            }
+        }
+    }
+
+    /// Deletes dedup records older than the retention window, in small batches.
+    async fn retention(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        const BATCH: u32 = 1000;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retention_interval) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            let before = SystemTime::now() - self.config.retention;
+            loop {
+                match self.store.purge(before, BATCH).await {
+                    Ok(n) => {
+                        Counters::add(&self.counters.purged, n);
+                        if n < BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention purge failed; will try again");
+                        break;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn store_failure<S: Store>(e: &sqlx::Error) -> Attempt {
+    match S::classify(e) {
+        Failure::Conflict => Attempt::Conflict,
+        // Anything else from the store itself (not the handler) is treated as an outage:
+        // holding the work is always safe, acking it never would be.
+        _ => Attempt::Unavailable(e.to_string()),
+    }
+}

@@ -1,0 +1,271 @@
+//! Retrying and dead-lettering: the policy, the queues it needs, and the messages it publishes.
+//!
+//! A failed message is published again to a retry queue `<queue>.retry.<ms>` whose TTL is the
+//! delay and whose dead-letter target is the work queue, then the original is acked: a failing
+//! message waits out of the way instead of blocking the others. One retry queue per delay, so a
+//! long delay never holds up a short one (RabbitMQ expires messages only at a queue's head).
+//! After the last attempt it is published to the dead-letter target with headers that say why.
+
+use super::delivery::{ATTEMPT_HEADER, Delivery};
+use crate::message::Message;
+use crate::topology::{Queue, Topology};
+use crate::transport::table::FieldValue;
+use std::time::{Duration, SystemTime};
+
+pub const REASON_HEADER: &str = "x-rabbit-once-reason";
+pub const ATTEMPTS_HEADER: &str = "x-rabbit-once-attempts";
+pub const GROUP_HEADER: &str = "x-rabbit-once-consumer-group";
+pub const QUEUE_HEADER: &str = "x-rabbit-once-queue";
+pub const LAST_ERROR_HEADER: &str = "x-rabbit-once-last-error";
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-rabbit-once-original-exchange";
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-rabbit-once-original-routing-key";
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-rabbit-once-dead-lettered-at";
+
+/// How often and how long to wait before giving up on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included. After the last, the message is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before attempt 2, 3, …; the last one repeats.
+    pub delays: Vec<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+            ],
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn new(max_attempts: u32, delays: Vec<Duration>) -> Self {
+        RetryPolicy {
+            max_attempts,
+            delays,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("retry max_attempts must be at least 1".into());
+        }
+        if self.max_attempts > 1 && self.delays.is_empty() {
+            return Err("retry delays must not be empty".into());
+        }
+        if self.delays.iter().any(|d| d.is_zero()) {
+            return Err("retry delays must be more than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The delay after failed attempt `attempt` (1-based).
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) as usize - 1).min(self.delays.len() - 1);
+        self.delays[i]
+    }
+
+    /// The retry tier to use for a delay the handler asked for: the smallest ≥ it, else the
+    /// largest.
+    pub(crate) fn tier_for(&self, wanted: Duration) -> Duration {
+        let mut tiers = self.delays.clone();
+        tiers.sort();
+        tiers
+            .iter()
+            .copied()
+            .find(|t| *t >= wanted)
+            .or_else(|| tiers.last().copied())
+            .unwrap_or(wanted)
+    }
+}
+
+/// Where messages go after the last attempt (or a `Reject`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// A queue (declared durable by the consumer). Default: `<queue>.dead`.
+    Queue(String),
+    /// An exchange and routing key (declared by the application).
+    Exchange {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// What to do with a message that has no `message_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingId {
+    /// Dead-letter it at once with the reason "missing message_id" (the default).
+    #[default]
+    DeadLetter,
+    /// Deduplicate on a SHA-256 of the routing key and the body instead. Two different messages
+    /// with the same body and key are then one message.
+    HashBody,
+}
+
+pub(crate) fn retry_queue(queue: &str, delay: Duration) -> String {
+    format!("{queue}.retry.{}", delay.as_millis())
+}
+
+/// The retry queues and the dead-letter queue a consumer of `queue` needs.
+pub(crate) fn topology(queue: &str, policy: &RetryPolicy, dead: &DeadLetter) -> Topology {
+    let mut t = Topology::new();
+    let mut delays = policy.delays.clone();
+    delays.sort();
+    delays.dedup();
+    if policy.max_attempts > 1 {
+        for d in delays {
+            t = t.queue(
+                Queue::new(retry_queue(queue, d))
+                    .message_ttl(d)
+                    .dead_letter_exchange("")
+                    .dead_letter_routing_key(queue),
+            );
+        }
+    }
+    if let DeadLetter::Queue(q) = dead {
+        t = t.queue(Queue::new(q));
+    }
+    t
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The properties of `d` with the original exchange and key kept, and `key` as the message id
+/// (so a hash-keyed message keeps its key when it comes back through a retry queue).
+fn carried(d: &Delivery, key: &str) -> crate::transport::properties::Properties {
+    let mut p = d.properties().clone();
+    if p.message_id.is_none() {
+        p.message_id = Some(key.to_string());
+    }
+    if p.header(ORIGINAL_EXCHANGE_HEADER).is_none() {
+        p = p
+            .with_header(ORIGINAL_EXCHANGE_HEADER, d.exchange())
+            .with_header(ORIGINAL_ROUTING_KEY_HEADER, d.routing_key());
+    }
+    p
+}
+
+/// The copy of `d` that goes to the retry queue for `delay`, as attempt `next_attempt`.
+pub(crate) fn retry_message(
+    d: &Delivery,
+    key: &str,
+    queue: &str,
+    delay: Duration,
+    next_attempt: u32,
+    reason: &str,
+) -> Message {
+    let p = carried(d, key)
+        .with_header(ATTEMPT_HEADER, FieldValue::I64(next_attempt as i64))
+        .with_header(LAST_ERROR_HEADER, truncate(reason, 1000));
+    Message::to_queue(retry_queue(queue, delay), d.body().clone()).properties(p)
+}
+
+/// The copy of `d` that goes to the dead-letter target.
+pub(crate) fn dead_message(
+    d: &Delivery,
+    key: &str,
+    target: &DeadLetter,
+    queue: &str,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> Message {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let p = carried(d, key)
+        .with_header(REASON_HEADER, truncate(reason, 1000))
+        .with_header(ATTEMPTS_HEADER, FieldValue::I64(attempts as i64))
+        .with_header(GROUP_HEADER, group)
+        .with_header(QUEUE_HEADER, queue)
+        .with_header(DEAD_LETTERED_AT_HEADER, FieldValue::Timestamp(now));
+    let m = match target {
+        DeadLetter::Queue(q) => Message::to_queue(q, d.body().clone()),
+        DeadLetter::Exchange {
+            exchange,
+            routing_key,
+        } => Message::new(exchange, routing_key, d.body().clone()),
+    };
+    m.properties(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn delays_by_attempt_and_tiers() {
+        let p = RetryPolicy::new(5, vec![ms(100), ms(1000), ms(5000)]);
+        assert_eq!(p.delay_after(1), ms(100));
+        assert_eq!(p.delay_after(2), ms(1000));
+        assert_eq!(p.delay_after(3), ms(5000));
+        assert_eq!(p.delay_after(9), ms(5000));
+        assert_eq!(p.tier_for(ms(500)), ms(1000));
+        assert_eq!(p.tier_for(ms(1)), ms(100));
+        assert_eq!(p.tier_for(ms(60_000)), ms(5000));
+    }
+
+    #[test]
+    fn topology_has_one_retry_queue_per_delay_and_the_dead_queue() {
+        let p = RetryPolicy::new(3, vec![ms(200), ms(100), ms(200)]);
+        let t = topology("work", &p, &DeadLetter::Queue("work.dead".into()));
+        let names: Vec<_> = t.queues.iter().map(|q| q.name().to_string()).collect();
+        assert_eq!(names, ["work.retry.100", "work.retry.200", "work.dead"]);
+        let r = &t.queues[0];
+        assert_eq!(
+            r.arguments.get("x-message-ttl").unwrap().as_i64(),
+            Some(100)
+        );
+        assert_eq!(
+            r.arguments
+                .get("x-dead-letter-routing-key")
+                .unwrap()
+                .as_str(),
+            Some("work")
+        );
+        assert_eq!(
+            r.arguments.get("x-dead-letter-exchange").unwrap().as_str(),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn validation() {
+        assert!(RetryPolicy::new(0, vec![ms(1)]).validate().is_err());
+        assert!(RetryPolicy::new(2, vec![]).validate().is_err());
+        assert!(RetryPolicy::new(1, vec![]).validate().is_ok());
+        assert!(
+            RetryPolicy::new(2, vec![Duration::ZERO])
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(600);
+        let t = truncate(&s, 1001);
+        assert!(t.len() <= 1001 + "…".len());
+        assert!(t.ends_with('…'));
+    }
+}

@@ -1,0 +1,107 @@
+//! Dedup stores: the table of processed `(consumer_group, message_id)` pairs, written in the same
+//! transaction as the handler's own writes.
+//!
+//! - this file: the [`Store`] trait every backend implements, and error classification;
+//! - [`sqlite`]: the embedded default (one file, WAL, busy timeout) — feature `sqlite`;
+//! - [`postgres`]: a pool, safe for many consumer processes at once — feature `postgres`.
+//!
+//! The unique key is the whole point: a second insert of the same pair is a duplicate. Under
+//! PostgreSQL a concurrent insert of a pair another transaction holds waits for that transaction:
+//! if it commits, this one sees a duplicate; if it rolls back, this one wins.
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+/// The processed-messages table's name (the same in every backend).
+pub const TABLE: &str = "rabbit_once_processed";
+
+/// How a failed database call should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database is unreachable or went away: hold the work, ack nothing, try again later.
+    Unavailable,
+    /// A lock conflict (deadlock, busy): roll back and run the same work again now.
+    Conflict,
+    /// Anything else: a bug or bad data in this transaction.
+    Other,
+}
+
+/// A dedup store. Implemented for SQLite and PostgreSQL; each call that writes takes the
+/// caller's transaction, so the dedup record commits or rolls back with the handler's writes.
+pub trait Store: Clone + Send + Sync + 'static {
+    type Db: sqlx::Database;
+
+    /// Creates the table and index if missing (idempotent; safe from several processes).
+    fn migrate(&self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Begins a transaction that will hold the dedup record and the handler's writes.
+    fn begin(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+
+    /// Inserts `(group, id)` for each id (all distinct) in `tx`; returns which ids were new
+    /// (`true`) and which were already recorded (`false`, duplicates), in the order given.
+    fn claim<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+        group: &'a str,
+        ids: &'a [&'a str],
+    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'a;
+
+    /// Deletes up to `limit` records older than `before`; returns how many.
+    fn purge(
+        &self,
+        before: SystemTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Whether the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// How to treat an error from this backend.
+    fn classify(e: &sqlx::Error) -> Failure;
+
+    /// A short name for logs ("sqlite", "postgres").
+    fn backend(&self) -> &'static str;
+}
+
+/// Errors every backend shares: I/O and pool failures mean the database is not there.
+pub(crate) fn classify_common(e: &sqlx::Error) -> Option<Failure> {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => Some(Failure::Unavailable),
+        #[cfg(feature = "sqlite")]
+        sqlx::Error::WorkerCrashed => Some(Failure::Unavailable),
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch, as stored in `processed_at`.
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64
+}
+
+/// Finds a `sqlx::Error` in a handler's error chain, so a database failure inside a handler
+/// can be told apart from a failure of the handler's own logic.
+pub(crate) fn find_sqlx_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a sqlx::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<sqlx::Error>() {
+            return Some(s);
+        }
+        cur = err.source();
+    }
+    None
+}

@@ -1,0 +1,193 @@
+//! PostgreSQL dedup store: a pool shared by many consumer processes. Claims insert the ids of a
+//! batch in sorted order, so two processes claiming overlapping batches take row locks in the
+//! same order and never deadlock on each other.
+
+use super::{Failure, Store, TABLE, classify_common, unix_seconds};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+/// Each migration is a list of statements, applied in one transaction.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+        consumer_group TEXT NOT NULL,
+        message_id     TEXT NOT NULL,
+        processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer_group, message_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (processed_at)",
+]];
+
+/// An arbitrary constant: the advisory lock that serializes migrations across processes.
+const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f6e;
+
+/// Options for [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Schema for the dedup table (and the `search_path` of every connection, so the
+    /// application's unqualified tables land there too). Created if missing. Default: the
+    /// server's `search_path` (usually `public`).
+    pub schema: Option<String>,
+    pub max_connections: u32,
+    /// How long to wait for a connection before the database counts as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: None,
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A dedup store in PostgreSQL. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: Option<String>,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) with default options.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, o: PostgresOptions) -> Result<Self, sqlx::Error> {
+        let mut opts = PgConnectOptions::from_str(url)?;
+        if let Some(s) = &o.schema {
+            opts = opts.options([("search_path", quote_ident(s))]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(o.max_connections.max(1))
+            .acquire_timeout(o.acquire_timeout)
+            .connect_lazy_with(opts);
+        Ok(PostgresStore {
+            pool,
+            schema: o.schema,
+        })
+    }
+
+    /// The pool, for the application's own queries.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+}
+
+impl Store for PostgresStore {
+    type Db = Postgres;
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(s) = &self.schema {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        let done: i32 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            for sql in *statements {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES ($1)")
+                .bind(i as i32 + 1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    async fn claim<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        group: &'a str,
+        ids: &'a [&'a str],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let mut sorted: Vec<&str> = ids.to_vec();
+        sorted.sort_unstable();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO {TABLE} (consumer_group, message_id)
+             SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
+             ON CONFLICT DO NOTHING RETURNING message_id"
+        ))
+        .bind(group)
+        .bind(&sorted)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut fresh: HashSet<String> = HashSet::with_capacity(rows.len());
+        for row in rows {
+            fresh.insert(row.try_get::<String, _>(0)?);
+        }
+        Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
+    }
+
+    async fn purge(&self, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(&format!(
+            "DELETE FROM {TABLE} WHERE ctid IN
+               (SELECT ctid FROM {TABLE} WHERE processed_at < to_timestamp($1) LIMIT $2)"
+        ))
+        .bind(unix_seconds(before) as f64)
+        .bind(limit as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    fn classify(e: &sqlx::Error) -> Failure {
+        if let Some(f) = classify_common(e) {
+            return f;
+        }
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    "40P01" | "40001" => Failure::Conflict,
+                    c if c.starts_with("08") => Failure::Unavailable,
+                    "57P01" | "57P02" | "57P03" | "53300" | "53100" | "53200" => {
+                        Failure::Unavailable
+                    }
+                    _ => Failure::Other,
+                }
+            }
+            _ => Failure::Other,
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,183 @@
+//! SQLite dedup store: the embedded default. One file, WAL journal, `synchronous=FULL`, a busy
+//! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
+//! writers never deadlock on a lock upgrade).
+
+use super::{Failure, Store, TABLE, classify_common, unix_seconds};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Rows per INSERT (3 bound values each; SQLite allows 32,766).
+const CHUNK: usize = 500;
+
+/// Each migration is a list of statements, applied in one transaction.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+        consumer_group TEXT NOT NULL,
+        message_id     TEXT NOT NULL,
+        processed_at   INTEGER NOT NULL,
+        PRIMARY KEY (consumer_group, message_id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (processed_at)",
+]];
+
+/// Options for [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Connections in the pool (writers still take turns: SQLite has one writer at a time).
+    pub max_connections: u32,
+    /// How long a writer waits for the lock before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// `FULL` (default) syncs the WAL on every commit: a committed dedup record survives a
+    /// power cut. `NORMAL` survives a process crash only.
+    pub synchronous_full: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            max_connections: 4,
+            busy_timeout: Duration::from_secs(10),
+            synchronous_full: true,
+        }
+    }
+}
+
+/// A dedup store in one SQLite file. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file with default options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, sqlx::Error> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    pub async fn open_with(path: impl AsRef<Path>, o: SqliteOptions) -> Result<Self, sqlx::Error> {
+        let path = path.as_ref().to_path_buf();
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if o.synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(o.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(o.max_connections.max(1))
+            .acquire_timeout(o.busy_timeout)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore { pool, path })
+    }
+
+    /// The pool, for the application's own queries (the `applied` table, reports…).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for SqliteStore {
+    type Db = Sqlite;
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        let done: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            for sql in *statements {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn claim<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Sqlite>,
+        group: &'a str,
+        ids: &'a [&'a str],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let now = unix_seconds(SystemTime::now());
+        let mut fresh: HashSet<String> = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO {TABLE} (consumer_group, message_id, processed_at) "
+            ));
+            q.push_values(chunk, |mut b, id| {
+                b.push_bind(group).push_bind(*id).push_bind(now);
+            });
+            q.push(" ON CONFLICT DO NOTHING RETURNING message_id");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                fresh.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
+    }
+
+    async fn purge(&self, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(&format!(
+            "DELETE FROM {TABLE} WHERE (consumer_group, message_id) IN
+               (SELECT consumer_group, message_id FROM {TABLE} WHERE processed_at < ? LIMIT ?)"
+        ))
+        .bind(unix_seconds(before))
+        .bind(limit as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    fn classify(e: &sqlx::Error) -> Failure {
+        if let Some(f) = classify_common(e) {
+            return f;
+        }
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+                match code {
+                    5 | 6 => Failure::Conflict,           // BUSY, LOCKED
+                    10 | 13 | 14 => Failure::Unavailable, // IOERR, FULL, CANTOPEN
+                    _ => Failure::Other,
+                }
+            }
+            _ => Failure::Other,
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
