@@ -125,10 +125,26 @@ impl Db {
             }
             Db::Postgres(s) => {
                 s.migrate().await?;
-                sqlx::query(CREATE).execute(s.pool()).await?;
+                // Several consumer processes start together: concurrent CREATE TABLE IF NOT
+                // EXISTS can collide in PostgreSQL's catalog, so take a lock for it.
+                let mut tx = s.pool().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7262650564)")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(CREATE).execute(&mut *tx).await?;
+                tx.commit().await?;
             }
         }
         Ok(())
+    }
+
+    /// Every applied `seq` with how many rows it has.
+    pub async fn seq_counts(&self) -> anyhow::Result<Vec<(i64, i64)>> {
+        let sql = "SELECT seq, COUNT(*) FROM applied WHERE seq IS NOT NULL GROUP BY seq";
+        Ok(match self {
+            Db::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+            Db::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
+        })
     }
 
     /// Every applied message id with how many rows it has.

@@ -45,9 +45,13 @@ pub struct Args {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Append the counters as a JSON line to this file every 500 ms and at the end (used by
+    /// `chaos`, which may kill this process at any moment).
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, Default, Clone)]
 pub struct Summary {
     pub delivered: u64,
     pub applied: u64,
@@ -68,16 +72,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .topology(Topology::new().queue(Queue::new(&a.queue)));
     let conn = Connection::start(config)?;
     let (s, secs) = consume(&conn, &db, &a).await?;
-    let summary = Summary {
-        delivered: s.delivered,
-        applied: s.applied,
-        duplicates: s.duplicates,
-        retried: s.retried,
-        dead_lettered: s.dead_lettered,
-        store_outages: s.store_outages,
-        reconnects: conn.reconnects(),
-        seconds: secs,
-    };
+    let summary = summary(&s, &conn, secs);
+    write_report(a.report.as_deref(), &summary);
     conn.close().await;
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -96,7 +92,33 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the consumer on `conn` until idle / count / Ctrl-C; returns its counters.
+fn summary(s: &ConsumerStats, conn: &Connection, secs: f64) -> Summary {
+    Summary {
+        delivered: s.delivered,
+        applied: s.applied,
+        duplicates: s.duplicates,
+        retried: s.retried,
+        dead_lettered: s.dead_lettered,
+        store_outages: s.store_outages,
+        reconnects: conn.reconnects(),
+        seconds: secs,
+    }
+}
+
+fn write_report(path: Option<&std::path::Path>, s: &Summary) {
+    if let Some(p) = path
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    {
+        use std::io::Write;
+        let _ =
+            f.write_all(format!("{}\n", serde_json::to_string(s).unwrap_or_default()).as_bytes());
+    }
+}
+
+/// Runs the consumer on `conn` until idle / count / Ctrl-C / SIGTERM; returns its counters.
 pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(ConsumerStats, f64)> {
     let mut config = ConsumerConfig::new(&a.queue)
         .prefetch(a.prefetch)
@@ -123,12 +145,22 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     let mut last_delivered = 0;
     let mut idle_since = Instant::now();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut last_report = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = &mut ctrl_c => break,
+            _ = term.recv() => break,
         }
         let s = consumer.stats();
+        if a.report.is_some() && last_report.elapsed() >= Duration::from_millis(500) {
+            last_report = Instant::now();
+            write_report(
+                a.report.as_deref(),
+                &summary(&s, conn, started.elapsed().as_secs_f64()),
+            );
+        }
         pb.set_message(format!(
             "delivered {}  applied {}  duplicates {}  retried {}  dead-lettered {}  reconnects {}",
             s.delivered,

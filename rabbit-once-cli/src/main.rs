@@ -1,6 +1,7 @@
 //! `rabbit-once`: demo, publish, consume, chaos and bench, built on the rabbit-once library.
 
 mod applied;
+mod chaos;
 mod common;
 mod consume;
 mod demo;
@@ -27,6 +28,8 @@ enum Command {
     Publish(publish::Args),
     /// Consume idempotently into SQLite or PostgreSQL with the built-in `applied` handler.
     Consume(consume::Args),
+    /// Publisher and consumer processes under a fault schedule; reconciles the ledger.
+    Chaos(chaos::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(a) => demo::run(a).await,
             Command::Publish(a) => publish::run(a).await,
             Command::Consume(a) => consume::run(a).await,
+            Command::Chaos(a) => chaos::run(a).await,
         }
     });
     match result {

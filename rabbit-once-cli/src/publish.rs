@@ -42,6 +42,42 @@ pub struct Args {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Append a line per event to this file, written at once (no buffering, so a SIGKILL loses
+    /// nothing written): `a SEQ` accepted, `c SEQ MICROS` confirmed at that unix time, `f SEQ KIND`
+    /// failed. Used by `chaos`.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+}
+
+/// An unbuffered line log: every line is one `write` system call.
+struct Report(Option<std::fs::File>);
+
+impl Report {
+    fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Ok(Report(match path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => None,
+        }))
+    }
+
+    fn line(&mut self, s: std::fmt::Arguments<'_>) {
+        if let Some(f) = &mut self.0 {
+            use std::io::Write;
+            let _ = f.write_all(format!("{s}\n").as_bytes());
+        }
+    }
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -68,16 +104,25 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .max_buffered(a.window.max(10_000)),
     )?;
     let pb = bar(a.count, "confirmed");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rabbit_once::Confirmation>();
+    let mut accepted_log = Report::open(a.report.as_deref())?;
+    let mut confirmed_log = Report::open(a.report.as_deref())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rabbit_once::Confirmation)>();
     let collector = {
         let pb = pb.clone();
         tokio::spawn(async move {
             let mut confirmed = 0u64;
             let mut failed = BTreeMap::new();
-            while let Some(c) = rx.recv().await {
+            while let Some((seq, c)) = rx.recv().await {
                 match c.await {
-                    Ok(_) => confirmed += 1,
-                    Err(e) => *failed.entry(kind(&e.error)).or_insert(0u64) += 1,
+                    Ok(_) => {
+                        confirmed += 1;
+                        confirmed_log.line(format_args!("c {seq} {}", unix_micros()));
+                    }
+                    Err(e) => {
+                        let k = kind(&e.error);
+                        confirmed_log.line(format_args!("f {seq} {k}"));
+                        *failed.entry(k).or_insert(0u64) += 1;
+                    }
                 }
                 pb.inc(1);
             }
@@ -100,7 +145,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         match publisher.publish(m).await {
             Ok(c) => {
-                let _ = tx.send(c);
+                accepted_log.line(format_args!("a {seq}"));
+                let _ = tx.send((seq, c));
             }
             Err(e) => {
                 if let ConnectionState::Failed(err) = conn.state() {

@@ -136,18 +136,33 @@ impl Connection {
         &self.inner.config
     }
 
-    /// Adds `t` to the topology declared on every session, and declares it now.
+    /// Declares `t` now and, once the broker accepted it, on every later session too.
     pub async fn declare(&self, t: &Topology) -> Result<(), Error> {
         t.validate().map_err(Error::Config)?;
-        {
-            let mut topo = self.inner.topology.lock().expect("topology lock");
-            *topo = std::mem::take(&mut *topo).merge(t);
-        }
+        let mut after = 0;
         loop {
-            let s = self.next_session(0).await?;
+            let s = self.next_session(after).await?;
             match crate::topology::declare(&s.conn, t).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_connection_level() => continue,
+                Ok(()) => {
+                    // Only what the broker accepted is declared again on later sessions.
+                    {
+                        let mut topo = self.inner.topology.lock().expect("topology lock");
+                        *topo = std::mem::take(&mut *topo).merge(t);
+                    }
+                    // A session that started meanwhile declared the old topology: declare on
+                    // it too.
+                    let newer = self
+                        .inner
+                        .session
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|n| n.epoch > s.epoch);
+                    if !newer {
+                        return Ok(());
+                    }
+                    after = s.epoch;
+                }
+                Err(e) if e.is_connection_level() => after = s.epoch,
                 Err(e) => return Err(e),
             }
         }

@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(inner: Arc<Inner>) {
     let cfg = &inner.config;
@@ -45,7 +47,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         match opened {
             Ok(conn) => {
                 epoch += 1;
-                failures = 0;
+                let up_since = std::time::Instant::now();
                 if epoch > 1 {
                     inner.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -85,7 +87,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     reason: reason.clone(),
                 });
                 let _ = inner.events.send(Event::Disconnected { epoch, reason });
-                if sleep_or_shutdown(cfg.backoff.delay(0), &mut shutdown).await {
+                // A session that dies at once (a broker accepting and dropping connections)
+                // does not reset the backoff: flapping slows down like failing does.
+                if up_since.elapsed() >= STABLE {
+                    failures = 0;
+                } else {
+                    failures = failures.saturating_add(1);
+                }
+                if sleep_or_shutdown(cfg.backoff.delay(failures), &mut shutdown).await {
                     break None;
                 }
             }
@@ -138,12 +147,32 @@ async fn open_session(
     params: &ConnectParams,
 ) -> Result<transport::Connection, Error> {
     let conn = transport::Connection::open(ep, params).await?;
+    // If this future is dropped (shutdown) before the session is handed over, the connection
+    // must not live on: the guard kills it.
+    let guard = KillOnDrop(Some(conn.clone()));
     let topo = inner.topology.lock().expect("topology lock").clone();
     if let Err(e) = topology::declare(&conn, &topo).await {
         conn.kill(e.clone());
         return Err(e);
     }
+    guard.disarm();
     Ok(conn)
+}
+
+struct KillOnDrop(Option<transport::Connection>);
+
+impl KillOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.kill(Error::Closed);
+        }
+    }
 }
 
 /// Waits for the session to end, forwarding blocked/unblocked. `None` means shutdown.

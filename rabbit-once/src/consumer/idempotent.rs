@@ -229,6 +229,7 @@ pub struct Consumer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
+    close_timeout: Arc<AtomicU64>,
 }
 
 impl Consumer {
@@ -251,6 +252,7 @@ impl Consumer {
             .map_err(|e| Error::Store(Arc::new(e)))?;
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
+        let close_timeout = Arc::new(AtomicU64::new(5000));
         let publisher = Publisher::new(conn, PublisherConfig::default().window(256))?;
         let worker = Arc::new(Worker {
             conn: conn.clone(),
@@ -260,12 +262,14 @@ impl Consumer {
             counters: counters.clone(),
             publisher,
             stop: stop_rx.clone(),
+            close_timeout: close_timeout.clone(),
         });
         let task = tokio::spawn(worker.run(stop_rx));
         Ok(Consumer {
             stop,
             task,
             counters,
+            close_timeout,
         })
     }
 
@@ -281,9 +285,20 @@ impl Consumer {
     /// Stops taking deliveries, lets the batch in hand finish (commit and ack, or roll back),
     /// waits up to `timeout` for acks to be written, and closes the channel; everything not
     /// acked is redelivered by the broker. Returns the final counters.
-    pub async fn shutdown(self, timeout: Duration) -> ConsumerStats {
+    pub async fn shutdown(mut self, timeout: Duration) -> ConsumerStats {
+        self.close_timeout
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
         self.stop.send_replace(true);
-        let _ = tokio::time::timeout(timeout + Duration::from_secs(5), self.task).await;
+        // The batch in hand gets `timeout` too, then closing gets it again.
+        if tokio::time::timeout(timeout * 2 + Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "consumer did not stop in time; aborted (unacked messages are redelivered)"
+            );
+            self.task.abort();
+        }
         self.counters.snapshot()
     }
 }
@@ -304,8 +319,9 @@ enum Attempt {
     Conflict,
     /// The database is unreachable: hold the batch.
     Unavailable(String),
-    /// The handler did not finish with `Done`.
-    Failed(Failure_),
+    /// The handler (or the data it wrote) failed; `Some(i)` when it is known that the message
+    /// at index `i` of the batch gave that outcome.
+    Failed(Failure_, Option<usize>),
 }
 
 /// A handler's failure, as the retry logic sees it.
@@ -319,6 +335,9 @@ enum Failure_ {
     Panic(String),
 }
 
+/// Consecutive lock conflicts before the batch counts as failed (and goes the retry way).
+const MAX_CONFLICTS: u32 = 10;
+
 struct Worker<S: Store, H> {
     conn: Connection,
     store: S,
@@ -327,6 +346,7 @@ struct Worker<S: Store, H> {
     counters: Arc<Counters>,
     publisher: Publisher,
     stop: watch::Receiver<bool>,
+    close_timeout: Arc<AtomicU64>,
 }
 
 impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
@@ -391,8 +411,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             }
         }
         while running.join_next().await.is_some() {}
-        sub.close(Duration::from_secs(5)).await;
-        self.publisher.close(Duration::from_secs(5)).await;
+        let timeout = Duration::from_millis(self.close_timeout.load(Ordering::Relaxed));
+        sub.close(timeout).await;
+        self.publisher.close(timeout).await;
         retention.abort();
     }
 
@@ -400,53 +421,79 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let mut items = Vec::with_capacity(batch.len());
         for d in batch {
             match self.key_of(&d) {
-                Some(key) => items.push(Item { d, key }),
-                None => {
+                Ok(key) => items.push(Item { d, key }),
+                Err(reason) => {
                     Counters::add(&self.counters.missing_id, 1);
-                    let key = String::new();
-                    let item = Item { d, key };
-                    self.dead_letter(item, "missing message_id", 1).await;
+                    let item = Item {
+                        d,
+                        key: String::new(),
+                    };
+                    self.dead_letter(item, reason, 1).await;
                 }
             }
         }
-        if items.is_empty() {
-            return;
-        }
-        let Some(failure) = self.commit_or_fail(&mut items).await else {
-            return;
-        };
-        if items.len() == 1 {
-            let item = items.pop().expect("one item");
-            return self.settle_failure(item, failure).await;
-        }
-        Counters::add(&self.counters.split_batches, 1);
-        for item in items {
-            let mut one = vec![item];
-            if let Some(f) = self.commit_or_fail(&mut one).await {
-                let item = one.pop().expect("one item");
-                self.settle_failure(item, f).await;
+        // A work list of batches: a failed batch is split — around the message that failed if
+        // that is known, in halves if not — so one bad message neither blocks nor duplicates
+        // the others, and every verdict on a message comes from a run of that message alone.
+        let mut work = vec![items];
+        let mut split = false;
+        while let Some(mut batch) = work.pop() {
+            let Some((failure, culprit)) = self.commit_or_fail(&mut batch).await else {
+                continue;
+            };
+            if batch.len() == 1 {
+                let item = batch.pop().expect("one item");
+                self.settle_failure(item, failure).await;
+                continue;
+            }
+            if !split {
+                split = true;
+                Counters::add(&self.counters.split_batches, 1);
+            }
+            match culprit {
+                Some(i) => {
+                    let tail = batch.split_off(i + 1);
+                    let bad = batch.pop().expect("the culprit");
+                    if !tail.is_empty() {
+                        work.push(tail);
+                    }
+                    work.push(vec![bad]);
+                    if !batch.is_empty() {
+                        work.push(batch);
+                    }
+                }
+                None => {
+                    let tail = batch.split_off(batch.len() / 2);
+                    work.push(tail);
+                    work.push(batch);
+                }
             }
         }
     }
 
-    fn key_of(&self, d: &Delivery) -> Option<String> {
+    /// The dedup key: the message id, or (by policy) a hash of routing key and body.
+    fn key_of(&self, d: &Delivery) -> Result<String, &'static str> {
         if let Some(id) = d.message_id().filter(|id| !id.is_empty()) {
-            return Some(id.to_string());
+            if id.contains('\0') {
+                return Err("invalid message_id (contains a NUL byte)");
+            }
+            return Ok(id.to_string());
         }
         match self.config.missing_id {
-            MissingId::DeadLetter => None,
+            MissingId::DeadLetter => Err("missing message_id"),
             MissingId::HashBody => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut h = Sha256::new();
                 h.update(d.routing_key().as_bytes());
                 h.update([0u8]);
                 h.update(d.body());
-                let digest = h.finalize();
                 let mut s = String::with_capacity(7 + 64);
                 s.push_str("sha256:");
-                for b in digest {
-                    s.push_str(&format!("{b:02x}"));
+                for b in h.finalize() {
+                    s.push(HEX[(b >> 4) as usize] as char);
+                    s.push(HEX[(b & 15) as usize] as char);
                 }
-                Some(s)
+                Ok(s)
             }
         }
     }
@@ -454,8 +501,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// Runs `items` in one transaction until it commits (then acks them and returns `None`) or
     /// the handler fails (returns the failure; nothing acked, `items` kept). Holds the items
     /// through database outages; drops those whose channel died (the broker redelivers them).
-    async fn commit_or_fail(&self, items: &mut Vec<Item>) -> Option<Failure_> {
+    async fn commit_or_fail(&self, items: &mut Vec<Item>) -> Option<(Failure_, Option<usize>)> {
         let mut outage: u32 = 0;
+        let mut conflicts: u32 = 0;
         loop {
             let before = items.len();
             items.retain(|i| i.d.is_live());
@@ -463,7 +511,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             if items.is_empty() {
                 return None;
             }
-            match self.attempt(items).await {
+            let wait = match self.attempt(items).await {
                 Attempt::Committed { fresh, duplicates } => {
                     if outage > 0 {
                         tracing::info!("dedup store reachable again");
@@ -478,8 +526,15 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     }
                     return None;
                 }
+                Attempt::Failed(f, culprit) => return Some((f, culprit)),
                 Attempt::Conflict => {
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        let reason = format!("{conflicts} database lock conflicts in a row");
+                        return Some((Failure_::Error(reason), None));
+                    }
+                    let ms = fastrand::u64(1..10) << conflicts.min(6);
+                    Duration::from_millis(ms)
                 }
                 Attempt::Unavailable(reason) => {
                     if outage == 0 {
@@ -489,18 +544,18 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     }
                     let delay = self.config.store_backoff.delay(outage);
                     outage = outage.saturating_add(1);
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stopped(&mut stop) => {
-                            // Shutting down: leave them unacked; the broker redelivers them.
-                            Counters::add(&self.counters.abandoned, items.len() as u64);
-                            items.clear();
-                            return None;
-                        }
-                    }
+                    delay
                 }
-                Attempt::Failed(f) => return Some(f),
+            };
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(&mut stop) => {
+                    // Shutting down: leave them unacked; the broker redelivers them.
+                    Counters::add(&self.counters.abandoned, items.len() as u64);
+                    items.clear();
+                    return None;
+                }
             }
         }
     }
@@ -508,7 +563,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     async fn attempt(&self, items: &[Item]) -> Attempt {
         let mut tx = match self.store.begin().await {
             Ok(tx) => tx,
-            Err(e) => return store_failure::<S>(&e),
+            Err(e) => return self.store_trouble(&e, "begin").await,
         };
         // The first occurrence of a key in the batch is the candidate; later ones are
         // duplicates of it within this very transaction.
@@ -524,41 +579,53 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             Ok(c) => c,
             Err(e) => {
                 let _ = tx.rollback().await;
-                return store_failure::<S>(&e);
+                return self.store_trouble(&e, "claim").await;
             }
         };
-        let fresh: Vec<&Delivery> = keys
+        let fresh_idx: Vec<usize> = keys
             .iter()
             .zip(&claimed)
             .filter(|(_, new)| **new)
-            .map(|(k, _)| &items[first[k]].d)
+            .map(|(k, _)| first[k])
             .collect();
+        let fresh: Vec<&Delivery> = fresh_idx.iter().map(|&i| &items[i].d).collect();
         if !fresh.is_empty() {
             let run = AssertUnwindSafe(self.handler.handle_batch(&fresh, &mut tx)).catch_unwind();
             let failure = match run.await {
-                Ok(Ok(outcomes)) => match outcomes.iter().find(|o| **o != Outcome::Done) {
+                Ok(Ok(outcomes)) => match outcomes.iter().position(|o| *o != Outcome::Done) {
                     None if outcomes.len() == fresh.len() => None,
-                    None => Some(Failure_::Error(format!(
-                        "handle_batch returned {} outcomes for {} messages",
-                        outcomes.len(),
-                        fresh.len()
-                    ))),
-                    Some(Outcome::Retry { after, reason }) => Some(Failure_::Retry {
-                        after: *after,
-                        reason: reason.clone(),
-                    }),
-                    Some(Outcome::Reject { reason }) => Some(Failure_::Reject(reason.clone())),
-                    Some(Outcome::Done) => unreachable!(),
+                    None => Some((
+                        Failure_::Error(format!(
+                            "handle_batch returned {} outcomes for {} messages",
+                            outcomes.len(),
+                            fresh.len()
+                        )),
+                        None,
+                    )),
+                    Some(k) => {
+                        let f = match &outcomes[k] {
+                            Outcome::Retry { after, reason } => Failure_::Retry {
+                                after: *after,
+                                reason: reason.clone(),
+                            },
+                            Outcome::Reject { reason } => Failure_::Reject(reason.clone()),
+                            Outcome::Done => unreachable!("position found a non-Done outcome"),
+                        };
+                        Some((f, Some(fresh_idx[k])))
+                    }
                 },
                 Ok(Err(e)) => {
+                    // Roll back first: the transaction holds a pooled connection the checks
+                    // below may need.
+                    let _ = tx.rollback().await;
                     if let Some(a) = self.database_trouble(&e).await {
-                        let _ = tx.rollback().await;
                         return a;
                     }
                     Counters::add(&self.counters.handler_errors, 1);
-                    Some(Failure_::Error(e.to_string()))
+                    return Attempt::Failed(Failure_::Error(e.to_string()), None);
                 }
                 Err(panic) => {
+                    let _ = tx.rollback().await;
                     Counters::add(&self.counters.handler_panics, 1);
                     let msg = panic
                         .downcast_ref::<&str>()
@@ -566,12 +633,50 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "handler panicked".into());
                     tracing::warn!(panic = %msg, "handler panicked; rolled back");
-                    Some(Failure_::Panic(format!("handler panicked: {msg}")))
+                    return Attempt::Failed(
+                        Failure_::Panic(format!("handler panicked: {msg}")),
+                        None,
+                    );
                 }
             };
-            if let Some(f) = failure {
+            if let Some((f, culprit)) = failure {
                 let _ = tx.rollback().await;
-                return Attempt::Failed(f);
+                return Attempt::Failed(f, culprit);
+            }
+            // The transaction must still hold our dedup record: PostgreSQL turns the COMMIT of
+            // a transaction aborted by an error the handler ignored into a silent rollback.
+            match self
+                .store
+                .holds(
+                    &mut tx,
+                    &self.config.group,
+                    fresh_idx_key(items, &fresh_idx),
+                )
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx.rollback().await;
+                    return Attempt::Failed(
+                        Failure_::Error(
+                            "the transaction lost its dedup record before commit".into(),
+                        ),
+                        None,
+                    );
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    return match S::classify(&e) {
+                        Failure::Unavailable => Attempt::Unavailable(e.to_string()),
+                        Failure::Conflict => Attempt::Conflict,
+                        Failure::Other => Attempt::Failed(
+                            Failure_::Error(format!(
+                                "the database aborted the transaction (an error inside the handler was ignored?): {e}"
+                            )),
+                            None,
+                        ),
+                    };
+                }
             }
         }
         match tx.commit().await {
@@ -579,11 +684,24 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 fresh: fresh.len(),
                 duplicates: items.len() - fresh.len(),
             },
-            // The commit's outcome is unknown: run the batch again. If it did commit, every
-            // message is now a duplicate and is acked without running the handler.
-            Err(e) => match S::classify(&e) {
-                Failure::Conflict => Attempt::Conflict,
-                _ => Attempt::Unavailable(format!("commit failed: {e}")),
+            // I/O trouble: the outcome is unknown; run the batch again — if it did commit,
+            // every message is now a duplicate and is acked without running the handler.
+            // An error the server answered with means nothing was committed.
+            Err(e) => self.store_trouble(&e, "commit").await,
+        }
+    }
+
+    /// Classifies an error of the store's own statements (begin, claim, commit).
+    async fn store_trouble(&self, e: &sqlx::Error, what: &str) -> Attempt {
+        match S::classify(e) {
+            Failure::Conflict => Attempt::Conflict,
+            Failure::Unavailable => Attempt::Unavailable(format!("{what}: {e}")),
+            // The database answered, with an error about this data (a bad id, a constraint
+            // checked at commit): a failure of this batch, not an outage — if it answers a
+            // ping too.
+            Failure::Other => match self.store.ping().await {
+                Ok(()) => Attempt::Failed(Failure_::Error(format!("{what} failed: {e}")), None),
+                Err(ping) => Attempt::Unavailable(format!("{what}: {e}; ping: {ping}")),
             },
         }
     }
@@ -624,15 +742,8 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             attempt + 1,
             &reason,
         );
-        match self.publisher.publish_confirmed(m).await {
-            Ok(_) => {
-                Counters::add(&self.counters.retried, 1);
-                item.d.ack();
-            }
-            Err(e) => {
-                tracing::error!(error = %e.error, "could not publish to the retry queue; requeueing");
-                item.d.nack(true);
-            }
+        if self.publish_then_ack(item, m).await {
+            Counters::add(&self.counters.retried, 1);
         }
     }
 
@@ -647,20 +758,45 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             attempts,
             reason,
         );
-        match self.publisher.publish_confirmed(m).await {
+        let id = item.d.message_id().map(str::to_string);
+        if self.publish_then_ack(item, m).await {
+            Counters::add(&self.counters.dead_lettered, 1);
+            tracing::warn!(%reason, message_id = ?id, "dead-lettered");
+        }
+    }
+
+    /// Publishes the retry or dead-letter copy and acks the original only once the broker
+    /// confirmed the copy. If the copy cannot be published, the original goes back to the
+    /// queue after a pause (not at once: that would spin). On shutdown, or if the original's
+    /// channel is gone, the original is left to the broker to redeliver.
+    async fn publish_then_ack(&self, item: Item, m: crate::message::Message) -> bool {
+        if !item.d.is_live() {
+            Counters::add(&self.counters.abandoned, 1);
+            return false;
+        }
+        let mut stop = self.stop.clone();
+        let r = tokio::select! {
+            r = self.publisher.publish_confirmed(m) => r,
+            _ = stopped(&mut stop) => return false,
+        };
+        match r {
             Ok(_) => {
-                Counters::add(&self.counters.dead_lettered, 1);
-                tracing::warn!(%reason, message_id = ?item.d.message_id(), "dead-lettered");
                 item.d.ack();
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e.error, "could not dead-letter; requeueing");
+                tracing::error!(error = %e.error, "could not publish the retry or dead-letter copy; requeueing the original");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped(&mut stop) => return false,
+                }
                 item.d.nack(true);
+                false
             }
         }
     }
 
-    /// Deletes dedup records older than the retention window, in small batches.
+    /// Deletes this group's dedup records older than the retention window, in small batches.
     async fn retention(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         const BATCH: u32 = 1000;
         loop {
@@ -670,7 +806,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             }
             let before = SystemTime::now() - self.config.retention;
             loop {
-                match self.store.purge(before, BATCH).await {
+                match self.store.purge(&self.config.group, before, BATCH).await {
                     Ok(n) => {
                         Counters::add(&self.counters.purged, n);
                         if n < BATCH as u64 {
@@ -688,11 +824,6 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     }
 }
 
-fn store_failure<S: Store>(e: &sqlx::Error) -> Attempt {
-    match S::classify(e) {
-        Failure::Conflict => Attempt::Conflict,
-        // Anything else from the store itself (not the handler) is treated as an outage:
-        // holding the work is always safe, acking it never would be.
-        _ => Attempt::Unavailable(e.to_string()),
-    }
+fn fresh_idx_key<'a>(items: &'a [Item], fresh_idx: &[usize]) -> &'a str {
+    &items[fresh_idx[0]].key
 }

@@ -149,9 +149,13 @@ fn truncate(s: &str, max: usize) -> String {
 /// (so a hash-keyed message keeps its key when it comes back through a retry queue).
 fn carried(d: &Delivery, key: &str) -> crate::transport::properties::Properties {
     let mut p = d.properties().clone();
-    if p.message_id.is_none() {
+    if p.message_id.as_deref().is_none_or(str::is_empty) {
         p.message_id = Some(key.to_string());
     }
+    // The original is acked once the copy is confirmed: the copy must survive a broker restart,
+    // and must not expire on its own.
+    p.delivery_mode = Some(2);
+    p.expiration = None;
     if p.header(ORIGINAL_EXCHANGE_HEADER).is_none() {
         p = p
             .with_header(ORIGINAL_EXCHANGE_HEADER, d.exchange())

@@ -341,18 +341,20 @@ impl Task {
         tracker.flush(&mut self.frames);
         if !self.frames.is_empty() || !nacks.is_empty() {
             let frames = &self.frames;
+            // Nacks first: a `multiple` ack after them may span their tags harmlessly, but one
+            // before them would ack the very messages we mean to give back.
             let _ = ch.write(|w| {
-                for f in frames {
-                    w.method(&Method::BasicAck {
-                        delivery_tag: f.tag,
-                        multiple: f.multiple,
-                    });
-                }
                 for &(tag, requeue) in &nacks {
                     w.method(&Method::BasicNack {
                         delivery_tag: tag,
                         multiple: false,
                         requeue,
+                    });
+                }
+                for f in frames {
+                    w.method(&Method::BasicAck {
+                        delivery_tag: f.tag,
+                        multiple: f.multiple,
                     });
                 }
             });
@@ -374,7 +376,9 @@ impl Task {
                     link: Some(self.link.clone()),
                 };
                 if let Err(mpsc::error::SendError(mut d)) = self.tx.send(d) {
-                    d.link = None; // nobody listens: the channel close requeues it
+                    // Nobody listens: the channel close requeues it; do not wait for it.
+                    d.link = None;
+                    tracker.gone(d.raw.delivery_tag);
                 }
                 None
             }

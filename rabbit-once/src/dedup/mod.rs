@@ -53,9 +53,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         ids: &'a [&'a str],
     ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'a;
 
-    /// Deletes up to `limit` records older than `before`; returns how many.
+    /// Whether `tx` still holds `(group, id)`: checked just before commit, so a transaction the
+    /// database aborted behind the handler's back (PostgreSQL commits an aborted transaction as
+    /// a rollback without an error) is never taken for a commit.
+    fn holds<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+        group: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    /// Deletes up to `limit` records of `group` older than `before`; returns how many.
     fn purge(
         &self,
+        group: &str,
         before: SystemTime,
         limit: u32,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;

@@ -17,7 +17,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (consumer_group, message_id)
     )",
-    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (processed_at)",
+    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
 ]];
 
 /// An arbitrary constant: the advisory lock that serializes migrations across processes.
@@ -148,11 +148,29 @@ impl Store for PostgresStore {
         Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
     }
 
-    async fn purge(&self, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
+    async fn holds<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        group: &'a str,
+        id: &'a str,
+    ) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = $1 AND message_id = $2"
+        ))
+        .bind(group)
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
         let r = sqlx::query(&format!(
             "DELETE FROM {TABLE} WHERE ctid IN
-               (SELECT ctid FROM {TABLE} WHERE processed_at < to_timestamp($1) LIMIT $2)"
+               (SELECT ctid FROM {TABLE}
+                 WHERE consumer_group = $1 AND processed_at < to_timestamp($2) LIMIT $3)"
         ))
+        .bind(group)
         .bind(unix_seconds(before) as f64)
         .bind(limit as i64)
         .execute(&self.pool)
@@ -175,7 +193,8 @@ impl Store for PostgresStore {
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
-                    "40P01" | "40001" => Failure::Conflict,
+                    // deadlock, serialization, lock not available, statement timeout
+                    "40P01" | "40001" | "55P03" | "57014" => Failure::Conflict,
                     c if c.starts_with("08") => Failure::Unavailable,
                     "57P01" | "57P02" | "57P03" | "53300" | "53100" | "53200" => {
                         Failure::Unavailable

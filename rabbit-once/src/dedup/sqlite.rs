@@ -22,7 +22,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         processed_at   INTEGER NOT NULL,
         PRIMARY KEY (consumer_group, message_id)
     ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (processed_at)",
+    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
 ]];
 
 /// Options for [`SqliteStore`].
@@ -141,11 +141,29 @@ impl Store for SqliteStore {
         Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
     }
 
-    async fn purge(&self, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
-        let r = sqlx::query(&format!(
-            "DELETE FROM {TABLE} WHERE (consumer_group, message_id) IN
-               (SELECT consumer_group, message_id FROM {TABLE} WHERE processed_at < ? LIMIT ?)"
+    async fn holds<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Sqlite>,
+        group: &'a str,
+        id: &'a str,
+    ) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = ? AND message_id = ?"
         ))
+        .bind(group)
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(&format!(
+            "DELETE FROM {TABLE} WHERE consumer_group = ? AND message_id IN
+               (SELECT message_id FROM {TABLE} WHERE consumer_group = ? AND processed_at < ? LIMIT ?)"
+        ))
+        .bind(group)
+        .bind(group)
         .bind(unix_seconds(before))
         .bind(limit as i64)
         .execute(&self.pool)

@@ -64,6 +64,8 @@ pub(crate) struct Buffer<R> {
     suspects_in_flight: usize,
     unresolved: usize,
     bytes: usize,
+    /// Entries in `RetryAt`: when 0, nothing to scan for.
+    retrying: usize,
     max_nacks: u32,
 }
 
@@ -81,6 +83,7 @@ impl<R> Buffer<R> {
             suspects_in_flight: 0,
             unresolved: 0,
             bytes: 0,
+            retrying: 0,
             max_nacks,
         }
     }
@@ -207,6 +210,7 @@ impl<R> Buffer<R> {
                 let at = now + backoff(e.nacks);
                 b.leave_flight(i);
                 b.entries[i].state = State::RetryAt(at);
+                b.retrying += 1;
             }
         });
     }
@@ -261,6 +265,9 @@ impl<R> Buffer<R> {
         let e = &mut self.entries[i];
         if e.state == State::Done {
             return;
+        }
+        if matches!(e.state, State::RetryAt(_)) {
+            self.retrying -= 1;
         }
         e.state = State::Done;
         e.suspect = false;
@@ -356,6 +363,9 @@ impl<R> Buffer<R> {
 
     /// When the next nacked message is due again.
     pub(crate) fn next_retry(&self) -> Option<Instant> {
+        if self.retrying == 0 {
+            return None;
+        }
         self.entries
             .iter()
             .filter_map(|e| match e.state {
@@ -371,6 +381,7 @@ impl<R> Buffer<R> {
             if let State::RetryAt(t) = self.entries[i].state
                 && t <= now
             {
+                self.retrying -= 1;
                 self.entries[i].state = State::Unsent;
                 self.cursor = self.cursor.min(i);
             }
@@ -393,6 +404,7 @@ impl<R> Buffer<R> {
         self.suspects_in_flight = 0;
         self.unresolved = 0;
         self.bytes = 0;
+        self.retrying = 0;
         out
     }
 }

@@ -85,18 +85,32 @@ impl Task {
             self.probe = None;
             loop {
                 self.reset_verified();
-                let mut ch = match self.open_channel(&session).await {
+                let deadline = self.close_deadline();
+                let opened = tokio::select! {
+                    r = self.open_channel(&session) => r,
+                    _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
+                        self.hand_back();
+                        return;
+                    }
+                };
+                let mut ch = match opened {
                     Ok(ch) => ch,
                     Err(e) if e.is_connection_level() || session.conn.is_closed() => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not open a publishing channel; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
+                                self.hand_back();
+                                return;
+                            }
+                        }
                         continue;
                     }
                 };
                 match self.pump(&mut ch, &session).await {
                     Exit::Done => {
-                        let _ = ch.close().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
                         return;
                     }
                     Exit::Channel => continue,
@@ -140,8 +154,7 @@ impl Task {
         tokio::pin!(next);
         loop {
             self.complete();
-            if self.finished() {
-                self.finish_close();
+            if self.try_finish() {
                 return None;
             }
             let deadline = self.close_deadline();
@@ -168,8 +181,7 @@ impl Task {
                 }
             }
             self.complete();
-            if self.finished() {
-                self.finish_close();
+            if self.try_finish() {
                 return Exit::Done;
             }
             let retry = self.buf.next_retry().map(Instant::from_std);
@@ -239,7 +251,15 @@ impl Task {
                         };
                         self.buf.fail(seq, err, &mut self.resolved);
                     }
+                    Err(Exit::Done) => return Err(Exit::Done),
                     Err(exit) => {
+                        // Take the confirms already received before calling the channel lost,
+                        // so confirmed messages are not published again.
+                        while let Some(ev) = ch.try_recv() {
+                            if let Some(exit) = self.on_event(Some(ev)) {
+                                return Err(exit);
+                            }
+                        }
                         self.buf.channel_lost(false);
                         return Err(exit);
                     }
@@ -291,25 +311,36 @@ impl Task {
     /// Whether `exchange` exists: passive declare on the probe channel. `Err` if the connection
     /// died meanwhile.
     async fn verify(&mut self, session: &Session, exchange: &str) -> Result<bool, Exit> {
+        let deadline = self.close_deadline();
+        let closing = self.closing.is_some();
         if self.probe.is_none() {
-            match session.conn.open_channel().await {
+            let opened = tokio::select! {
+                r = session.conn.open_channel() => r,
+                _ = tokio::time::sleep_until(deadline), if closing => {
+                    self.hand_back();
+                    return Err(Exit::Done);
+                }
+            };
+            match opened {
                 Ok(c) => self.probe = Some(c),
-                Err(_) => return Err(Exit::Connection),
+                Err(_) if session.conn.is_closed() => return Err(Exit::Connection),
+                Err(e) => {
+                    // Cannot look (no channel to spare): let the publish itself find out.
+                    tracing::debug!(error = %e, "no probe channel; publishing unchecked");
+                    return Ok(true);
+                }
             }
         }
         let probe = self.probe.as_mut().expect("opened above");
-        match probe
-            .exchange_declare(
-                exchange,
-                "direct",
-                true,
-                false,
-                false,
-                false,
-                Default::default(),
-            )
-            .await
-        {
+        let args = Default::default();
+        let declared = tokio::select! {
+            r = probe.exchange_declare(exchange, "direct", true, false, false, false, args) => r,
+            _ = tokio::time::sleep_until(deadline), if closing => {
+                self.hand_back();
+                return Err(Exit::Done);
+            }
+        };
+        match declared {
             Ok(()) => Ok(true),
             Err(Error::ChannelClosed { code: 404, .. }) => {
                 self.probe = None;
@@ -322,9 +353,14 @@ impl Task {
                 self.probe = None;
                 Ok(true)
             }
-            Err(_) => {
+            Err(_) if session.conn.is_closed() => {
                 self.probe = None;
                 Err(Exit::Connection)
+            }
+            Err(e) => {
+                tracing::debug!(exchange, error = %e, "passive declare failed; publishing unchecked");
+                self.probe = None;
+                Ok(true)
             }
         }
     }
@@ -493,9 +529,21 @@ impl Task {
         )
     }
 
-    /// Closing (or abandoned by every handle) and nothing left to confirm.
-    fn finished(&self) -> bool {
-        (self.closing.is_some() || !self.rx_open) && self.buf.is_empty()
+    /// Closing (or abandoned by every handle) and nothing left to confirm: refuses anything
+    /// new, takes in what was accepted meanwhile, and finishes if that is nothing.
+    fn try_finish(&mut self) -> bool {
+        if !self.buf.is_empty() || (self.closing.is_none() && self.rx_open) {
+            return false;
+        }
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.on_cmd(Some(cmd));
+        }
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.finish_close();
+        true
     }
 
     fn finish_close(&mut self) {
@@ -510,7 +558,8 @@ impl Task {
     /// The close timeout passed: every unconfirmed message goes back to the caller.
     fn hand_back(&mut self) {
         self.shared.close();
-        // Accept what was already let in, so it is handed back too.
+        // Accept what was already let in, so it is handed back too; refuse the rest.
+        self.rx.close();
         while let Ok(cmd) = self.rx.try_recv() {
             self.on_cmd(Some(cmd));
         }

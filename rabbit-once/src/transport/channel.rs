@@ -108,7 +108,7 @@ impl Channel {
             return Err(e.clone());
         }
         let (channel, frame_max) = (self.id, self.conn.frame_max());
-        self.conn.shared().write(|out| {
+        self.conn.shared().write_channel(channel, |out| {
             f(&mut FrameWriter {
                 out,
                 channel,

@@ -62,6 +62,9 @@ struct Outbox {
     closed: bool,
     /// The writer stops after writing what is in `buf` (we answered `connection.close`).
     stop_after_flush: bool,
+    /// Channels the broker closed (we queued their close-ok): nothing more may be written on
+    /// them, or the broker would close the whole connection (504 CHANNEL_ERROR).
+    closed_channels: Vec<bool>,
 }
 
 struct Table {
@@ -86,7 +89,10 @@ pub(crate) struct Shared {
     /// `true` once dead; both tasks stop on it.
     stop: watch::Sender<bool>,
     blocked: watch::Sender<Option<String>>,
+    /// Bumped by the reader on every read, by the writer on every write: the heartbeat task
+    /// watches both.
     read_activity: AtomicU64,
+    write_activity: AtomicU64,
     server_properties: FieldTable,
 }
 
@@ -128,11 +134,64 @@ impl Shared {
         Ok((r, full))
     }
 
+    /// Appends frames of channel `id`; refused once the broker closed that channel.
+    pub(crate) fn write_channel<R>(
+        &self,
+        id: u16,
+        f: impl FnOnce(&mut BytesMut) -> R,
+    ) -> Result<(R, bool), Error> {
+        let mut out = self.out.lock().expect("outbox lock");
+        if out.closed {
+            drop(out);
+            return Err(self.reason());
+        }
+        if out
+            .closed_channels
+            .get(id as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            return Err(Error::ChannelClosed {
+                code: 0,
+                text: "the broker closed this channel".into(),
+            });
+        }
+        let r = f(&mut out.buf);
+        let full = out.buf.len() >= HIGH_WATER;
+        drop(out);
+        self.wake_writer.notify_one();
+        Ok((r, full))
+    }
+
+    fn mark_channel(&self, id: u16, closed: bool) {
+        let mut out = self.out.lock().expect("outbox lock");
+        mark(&mut out, id, closed);
+    }
+
+    /// Queues `channel.close-ok` and, under the same lock, refuses further frames on `id`.
+    fn answer_channel_close(&self, id: u16) {
+        let mut out = self.out.lock().expect("outbox lock");
+        if !out.closed {
+            put_method(&mut out.buf, id, &Method::ChannelCloseOk);
+        }
+        mark(&mut out, id, true);
+        drop(out);
+        self.wake_writer.notify_one();
+    }
+
     /// Removes a channel's slot. Called by the reader (after close / close-ok) and nobody else.
     fn release(&self, id: u16) -> Option<mpsc::UnboundedSender<ChannelEvent>> {
         let mut t = self.table.lock().expect("table lock");
         t.slots.get_mut(id as usize).and_then(Option::take)
     }
+}
+
+fn mark(out: &mut Outbox, id: u16, closed: bool) {
+    let i = id as usize;
+    if out.closed_channels.len() <= i {
+        out.closed_channels.resize(i + 1, false);
+    }
+    out.closed_channels[i] = closed;
 }
 
 impl Connection {
@@ -183,6 +242,7 @@ impl Connection {
                 buf: BytesMut::with_capacity(64 << 10),
                 closed: false,
                 stop_after_flush: false,
+                closed_channels: Vec::new(),
             }),
             wake_writer: Notify::new(),
             drained: Notify::new(),
@@ -199,10 +259,14 @@ impl Connection {
             stop,
             blocked,
             read_activity: AtomicU64::new(0),
+            write_activity: AtomicU64::new(0),
             server_properties: hs.server_properties,
         });
         tokio::spawn(reader(shared.clone(), r, hs.leftover));
         tokio::spawn(writer(shared.clone(), w));
+        if !hs.heartbeat.is_zero() {
+            tokio::spawn(heartbeats(shared.clone()));
+        }
         tracing::debug!(endpoint = %shared.endpoint, frame_max = hs.frame_max, heartbeat = ?hs.heartbeat, "connected");
         Connection { shared }
     }
@@ -237,6 +301,7 @@ impl Connection {
             }
             t.slots[id as usize] = Some(tx);
             t.next = if id == max { 1 } else { id + 1 };
+            self.shared.mark_channel(id, false);
             id
         };
         let mut ch = Channel::new(id, self.clone(), rx);
@@ -515,7 +580,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .ok_or_else(|| closed_early("after connection.open"))?
     {
         Method::ConnectionOpenOk => {}
-        Method::ConnectionClose(c) if matches!(c.reply_code, 530 | 402 | 403) => {
+        // 530 also says "connection limit reached", which passes: only the vhost refusals are
+        // fatal.
+        Method::ConnectionClose(c)
+            if matches!(c.reply_code, 530 | 402 | 403) && !c.reply_text.contains("limit") =>
+        {
             return Err(vhost_refused(c.reply_text));
         }
         Method::ConnectionClose(c) => {
@@ -541,43 +610,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 async fn writer(shared: Arc<Shared>, mut w: WriteHalf) {
     let mut stop = shared.stop.subscribe();
     let mut spare = BytesMut::with_capacity(64 << 10);
-    let hb = shared.heartbeat;
-    let mut tick = tokio::time::interval(if hb.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        hb / 2
-    });
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut wrote = false;
-    let mut last_read = 0u64;
-    let mut silent_ticks = 0u32;
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
             _ = shared.wake_writer.notified() => {}
-            _ = tick.tick(), if !hb.is_zero() => {
-                let seen = shared.read_activity.load(Ordering::Relaxed);
-                if seen == last_read {
-                    silent_ticks += 1;
-                    // Ticks are heartbeat/2 apart: four silent ticks = two missed heartbeats.
-                    if silent_ticks >= 4 {
-                        shared.fail(Error::ConnectionLost(format!(
-                            "no data or heartbeat from the broker for {:?}",
-                            hb * 2
-                        )));
-                        break;
-                    }
-                } else {
-                    silent_ticks = 0;
-                    last_read = seen;
-                }
-                if !wrote {
-                    let _ = shared.write(put_heartbeat);
-                }
-                wrote = false;
-            }
         }
         let stop_after = {
             let mut out = shared.out.lock().expect("outbox lock");
@@ -595,16 +632,55 @@ async fn writer(shared: Arc<Shared>, mut w: WriteHalf) {
                 break;
             }
             spare.clear();
-            wrote = true;
+            shared.write_activity.fetch_add(1, Ordering::Relaxed);
             shared.drained.notify_waiters();
         }
         if stop_after {
-            let _ = w.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.flush()).await;
             shared.fail(Error::ConnectionLost("closed".into()));
             break;
         }
     }
-    let _ = w.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+}
+
+/// Heartbeats, on their own so a writer stuck on a full socket cannot hide a dead peer:
+/// every half interval, send one if nothing was written, and declare the connection dead after
+/// two intervals without a byte from the broker.
+async fn heartbeats(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    let hb = shared.heartbeat;
+    let mut tick = tokio::time::interval(hb / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let (mut last_read, mut last_write) = (0u64, 0u64);
+    let mut silent_ticks = 0u32;
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let read = shared.read_activity.load(Ordering::Relaxed);
+        if read == last_read {
+            silent_ticks += 1;
+            // Ticks are heartbeat/2 apart: four silent ticks = two missed heartbeats.
+            if silent_ticks >= 4 {
+                shared.fail(Error::ConnectionLost(format!(
+                    "no data or heartbeat from the broker for {:?}",
+                    hb * 2
+                )));
+                return;
+            }
+        } else {
+            silent_ticks = 0;
+            last_read = read;
+        }
+        let wrote = shared.write_activity.load(Ordering::Relaxed);
+        if wrote == last_write {
+            let _ = shared.write(put_heartbeat);
+        }
+        last_write = wrote;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,7 +699,42 @@ struct Slot {
     content: Option<Assembling>,
 }
 
+/// Ends the connection for every channel when the reader stops — also if it panics: each
+/// channel gets `Closed` with the reason, and no channel can be opened any more.
+struct ReaderExit(Arc<Shared>);
+
+impl Drop for ReaderExit {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        // After the broker's connection.close, the writer still has our close-ok to send and
+        // stops by itself; otherwise stop everything now.
+        let flushing = shared
+            .out
+            .lock()
+            .map(|o| o.stop_after_flush)
+            .unwrap_or(false);
+        if !flushing {
+            shared.fail(Error::ConnectionLost(
+                "the connection's reader stopped".into(),
+            ));
+        }
+        let reason = shared.reason();
+        let slots: Vec<_> = match shared.table.lock() {
+            Ok(mut t) => {
+                t.closed = true;
+                t.slots.drain(..).flatten().collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for tx in slots {
+            let _ = tx.send(ChannelEvent::Closed(reason.clone()));
+        }
+        shared.blocked.send_if_modified(|b| b.take().is_some());
+    }
+}
+
 async fn reader(shared: Arc<Shared>, mut r: ReadHalf, mut buf: BytesMut) {
+    let _exit = ReaderExit(shared.clone());
     let mut stop = shared.stop.subscribe();
     let mut cache: Vec<Option<Slot>> = Vec::new();
     let outcome: Result<(), Error> = 'run: loop {
@@ -658,17 +769,6 @@ async fn reader(shared: Arc<Shared>, mut r: ReadHalf, mut buf: BytesMut) {
         tracing::debug!(endpoint = %shared.endpoint, error = %e, "connection lost");
         shared.fail(e);
     }
-    // Whatever happened, the connection is over for every channel on it.
-    let reason = shared.reason();
-    let slots: Vec<_> = {
-        let mut t = shared.table.lock().expect("table lock");
-        t.closed = true;
-        t.slots.drain(..).flatten().collect()
-    };
-    for tx in slots {
-        let _ = tx.send(ChannelEvent::Closed(reason.clone()));
-    }
-    shared.blocked.send_replace(None);
 }
 
 /// Handles one frame; `Ok(false)` ends the reader (the connection is closing).
@@ -746,6 +846,9 @@ fn handle_frame(
                 return Err(proto("method frame while content was expected"));
             }
             let m = Method::decode(&f.payload)?;
+            if let Method::BasicPublish { .. } = m {
+                return Err(proto("basic.publish from the broker"));
+            }
             if m.has_content() {
                 slot.content = Some(Assembling {
                     method: m,
@@ -772,12 +875,12 @@ fn handle_frame(
                     multiple,
                 },
                 Method::ChannelClose(c) => {
-                    // Answer, free the id, and tell the channel why — in that order, under the
-                    // table lock, so a dropped handle cannot send a second close.
+                    // Answer, mark the channel closed for writers, free the id, and tell the
+                    // channel why — in that order, under the table lock, so a dropped handle
+                    // cannot send a second close and no frame follows our close-ok.
                     let tx = {
                         let mut t = shared.table.lock().expect("table lock");
-                        let _ =
-                            shared.write(|out| put_method(out, f.channel, &Method::ChannelCloseOk));
+                        shared.answer_channel_close(f.channel);
                         t.slots.get_mut(id).and_then(Option::take)
                     };
                     cache[id] = None;
@@ -897,7 +1000,7 @@ fn complete(slot: &mut Slot) {
             routing_key,
             properties: header.properties,
         }),
-        _ => unreachable!("only content methods are assembled"),
+        _ => return, // only deliver and return are assembled (checked when they arrive)
     };
     let _ = slot.tx.send(ev);
 }
