@@ -1,6 +1,7 @@
 //! `rabbit-once`: demo, publish, consume, chaos and bench, built on the rabbit-once library.
 
 mod applied;
+mod bench;
 mod chaos;
 mod common;
 mod consume;
@@ -30,6 +31,8 @@ enum Command {
     Consume(consume::Args),
     /// Publisher and consumer processes under a fault schedule; reconciles the ledger.
     Chaos(chaos::Args),
+    /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Publish(a) => publish::run(a).await,
             Command::Consume(a) => consume::run(a).await,
             Command::Chaos(a) => chaos::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {

@@ -1,0 +1,339 @@
+//! `rabbit-once bench`: the peers' workloads (`../shared/peers`) through our `Publisher`,
+//! `Subscription` and `Consumer` with every guarantee on, printing the peers' JSON lines so
+//! `EXTRA_CLIENT="rabbit-once=<binary> bench" ../shared/peers/run.sh` runs it among them.
+//!
+//! Workloads: publish_confirm_persistent, publish_confirm_transient, consume_ack,
+//! roundtrip_latency, idempotent_consume_sqlite, idempotent_consume_postgres.
+
+use crate::applied::{Applied, Db};
+use rabbit_once::{
+    Connection, ConnectionConfig, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig,
+    Queue, Subscription, SubscriptionConfig, Topology,
+};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const CLIENT: &str = "rabbit-once";
+const ALL: &str = "publish_confirm_persistent,publish_confirm_transient,consume_ack,roundtrip_latency,idempotent_consume_sqlite,idempotent_consume_postgres";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[arg(long, default_value = crate::common::DEFAULT_URI)]
+    pub uri: String,
+    /// Messages per workload.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Most unconfirmed messages in flight.
+    #[arg(long, default_value_t = 1000)]
+    pub window: usize,
+    /// Consumer prefetch.
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Messages in the latency workload.
+    #[arg(long = "lat-n", default_value_t = 10_000)]
+    pub lat_n: usize,
+    /// Messages per second in the latency workload.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Comma-separated workloads (default: all).
+    #[arg(long, default_value = ALL)]
+    pub workloads: String,
+    /// PostgreSQL for idempotent_consume_postgres (a fresh schema, dropped after).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub pg: String,
+    /// Group commit size for the idempotent workloads (1 = a transaction per message).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// This process's user+system CPU time so far.
+fn cpu_time() -> Duration {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may contain spaces) start after the last ')'.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3.
+    let hz = 100; // USER_HZ on Linux
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+}
+
+fn report(workload: &str, count: usize, secs: f64, cpu: Duration, lat: Option<Vec<f64>>) {
+    let mut line = format!(
+        "{{\"client\":\"{CLIENT}\",\"workload\":\"{workload}\",\"messages\":{count},\"seconds\":{secs:.4},\"msgs_per_s\":{:.1},\"cpu_us_per_msg\":{:.2}",
+        count as f64 / secs,
+        cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+    );
+    if let Some(mut l) = lat {
+        l.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| l[((p / 100.0 * l.len() as f64).ceil() as usize).max(1) - 1];
+        line += &format!(",\"p50_ms\":{:.3},\"p99_ms\":{:.3}", pct(50.0), pct(99.0));
+    }
+    println!("{line}}}");
+}
+
+fn queue_name(workload: &str) -> String {
+    format!(
+        "peers-{CLIENT}-{}-{}-{workload}",
+        std::process::id(),
+        now_ns()
+    )
+}
+
+async fn connect(a: &Args, name: &str, topo: Topology) -> anyhow::Result<Connection> {
+    Ok(Connection::connect(ConnectionConfig::new(&a.uri)?.name(name).topology(topo)).await?)
+}
+
+fn publisher(conn: &Connection, a: &Args) -> anyhow::Result<Publisher> {
+    Ok(Publisher::new(
+        conn,
+        PublisherConfig::default()
+            .window(a.window)
+            .max_buffered(a.window * 4)
+            .max_buffered_bytes((a.window * 4 * (a.size + 64)).clamp(64 << 20, 1 << 30)),
+    )?)
+}
+
+/// Publishes `n` messages and waits for every confirm; `rate` > 0 paces them and stamps the
+/// send time into the first 8 bytes.
+async fn publish_n(
+    p: &Publisher,
+    queue: &str,
+    a: &Args,
+    n: usize,
+    transient: bool,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let body = bytes::Bytes::from(vec![0u8; a.size.max(8)]);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rabbit_once::Confirmation>();
+    let waiter = tokio::spawn(async move {
+        let mut failed = 0usize;
+        while let Some(c) = rx.recv().await {
+            if c.await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        let b = if rate > 0 {
+            let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let mut v = body.to_vec();
+            v[..8].copy_from_slice(&now_ns().to_be_bytes());
+            bytes::Bytes::from(v)
+        } else {
+            body.clone()
+        };
+        let mut m = Message::to_queue(queue, b);
+        if transient {
+            m = m.transient();
+        }
+        tx.send(p.publish(m).await.map_err(|e| e.error)?)?;
+    }
+    drop(tx);
+    let failed = waiter.await?;
+    anyhow::ensure!(failed == 0, "{failed} messages were not confirmed");
+    Ok(())
+}
+
+async fn publish_workload(a: &Args, w: &str, durable: bool) -> anyhow::Result<()> {
+    let q = queue_name(w);
+    let conn = connect(
+        a,
+        "bench publish",
+        Topology::new().queue(Queue::new(&q).durable(durable)),
+    )
+    .await?;
+    let p = publisher(&conn, a)?;
+    let (t0, c0) = (Instant::now(), cpu_time());
+    publish_n(&p, &q, a, a.n, !durable, 0).await?;
+    report(w, a.n, t0.elapsed().as_secs_f64(), cpu_time() - c0, None);
+    p.close(Duration::from_secs(10)).await;
+    conn.delete_queue(&q).await?;
+    conn.close().await;
+    Ok(())
+}
+
+/// Fills `q` with `n` transient messages through our publisher on a connection of its own.
+async fn fill(a: &Args, q: &str, n: usize) -> anyhow::Result<()> {
+    let conn = connect(a, "bench fill", Topology::new()).await?;
+    let p = publisher(&conn, a)?;
+    publish_n(&p, q, a, n, true, 0).await?;
+    p.close(Duration::from_secs(10)).await;
+    conn.close().await;
+    Ok(())
+}
+
+async fn consume_workload(a: &Args, w: &str) -> anyhow::Result<()> {
+    let q = queue_name(w);
+    let conn = connect(
+        a,
+        "bench consume",
+        Topology::new().queue(Queue::new(&q).durable(false)),
+    )
+    .await?;
+    fill(a, &q, a.n).await?;
+    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&q).prefetch(a.prefetch))?;
+    let mut first = None;
+    let c0 = cpu_time();
+    for _ in 0..a.n {
+        let d = sub
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("subscription ended"))?;
+        first.get_or_insert_with(Instant::now);
+        d.ack();
+    }
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    report(w, a.n, secs, cpu_time() - c0, None);
+    sub.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await?;
+    conn.close().await;
+    Ok(())
+}
+
+async fn latency_workload(a: &Args, w: &str) -> anyhow::Result<()> {
+    let q = queue_name(w);
+    let conn = connect(
+        a,
+        "bench latency consumer",
+        Topology::new().queue(Queue::new(&q).durable(false)),
+    )
+    .await?;
+    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&q).prefetch(a.prefetch))?;
+    let n = a.lat_n;
+    let consumer = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(n);
+        let mut first = None;
+        for _ in 0..n {
+            let Some(d) = sub.recv().await else { break };
+            first.get_or_insert_with(Instant::now);
+            let sent = u64::from_be_bytes(d.body()[..8].try_into().expect("8 bytes"));
+            lat.push((now_ns() as i64 - sent as i64) as f64 / 1e6);
+            d.ack();
+        }
+        sub.close(Duration::from_secs(5)).await;
+        (first.map_or(0.0, |t| t.elapsed().as_secs_f64()), lat)
+    });
+    let pconn = connect(a, "bench latency publisher", Topology::new()).await?;
+    let p = publisher(&pconn, a)?;
+    let c0 = cpu_time();
+    publish_n(&p, &q, a, n, true, a.rate).await?;
+    let (secs, lat) = consumer.await?;
+    report(w, lat.len(), secs, cpu_time() - c0, Some(lat));
+    p.close(Duration::from_secs(5)).await;
+    pconn.close().await;
+    conn.delete_queue(&q).await?;
+    conn.close().await;
+    Ok(())
+}
+
+async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
+    db.prepare().await?;
+    let q = queue_name(w);
+    let conn = connect(
+        a,
+        "bench idempotent",
+        Topology::new().queue(Queue::new(&q).durable(false)),
+    )
+    .await?;
+    fill(a, &q, a.n).await?;
+    let config = ConsumerConfig::new(&q)
+        .prefetch(a.prefetch.max(a.batch as u16))
+        .group_commit(a.batch, Duration::from_millis(1));
+    let c0 = cpu_time();
+    let t0 = Instant::now();
+    let consumer = match &db {
+        Db::Sqlite(s) => Consumer::start(&conn, s.clone(), Applied::new(), config).await?,
+        Db::Postgres(s) => Consumer::start(&conn, s.clone(), Applied::new(), config).await?,
+    };
+    // Timed from the first delivery to the last commit.
+    let mut first = None;
+    loop {
+        let s = consumer.stats();
+        if s.delivered > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if s.applied + s.duplicates >= a.n as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "idempotent consume did not finish: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let cpu = cpu_time() - c0;
+    let stats = consumer.shutdown(Duration::from_secs(10)).await;
+    anyhow::ensure!(
+        stats.applied == a.n as u64,
+        "applied {} of {}",
+        stats.applied,
+        a.n
+    );
+    report(w, a.n, secs, cpu, None);
+    for s in [
+        "",
+        ".dead",
+        ".retry.1000",
+        ".retry.10000",
+        ".retry.60000",
+        ".retry.300000",
+    ] {
+        let _ = conn.delete_queue(&format!("{q}{s}")).await;
+    }
+    conn.close().await;
+    Ok(())
+}
+
+pub async fn run(a: Args) -> anyhow::Result<std::process::ExitCode> {
+    for w in a
+        .workloads
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        match w {
+            "publish_confirm_persistent" => publish_workload(&a, w, true).await?,
+            "publish_confirm_transient" => publish_workload(&a, w, false).await?,
+            "consume_ack" => consume_workload(&a, w).await?,
+            "roundtrip_latency" => latency_workload(&a, w).await?,
+            "idempotent_consume_sqlite" => {
+                let dir = std::env::temp_dir().join(queue_name(w));
+                std::fs::create_dir_all(&dir)?;
+                let db =
+                    Db::open(&format!("sqlite:{}", dir.join("bench.db").display()), None).await?;
+                let r = idempotent_workload(&a, w, db).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                r?;
+            }
+            "idempotent_consume_postgres" => {
+                let schema = queue_name("bench").replace('-', "_");
+                let db = Db::open(&a.pg, Some(schema.clone())).await?;
+                let r = idempotent_workload(&a, w, db.clone()).await;
+                if let Db::Postgres(s) = &db {
+                    let _ = rabbit_once::sqlx::query(&format!(
+                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ))
+                    .execute(s.pool())
+                    .await;
+                }
+                r?;
+            }
+            other => anyhow::bail!("unknown workload {other:?} (known: {ALL})"),
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
