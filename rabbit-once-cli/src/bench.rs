@@ -126,8 +126,8 @@ async fn publish_n(
     });
     let start = Instant::now();
     for i in 0..n {
-        let b = if rate > 0 {
-            let due = start + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+        let b = if let Some(step) = 1_000_000_000u64.checked_div(rate) {
+            let due = start + Duration::from_nanos(i as u64 * step);
             tokio::time::sleep_until(due.into()).await;
             let mut v = body.to_vec();
             v[..8].copy_from_slice(&now_ns().to_be_bytes());
