@@ -33,6 +33,10 @@ pub struct Args {
     /// Delivery mode 1 instead of persistent.
     #[arg(long)]
     pub transient: bool,
+    /// Publish without `mandatory` (an unroutable message is then dropped by the broker
+    /// instead of returned).
+    #[arg(long)]
+    pub no_mandatory: bool,
     /// Seconds to wait for outstanding confirms at the end.
     #[arg(long, default_value_t = 60)]
     pub close_timeout: u64,
@@ -139,6 +143,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
         if a.transient {
             m = m.transient();
+        }
+        if a.no_mandatory {
+            m = m.mandatory(false);
         }
         if let Some(p) = &a.id_prefix {
             m = m.message_id(format!("{p}-{seq}"));
