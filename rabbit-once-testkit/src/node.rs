@@ -45,6 +45,12 @@ impl BrokerNode {
 
     /// Starts a node on free ports and waits until it accepts AMQP connections.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// Like [`start`](Self::start), with lines for the node's `rabbitmq.conf` (for example a
+    /// TLS listener).
+    pub async fn start_with_config(conf: &str) -> io::Result<Self> {
         let tag = format!(
             "ronce-{}-{}",
             std::process::id(),
@@ -56,6 +62,7 @@ impl BrokerNode {
         let dir = std::env::temp_dir().join(&tag);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        std::fs::write(dir.join("rabbitmq.conf"), conf)?;
         let node = BrokerNode {
             name: format!("{tag}@localhost"),
             port: free_port()?,

@@ -191,3 +191,130 @@ async fn a_blocked_connection_pauses_publishing_until_unblocked() {
     p.close(Duration::from_secs(5)).await;
     conn.close().await;
 }
+
+/// A throwaway CA and a server certificate for `localhost`, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=rabbit-once test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_publishes_and_consumes_over_tls_and_refuses_an_unknown_ca() {
+    let _one = ONE_NODE_AT_A_TIME.lock().await;
+    let certs = std::env::temp_dir().join(unique("ronce-tls"));
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = make_certs(&certs);
+    let tls_port = rabbit_once_testkit::free_port().unwrap();
+    let node = BrokerNode::start_with_config(&format!(
+        "listeners.ssl.default = {tls_port}\n\
+         ssl_options.cacertfile = {ca}\n\
+         ssl_options.certfile = {cert}\n\
+         ssl_options.keyfile = {key}\n\
+         ssl_options.verify = verify_none\n\
+         ssl_options.fail_if_no_peer_cert = false\n"
+    ))
+    .await
+    .expect("node with a TLS listener");
+    assert!(
+        eventually(GUARD, || std::net::TcpStream::connect((
+            "127.0.0.1",
+            tls_port
+        ))
+        .is_ok())
+        .await
+    );
+
+    let q = unique("node-tls");
+    let uri = format!("amqps://guest:guest@localhost:{tls_port}/%2f?cacertfile={ca}");
+    let conn = Connection::connect(config(&uri).topology(Topology::new().queue(Queue::new(&q))))
+        .await
+        .expect("connects over TLS");
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let mut cs = Vec::new();
+    for i in 0..200 {
+        cs.push(p.publish(seq_message(&q, i, 1000)).await.unwrap());
+    }
+    for c in cs {
+        c.await.unwrap();
+    }
+    let got = drain(&conn, &q, 200, Duration::from_secs(3)).await;
+    assert_eq!(
+        got.iter().map(|(_, b)| seq_of(b)).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    p.close(Duration::from_secs(5)).await;
+    conn.close().await;
+
+    // Without our CA the server's certificate is not trusted: a clear TLS error, never a
+    // silent plaintext fallback.
+    let untrusted = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let cfg = config(&untrusted).max_attempts(Some(1));
+    let err = tokio::time::timeout(GUARD, Connection::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&certs);
+}
