@@ -38,7 +38,7 @@ pub(crate) struct AckCmd {
 /// does nothing (the broker redelivers the message on a new channel instead).
 #[derive(Debug)]
 pub struct Delivery {
-    pub(crate) raw: RawDelivery,
+    pub(crate) raw: Box<RawDelivery>,
     pub(crate) generation: u64,
     pub(crate) link: Option<std::sync::Arc<AckLink>>,
 }

@@ -28,7 +28,9 @@ pub(crate) enum State {
 #[derive(Debug)]
 pub(crate) struct Entry<R> {
     pub seq: u64,
-    pub msg: Message,
+    /// Boxed: entries move through channels and queues; a pointer moves cheaper than a message.
+    /// `None` only once resolved.
+    msg: Option<Box<Message>>,
     pub reply: Option<R>,
     pub state: State,
     /// How many times it was written to a channel.
@@ -42,10 +44,33 @@ pub(crate) struct Entry<R> {
     pub size: usize,
 }
 
+impl<R> Entry<R> {
+    /// The message (always there while the entry is unresolved).
+    pub(crate) fn msg(&self) -> &Message {
+        self.msg
+            .as_deref()
+            .expect("an unresolved entry has its message")
+    }
+
+    pub(crate) fn take_msg(&mut self) -> Box<Message> {
+        self.msg
+            .take()
+            .expect("an unresolved entry has its message")
+    }
+
+    pub(crate) fn take_reply(&mut self) -> Option<R> {
+        self.reply.take()
+    }
+}
+
 /// A message whose verdict is in: `Ok` confirmed, `Err` failed for good.
 #[derive(Debug)]
 pub(crate) struct Resolved<R> {
-    pub entry: Entry<R>,
+    pub seq: u64,
+    pub msg: Box<Message>,
+    pub reply: Option<R>,
+    pub publishes: u32,
+    pub size: usize,
     pub verdict: Result<(), Error>,
 }
 
@@ -89,12 +114,12 @@ impl<R> Buffer<R> {
     }
 
     /// Accepts a message; returns its sequence number.
-    pub(crate) fn push(&mut self, msg: Message, size: usize, reply: R) -> u64 {
+    pub(crate) fn push(&mut self, msg: Box<Message>, size: usize, reply: R) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.entries.push_back(Entry {
             seq,
-            msg,
+            msg: Some(msg),
             reply: Some(reply),
             state: State::Unsent,
             publishes: 0,
@@ -177,7 +202,7 @@ impl<R> Buffer<R> {
         self.settle(tag, multiple, out, |b, i, out| {
             let verdict = match b.entries[i].returned.take() {
                 Some((reply_code, reply_text)) => Err(Error::Unroutable {
-                    message_id: b.entries[i].msg.id().unwrap_or_default().to_string(),
+                    message_id: b.entries[i].msg().id().unwrap_or_default().to_string(),
                     reply_code,
                     reply_text,
                 }),
@@ -202,7 +227,7 @@ impl<R> Buffer<R> {
             e.nacks += 1;
             if e.nacks > b.max_nacks {
                 let err = Error::Nacked {
-                    message_id: e.msg.id().unwrap_or_default().to_string(),
+                    message_id: e.msg().id().unwrap_or_default().to_string(),
                     attempts: e.nacks,
                 };
                 b.resolve(i, Err(err), out);
@@ -273,18 +298,14 @@ impl<R> Buffer<R> {
         e.suspect = false;
         self.unresolved -= 1;
         self.bytes -= e.size;
-        let entry = Entry {
+        out.push(Resolved {
             seq: e.seq,
-            msg: std::mem::replace(&mut e.msg, Message::to_queue("", bytes::Bytes::new())),
+            msg: e.take_msg(),
             reply: e.reply.take(),
-            state: State::Done,
             publishes: e.publishes,
-            nacks: e.nacks,
-            returned: None,
-            suspect: false,
             size: e.size,
-        };
-        out.push(Resolved { entry, verdict });
+            verdict,
+        });
     }
 
     /// Gives a message its final error (exchange missing, refused by the broker, …).
@@ -311,7 +332,7 @@ impl<R> Buffer<R> {
                 let e = &mut self.entries[i];
                 if matches!(e.state, State::InFlight { .. })
                     && e.returned.is_none()
-                    && e.msg.id() == Some(message_id)
+                    && e.msg().id() == Some(message_id)
                 {
                     e.returned = Some((code, text.to_string()));
                     return true;
@@ -420,7 +441,7 @@ mod tests {
     fn buffer(n: u64) -> Buffer<()> {
         let mut b = Buffer::new(2);
         for i in 0..n {
-            b.push(msg(i), 1, ());
+            b.push(Box::new(msg(i)), 1, ());
         }
         b
     }
@@ -437,7 +458,7 @@ mod tests {
     }
 
     fn seqs(r: &[Resolved<()>]) -> Vec<u64> {
-        r.iter().map(|r| r.entry.seq).collect()
+        r.iter().map(|r| r.seq).collect()
     }
 
     #[test]
@@ -502,7 +523,7 @@ mod tests {
     fn returns_match_by_message_id_not_position() {
         let mut b: Buffer<()> = Buffer::new(2);
         for id in ["a", "b", "a"] {
-            b.push(Message::to_queue("q", "x").message_id(id), 1, ());
+            b.push(Box::new(Message::to_queue("q", "x").message_id(id)), 1, ());
         }
         send(&mut b, 3);
         assert!(b.returned("a", 312, "NO_ROUTE"));
@@ -571,8 +592,8 @@ mod tests {
     #[test]
     fn byte_count_follows_verdicts() {
         let mut b: Buffer<()> = Buffer::new(0);
-        b.push(msg(0), 100, ());
-        b.push(msg(1), 50, ());
+        b.push(Box::new(msg(0)), 100, ());
+        b.push(Box::new(msg(1)), 50, ());
         assert_eq!(b.bytes(), 150);
         send(&mut b, 2);
         let mut out = Vec::new();

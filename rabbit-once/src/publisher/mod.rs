@@ -215,7 +215,7 @@ impl Shared {
 #[allow(clippy::large_enum_variant)]
 enum Cmd {
     Publish {
-        msg: Message,
+        msg: Box<Message>,
         size: usize,
         reply: Reply,
     },
@@ -293,7 +293,8 @@ impl Publisher {
         self.publish(msg).await?.await
     }
 
-    fn admit(&self, mut msg: Message) -> Result<(Message, usize), PublishError> {
+    fn admit(&self, msg: Message) -> Result<(Box<Message>, usize), PublishError> {
+        let mut msg = Box::new(msg);
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(self.refused(msg));
         }
@@ -305,14 +306,14 @@ impl Publisher {
         if let Err(error) = msg.prepare(max) {
             return Err(PublishError {
                 error,
-                message: Some(Box::new(msg)),
+                message: Some(msg),
             });
         }
         let size = msg.body.len();
         Ok((msg, size))
     }
 
-    fn send(&self, msg: Message, size: usize) -> Result<Confirmation, PublishError> {
+    fn send(&self, msg: Box<Message>, size: usize) -> Result<Confirmation, PublishError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.send(Cmd::Publish { msg, size, reply }) {
             Ok(()) => Ok(Confirmation { rx }),
@@ -326,7 +327,7 @@ impl Publisher {
         }
     }
 
-    fn refused(&self, msg: Message) -> PublishError {
+    fn refused(&self, msg: Box<Message>) -> PublishError {
         PublishError {
             error: self
                 .shared
@@ -334,7 +335,7 @@ impl Publisher {
                 .get()
                 .cloned()
                 .unwrap_or(Error::PublisherClosed),
-            message: Some(Box::new(msg)),
+            message: Some(msg),
         }
     }
 
@@ -368,9 +369,9 @@ impl Publisher {
     }
 }
 
-fn full(msg: Message) -> PublishError {
+fn full(msg: Box<Message>) -> PublishError {
     PublishError {
         error: Error::BufferFull,
-        message: Some(Box::new(msg)),
+        message: Some(msg),
     }
 }

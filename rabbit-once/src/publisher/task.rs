@@ -236,9 +236,9 @@ impl Task {
                 break;
             }
             let seq = e.seq;
-            if !(e.msg.exchange.is_empty() || self.verified.contains(&e.msg.exchange)) {
-                let name = e.msg.exchange.clone();
-                let id = e.msg.id().unwrap_or_default().to_string();
+            if !(e.msg().exchange.is_empty() || self.verified.contains(&e.msg().exchange)) {
+                let name = e.msg().exchange.clone();
+                let id = e.msg().id().unwrap_or_default().to_string();
                 full |= self.write_batch(ch);
                 match self.verify(session, &name).await {
                     Ok(true) => {
@@ -288,7 +288,7 @@ impl Task {
                 if e.publishes > 1 {
                     republished += 1;
                 }
-                let m = &e.msg;
+                let m = e.msg();
                 w.publish(publish_frames(
                     &m.exchange,
                     &m.routing_key,
@@ -406,11 +406,11 @@ impl Task {
                 };
                 if let Some(seq) = self.buf.lone_suspect() {
                     let entry = self.buf.entry(seq).expect("suspect is buffered");
-                    let message_id = entry.msg.id().unwrap_or_default().to_string();
+                    let message_id = entry.msg().id().unwrap_or_default().to_string();
                     let err = if code == 404 && text.contains("no exchange") {
                         Error::ExchangeNotFound {
                             message_id,
-                            exchange: entry.msg.exchange.clone(),
+                            exchange: entry.msg().exchange.clone(),
                         }
                     } else {
                         Error::Refused {
@@ -488,17 +488,16 @@ impl Task {
             return;
         }
         let (mut ok, mut failed, mut count, mut bytes) = (0u64, 0u64, 0usize, 0usize);
-        for r in self.resolved.drain(..) {
-            let mut e = r.entry;
+        for mut r in self.resolved.drain(..) {
             count += 1;
-            bytes += e.size;
+            bytes += r.size;
             let result = match r.verdict {
                 Ok(()) => {
                     ok += 1;
                     Ok(Confirmed {
-                        message_id: e.msg.properties.message_id.take().unwrap_or_default(),
-                        sequence: e.seq,
-                        publishes: e.publishes,
+                        message_id: r.msg.properties.message_id.take().unwrap_or_default(),
+                        sequence: r.seq,
+                        publishes: r.publishes,
                     })
                 }
                 Err(error) => {
@@ -506,11 +505,11 @@ impl Task {
                     tracing::debug!(%error, "message failed");
                     Err(PublishError {
                         error,
-                        message: Some(Box::new(e.msg)),
+                        message: Some(r.msg),
                     })
                 }
             };
-            if let Some(reply) = e.reply.take() {
+            if let Some(reply) = r.reply.take() {
                 let _ = reply.send(result);
             }
         }
@@ -567,11 +566,12 @@ impl Task {
         let mut msgs = Vec::with_capacity(left.len());
         let (count, bytes) = (left.len(), left.iter().map(|e| e.size).sum::<usize>());
         for mut e in left {
-            msgs.push(e.msg.clone());
-            if let Some(reply) = e.reply.take() {
+            let msg = e.take_msg();
+            msgs.push((*msg).clone());
+            if let Some(reply) = e.take_reply() {
                 let _ = reply.send(Err(PublishError {
                     error: Error::HandedBack,
-                    message: Some(Box::new(e.msg)),
+                    message: Some(msg),
                 }));
             }
         }
@@ -607,10 +607,11 @@ impl Task {
             let count = left.len();
             let bytes = left.iter().map(|e| e.size).sum::<usize>();
             for mut e in left {
-                if let Some(reply) = e.reply.take() {
+                let msg = e.take_msg();
+                if let Some(reply) = e.take_reply() {
                     let _ = reply.send(Err(PublishError {
                         error: fatal.clone(),
-                        message: Some(Box::new(e.msg)),
+                        message: Some(msg),
                     }));
                 }
             }

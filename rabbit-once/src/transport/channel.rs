@@ -50,8 +50,9 @@ pub(crate) enum ChannelEvent {
         tag: u64,
         multiple: bool,
     },
-    Return(Returned),
-    Deliver(RawDelivery),
+    Return(Box<Returned>),
+    /// Boxed: a delivery is large (properties) and travels through two queues.
+    Deliver(Box<RawDelivery>),
     /// The channel is gone: closed by the broker, or its connection died. Always the last event.
     Closed(Error),
 }

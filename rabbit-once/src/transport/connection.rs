@@ -980,26 +980,26 @@ fn complete(slot: &mut Slot) {
             exchange,
             routing_key,
             ..
-        } => ChannelEvent::Deliver(RawDelivery {
+        } => ChannelEvent::Deliver(Box::new(RawDelivery {
             delivery_tag,
             redelivered,
             exchange,
             routing_key,
             properties: header.properties,
             body,
-        }),
+        })),
         Method::BasicReturn {
             reply_code,
             reply_text,
             exchange,
             routing_key,
-        } => ChannelEvent::Return(Returned {
+        } => ChannelEvent::Return(Box::new(Returned {
             reply_code,
             reply_text,
             exchange,
             routing_key,
             properties: header.properties,
-        }),
+        })),
         _ => return, // only deliver and return are assembled (checked when they arrive)
     };
     let _ = slot.tx.send(ev);

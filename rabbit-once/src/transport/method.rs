@@ -770,7 +770,12 @@ impl Method {
                 routing_key: r.short_str()?,
             },
             (60, 60) => BasicDeliver {
-                consumer_tag: r.short_str()?,
+                // Each consuming channel has one consumer: the tag is never looked at, so it
+                // is skipped rather than copied for every delivery.
+                consumer_tag: {
+                    r.short_str_bytes()?;
+                    String::new()
+                },
                 delivery_tag: r.u64()?,
                 redelivered: bit(r.u8()?, 0),
                 exchange: r.short_str()?,
@@ -928,7 +933,7 @@ mod tests {
                 routing_key: "k".into(),
             },
             Method::BasicDeliver {
-                consumer_tag: "ct".into(),
+                consumer_tag: String::new(), // not kept on decode
                 delivery_tag: u64::MAX - 1,
                 redelivered: true,
                 exchange: "".into(),
