@@ -395,25 +395,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut timed_out = false;
     loop {
         // Children that ended: publishers done or crashed; consumers restarted.
-        for slot in publishers.iter_mut().filter(|s| !s.done) {
-            if let Some(status) = slot
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                slot.child = None;
-                if status.success() {
-                    slot.done = true;
-                } else {
-                    let from = first_unconfirmed(slot);
-                    say(format!(
-                        "  publisher for {}..{} exited with {status}; restarting from {from}",
-                        slot.lo, slot.hi
-                    ));
-                    spawn_publisher(slot, from)?;
-                }
-            }
-        }
+        reap_publishers(&mut publishers, &spawn_publisher, &say)?;
         for (j, slot) in consumers.iter_mut().enumerate() {
             if let Some(status) = slot
                 .child
@@ -525,21 +507,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     // Publishers finish on their own; wait for them.
     while !timed_out && publishers.iter().any(|s| !s.done) {
-        for slot in publishers.iter_mut().filter(|s| !s.done) {
-            if let Some(status) = slot
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                slot.child = None;
-                if status.success() {
-                    slot.done = true;
-                } else {
-                    let from = first_unconfirmed(slot);
-                    spawn_publisher(slot, from)?;
-                }
-            }
-        }
+        reap_publishers(&mut publishers, &spawn_publisher, &say)?;
         if Instant::now() > deadline {
             timed_out = true;
         }
@@ -698,6 +666,35 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Publishers that exited: done if they succeeded, else started again from their first message
+/// not yet confirmed.
+fn reap_publishers(
+    publishers: &mut [PublisherSlot],
+    spawn: &dyn Fn(&mut PublisherSlot, u64) -> anyhow::Result<()>,
+    say: &dyn Fn(String),
+) -> anyhow::Result<()> {
+    for slot in publishers.iter_mut().filter(|s| !s.done) {
+        if let Some(status) = slot
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            slot.child = None;
+            if status.success() {
+                slot.done = true;
+            } else {
+                let from = first_unconfirmed(slot);
+                say(format!(
+                    "  publisher for {}..{} exited with {status}; restarting from {from}",
+                    slot.lo, slot.hi
+                ));
+                spawn(slot, from)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn jitter(mean: f64) -> Duration {

@@ -101,39 +101,28 @@ trait TestDb: Store {
     async fn applied(&self) -> HashMap<String, u64>;
 }
 
-impl TestDb for SqliteStore {
-    async fn create_applied(&self) {
-        sqlx::query(CREATE_APPLIED)
-            .execute(self.pool())
-            .await
-            .unwrap();
-    }
-    async fn applied(&self) -> HashMap<String, u64> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT message_id, COUNT(*) FROM applied GROUP BY message_id")
-                .fetch_all(self.pool())
-                .await
-                .unwrap();
-        rows.into_iter().map(|(k, n)| (k, n as u64)).collect()
-    }
+macro_rules! test_db {
+    ($store:ty) => {
+        impl TestDb for $store {
+            async fn create_applied(&self) {
+                sqlx::query(CREATE_APPLIED)
+                    .execute(self.pool())
+                    .await
+                    .unwrap();
+            }
+            async fn applied(&self) -> HashMap<String, u64> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT message_id, COUNT(*) FROM applied GROUP BY message_id")
+                        .fetch_all(self.pool())
+                        .await
+                        .unwrap();
+                rows.into_iter().map(|(k, n)| (k, n as u64)).collect()
+            }
+        }
+    };
 }
-
-impl TestDb for PostgresStore {
-    async fn create_applied(&self) {
-        sqlx::query(CREATE_APPLIED)
-            .execute(self.pool())
-            .await
-            .unwrap();
-    }
-    async fn applied(&self) -> HashMap<String, u64> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT message_id, COUNT(*) FROM applied GROUP BY message_id")
-                .fetch_all(self.pool())
-                .await
-                .unwrap();
-        rows.into_iter().map(|(k, n)| (k, n as u64)).collect()
-    }
-}
+test_db!(SqliteStore);
+test_db!(PostgresStore);
 
 async fn sqlite() -> (SqliteStore, TempDb) {
     let f = TempDb::new();
