@@ -282,15 +282,8 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
         a.n
     );
     report(w, a.n, secs, cpu, None);
-    for s in [
-        "",
-        ".dead",
-        ".retry.1000",
-        ".retry.10000",
-        ".retry.60000",
-        ".retry.300000",
-    ] {
-        let _ = conn.delete_queue(&format!("{q}{s}")).await;
+    for q in ConsumerConfig::new(&q).queues() {
+        let _ = conn.delete_queue(&q).await;
     }
     conn.close().await;
     Ok(())

@@ -623,14 +623,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 
     // --- clean up ---------------------------------------------------------------------------------------
-    for q in [
-        queue.clone(),
-        format!("{queue}.dead"),
-        format!("{queue}.retry.200"),
-        format!("{queue}.retry.1000"),
-        format!("{queue}.retry.5000"),
-    ] {
-        let _ = check.delete_queue(&q).await;
+    // The children run `consume` with its default retry policy.
+    let queues = rabbit_once::ConsumerConfig::new(&queue)
+        .retry(crate::consume::retry_policy(5))
+        .queues();
+    for q in &queues {
+        let _ = check.delete_queue(q).await;
     }
     check.close().await;
     if own_schema && let (Db::Postgres(s), Some(name)) = (&db, &schema) {

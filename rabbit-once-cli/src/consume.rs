@@ -118,20 +118,25 @@ fn write_report(path: Option<&std::path::Path>, s: &Summary) {
     }
 }
 
+/// The retry schedule of the built-in consumer: 200 ms, 1 s, then 5 s.
+pub fn retry_policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(
+        max_attempts,
+        vec![
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ],
+    )
+}
+
 /// Runs the consumer on `conn` until idle / count / Ctrl-C / SIGTERM; returns its counters.
 pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(ConsumerStats, f64)> {
     let mut config = ConsumerConfig::new(&a.queue)
         .prefetch(a.prefetch)
         .concurrency(a.concurrency)
         .group_commit(a.batch, Duration::from_millis(1))
-        .retry(RetryPolicy::new(
-            a.max_attempts,
-            vec![
-                Duration::from_millis(200),
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-            ],
-        ));
+        .retry(retry_policy(a.max_attempts));
     if let Some(g) = &a.group {
         config = config.group(g);
     }

@@ -5,8 +5,8 @@ use crate::applied::{Applied, Db};
 use crate::common::{Conn, seq_body};
 use rabbit_once::uri::Endpoint;
 use rabbit_once::{
-    Connection, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig, Queue, RetryPolicy,
-    SqliteStore, Topology,
+    Connection, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig, Queue, SqliteStore,
+    Topology,
 };
 use rabbit_once_testkit::FaultProxy;
 use std::collections::HashSet;
@@ -73,16 +73,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let store = SqliteStore::open(&db_path).await?;
     let db = Db::Sqlite(store.clone());
     db.prepare().await?;
-    let consumer = Consumer::start(
-        &con_conn,
-        store,
-        Applied::new(),
-        ConsumerConfig::new(&queue).retry(RetryPolicy::new(
-            5,
-            vec![Duration::from_millis(200), Duration::from_secs(1)],
-        )),
-    )
-    .await?;
+    let consumer_config = ConsumerConfig::new(&queue).retry(crate::consume::retry_policy(5));
+    let queues = consumer_config.queues();
+    let consumer = Consumer::start(&con_conn, store, Applied::new(), consumer_config).await?;
     let publisher = Publisher::new(&pub_conn, PublisherConfig::default())?;
 
     // --- a cutter: cuts every connection each time count/(cuts+1) more are confirmed --------
@@ -186,13 +179,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .filter(|id| !applied_ids.contains(id.as_str()))
         .count() as u64;
     let once = counts.iter().filter(|(_, n)| *n == 1).count() as u64;
-    for q in [
-        queue.clone(),
-        format!("{queue}.dead"),
-        format!("{queue}.retry.200"),
-        format!("{queue}.retry.1000"),
-    ] {
-        let _ = con_conn.delete_queue(&q).await;
+    for q in &queues {
+        let _ = con_conn.delete_queue(q).await;
     }
     let (pub_reconnects, con_reconnects) = (pub_conn.reconnects(), con_conn.reconnects());
     pub_conn.close().await;

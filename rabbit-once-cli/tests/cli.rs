@@ -173,8 +173,17 @@ async fn two_consumer_processes_sharing_postgres_apply_each_id_once() {
     assert_eq!(pids, 2, "both processes applied messages");
     pool.close().await;
     p.close(Duration::from_secs(5)).await;
-    for s in ["", ".dead", ".retry.200", ".retry.1000", ".retry.5000"] {
-        let _ = conn.delete_queue(&format!("{q}{s}")).await;
+    // `consume` runs with the default 5 attempts: 200 ms, 1 s and 5 s retry queues.
+    let consumer = rabbit_once::ConsumerConfig::new(&q).retry(rabbit_once::RetryPolicy::new(
+        5,
+        vec![
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ],
+    ));
+    for q in consumer.queues() {
+        let _ = conn.delete_queue(&q).await;
     }
     conn.close().await;
 }

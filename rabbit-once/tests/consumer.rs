@@ -194,12 +194,7 @@ async fn wait_for(
 }
 
 async fn cleanup(conn: &Connection, queue: &str) {
-    for q in [
-        queue.to_string(),
-        format!("{queue}.dead"),
-        format!("{queue}.retry.100"),
-        format!("{queue}.retry.200"),
-    ] {
+    for q in config(queue).queues() {
         let _ = conn.delete_queue(&q).await;
     }
 }

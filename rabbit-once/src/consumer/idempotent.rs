@@ -126,6 +126,15 @@ impl ConsumerConfig {
         &self.queue
     }
 
+    /// Every queue this consumer uses: the work queue, its retry queues and (if it is a queue)
+    /// the dead-letter target — for tools that clean up after themselves.
+    pub fn queues(&self) -> Vec<String> {
+        let extra = retry::topology(&self.queue, &self.retry, &self.dead_letter);
+        std::iter::once(self.queue.clone())
+            .chain(extra.queues.iter().map(|q| q.name().to_string()))
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), Error> {
         crate::transport::wire::check_short("queue name", &self.queue).map_err(Error::Config)?;
         if self.group.is_empty() {
@@ -826,4 +835,26 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
 
 fn fresh_idx_key<'a>(items: &'a [Item], fresh_idx: &[usize]) -> &'a str {
     &items[fresh_idx[0]].key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_are_the_work_queue_its_retry_queues_and_the_dead_letter_queue() {
+        let c = ConsumerConfig::new("work").retry(RetryPolicy::new(
+            3,
+            vec![Duration::from_millis(200), Duration::from_secs(1)],
+        ));
+        assert_eq!(
+            c.queues(),
+            ["work", "work.retry.200", "work.retry.1000", "work.dead"]
+        );
+        let c = c.dead_letter(DeadLetter::Exchange {
+            exchange: "dlx".into(),
+            routing_key: "k".into(),
+        });
+        assert_eq!(c.queues(), ["work", "work.retry.200", "work.retry.1000"]);
+    }
 }
