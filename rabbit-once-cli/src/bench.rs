@@ -46,6 +46,14 @@ pub struct Args {
     /// Group commit size for the idempotent workloads (1 = a transaction per message).
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Declare the publish queues as classic queue version 1 or 2 (`x-queue-version`);
+    /// unset, the broker's default, which is what the peers get.
+    #[arg(long = "queue-version", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub queue_version: Option<u8>,
+    /// Publish without the mandatory flag (unroutable messages are then dropped by the
+    /// broker, not reported): to measure what the flag costs, never for the comparison.
+    #[arg(long = "no-mandatory")]
+    pub no_mandatory: bool,
 }
 
 fn now_ns() -> u64 {
@@ -133,7 +141,7 @@ async fn publish_n(
         } else {
             body.clone()
         };
-        let mut m = Message::to_queue(queue, b);
+        let mut m = Message::to_queue(queue, b).mandatory(!a.no_mandatory);
         if transient {
             m = m.transient();
         }
@@ -150,7 +158,10 @@ async fn publish_workload(a: &Args, w: &str, durable: bool) -> anyhow::Result<()
     let conn = connect(
         a,
         "bench publish",
-        Topology::new().queue(Queue::new(&q).durable(durable)),
+        Topology::new().queue(match a.queue_version {
+            Some(v) => Queue::new(&q).durable(durable).classic_version(v),
+            None => Queue::new(&q).durable(durable),
+        }),
     )
     .await?;
     let p = publisher(&conn, a)?;

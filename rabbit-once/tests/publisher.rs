@@ -70,6 +70,32 @@ async fn ten_thousand_messages_are_confirmed_and_queued_once_in_order() {
     conn.close().await;
 }
 
+/// A durable classic queue of storage version 2 (the faster persistent path, see
+/// docs/benchmarks.md) takes persistent messages like version 1: every one, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_messages_into_a_version_2_classic_queue_arrive_in_order() {
+    let q = unique("pub-cqv2");
+    let topo = Topology::new().queue(Queue::new(&q).durable(true).classic_version(2));
+    let conn = Connection::connect(config(&broker_uri()).topology(topo))
+        .await
+        .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let mut confirmations = Vec::new();
+    for i in 0..2_000 {
+        confirmations.push(p.publish(seq_message(&q, i, 512)).await.unwrap());
+    }
+    for c in confirmations {
+        c.await.unwrap();
+    }
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 2_000);
+    let got = drain(&conn, &q, 2_000, Duration::from_secs(5)).await;
+    let seqs: Vec<u64> = got.iter().map(|(_, b)| seq_of(b)).collect();
+    assert_eq!(seqs, (0..2_000).collect::<Vec<_>>());
+    assert!(p.close(Duration::from_secs(5)).await.is_empty());
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cut_five_times_loses_nothing_and_keeps_order() {
     const N: u64 = 20_000;

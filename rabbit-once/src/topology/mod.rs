@@ -223,6 +223,14 @@ impl Queue {
         }
     }
 
+    /// Classic queue storage version (RabbitMQ 3.10+: `x-queue-version`). Version 2 writes
+    /// persistent messages with less work in the queue process, which is what bounds
+    /// persistent publishing on one queue: +20% confirmed msg/s here (docs/benchmarks.md).
+    /// Leave it unset for the broker's default (1 before 4.0).
+    pub fn classic_version(self, version: u8) -> Self {
+        self.argument("x-queue-version", i32::from(version))
+    }
+
     /// Dead-letter exchange for rejected or expired messages.
     pub fn dead_letter_exchange(self, exchange: impl Into<String>) -> Self {
         self.argument("x-dead-letter-exchange", exchange.into())
@@ -339,7 +347,12 @@ mod tests {
             .message_ttl(Duration::from_secs(5))
             .max_length(10)
             .overflow(Overflow::RejectPublish)
-            .single_active_consumer();
+            .single_active_consumer()
+            .classic_version(2);
+        assert_eq!(
+            q.arguments.get("x-queue-version").unwrap().as_i64(),
+            Some(2)
+        );
         assert_eq!(
             q.arguments.get("x-queue-type").unwrap().as_str(),
             Some("quorum")
