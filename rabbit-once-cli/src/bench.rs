@@ -159,15 +159,11 @@ async fn publish_n(
 
 async fn publish_workload(a: &Args, w: &str, durable: bool) -> anyhow::Result<()> {
     let q = queue_name(w);
-    let conn = connect(
-        a,
-        "bench publish",
-        Topology::new().queue(match a.queue_version {
-            Some(v) => Queue::new(&q).durable(durable).classic_version(v),
-            None => Queue::new(&q).durable(durable),
-        }),
-    )
-    .await?;
+    let mut queue = Queue::new(&q).durable(durable);
+    if let Some(v) = a.queue_version {
+        queue = queue.classic_version(v);
+    }
+    let conn = connect(a, "bench publish", Topology::new().queue(queue)).await?;
     let p = publisher(&conn, a)?;
     let (t0, c0) = (Instant::now(), cpu_time());
     publish_n(&p, &q, a, a.n, !durable, 0).await?;
