@@ -325,6 +325,53 @@ async fn unroutable_messages_fail_alone_matched_by_id() {
     conn.close().await;
 }
 
+/// One id sent to two destinations, the newer copy unroutable: each copy gets its own verdict
+/// (a return is matched by id, exchange and routing key — not by id alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_id_to_two_destinations_gets_the_right_verdict_for_each() {
+    let q = unique("pub-fanid");
+    let conn =
+        Connection::connect(config(&broker_uri()).topology(Topology::new().queue(Queue::new(&q))))
+            .await
+            .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let nowhere = unique("pub-fanid-nowhere");
+    let mut pairs = Vec::new();
+    for i in 0..20u64 {
+        let id = format!("{q}-{i}");
+        let routable = p
+            .publish(Message::to_queue(&q, body(i, 20)).message_id(&id))
+            .await
+            .unwrap();
+        let unroutable = p
+            .publish(Message::to_queue(&nowhere, body(i, 20)).message_id(&id))
+            .await
+            .unwrap();
+        pairs.push((id, routable, unroutable));
+    }
+    let mut right = 0;
+    for (id, routable, unroutable) in pairs {
+        let ok = routable.await.expect("the routable copy is confirmed");
+        assert_eq!(ok.message_id, id);
+        match unroutable.await {
+            Err(e) => match e.error {
+                Error::Unroutable { message_id, .. } => {
+                    assert_eq!(message_id, id);
+                    assert_eq!(e.message.unwrap().routing_key(), nowhere);
+                    right += 1;
+                }
+                other => panic!("unexpected {other}"),
+            },
+            Ok(_) => panic!("the unroutable copy of {id} was reported confirmed"),
+        }
+    }
+    assert_eq!(right, 20);
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 20);
+    p.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
 #[tokio::test]
 async fn wrong_password_is_a_clear_error_without_the_password() {
     let uri = broker_uri().replace("guest:guest", "guest:not-the-Password");

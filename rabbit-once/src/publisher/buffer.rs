@@ -324,15 +324,29 @@ impl<R> Buffer<R> {
         }
     }
 
-    /// A `mandatory` message came back: marks the oldest in-flight message with that id
-    /// (matched by id, never by position). Its confirm, which follows, fails it.
-    pub(crate) fn returned(&mut self, message_id: &str, code: u16, text: &str) -> bool {
+    /// A `mandatory` message came back: marks the in-flight message with the lowest tag that has
+    /// the same `message_id`, exchange and routing key and is not marked yet (matched by what the
+    /// broker echoes, never by position). Its confirm, which follows, fails it.
+    ///
+    /// The broker returns in publish order on a channel, so when one id goes to several
+    /// destinations, the destination tells the copies apart, and for copies to one destination
+    /// the lowest unmarked tag is the one returned.
+    pub(crate) fn returned(
+        &mut self,
+        message_id: &str,
+        exchange: &str,
+        routing_key: &str,
+        code: u16,
+        text: &str,
+    ) -> bool {
         for &seq in &self.in_flight {
             if let Some(i) = self.index(seq) {
                 let e = &mut self.entries[i];
                 if matches!(e.state, State::InFlight { .. })
                     && e.returned.is_none()
                     && e.msg().id() == Some(message_id)
+                    && e.msg().exchange == exchange
+                    && e.msg().routing_key == routing_key
                 {
                     e.returned = Some((code, text.to_string()));
                     return true;
@@ -526,10 +540,13 @@ mod tests {
             b.push(Box::new(Message::to_queue("q", "x").message_id(id)), 1, ());
         }
         send(&mut b, 3);
-        assert!(b.returned("a", 312, "NO_ROUTE"));
-        assert!(b.returned("a", 312, "NO_ROUTE"));
-        assert!(!b.returned("a", 312, "NO_ROUTE"), "both a's already marked");
-        assert!(!b.returned("zzz", 312, "NO_ROUTE"));
+        assert!(b.returned("a", "", "q", 312, "NO_ROUTE"));
+        assert!(b.returned("a", "", "q", 312, "NO_ROUTE"));
+        assert!(
+            !b.returned("a", "", "q", 312, "NO_ROUTE"),
+            "both a's already marked"
+        );
+        assert!(!b.returned("zzz", "", "q", 312, "NO_ROUTE"));
         let mut out = Vec::new();
         b.ack(3, true, &mut out);
         let verdicts: Vec<_> = out.iter().map(|r| r.verdict.is_ok()).collect();
@@ -541,6 +558,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_return_marks_the_copy_sent_to_the_returned_destination() {
+        // One business id fanned out to two queues; only the newer copy is unroutable.
+        let mut b: Buffer<()> = Buffer::new(2);
+        b.push(
+            Box::new(Message::to_queue("routable", "x").message_id("e-1")),
+            1,
+            (),
+        );
+        b.push(
+            Box::new(Message::to_queue("nowhere", "x").message_id("e-1")),
+            1,
+            (),
+        );
+        b.push(
+            Box::new(Message::new("ex", "rk", "x").message_id("e-1")),
+            1,
+            (),
+        );
+        send(&mut b, 3);
+        assert!(b.returned("e-1", "", "nowhere", 312, "NO_ROUTE"));
+        assert!(!b.returned("e-1", "other", "nowhere", 312, "NO_ROUTE"));
+        let mut out = Vec::new();
+        b.ack(3, true, &mut out);
+        let verdicts: Vec<_> = out.iter().map(|r| r.verdict.is_ok()).collect();
+        assert_eq!(verdicts, [true, false, true]);
     }
 
     #[test]

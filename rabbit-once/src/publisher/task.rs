@@ -384,7 +384,14 @@ impl Task {
             Some(ChannelEvent::Return(r)) => {
                 self.shared.counters.returns.fetch_add(1, Ordering::Relaxed);
                 match r.properties.message_id.as_deref() {
-                    Some(id) if self.buf.returned(id, r.reply_code, &r.reply_text) => {}
+                    Some(id)
+                        if self.buf.returned(
+                            id,
+                            &r.exchange,
+                            &r.routing_key,
+                            r.reply_code,
+                            &r.reply_text,
+                        ) => {}
                     id => tracing::warn!(
                         ?id,
                         code = r.reply_code,
