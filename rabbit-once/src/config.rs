@@ -28,8 +28,13 @@ pub struct ConnectionConfig {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) frame_max: u32,
     pub(crate) channel_max: u16,
+    pub(crate) max_body_size: u64,
     pub(crate) topology: Topology,
 }
+
+/// RabbitMQ's hard upper bound for `max_message_size` (512 MiB): no broker delivers a larger
+/// body, so the default cap never refuses a message a broker accepted.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 512 << 20;
 
 impl ConnectionConfig {
     /// A config for one endpoint; add more with [`endpoint`](Self::endpoint).
@@ -63,6 +68,7 @@ impl ConnectionConfig {
             max_attempts: None,
             frame_max: 131_072,
             channel_max: 2047,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
             topology: Topology::default(),
         }
     }
@@ -86,7 +92,8 @@ impl ConnectionConfig {
     }
 
     /// Heartbeat interval asked of the broker (0 disables; default 10 s). A peer silent for two
-    /// intervals is considered gone.
+    /// intervals is considered gone. AMQP counts it in whole seconds: a value under one second
+    /// (other than zero) is refused by `Connection::start`, and fractions are rounded down.
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d;
         self
@@ -116,6 +123,15 @@ impl ConnectionConfig {
         self
     }
 
+    /// The largest message body a delivery may announce (default [`DEFAULT_MAX_BODY_SIZE`],
+    /// 512 MiB, RabbitMQ's own maximum). A larger one is not assembled: it is handed up as a
+    /// malformed delivery without its body (the idempotent consumer dead-letters it with the
+    /// reason), so a peer cannot make the client buffer without bound.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
     /// Topology declared on every new session, before anything is published or consumed.
     pub fn topology(mut self, t: Topology) -> Self {
         self.topology = t;
@@ -139,6 +155,17 @@ impl ConnectionConfig {
                 "connect_timeout must be more than zero".into(),
             ));
         }
+        if !self.heartbeat.is_zero() && self.heartbeat < Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "heartbeat of {:?}: AMQP counts heartbeats in whole seconds; use 0 to turn them \
+                 off or at least 1 s",
+                self.heartbeat
+            )));
+        }
+        for e in &self.endpoints {
+            crate::transport::wire::check_short("vhost", &e.vhost)
+                .map_err(|m| Error::Config(format!("endpoint {e}: {m}")))?;
+        }
         self.topology.validate().map_err(Error::Config)?;
         Ok(())
     }
@@ -154,6 +181,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("backoff", &self.backoff)
             .field("max_attempts", &self.max_attempts)
             .field("frame_max", &self.frame_max)
+            .field("max_body_size", &self.max_body_size)
             .field("topology", &self.topology)
             .finish()
     }

@@ -116,8 +116,10 @@ impl Message {
         self.properties.message_id.as_deref()
     }
 
-    /// Gives the message an id unless it has one; checks everything the broker would refuse.
-    pub(crate) fn prepare(&mut self, max_size: usize) -> Result<(), Error> {
+    /// Gives the message an id unless it has one; checks everything the broker would refuse,
+    /// including a content header (properties and headers) that does not fit in one frame of
+    /// `frame_max` bytes.
+    pub(crate) fn prepare(&mut self, max_size: usize, frame_max: u32) -> Result<(), Error> {
         if self.body.len() > max_size {
             return Err(Error::MessageTooLarge {
                 size: self.body.len(),
@@ -130,7 +132,21 @@ impl Message {
         crate::transport::wire::check_short("exchange name", &self.exchange)
             .and_then(|_| crate::transport::wire::check_short("routing key", &self.routing_key))
             .and_then(|_| self.properties.validate())
+            .and_then(|_| self.check_header_fits(frame_max))
             .map_err(Error::InvalidMessage)
+    }
+
+    /// Whether the content header fits in one frame of `frame_max` bytes.
+    pub(crate) fn check_header_fits(&self, frame_max: u32) -> Result<(), String> {
+        let size = crate::transport::frame::content_header_frame_size(&self.properties);
+        if size > frame_max as usize {
+            Err(format!(
+                "properties and headers take {size} bytes, more than one frame of {frame_max} \
+                 bytes (frame_max) can carry"
+            ))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -166,15 +182,15 @@ mod tests {
     #[test]
     fn prepare_keeps_a_caller_id_and_refuses_oversize() {
         let mut m = Message::to_queue("q", "x").message_id("mine");
-        m.prepare(10).unwrap();
+        m.prepare(10, 131_072).unwrap();
         assert_eq!(m.id(), Some("mine"));
         let mut m = Message::to_queue("q", vec![0u8; 11]);
         assert!(matches!(
-            m.prepare(10),
+            m.prepare(10, 131_072),
             Err(Error::MessageTooLarge { size: 11, max: 10 })
         ));
         let mut m = Message::to_queue("q", "x");
-        m.prepare(10).unwrap();
+        m.prepare(10, 131_072).unwrap();
         assert!(m.id().is_some());
         assert_eq!(m.props().delivery_mode, Some(2));
         assert!(m.mandatory);
@@ -183,6 +199,9 @@ mod tests {
     #[test]
     fn prepare_refuses_what_the_broker_would() {
         let mut m = Message::to_queue("q".repeat(300), "x");
-        assert!(matches!(m.prepare(10), Err(Error::InvalidMessage(_))));
+        assert!(matches!(
+            m.prepare(10, 131_072),
+            Err(Error::InvalidMessage(_))
+        ));
     }
 }

@@ -4,8 +4,8 @@
 mod support;
 
 use rabbit_once::{
-    Binding, Connection, ConnectionState, Error, Event, Exchange, ExchangeKind, Message, Publisher,
-    PublisherConfig, Queue, Topology,
+    Binding, Connection, ConnectionConfig, ConnectionState, Error, Event, Exchange, ExchangeKind,
+    Message, Publisher, PublisherConfig, Queue, Topology,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -520,6 +520,74 @@ async fn an_exchange_deleted_mid_session_fails_only_its_messages() {
     p.close(Duration::from_secs(5)).await;
     conn.close().await;
     setup.delete_queue(&q).await.unwrap();
+}
+
+/// Messages the broker would answer by closing the whole connection (a content header larger
+/// than a frame: 501; a key over 255 bytes inside an array: 541) are refused at `publish`, with
+/// the field named, and the connection is never cut: the messages around them are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_would_break_the_connection_are_refused_at_publish() {
+    let q = unique("pub-wedge");
+    let conn =
+        Connection::connect(config(&broker_uri()).topology(Topology::new().queue(Queue::new(&q))))
+            .await
+            .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let before = p.publish(Message::to_queue(&q, "before")).await.unwrap();
+
+    // Headers of ~200 KB: more than one 128 KiB frame.
+    let big = Message::to_queue(&q, "x").header("big", "h".repeat(200_000));
+    let e = p.publish(big).await.unwrap_err();
+    match &e.error {
+        Error::InvalidMessage(why) => assert!(why.contains("frame_max"), "{why}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(e.message.is_some(), "handed back");
+
+    let array_key = rabbit_once::FieldValue::Array(vec![rabbit_once::FieldValue::Table(
+        rabbit_once::FieldTable::new().with("k".repeat(256), 1i32),
+    )]);
+    let e = p
+        .publish(Message::to_queue(&q, "x").header("list", array_key))
+        .await
+        .unwrap_err();
+    match &e.error {
+        Error::InvalidMessage(why) => assert!(why.contains("256 bytes"), "{why}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let after = p.publish(Message::to_queue(&q, "after")).await.unwrap();
+    before.await.unwrap();
+    after.await.unwrap();
+    assert_eq!(conn.reconnects(), 0);
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 2);
+    p.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+/// Names the broker would refuse by closing the connection are configuration errors at start:
+/// no panic, no attempt to send them.
+#[test]
+fn overlong_topology_names_and_sub_second_heartbeats_are_configuration_errors() {
+    let long = "x".repeat(256);
+    let cases = [
+        Topology::new().binding(Binding::queue("q", &long, "rk")),
+        Topology::new().binding(Binding::exchange(&long, "src", "rk")),
+        Topology::new().exchange(Exchange::new("x", ExchangeKind::Custom(long.clone()))),
+        Topology::new().queue(Queue::new("q").argument(long.clone(), 1i32)),
+    ];
+    for t in cases {
+        let e = Connection::start(config(&broker_uri()).topology(t)).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("256"), "{e}");
+    }
+    let e =
+        Connection::start(config(&broker_uri()).heartbeat(Duration::from_millis(500))).unwrap_err();
+    assert!(e.to_string().contains("whole seconds"), "{e}");
+    let vhost = format!("amqp://guest:guest@127.0.0.1:5672/{}", "v".repeat(300));
+    let e = Connection::start(ConnectionConfig::new(&vhost).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
 }
 
 #[tokio::test]

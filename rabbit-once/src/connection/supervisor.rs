@@ -26,6 +26,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         connect_timeout: cfg.connect_timeout,
         frame_max: cfg.frame_max,
         channel_max: cfg.channel_max,
+        max_body_size: cfg.max_body_size,
     };
     let mut shutdown = inner.shutdown.subscribe();
     let mut failures: u32 = 0;

@@ -48,9 +48,31 @@ impl Delivery {
         &self.raw.body
     }
 
-    /// The producer's `message_id`, if it set one.
+    /// The producer's `message_id`, if it set one, as text. AMQP ids are octets and other
+    /// clients may send any; an id that is not UTF-8 comes as a lossless text view (each
+    /// stray byte as `\xNN`, a backslash as `\\`), stable for the same bytes and distinct for
+    /// different ones, so it still works as a dedup key. [`message_id_bytes`](Self::message_id_bytes)
+    /// gives the octets.
     pub fn message_id(&self) -> Option<&str> {
         self.raw.properties.message_id.as_deref()
+    }
+
+    /// The `message_id` as the octets the producer sent (see [`message_id`](Self::message_id)).
+    pub fn message_id_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let id = self.message_id()?;
+        Some(match crate::transport::wire::from_text_view(id) {
+            Some(bytes) => bytes.into(),
+            None => id.as_bytes().into(),
+        })
+    }
+
+    /// Why this delivery could not be decoded in full, if it could not: properties that do not
+    /// parse (for example headers nested deeper than the limit) or a body over
+    /// [`ConnectionConfig::max_body_size`](crate::ConnectionConfig::max_body_size) (then the
+    /// body is empty). Such a delivery reached us without ending the connection; settle it like
+    /// any other. The idempotent consumer dead-letters it with this reason.
+    pub fn malformed(&self) -> Option<&str> {
+        self.raw.malformed.as_deref()
     }
 
     pub fn properties(&self) -> &Properties {

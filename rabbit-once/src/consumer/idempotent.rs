@@ -174,6 +174,9 @@ pub struct ConsumerStats {
     pub retried: u64,
     pub dead_lettered: u64,
     pub missing_id: u64,
+    /// Deliveries that could not be decoded in full (see [`Delivery::malformed`]):
+    /// dead-lettered with the reason, the handler never ran.
+    pub malformed: u64,
     /// Transactions committed.
     pub commits: u64,
     /// Batches rolled back and run again one message at a time.
@@ -196,6 +199,7 @@ struct Counters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     missing_id: AtomicU64,
+    malformed: AtomicU64,
     commits: AtomicU64,
     split_batches: AtomicU64,
     handler_errors: AtomicU64,
@@ -221,6 +225,7 @@ impl Counters {
             retried: g(&self.retried),
             dead_lettered: g(&self.dead_lettered),
             missing_id: g(&self.missing_id),
+            malformed: g(&self.malformed),
             commits: g(&self.commits),
             split_batches: g(&self.split_batches),
             handler_errors: g(&self.handler_errors),
@@ -429,6 +434,13 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     async fn process(&self, batch: Vec<Delivery>) {
         let mut items = Vec::with_capacity(batch.len());
         for d in batch {
+            if let Some(why) = d.malformed() {
+                Counters::add(&self.counters.malformed, 1);
+                let reason = format!("malformed delivery: {why}");
+                let key = d.message_id().unwrap_or_default().to_string();
+                self.dead_letter(Item { d, key }, &reason, 1).await;
+                continue;
+            }
             match self.key_of(&d) {
                 Ok(key) => items.push(Item { d, key }),
                 Err(reason) => {

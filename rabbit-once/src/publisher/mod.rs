@@ -184,6 +184,9 @@ pub(crate) struct Shared {
     count: Semaphore,
     bytes: Semaphore,
     config: PublisherConfig,
+    /// The frame size the connection asks for: a content header must fit in one frame (the
+    /// broker may negotiate less; the task checks that per session).
+    frame_max: u32,
     closed: AtomicBool,
     /// Why the publisher stopped for good, if the connection gave up.
     failure: OnceLock<Error>,
@@ -242,6 +245,7 @@ impl Publisher {
             count: Semaphore::new(config.max_buffered),
             bytes: Semaphore::new(config.max_buffered_bytes),
             config,
+            frame_max: conn.config().frame_max,
             closed: AtomicBool::new(false),
             failure: OnceLock::new(),
             counters: Counters::default(),
@@ -303,7 +307,7 @@ impl Publisher {
             .config
             .max_message_size
             .min(self.shared.config.max_buffered_bytes);
-        if let Err(error) = msg.prepare(max) {
+        if let Err(error) = msg.prepare(max, self.shared.frame_max) {
             return Err(PublishError {
                 error,
                 message: Some(msg),

@@ -266,6 +266,18 @@ impl Task {
                 }
                 continue;
             }
+            // The broker may have negotiated a smaller frame than the publisher checked
+            // against when it accepted the message: a header that does not fit would make it
+            // close the whole connection, so it is this message's failure instead.
+            let frame_max = session.conn.frame_max();
+            if frame_max < self.shared.frame_max
+                && let Err(why) = e.msg().check_header_fits(frame_max)
+            {
+                let id = e.msg().id().unwrap_or_default().to_string();
+                let err = Error::InvalidMessage(format!("message {id}: {why}"));
+                self.buf.fail(seq, err, &mut self.resolved);
+                continue;
+            }
             self.buf.mark_sent(seq);
             self.batch.push(seq);
         }
@@ -401,14 +413,25 @@ impl Task {
                     ),
                 }
             }
-            Some(ChannelEvent::Closed(e)) if e.is_connection_level() => {
+            Some(ChannelEvent::Closed(e)) if e.is_connection_level() && !frame_fault(&e) => {
                 let n = self.buf.channel_lost(false);
                 tracing::debug!(error = %e, unconfirmed = n, "publishing connection lost");
                 return Some(Exit::Connection);
             }
             Some(ChannelEvent::Closed(e)) => {
+                // A channel the broker closed, or a connection it closed over a frame it could
+                // not take (a message it refused that badly): either way the in-flight messages
+                // are suspects, re-sent one at a time, so one message can never wedge the
+                // channel or the connection — the lone suspect in flight at the next close is
+                // the culprit.
+                let exit = if e.is_connection_level() {
+                    Exit::Connection
+                } else {
+                    Exit::Channel
+                };
                 let (code, text) = match &e {
-                    Error::ChannelClosed { code, text } => (*code, text.clone()),
+                    Error::ChannelClosed { code, text }
+                    | Error::ConnectionClosed { code, text } => (*code, text.clone()),
                     other => (0, other.to_string()),
                 };
                 if let Some(seq) = self.buf.lone_suspect() {
@@ -433,7 +456,7 @@ impl Task {
                     let n = self.buf.channel_lost(true);
                     tracing::warn!(code, %text, suspects = n, "publishing channel closed by the broker; re-sending one by one");
                 }
-                return Some(Exit::Channel);
+                return Some(exit);
             }
             Some(ChannelEvent::Method(_) | ChannelEvent::Deliver(_)) => {}
             None => {
@@ -641,4 +664,17 @@ impl Task {
             self.on_cmd(cmd);
         }
     }
+}
+
+/// A connection the broker closed over a frame it could not accept (501 FRAME_ERROR,
+/// 502 SYNTAX_ERROR, 505 UNEXPECTED_FRAME, 541 INTERNAL_ERROR): what we just wrote may be the
+/// cause, so the in-flight messages are treated as suspects, not simply re-sent.
+fn frame_fault(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ConnectionClosed {
+            code: 501 | 502 | 505 | 541,
+            ..
+        }
+    )
 }

@@ -64,8 +64,14 @@ impl Topology {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         use crate::transport::wire::check_short;
+        let args = |what: &str, name: &str, t: &FieldTable| {
+            t.validate()
+                .map_err(|e| format!("arguments of {what} {name:?}: {e}"))
+        };
         for e in &self.exchanges {
             check_short("exchange name", &e.name)?;
+            check_short("exchange type", e.kind.as_str())?;
+            args("exchange", &e.name, &e.arguments)?;
             if e.name.is_empty() || e.name.starts_with("amq.") {
                 return Err(format!(
                     "exchange name {:?} is reserved by the broker",
@@ -78,9 +84,16 @@ impl Topology {
             if q.name.is_empty() {
                 return Err("a declared queue needs a name".into());
             }
+            args("queue", &q.name, &q.arguments)?;
         }
         for b in &self.bindings {
+            check_short("binding source", &b.source)?;
+            match &b.destination {
+                Destination::Queue(q) => check_short("binding destination queue", q)?,
+                Destination::Exchange(x) => check_short("binding destination exchange", x)?,
+            }
             check_short("routing key", &b.routing_key)?;
+            args("binding to", &b.source, &b.arguments)?;
         }
         Ok(())
     }

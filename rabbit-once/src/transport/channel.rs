@@ -23,6 +23,9 @@ pub(crate) struct RawDelivery {
     pub routing_key: String,
     pub properties: Properties,
     pub body: Bytes,
+    /// Why this delivery could not be decoded in full (the message is still acked or nacked
+    /// like any other; the idempotent consumer dead-letters it with this reason).
+    pub malformed: Option<String>,
 }
 
 /// A `mandatory` message the broker could not route (`basic.return`).

@@ -39,6 +39,8 @@ pub(crate) struct ConnectParams {
     pub connect_timeout: Duration,
     pub frame_max: u32,
     pub channel_max: u16,
+    /// Deliveries announcing a larger body are handed up malformed, without the body.
+    pub max_body_size: u64,
 }
 
 /// A cheap handle to a live (or dead) connection.
@@ -82,6 +84,7 @@ pub(crate) struct Shared {
     table: Mutex<Table>,
     pub(crate) frame_max: u32,
     channel_max: u16,
+    max_body_size: u64,
     heartbeat: Duration,
     endpoint: String,
     /// The first reason this connection died for.
@@ -223,7 +226,7 @@ impl Connection {
                 let mut tls = super::tls::wrap(tcp, endpoint).await?;
                 let hs = handshake(&mut tls, endpoint, params).await?;
                 let (r, w) = tokio::io::split(tls);
-                return Ok(Self::start(endpoint, hs, Box::new(r), Box::new(w)));
+                return Ok(Self::start(endpoint, params, hs, Box::new(r), Box::new(w)));
             }
             #[cfg(not(feature = "tls"))]
             return Err(connect_err("amqps needs the \"tls\" feature".into()));
@@ -231,10 +234,16 @@ impl Connection {
         let mut tcp = tcp;
         let hs = handshake(&mut tcp, endpoint, params).await?;
         let (r, w) = tcp.into_split();
-        Ok(Self::start(endpoint, hs, Box::new(r), Box::new(w)))
+        Ok(Self::start(endpoint, params, hs, Box::new(r), Box::new(w)))
     }
 
-    fn start(endpoint: &Endpoint, hs: Handshake, r: ReadHalf, w: WriteHalf) -> Self {
+    fn start(
+        endpoint: &Endpoint,
+        params: &ConnectParams,
+        hs: Handshake,
+        r: ReadHalf,
+        w: WriteHalf,
+    ) -> Self {
         let (stop, _) = watch::channel(false);
         let (blocked, _) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -253,6 +262,7 @@ impl Connection {
             }),
             frame_max: hs.frame_max,
             channel_max: hs.channel_max,
+            max_body_size: params.max_body_size,
             heartbeat: hs.heartbeat,
             endpoint: endpoint.to_string(),
             reason: Mutex::new(None),
@@ -692,6 +702,10 @@ struct Assembling {
     header: Option<ContentHeader>,
     body: BytesMut,
     first: Option<Bytes>,
+    /// Body bytes are counted but not kept: a return (we hold the message ourselves) or a body
+    /// over the cap (the delivery goes up malformed).
+    discard: bool,
+    discarded: u64,
 }
 
 struct Slot {
@@ -834,6 +848,15 @@ fn handle_frame(
                 cache[id] = Some(Slot { tx, content: None });
             }
             None => {
+                // Ids are handed out in turn from 1, so every id below the table's length was
+                // opened once: a frame there is a late one for a channel we closed. An id
+                // beyond it was never opened — no broker sends that.
+                let ever_opened = id < shared.table.lock().expect("table lock").slots.len();
+                if !ever_opened {
+                    return Err(proto(&format!(
+                        "frame on channel {id}, which was never opened"
+                    )));
+                }
                 tracing::trace!(channel = id, "frame for a closed channel ignored");
                 return Ok(true);
             }
@@ -850,11 +873,14 @@ fn handle_frame(
                 return Err(proto("basic.publish from the broker"));
             }
             if m.has_content() {
+                let discard = matches!(m, Method::BasicReturn { .. });
                 slot.content = Some(Assembling {
                     method: m,
                     header: None,
                     body: BytesMut::new(),
                     first: None,
+                    discard,
+                    discarded: 0,
                 });
                 return Ok(true);
             }
@@ -933,7 +959,16 @@ fn handle_frame(
                 .as_mut()
                 .filter(|a| a.header.is_none())
                 .ok_or_else(|| proto("content header without a content method"))?;
-            let h = decode_content_header(&f.payload)?;
+            let mut h = decode_content_header(&f.payload)?;
+            if h.body_size > shared.max_body_size {
+                a.discard = true;
+                if h.malformed.is_none() {
+                    h.malformed = Some(format!(
+                        "body of {} bytes is over the limit of {} bytes (not kept)",
+                        h.body_size, shared.max_body_size
+                    ));
+                }
+            }
             let empty = h.body_size == 0;
             a.header = Some(h);
             if empty {
@@ -947,9 +982,17 @@ fn handle_frame(
                 .filter(|a| a.header.is_some())
                 .ok_or_else(|| proto("body frame without a content header"))?;
             let want = a.header.as_ref().expect("checked").body_size;
-            let have = a.body.len() as u64 + a.first.as_ref().map_or(0, |b| b.len() as u64);
+            let have =
+                a.discarded + a.body.len() as u64 + a.first.as_ref().map_or(0, |b| b.len() as u64);
             if have + f.payload.len() as u64 > want {
                 return Err(proto("body longer than its header announced"));
+            }
+            if a.discard {
+                a.discarded += f.payload.len() as u64;
+                if a.discarded == want {
+                    complete(slot);
+                }
+                return Ok(true);
             }
             if have == 0 && f.payload.len() as u64 == want {
                 a.first = Some(f.payload);
@@ -987,6 +1030,7 @@ fn complete(slot: &mut Slot) {
             routing_key,
             properties: header.properties,
             body,
+            malformed: header.malformed,
         })),
         Method::BasicReturn {
             reply_code,

@@ -115,22 +115,41 @@ pub(crate) fn put_publish(out: &mut BytesMut, channel: u16, frame_max: u32, p: P
     }
 }
 
+/// The size of the content-header frame that carries `properties`: it must fit in one frame
+/// (a larger one makes the broker close the whole connection with 501 FRAME_ERROR).
+pub(crate) fn content_header_frame_size(properties: &Properties) -> usize {
+    FRAME_OVERHEAD + 12 + properties.wire_size()
+}
+
 /// A content header: the body size to expect and the properties.
 #[derive(Debug)]
 pub(crate) struct ContentHeader {
     pub body_size: u64,
     pub properties: Properties,
+    /// Why the properties could not be decoded (then `properties` is empty). Content the
+    /// broker accepted from another client is not our protocol error: the message is handed up
+    /// as malformed instead of ending the connection.
+    pub malformed: Option<String>,
 }
 
+/// Decodes a content header. Only the fixed part (class, weight, body size) can fail: the
+/// properties that follow were written by whoever published the message.
 pub(crate) fn decode_content_header(payload: &[u8]) -> DecodeResult<ContentHeader> {
     let mut r = Reader::new(payload);
     let _class = r.u16()?;
     let _weight = r.u16()?;
     let body_size = r.u64()?;
-    let properties = Properties::decode(&mut r)?;
+    let (properties, malformed) = match Properties::decode(&mut r) {
+        Ok(p) => (p, None),
+        Err(e) => (
+            Properties::default(),
+            Some(format!("undecodable properties: {}", e.0)),
+        ),
+    };
     Ok(ContentHeader {
         body_size,
         properties,
+        malformed,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Basic content properties (the content header of a message): message id, delivery mode, headers…
 
 use super::table::FieldTable;
-use super::wire::{DecodeResult, Reader, check_short, put_short_str};
+use super::wire::{DecodeResult, Reader, check_short, put_short_str, short_str_wire};
 use bytes::{BufMut, BytesMut};
 
 /// AMQP basic properties of a message. `message_id` is managed by the publisher.
@@ -77,6 +77,25 @@ impl Properties {
             h.validate()?;
         }
         Ok(())
+    }
+
+    /// How many bytes [`encode`](Self::encode) writes, without writing them.
+    pub(crate) fn wire_size(&self) -> usize {
+        let s = |v: &Option<String>| v.as_deref().map_or(0, |v| 1 + short_str_wire(v).len());
+        2 + s(&self.content_type)
+            + s(&self.content_encoding)
+            + self.headers.as_ref().map_or(0, FieldTable::wire_size)
+            + self.delivery_mode.map_or(0, |_| 1)
+            + self.priority.map_or(0, |_| 1)
+            + s(&self.correlation_id)
+            + s(&self.reply_to)
+            + s(&self.expiration)
+            + s(&self.message_id)
+            + self.timestamp.map_or(0, |_| 8)
+            + s(&self.kind)
+            + s(&self.user_id)
+            + s(&self.app_id)
+            + s(&self.cluster_id)
     }
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
@@ -195,6 +214,7 @@ mod tests {
         };
         let mut out = BytesMut::new();
         p.encode(&mut out);
+        assert_eq!(p.wire_size(), out.len());
         let back = Properties::decode(&mut Reader::new(&out)).unwrap();
         assert_eq!(back, p);
     }

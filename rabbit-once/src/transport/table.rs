@@ -1,6 +1,6 @@
 //! Field tables: message headers and queue/exchange arguments, with RabbitMQ's type tags.
 
-use super::wire::{DecodeResult, ProtocolError, Reader, put_long_str};
+use super::wire::{DecodeResult, ProtocolError, Reader, put_long_str, put_short_str};
 use bytes::{BufMut, BytesMut};
 use std::fmt;
 
@@ -150,25 +150,45 @@ impl FieldTable {
         self.0.is_empty()
     }
 
-    /// Checks what the encoder cannot: keys must fit a short string.
+    /// Checks what the encoder cannot, at every level (tables inside arrays too): keys must
+    /// fit a short string, and nesting must stay within [`MAX_DEPTH`] (deeper would be
+    /// refused by our own decoder, and by consumers that guard their stack).
     pub(crate) fn validate(&self) -> Result<(), String> {
+        self.validate_at(1)
+    }
+
+    fn validate_at(&self, depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("headers nested deeper than {MAX_DEPTH} levels"));
+        }
         for (k, v) in &self.0 {
-            if k.len() > 255 {
-                return Err(format!("header key of {} bytes (at most 255)", k.len()));
+            if super::wire::short_str_wire(k).len() > 255 {
+                let shown: String = k.chars().take(40).collect();
+                return Err(format!(
+                    "header key {shown:?}… is {} bytes long; AMQP allows at most 255",
+                    k.len()
+                ));
             }
-            if let FieldValue::Table(t) = v {
-                t.validate()?;
-            }
+            validate_value(v, depth)?;
         }
         Ok(())
+    }
+
+    /// How many bytes [`encode`](Self::encode) writes (length prefix included), without
+    /// writing them. Only meaningful for a table that passed [`validate`](Self::validate).
+    pub(crate) fn wire_size(&self) -> usize {
+        4 + self
+            .0
+            .iter()
+            .map(|(k, v)| 1 + super::wire::short_str_wire(k).len() + value_size(v))
+            .sum::<usize>()
     }
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
         let at = out.len();
         out.put_u32(0);
         for (k, v) in &self.0 {
-            out.put_u8(k.len() as u8);
-            out.put_slice(k.as_bytes());
+            put_short_str(out, k);
             encode_value(v, out);
         }
         let len = (out.len() - at - 4) as u32;
@@ -176,12 +196,19 @@ impl FieldTable {
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> DecodeResult<Self> {
+        Self::decode_at(r, 1)
+    }
+
+    fn decode_at(r: &mut Reader<'_>, depth: usize) -> DecodeResult<Self> {
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
         let body = r.long_str_bytes()?;
         let mut r = Reader::new(body);
         let mut entries = Vec::new();
         while r.remaining() > 0 {
             let k = r.short_str()?;
-            let v = decode_value(&mut r)?;
+            let v = decode_value(&mut r, depth)?;
             entries.push((k, v));
         }
         Ok(Self(entries))
@@ -203,6 +230,48 @@ impl<K: Into<String>, V: Into<FieldValue>> FromIterator<(K, V)> for FieldTable {
             t.insert(k, v);
         }
         t
+    }
+}
+
+/// How deep tables and arrays may nest, in a message's headers or in arguments. Decoding
+/// recurses once per level, so without a bound a small message nested thousands of levels deep
+/// would overflow the stack; no real header comes near this.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+fn too_deep() -> ProtocolError {
+    ProtocolError::new(format!(
+        "field table or array nested deeper than {MAX_DEPTH} levels"
+    ))
+}
+
+fn validate_value(v: &FieldValue, depth: usize) -> Result<(), String> {
+    match v {
+        FieldValue::Table(t) => t.validate_at(depth + 1),
+        FieldValue::Array(items) => {
+            if depth + 1 > MAX_DEPTH {
+                return Err(format!("headers nested deeper than {MAX_DEPTH} levels"));
+            }
+            items.iter().try_for_each(|v| validate_value(v, depth + 1))
+        }
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) if b.len() > u32::MAX as usize => {
+            Err(format!("a header value of {} bytes", b.len()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Encoded size of a value, type tag included.
+fn value_size(v: &FieldValue) -> usize {
+    1 + match v {
+        FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
+        FieldValue::I16(_) | FieldValue::U16(_) => 2,
+        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
+        FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
+        FieldValue::Decimal(..) => 5,
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => 4 + b.len(),
+        FieldValue::Table(t) => t.wire_size(),
+        FieldValue::Array(a) => 4 + a.iter().map(value_size).sum::<usize>(),
+        FieldValue::Void => 0,
     }
 }
 
@@ -283,7 +352,7 @@ fn encode_value(v: &FieldValue, out: &mut BytesMut) {
     }
 }
 
-fn decode_value(r: &mut Reader<'_>) -> DecodeResult<FieldValue> {
+fn decode_value(r: &mut Reader<'_>, depth: usize) -> DecodeResult<FieldValue> {
     let tag = r.u8()?;
     Ok(match tag {
         b't' => FieldValue::Bool(r.u8()? != 0),
@@ -299,13 +368,16 @@ fn decode_value(r: &mut Reader<'_>) -> DecodeResult<FieldValue> {
         b'D' => FieldValue::Decimal(r.u8()?, r.u32()?),
         b'S' => FieldValue::LongString(r.long_str_bytes()?.to_vec()),
         b'T' => FieldValue::Timestamp(r.u64()?),
-        b'F' => FieldValue::Table(FieldTable::decode(r)?),
+        b'F' => FieldValue::Table(FieldTable::decode_at(r, depth + 1)?),
         b'A' => {
+            if depth + 1 > MAX_DEPTH {
+                return Err(too_deep());
+            }
             let body = r.long_str_bytes()?;
             let mut inner = Reader::new(body);
             let mut items = Vec::new();
             while inner.remaining() > 0 {
-                items.push(decode_value(&mut inner)?);
+                items.push(decode_value(&mut inner, depth + 1)?);
             }
             FieldValue::Array(items)
         }
@@ -347,6 +419,7 @@ mod tests {
             .with("bytes", FieldValue::ByteArray(vec![0, 255]));
         let mut out = BytesMut::new();
         t.encode(&mut out);
+        assert_eq!(t.wire_size(), out.len());
         let mut r = Reader::new(&out);
         let back = FieldTable::decode(&mut r).unwrap();
         assert_eq!(back, t);
@@ -364,6 +437,63 @@ mod tests {
         assert_eq!(t.get("a"), Some(&FieldValue::I32(2)));
         assert_eq!(t.remove("a"), Some(FieldValue::I32(2)));
         assert!(t.is_empty());
+    }
+
+    /// `levels` tables or arrays inside each other, innermost holding an integer.
+    fn nested(levels: usize, arrays: bool) -> FieldTable {
+        let mut v = FieldValue::I32(1);
+        for _ in 1..levels {
+            v = if arrays {
+                FieldValue::Array(vec![v])
+            } else {
+                FieldValue::Table(FieldTable::new().with("k", v))
+            };
+        }
+        FieldTable::new().with("k", v)
+    }
+
+    #[test]
+    fn nesting_is_bounded_both_ways() {
+        for arrays in [false, true] {
+            let ok = nested(MAX_DEPTH, arrays);
+            assert!(ok.validate().is_ok());
+            let mut out = BytesMut::new();
+            ok.encode(&mut out);
+            assert_eq!(FieldTable::decode(&mut Reader::new(&out)).unwrap(), ok);
+
+            let deep = nested(MAX_DEPTH + 1, arrays);
+            assert!(deep.validate().unwrap_err().contains("nested"));
+            let mut out = BytesMut::new();
+            deep.encode(&mut out);
+            let err = FieldTable::decode(&mut Reader::new(&out)).unwrap_err();
+            assert!(err.0.contains("nested"), "{err}");
+        }
+    }
+
+    #[test]
+    fn twelve_thousand_levels_are_refused_without_overflowing_the_stack() {
+        // Built by hand: an encoder recursing 12,000 deep would itself be the problem.
+        let levels = 12_000;
+        let mut v: Vec<u8> = vec![b'I', 0, 0, 0, 1];
+        for _ in 0..levels {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&v);
+            v = outer;
+        }
+        let mut table = vec![1, b'k'];
+        table.extend_from_slice(&v);
+        let mut payload = (table.len() as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(&table);
+        let err = FieldTable::decode(&mut Reader::new(&payload)).unwrap_err();
+        assert!(err.0.contains("nested"));
+    }
+
+    #[test]
+    fn keys_inside_arrays_are_checked() {
+        let inner = FieldTable::new().with("k".repeat(256), 1i32);
+        let t = FieldTable::new().with("a", vec![FieldValue::Table(inner)]);
+        assert!(t.validate().unwrap_err().contains("256 bytes"));
     }
 
     #[test]
