@@ -57,6 +57,18 @@ pub enum Error {
     #[error("topology declaration failed: {0}")]
     Topology(String),
 
+    /// The broker refused part of the topology for a reason that clears by itself, so the
+    /// session is tried again with backoff: 405 RESOURCE_LOCKED (an exclusive queue still held
+    /// by our own previous, half-open connection until the broker notices it is gone) or, when
+    /// declaring again on a new session, 404 NOT_FOUND for a binding whose exchange another
+    /// service has not declared yet.
+    #[error("topology not declarable yet: {what}: {code} {text} (will try again)")]
+    TopologyNotYet {
+        what: String,
+        code: u16,
+        text: String,
+    },
+
     /// A `mandatory` message matched no queue; the broker returned it.
     #[error("message {message_id} was unroutable: {reply_code} {reply_text}")]
     Unroutable {
@@ -125,6 +137,23 @@ pub enum Error {
 impl Error {
     /// Whether reconnecting can help: false for bad credentials, refused vhosts, bad
     /// configuration and topology that contradicts what the broker has.
+    ///
+    /// The whole classification, as the supervisor applies it (also in `docs/guarantees.md`):
+    ///
+    /// | what happened | error | class |
+    /// |---|---|---|
+    /// | TCP refused / reset / timeout, TLS failure, EOF at any handshake step | `Connect` | transient |
+    /// | EOF right after `connection.start-ok` (broker advertises `authentication_failure_close`) | `Connect` | transient |
+    /// | same, from a broker without that capability | `AuthenticationFailed` | fatal |
+    /// | `connection.close 403` during the handshake | `AuthenticationFailed` | fatal |
+    /// | `connection.close 530/402/403` at `connection.open` (vhost) | `VhostRefused` | fatal |
+    /// | `530` "connection limit reached" | `ConnectionClosed` | transient |
+    /// | `connection.close 320` (forced: node restart), 501/502/505/541/504, any close later | `ConnectionClosed` | transient |
+    /// | missed heartbeats, read/write error, socket closed | `ConnectionLost` | transient |
+    /// | a frame we cannot parse from the broker | `Protocol` | transient |
+    /// | 405 RESOURCE_LOCKED on a declare; 404 on a binding when declaring again | `TopologyNotYet` | transient |
+    /// | 406 PRECONDITION_FAILED (argument mismatch), 403, 404 on the first session | `Topology` | fatal |
+    /// | bad URI, bad settings | `InvalidUri`, `Config` | fatal |
     pub fn is_recoverable(&self) -> bool {
         !matches!(
             self,

@@ -142,7 +142,7 @@ impl Connection {
         let mut after = 0;
         loop {
             let s = self.next_session(after).await?;
-            match crate::topology::declare(&s.conn, t).await {
+            match crate::topology::declare(&s.conn, t, crate::topology::When::First).await {
                 Ok(()) => {
                     // Only what the broker accepted is declared again on later sessions.
                     {

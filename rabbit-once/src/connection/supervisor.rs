@@ -42,7 +42,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             endpoint: ep.to_string(),
         });
         let opened = tokio::select! {
-            r = open_session(&inner, ep, &params) => r,
+            r = open_session(&inner, ep, &params, epoch) => r,
             _ = stopped(&mut shutdown) => break None,
         };
         match opened {
@@ -141,18 +141,24 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// Connects and declares the topology. A topology the broker refuses is fatal.
+/// Connects and declares the topology (see [`topology::declare`] for which refusals are fatal).
 async fn open_session(
     inner: &Inner,
     ep: &Endpoint,
     params: &ConnectParams,
+    sessions_before: u64,
 ) -> Result<transport::Connection, Error> {
     let conn = transport::Connection::open(ep, params).await?;
     // If this future is dropped (shutdown) before the session is handed over, the connection
     // must not live on: the guard kills it.
     let guard = KillOnDrop(Some(conn.clone()));
     let topo = inner.topology.lock().expect("topology lock").clone();
-    if let Err(e) = topology::declare(&conn, &topo).await {
+    let when = if sessions_before == 0 {
+        topology::When::First
+    } else {
+        topology::When::Again
+    };
+    if let Err(e) = topology::declare(&conn, &topo, when).await {
         conn.kill(e.clone());
         return Err(e);
     }

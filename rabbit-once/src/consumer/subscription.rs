@@ -227,7 +227,13 @@ impl Task {
                         }
                         // The queue may have been deleted: declare the topology again first.
                         let topo = self.conn.topology();
-                        if let Err(e) = crate::topology::declare(&session.conn, &topo).await {
+                        if let Err(e) = crate::topology::declare(
+                            &session.conn,
+                            &topo,
+                            crate::topology::When::Again,
+                        )
+                        .await
+                        {
                             tracing::warn!(error = %e, "re-declaring topology failed");
                         }
                     }

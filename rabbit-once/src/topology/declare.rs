@@ -4,12 +4,23 @@ use super::{Destination, Topology};
 use crate::error::Error;
 use crate::transport::{Channel, Connection};
 
+/// When a topology is declared: on the first session a refusal is most likely a mistake to
+/// report; on a later one the same topology was accepted before, so a 404 is another service
+/// that has not declared its exchange (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    First,
+    Again,
+}
+
 /// Declares everything in `t` on its own channel of `conn`.
 ///
-/// A broker refusal (406 PRECONDITION_FAILED for a queue that exists with other arguments,
-/// 403 ACCESS_REFUSED, 404 NOT_FOUND for a binding to a missing exchange) becomes
-/// [`Error::Topology`], which is not worth retrying; a lost connection stays what it is.
-pub(crate) async fn declare(conn: &Connection, t: &Topology) -> Result<(), Error> {
+/// A broker refusal becomes [`Error::TopologyNotYet`] if it clears by itself (405
+/// RESOURCE_LOCKED always; 404 NOT_FOUND on a binding when declaring `Again`) and
+/// [`Error::Topology`] otherwise (406 PRECONDITION_FAILED for a queue that exists with other
+/// arguments, 403 ACCESS_REFUSED, …), which is not worth retrying; a lost connection stays
+/// what it is.
+pub(crate) async fn declare(conn: &Connection, t: &Topology, when: When) -> Result<(), Error> {
     if t.is_empty() {
         return Ok(());
     }
@@ -20,9 +31,7 @@ pub(crate) async fn declare(conn: &Connection, t: &Topology) -> Result<(), Error
             let _ = ch.close().await;
             Ok(())
         }
-        Err((what, Error::ChannelClosed { code, text })) => {
-            Err(Error::Topology(format!("{what}: {code} {text}")))
-        }
+        Err((what, Error::ChannelClosed { code, text })) => Err(classify(what, code, text, when)),
         Err((_, e)) => Err(e),
     }
 }
@@ -78,4 +87,45 @@ async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), (String, Error
         }
     }
     Ok(())
+}
+
+fn classify(what: String, code: u16, text: String, when: When) -> Error {
+    let binding = what.starts_with("binding");
+    if code == 405 || (code == 404 && binding && when == When::Again) {
+        Error::TopologyNotYet { what, code, text }
+    } else {
+        Error::Topology(format!("{what}: {code} {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_that_clear_by_themselves_are_transient() {
+        let c = |what: &str, code, when| classify(what.into(), code, "t".into(), when);
+        assert!(matches!(
+            c("queue \"q\"", 405, When::First),
+            Error::TopologyNotYet { code: 405, .. }
+        ));
+        assert!(matches!(
+            c("binding of queue \"q\" to \"x\"", 404, When::Again),
+            Error::TopologyNotYet { code: 404, .. }
+        ));
+        assert!(matches!(
+            c("binding of queue \"q\" to \"x\"", 404, When::First),
+            Error::Topology(_)
+        ));
+        assert!(matches!(
+            c("queue \"q\"", 406, When::Again),
+            Error::Topology(_)
+        ));
+        assert!(matches!(
+            c("exchange \"x\"", 403, When::Again),
+            Error::Topology(_)
+        ));
+        assert!(c("queue \"q\"", 405, When::First).is_recoverable());
+        assert!(!c("queue \"q\"", 406, When::First).is_recoverable());
+    }
 }

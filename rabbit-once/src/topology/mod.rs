@@ -7,7 +7,7 @@
 
 mod declare;
 
-pub(crate) use declare::declare;
+pub(crate) use declare::{When, declare};
 
 use crate::transport::table::{FieldTable, FieldValue};
 use std::time::Duration;

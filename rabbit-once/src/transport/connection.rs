@@ -517,10 +517,30 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         user: endpoint.user.clone(),
         reason,
     };
+    // We advertise `authentication_failure_close`, so a broker that has that capability too
+    // refuses credentials with `connection.close 403`; an EOF here is then a node shutting down
+    // or a load balancer losing its backend — transient. Only from a broker without the
+    // capability is a silent close the (old-style) authentication failure.
+    let explicit_auth_failure = server_properties
+        .get("capabilities")
+        .and_then(|c| match c {
+            super::table::FieldValue::Table(t) => t.get("authentication_failure_close"),
+            _ => None,
+        })
+        .is_some_and(|v| *v == super::table::FieldValue::Bool(true));
     let tune = read_method(s, &mut buf, endpoint, "waiting for connection.tune")
         .await?
         .ok_or_else(|| {
-            auth_failed("the broker closed the connection after the credentials were sent".into())
+            if explicit_auth_failure {
+                closed_early(
+                    "after the credentials were sent, without refusing them (a node shutting \
+                     down or a proxy without a backend)",
+                )
+            } else {
+                auth_failed(
+                    "the broker closed the connection after the credentials were sent".into(),
+                )
+            }
         })?;
     let (ch_max, fr_max, hb) = match tune {
         Method::ConnectionTune {
