@@ -585,6 +585,100 @@ async fn the_database_going_away_holds_work_unacked_and_loses_nothing() {
     conn.close().await;
 }
 
+/// A handler that updates one hot row with a short lock timeout: while another transaction
+/// holds that row, every attempt ends in 55P03 (lock not available).
+#[derive(Clone)]
+struct HotRow;
+
+impl Handler<Postgres> for HotRow {
+    async fn handle<'a>(
+        &'a self,
+        d: &'a Delivery,
+        tx: &'a mut Transaction<'static, Postgres>,
+    ) -> Result<Outcome, HandlerError> {
+        sqlx::query("SET LOCAL lock_timeout = '50ms'")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE hot SET n = n + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO applied (message_id, seq) VALUES ($1, $2)")
+            .bind(d.message_id().unwrap_or("<none>"))
+            .bind(seq_or_null(d))
+            .execute(&mut **tx)
+            .await?;
+        Ok(Outcome::Done)
+    }
+}
+
+/// Lock conflicts and lock timeouts are the database's fault, not the message's: held and
+/// run again until the lock is free — never retried through the retry queue, never
+/// dead-lettered — however long the lock is held (here far longer than the old limit of ten
+/// conflicts in a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_conflicts_are_held_and_never_count_as_a_failed_attempt() {
+    let (store, _s) = postgres().await;
+    sqlx::query("CREATE TABLE hot (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO hot VALUES (1, 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let q = unique("con-locked");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+
+    // Another transaction holds the hot row for 6 s.
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT n FROM hot WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    const N: u64 = 20;
+    publish(&conn, &q, ids(0..N, &q)).await;
+    let consumer = Consumer::start(
+        &conn,
+        store.clone(),
+        HotRow,
+        config(&q).group_commit(5, Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
+    wait_for(&consumer, "conflicts while the row is held", |s| {
+        s.store_conflicts >= 15
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = consumer.stats();
+    assert_eq!(held.applied, 0, "nothing can commit while the row is held");
+    holder.commit().await.unwrap();
+
+    let s = wait_for(&consumer, "all applied once the lock is free", |s| {
+        s.applied >= N
+    })
+    .await;
+    consumer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        (s.retried, s.dead_lettered, s.handler_errors),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    let applied = store.applied().await;
+    assert_eq!(applied.len() as u64, N);
+    assert!(applied.values().all(|n| *n == 1));
+    let n: i64 = sqlx::query_scalar("SELECT n FROM hot WHERE id = 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n as u64, N);
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_handlers_apply_each_id_once() {
     let (store, _s) = postgres().await;
@@ -680,5 +774,32 @@ async fn retention_deletes_old_dedup_records_in_batches() {
         .unwrap();
     assert_eq!(left, 0);
     cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+/// What the worker would only find out after `start` returned is refused by `start` itself.
+#[tokio::test]
+async fn start_refuses_what_the_worker_could_not_run() {
+    let (store, _f) = sqlite().await;
+    let conn = direct().await;
+    let e = Consumer::start(
+        &conn,
+        store.clone(),
+        Ledger::default(),
+        config("q").prefetch(0),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("prefetch"), "{e}");
+    let long = "q".repeat(250); // fits, but "<queue>.retry.100" does not
+    let e = Consumer::start(&conn, store, Ledger::default(), config(&long))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("retry and dead-letter queues"),
+        "{e}"
+    );
+    let e = Subscription::start(&conn, SubscriptionConfig::new("q").prefetch(0)).unwrap_err();
+    assert!(e.to_string().contains("prefetch"), "{e}");
     conn.close().await;
 }

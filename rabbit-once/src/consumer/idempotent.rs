@@ -74,6 +74,8 @@ impl ConsumerConfig {
         self
     }
 
+    /// Most unacknowledged deliveries at a time (default 500; at least the batch size, and at
+    /// least 1).
     pub fn prefetch(mut self, n: u16) -> Self {
         self.prefetch = n;
         self
@@ -145,7 +147,14 @@ impl ConsumerConfig {
                 "concurrency and batch size must be at least 1".into(),
             ));
         }
-        if self.prefetch != 0 && (self.prefetch as usize) < self.batch_size {
+        // Everything the worker would otherwise only find out after `start` returned.
+        SubscriptionConfig::new(&self.queue)
+            .prefetch(self.prefetch)
+            .validate()?;
+        retry::topology(&self.queue, &self.retry, &self.dead_letter)
+            .validate()
+            .map_err(|e| Error::Config(format!("retry and dead-letter queues: {e}")))?;
+        if (self.prefetch as usize) < self.batch_size {
             return Err(Error::Config(format!(
                 "prefetch {} is smaller than the group-commit batch size {}",
                 self.prefetch, self.batch_size
@@ -185,6 +194,10 @@ pub struct ConsumerStats {
     pub handler_panics: u64,
     /// Times the database was found unreachable (work held, nothing acked).
     pub store_outages: u64,
+    /// Transactions rolled back by the database over a lock conflict, a serialization failure,
+    /// a deadlock or a statement / lock timeout: run again after a pause, never counted as the
+    /// messages' failure (the fault is the database's, not theirs).
+    pub store_conflicts: u64,
     /// Deliveries dropped unacked because their channel died first (the broker redelivers them).
     pub abandoned: u64,
     /// Dedup records deleted by the retention job.
@@ -205,6 +218,7 @@ struct Counters {
     handler_errors: AtomicU64,
     handler_panics: AtomicU64,
     store_outages: AtomicU64,
+    store_conflicts: AtomicU64,
     abandoned: AtomicU64,
     purged: AtomicU64,
 }
@@ -231,6 +245,7 @@ impl Counters {
             handler_errors: g(&self.handler_errors),
             handler_panics: g(&self.handler_panics),
             store_outages: g(&self.store_outages),
+            store_conflicts: g(&self.store_conflicts),
             abandoned: g(&self.abandoned),
             purged: g(&self.purged),
         }
@@ -349,8 +364,8 @@ enum Failure_ {
     Panic(String),
 }
 
-/// Consecutive lock conflicts before the batch counts as failed (and goes the retry way).
-const MAX_CONFLICTS: u32 = 10;
+/// Conflicts in a row on one batch before a warning is logged (it is retried regardless).
+const CONFLICTS_BEFORE_WARNING: u32 = 10;
 
 struct Worker<S: Store, H> {
     conn: Connection,
@@ -549,10 +564,18 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 }
                 Attempt::Failed(f, culprit) => return Some((f, culprit)),
                 Attempt::Conflict => {
-                    conflicts += 1;
-                    if conflicts >= MAX_CONFLICTS {
-                        let reason = format!("{conflicts} database lock conflicts in a row");
-                        return Some((Failure_::Error(reason), None));
+                    // Contention, not the messages' fault: never an attempt of theirs. Held and
+                    // run again with a growing, jittered pause (up to ~0.6 s), said once loudly
+                    // if it goes on.
+                    Counters::add(&self.counters.store_conflicts, 1);
+                    conflicts = conflicts.saturating_add(1);
+                    if conflicts == CONFLICTS_BEFORE_WARNING {
+                        tracing::warn!(
+                            conflicts,
+                            held = items.len(),
+                            "database lock conflicts or timeouts keep rolling this batch back; \
+                             holding it and trying again"
+                        );
                     }
                     let ms = fastrand::u64(1..10) << conflicts.min(6);
                     Duration::from_millis(ms)

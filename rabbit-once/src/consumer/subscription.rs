@@ -38,7 +38,9 @@ impl SubscriptionConfig {
         }
     }
 
-    /// Most unacknowledged deliveries at a time (`basic.qos`); 0 means unlimited.
+    /// Most unacknowledged deliveries at a time (`basic.qos`), at least 1. (AMQP's 0, "no
+    /// limit", is refused by [`Subscription::start`]: it would let the broker push a whole
+    /// queue into memory.)
     pub fn prefetch(mut self, n: u16) -> Self {
         self.prefetch = n;
         self
@@ -57,6 +59,20 @@ impl SubscriptionConfig {
 
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        crate::transport::wire::check_short("queue name", &self.queue).map_err(Error::Config)?;
+        if self.prefetch == 0 {
+            return Err(Error::Config(
+                "prefetch must be at least 1 (0 would mean no limit: the broker could push the \
+                 whole queue into memory)"
+                    .into(),
+            ));
+        }
+        self.arguments
+            .validate()
+            .map_err(|e| Error::Config(format!("consumer arguments: {e}")))
     }
 }
 
@@ -95,7 +111,7 @@ pub struct Subscription {
 impl Subscription {
     /// Starts consuming; deliveries arrive once a session is up.
     pub fn start(conn: &Connection, config: SubscriptionConfig) -> Result<Self, Error> {
-        crate::transport::wire::check_short("queue name", &config.queue).map_err(Error::Config)?;
+        config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (close, close_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
