@@ -46,6 +46,14 @@ pub enum Event {
     },
     /// The dedup store answers again.
     StoreRecovered,
+    /// A consumer could not dead-letter a message: the broker refuses even a bare copy (the
+    /// dead-letter exchange is missing, no permission, …). The message is held unacked — not
+    /// requeued in a loop, not dropped — until the consumer stops; fix the dead-letter target.
+    DeadLetterRefused {
+        queue: String,
+        message_id: Option<String>,
+        reason: String,
+    },
     /// The supervisor stopped for good.
     GaveUp {
         reason: Error,

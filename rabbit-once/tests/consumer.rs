@@ -803,3 +803,169 @@ async fn start_refuses_what_the_worker_could_not_run() {
     assert!(e.to_string().contains("prefetch"), "{e}");
     conn.close().await;
 }
+
+/// Reads one message from `queue` and returns its reason header and its header count.
+async fn one_dead_letter(conn: &Connection, queue: &str) -> (Delivery, String) {
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(queue)).unwrap();
+    let d = tokio::time::timeout(GUARD, sub.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    let reason = d
+        .header(REASON_HEADER)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    sub.close(Duration::from_secs(1)).await;
+    (d, reason)
+}
+
+/// A retry copy the broker will never take (its retry queue was deleted, so it is unroutable)
+/// sends the message to the dead-letter queue with both reasons — no requeue loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_retry_copy_dead_letters_the_message() {
+    let (store, _f) = sqlite().await;
+    let q = unique("con-norety");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let msgs = ids(0..1, &q);
+    let handler = Ledger {
+        fail_until: Arc::new([(msgs[0].0.clone(), 5)].into()),
+        ..Default::default()
+    };
+    let consumer = Consumer::start(&conn, store, handler.clone(), config(&q))
+        .await
+        .unwrap();
+    // Once it consumes, its retry queues were declared: delete them behind its back.
+    let subscribed = tokio::time::timeout(GUARD, async {
+        while conn.queue_info(&q).await.unwrap().consumers == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok();
+    assert!(subscribed);
+    for rq in config(&q).queues().iter().filter(|n| n.contains(".retry.")) {
+        conn.delete_queue(rq).await.unwrap();
+    }
+    publish(&conn, &q, msgs.clone()).await;
+    let s = wait_for(&consumer, "dead-lettered", |s| s.dead_lettered >= 1).await;
+    consumer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((s.retried, s.dead_lettered, s.applied), (0, 1, 0), "{s:?}");
+    assert_eq!(handler.calls.load(Ordering::Relaxed), 1);
+    let (d, reason) = one_dead_letter(&conn, &format!("{q}.dead")).await;
+    assert_eq!(d.message_id(), Some(msgs[0].0.as_str()));
+    assert!(
+        reason.contains("fails before attempt 5") && reason.contains("retry copy was refused"),
+        "{reason}"
+    );
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+/// A message whose own headers nearly fill a frame: the dead-letter copy (ours added) no longer
+/// fits, so a bare copy — body, id and our headers — is dead-lettered instead, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_too_large_for_a_frame_goes_bare() {
+    let (store, _f) = sqlite().await;
+    let q = unique("con-bare");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let id = format!("{q}-0");
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    p.publish_confirmed(
+        Message::to_queue(&q, body(0, 40))
+            .message_id(&id)
+            .header("fat", "f".repeat(130_900)),
+    )
+    .await
+    .unwrap();
+    p.close(Duration::from_secs(5)).await;
+    let handler = Ledger {
+        reject: Arc::new([id.clone()].into()),
+        ..Default::default()
+    };
+    let consumer = Consumer::start(&conn, store, handler, config(&q))
+        .await
+        .unwrap();
+    let s = wait_for(&consumer, "dead-lettered", |s| s.dead_lettered >= 1).await;
+    consumer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((s.dead_lettered, s.held), (1, 0), "{s:?}");
+    let (d, reason) = one_dead_letter(&conn, &format!("{q}.dead")).await;
+    assert_eq!(d.message_id(), Some(id.as_str()));
+    assert_eq!(seq_of(d.body()), 0, "the body is kept");
+    assert!(d.header("fat").is_none());
+    assert!(
+        reason.contains("rejected by the test") && reason.contains("original properties dropped"),
+        "{reason}"
+    );
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+/// A dead-letter target the broker refuses (an exchange nobody declared): the message is held
+/// unacked with a loud event — not requeued every second, not dropped — and goes back to the
+/// queue when the consumer stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dead_letter_target_holds_the_message_and_says_so() {
+    let (store, _f) = sqlite().await;
+    let q = unique("con-nodlx");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let msgs = ids(0..3, &q);
+    let handler = Ledger {
+        reject: Arc::new([msgs[1].0.clone()].into()),
+        ..Default::default()
+    };
+    let mut events = conn.events();
+    let cfg = config(&q).dead_letter(rabbit_once::DeadLetter::Exchange {
+        exchange: unique("con-nodlx-missing"),
+        routing_key: "dead".into(),
+    });
+    let consumer = Consumer::start(&conn, store.clone(), handler.clone(), cfg)
+        .await
+        .unwrap();
+    publish(&conn, &q, msgs.clone()).await;
+    let ev = tokio::time::timeout(GUARD, async {
+        loop {
+            if let Some(Event::DeadLetterRefused {
+                message_id, reason, ..
+            }) = events.recv().await
+            {
+                return (message_id, reason);
+            }
+        }
+    })
+    .await
+    .expect("the refusal is reported");
+    assert_eq!(ev.0.as_deref(), Some(msgs[1].0.as_str()));
+    assert!(ev.1.contains("does not exist"), "{}", ev.1);
+    let s = wait_for(&consumer, "the others applied", |s| s.applied >= 2).await;
+    let calls = handler.calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        handler.calls.load(Ordering::Relaxed),
+        calls,
+        "no requeue loop"
+    );
+    let s2 = consumer.stats();
+    assert_eq!(
+        (s2.held, s2.dead_lettered, s2.delivered),
+        (1, 0, s.delivered)
+    );
+    consumer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        1,
+        "the held message is back on the queue"
+    );
+    assert_eq!(store.applied().await.len(), 2);
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}

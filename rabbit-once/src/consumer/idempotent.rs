@@ -198,6 +198,9 @@ pub struct ConsumerStats {
     /// a deadlock or a statement / lock timeout: run again after a pause, never counted as the
     /// messages' failure (the fault is the database's, not theirs).
     pub store_conflicts: u64,
+    /// Messages held unacked because the dead-letter target refuses them (see
+    /// [`Event::DeadLetterRefused`]).
+    pub held: u64,
     /// Deliveries dropped unacked because their channel died first (the broker redelivers them).
     pub abandoned: u64,
     /// Dedup records deleted by the retention job.
@@ -219,6 +222,7 @@ struct Counters {
     handler_panics: AtomicU64,
     store_outages: AtomicU64,
     store_conflicts: AtomicU64,
+    held: AtomicU64,
     abandoned: AtomicU64,
     purged: AtomicU64,
 }
@@ -246,6 +250,7 @@ impl Counters {
             handler_panics: g(&self.handler_panics),
             store_outages: g(&self.store_outages),
             store_conflicts: g(&self.store_conflicts),
+            held: g(&self.held),
             abandoned: g(&self.abandoned),
             purged: g(&self.purged),
         }
@@ -282,7 +287,15 @@ impl Consumer {
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
         let close_timeout = Arc::new(AtomicU64::new(5000));
-        let publisher = Publisher::new(conn, PublisherConfig::default().window(256))?;
+        // Retry and dead-letter copies are as large as what the broker delivered: up to its own
+        // hard maximum, whatever the default for an application's publisher is.
+        let publisher = Publisher::new(
+            conn,
+            PublisherConfig::default()
+                .window(256)
+                .max_message_size(COPY_MAX)
+                .max_buffered_bytes(COPY_MAX),
+        )?;
         let worker = Arc::new(Worker {
             conn: conn.clone(),
             store,
@@ -292,6 +305,7 @@ impl Consumer {
             publisher,
             stop: stop_rx.clone(),
             close_timeout: close_timeout.clone(),
+            held: std::sync::Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(worker.run(stop_rx));
         Ok(Consumer {
@@ -332,6 +346,29 @@ impl Consumer {
     }
 }
 
+/// How publishing a retry or dead-letter copy ended.
+enum Copy {
+    Confirmed,
+    /// The broker will never take this copy (see [`refused_for_good`]).
+    Refused(Error),
+    /// Not now (connection trouble, nacks): try again later.
+    Failed,
+    /// The original's channel is gone or the consumer is stopping: the broker redelivers it.
+    Gone,
+}
+
+/// Publish failures that the same copy would meet again however often it is sent.
+fn refused_for_good(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidMessage(_)
+            | Error::MessageTooLarge { .. }
+            | Error::ExchangeNotFound { .. }
+            | Error::Refused { .. }
+            | Error::Unroutable { .. }
+    )
+}
+
 /// One delivery with its dedup key.
 struct Item {
     d: Delivery,
@@ -364,6 +401,9 @@ enum Failure_ {
     Panic(String),
 }
 
+/// The largest retry or dead-letter copy: RabbitMQ's hard maximum message size.
+const COPY_MAX: usize = crate::config::DEFAULT_MAX_BODY_SIZE as usize;
+
 /// Conflicts in a row on one batch before a warning is logged (it is retried regardless).
 const CONFLICTS_BEFORE_WARNING: u32 = 10;
 
@@ -376,6 +416,8 @@ struct Worker<S: Store, H> {
     publisher: Publisher,
     stop: watch::Receiver<bool>,
     close_timeout: Arc<AtomicU64>,
+    /// Deliveries the dead-letter target refuses: held unacked until the worker stops.
+    held: std::sync::Mutex<Vec<Delivery>>,
 }
 
 impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
@@ -440,6 +482,8 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             }
         }
         while running.join_next().await.is_some() {}
+        // Held messages go back to the broker (dropping a delivery requeues it).
+        drop(std::mem::take(&mut *self.held.lock().expect("held lock")));
         let timeout = Duration::from_millis(self.close_timeout.load(Ordering::Relaxed));
         sub.close(timeout).await;
         self.publisher.close(timeout).await;
@@ -786,57 +830,106 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             attempt + 1,
             &reason,
         );
-        if self.publish_then_ack(item, m).await {
-            Counters::add(&self.counters.retried, 1);
+        match self.publish_copy(&item, m).await {
+            Copy::Confirmed => {
+                item.d.ack();
+                Counters::add(&self.counters.retried, 1);
+            }
+            // The broker will never take the retry copy (its queue is gone, …): retrying is
+            // impossible, so the message is dead-lettered with both reasons.
+            Copy::Refused(e) => {
+                let reason = format!("{reason}; its retry copy was refused: {e}");
+                self.dead_letter(item, &reason, attempt).await;
+            }
+            Copy::Failed => self.requeue_later(item).await,
+            Copy::Gone => {}
         }
     }
 
+    /// Dead-letters `item` with `reason`: the full copy, or — if the broker refuses that — a
+    /// bare one (body, id, our headers). If even that is refused the message is held unacked
+    /// with a loud error: never dropped, never requeued in a tight loop.
     async fn dead_letter(&self, item: Item, reason: &str, attempts: u32) {
         let c = &self.config;
-        let m = retry::dead_message(
-            &item.d,
-            &item.key,
-            &c.dead_letter,
-            &c.queue,
-            &c.group,
-            attempts,
-            reason,
-        );
+        let copy = |reason: &str, bare: bool| {
+            let f = if bare {
+                retry::bare_dead_message
+            } else {
+                retry::dead_message
+            };
+            f(
+                &item.d,
+                &item.key,
+                &c.dead_letter,
+                &c.queue,
+                &c.group,
+                attempts,
+                reason,
+            )
+        };
+        let mut outcome = self.publish_copy(&item, copy(reason, false)).await;
+        if let Copy::Refused(e) = &outcome {
+            let reason = format!("{reason}; original properties dropped (full copy refused: {e})");
+            outcome = self.publish_copy(&item, copy(&reason, true)).await;
+        }
         let id = item.d.message_id().map(str::to_string);
-        if self.publish_then_ack(item, m).await {
-            Counters::add(&self.counters.dead_lettered, 1);
-            tracing::warn!(%reason, message_id = ?id, "dead-lettered");
+        match outcome {
+            Copy::Confirmed => {
+                item.d.ack();
+                Counters::add(&self.counters.dead_lettered, 1);
+                tracing::warn!(%reason, message_id = ?id, "dead-lettered");
+            }
+            Copy::Refused(e) => {
+                let why = format!("the dead-letter target refuses the message: {e}");
+                tracing::error!(
+                    queue = %c.queue,
+                    message_id = ?id,
+                    %reason,
+                    error = %why,
+                    "cannot dead-letter; holding the message unacked until the consumer stops"
+                );
+                self.conn.emit(Event::DeadLetterRefused {
+                    queue: c.queue.clone(),
+                    message_id: id,
+                    reason: why,
+                });
+                Counters::add(&self.counters.held, 1);
+                self.held.lock().expect("held lock").push(item.d);
+            }
+            Copy::Failed => self.requeue_later(item).await,
+            Copy::Gone => {}
         }
     }
 
-    /// Publishes the retry or dead-letter copy and acks the original only once the broker
-    /// confirmed the copy. If the copy cannot be published, the original goes back to the
-    /// queue after a pause (not at once: that would spin). On shutdown, or if the original's
-    /// channel is gone, the original is left to the broker to redeliver.
-    async fn publish_then_ack(&self, item: Item, m: crate::message::Message) -> bool {
+    /// Publishes a retry or dead-letter copy of `item` and waits for the broker's verdict. The
+    /// original is acked by the caller only once the copy is confirmed.
+    async fn publish_copy(&self, item: &Item, m: crate::message::Message) -> Copy {
         if !item.d.is_live() {
             Counters::add(&self.counters.abandoned, 1);
-            return false;
+            return Copy::Gone;
         }
         let mut stop = self.stop.clone();
         let r = tokio::select! {
             r = self.publisher.publish_confirmed(m) => r,
-            _ = stopped(&mut stop) => return false,
+            _ = stopped(&mut stop) => return Copy::Gone,
         };
         match r {
-            Ok(_) => {
-                item.d.ack();
-                true
-            }
+            Ok(_) => Copy::Confirmed,
+            Err(e) if refused_for_good(&e.error) => Copy::Refused(e.error),
             Err(e) => {
                 tracing::error!(error = %e.error, "could not publish the retry or dead-letter copy; requeueing the original");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stopped(&mut stop) => return false,
-                }
-                item.d.nack(true);
-                false
+                Copy::Failed
             }
+        }
+    }
+
+    /// Puts the original back on the queue after a pause (not at once: that would spin). On
+    /// shutdown it is left to the broker to redeliver.
+    async fn requeue_later(&self, item: Item) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => item.d.nack(true),
+            _ = stopped(&mut stop) => {}
         }
     }
 

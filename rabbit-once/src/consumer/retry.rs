@@ -209,6 +209,38 @@ pub(crate) fn dead_message(
     m.properties(p)
 }
 
+/// A dead-letter copy with only the body, the message id and the dead-letter headers: for when
+/// the full copy is refused (the original's properties and headers, with ours added, no
+/// longer fit in a frame, or carry something the broker will not take from us, such as
+/// another user's `user_id`).
+pub(crate) fn bare_dead_message(
+    d: &Delivery,
+    key: &str,
+    target: &DeadLetter,
+    queue: &str,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> Message {
+    let full = dead_message(d, key, target, queue, group, attempts, reason);
+    let mut p = crate::transport::properties::Properties {
+        message_id: full.properties.message_id.clone(),
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    if let Some(h) = &full.properties.headers {
+        for (k, v) in h.iter() {
+            if k.starts_with("x-rabbit-once-") {
+                p = p.with_header(k, v.clone());
+            }
+        }
+    }
+    Message {
+        properties: p,
+        ..full
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
