@@ -324,9 +324,10 @@ impl<R> Buffer<R> {
         }
     }
 
-    /// A `mandatory` message came back: marks the in-flight message with the lowest tag that has
-    /// the same `message_id`, exchange and routing key and is not marked yet (matched by what the
-    /// broker echoes, never by position). Its confirm, which follows, fails it.
+    /// A `mandatory` message came back: marks the in-flight mandatory message with the lowest tag
+    /// that has the same `message_id`, exchange and routing key and is not marked yet (matched by
+    /// what the broker echoes, never by position). Its confirm, which follows, fails it. A message
+    /// published without `mandatory` is never returned, so it is never marked.
     ///
     /// The broker returns in publish order on a channel, so when one id goes to several
     /// destinations, the destination tells the copies apart, and for copies to one destination
@@ -344,6 +345,7 @@ impl<R> Buffer<R> {
                 let e = &mut self.entries[i];
                 if matches!(e.state, State::InFlight { .. })
                     && e.returned.is_none()
+                    && e.msg().mandatory
                     && e.msg().id() == Some(message_id)
                     && e.msg().exchange == exchange
                     && e.msg().routing_key == routing_key
@@ -589,6 +591,28 @@ mod tests {
     }
 
     #[test]
+    fn a_return_never_marks_a_copy_sent_without_mandatory() {
+        // The same id to the same unroutable queue, first without mandatory (dropped and acked),
+        // then with it (returned): the return is the second copy's even while the first one's
+        // ack is still to come.
+        let mut b: Buffer<()> = Buffer::new(2);
+        for mandatory in [false, true] {
+            let m = Message::to_queue("nowhere", "x")
+                .message_id("e-1")
+                .mandatory(mandatory);
+            b.push(Box::new(m), 1, ());
+        }
+        send(&mut b, 2);
+        assert!(b.returned("e-1", "", "nowhere", 312, "NO_ROUTE"));
+        assert!(!b.returned("e-1", "", "nowhere", 312, "NO_ROUTE"));
+        let mut out = Vec::new();
+        b.ack(1, false, &mut out);
+        b.ack(2, false, &mut out);
+        let verdicts: Vec<_> = out.iter().map(|r| (r.seq, r.verdict.is_ok())).collect();
+        assert_eq!(verdicts, [(0, true), (1, false)]);
+    }
+
+    #[test]
     fn nacks_retry_with_backoff_then_fail() {
         let mut b = buffer(2);
         let t0 = Instant::now();
@@ -650,3 +674,7 @@ mod tests {
         assert_eq!((b.len(), b.bytes()), (0, 0));
     }
 }
+
+#[cfg(test)]
+#[path = "buffer_model.rs"]
+mod model;
