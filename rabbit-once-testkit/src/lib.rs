@@ -4,11 +4,15 @@
 //! - [`node`]: a private RabbitMQ node with its own ports and data directory — stop/start the
 //!   app, `kill -9` the VM and start it again. The shared broker on 5672 is never touched.
 //! - [`names`]: unique queue/exchange/schema names per test run.
+//! - [`hostile`]: a fake AMQP broker that misbehaves on purpose — non-UTF-8 strings, deep
+//!   tables, garbage, truncated frames, frames on channels nobody opened.
 
+pub mod hostile;
 pub mod names;
 pub mod node;
 pub mod proxy;
 
+pub use hostile::{FieldBytes, HostileBroker, RawDelivery, Scenario, TableBytes};
 pub use names::unique;
 pub use node::{BrokerNode, free_port};
 pub use proxy::FaultProxy;
