@@ -1,6 +1,7 @@
 //! rabbit-once against a hostile fake broker (`rabbit_once_testkit::hostile`): things a real
 //! RabbitMQ never sends — a handshake cut short, non-UTF-8 short strings, every field type,
-//! garbage, a frame on a channel nobody opened, truncated frames. Each test names its scenario,
+//! garbage, a frame on a channel nobody opened, truncated frames, headers nested 12,000 deep, a
+//! body over the cap. Each test names its scenario,
 //! asserts the documented outcome, and checks that no task of the client panicked (an abort
 //! would take the whole test binary down, which shows too).
 //!
@@ -138,6 +139,29 @@ async fn survives_delivery(bad: RawDelivery) -> Delivery {
     );
     let second = next_delivery(&mut sub, "the good delivery after it", &broker).await;
     assert_eq!(second.message_id(), Some("after"));
+    assert!(second.malformed().is_none(), "the good delivery is whole");
+    assert_eq!(conn.reconnects(), 0, "no reconnect");
+    assert_eq!(broker.connections(), 1, "one connection");
+    first
+}
+
+/// Like [`survives_delivery`] over a connection whose body cap is `max_body_size`; the
+/// hostile delivery's body is not checked (a capped body arrives empty).
+async fn survives_capped(bad: RawDelivery, max_body_size: u64) -> Delivery {
+    let broker = broker(Scenario::Deliver(vec![bad, good("after")])).await;
+    let conn = tokio::time::timeout(
+        WAIT,
+        Connection::connect(config(&broker.uri()).max_body_size(max_body_size)),
+    )
+    .await
+    .expect("connect returns in time")
+    .expect("the handshake succeeds");
+    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(unique("hostile")))
+        .expect("subscription starts");
+    let first = next_delivery(&mut sub, "the hostile delivery", &broker).await;
+    let second = next_delivery(&mut sub, "the good delivery after it", &broker).await;
+    assert_eq!(second.message_id(), Some("after"));
+    assert!(second.malformed().is_none(), "the good delivery is whole");
     assert_eq!(conn.reconnects(), 0, "no reconnect");
     assert_eq!(broker.connections(), 1, "one connection");
     first
@@ -434,5 +458,78 @@ fn bad_frame_end_is_a_protocol_error_and_the_client_reconnects() {
             broker.wait_connections(2, WAIT).await,
             "the client reconnects"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries that cannot be decoded in full: handed up malformed, never fatal.
+
+/// Deep enough to overflow any stack a recursive decoder runs on.
+const DEPTH: usize = 12_000;
+
+fn malformed_reason(d: &Delivery) -> String {
+    d.malformed()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| panic!("the delivery is not marked malformed"))
+}
+
+fn mentions_depth(reason: &str) -> bool {
+    let r = reason.to_lowercase();
+    r.contains("nest") || r.contains("depth") || r.contains("deep")
+}
+
+#[test]
+fn headers_nested_12000_tables_deep_are_malformed_not_fatal() {
+    run("deep-tables", async {
+        let headers = TableBytes::new().entry("deep", FieldBytes::nested_tables(DEPTH));
+        let bad = RawDelivery::new("hostile").headers(&headers);
+        let d = survives_delivery(bad).await;
+        let reason = malformed_reason(&d);
+        assert!(
+            mentions_depth(&reason),
+            "the reason names the nesting: {reason}"
+        );
+    });
+}
+
+#[test]
+fn headers_nested_12000_arrays_deep_are_malformed_not_fatal() {
+    run("deep-arrays", async {
+        let headers = TableBytes::new().entry("deep", FieldBytes::nested_arrays(DEPTH));
+        let bad = RawDelivery::new("hostile").headers(&headers);
+        let d = survives_delivery(bad).await;
+        let reason = malformed_reason(&d);
+        assert!(
+            mentions_depth(&reason),
+            "the reason names the nesting: {reason}"
+        );
+    });
+}
+
+/// A body announced (and sent) larger than `max_body_size` is not buffered: the delivery
+/// arrives malformed, and the connection carries on.
+#[test]
+fn body_larger_than_max_body_size_is_malformed_not_fatal() {
+    run("body-too-large", async {
+        let mut body = b"hostile".to_vec();
+        body.resize(4096, b'.');
+        let bad = RawDelivery::new(body);
+        let d = survives_capped(bad, 1024).await;
+        let reason = malformed_reason(&d);
+        assert!(
+            reason.contains("size") || reason.contains("large") || reason.contains("1024"),
+            "the reason names the size: {reason}"
+        );
+    });
+}
+
+/// Every field type decodes, and such a delivery is not malformed.
+#[test]
+fn every_field_type_in_headers_is_not_malformed() {
+    run("every-type-not-malformed", async {
+        let bad = RawDelivery::new("hostile").headers(&TableBytes::every_type());
+        let d = survives_delivery(bad).await;
+        assert_eq!(d.malformed().map(|r| r.to_string()), None);
+        assert_eq!(d.header("i32").and_then(|v| v.as_i64()), Some(-70000));
     });
 }
