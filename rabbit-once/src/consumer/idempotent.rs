@@ -45,6 +45,7 @@ pub struct ConsumerConfig {
     pub(crate) retention: Duration,
     pub(crate) retention_interval: Duration,
     pub(crate) store_backoff: Backoff,
+    pub(crate) handler_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -65,7 +66,18 @@ impl ConsumerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_interval: Duration::from_secs(3600),
             store_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5),
+            handler_timeout: Duration::from_secs(300),
         }
+    }
+
+    /// How long one run of the handler over a batch may take (default 5 minutes, well under
+    /// RabbitMQ's 30-minute `consumer_timeout`, past which the broker would close the
+    /// channel). A run that takes longer is cancelled and rolled back; the batch is run again
+    /// one message at a time, and the message that hangs fails that attempt (retried, then
+    /// dead-lettered like any failure).
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = d;
+        self
     }
 
     /// The consumer group: consumers of one group apply each message once between them.
@@ -160,6 +172,11 @@ impl ConsumerConfig {
                 self.prefetch, self.batch_size
             )));
         }
+        if self.handler_timeout.is_zero() {
+            return Err(Error::Config(
+                "handler timeout must be more than zero".into(),
+            ));
+        }
         if self.retention_interval.is_zero() {
             return Err(Error::Config(
                 "retention interval must be more than zero".into(),
@@ -192,6 +209,11 @@ pub struct ConsumerStats {
     pub split_batches: u64,
     pub handler_errors: u64,
     pub handler_panics: u64,
+    /// Handler runs that did not return within the handler timeout (rolled back, retried).
+    pub handler_timeouts: u64,
+    /// Redelivered messages dead-lettered because their handler runs never finished
+    /// (the process died inside the handler `max_attempts` times).
+    pub crash_looped: u64,
     /// Times the database was found unreachable (work held, nothing acked).
     pub store_outages: u64,
     /// Transactions rolled back by the database over a lock conflict, a serialization failure,
@@ -220,6 +242,8 @@ struct Counters {
     split_batches: AtomicU64,
     handler_errors: AtomicU64,
     handler_panics: AtomicU64,
+    handler_timeouts: AtomicU64,
+    crash_looped: AtomicU64,
     store_outages: AtomicU64,
     store_conflicts: AtomicU64,
     held: AtomicU64,
@@ -248,6 +272,8 @@ impl Counters {
             split_batches: g(&self.split_batches),
             handler_errors: g(&self.handler_errors),
             handler_panics: g(&self.handler_panics),
+            handler_timeouts: g(&self.handler_timeouts),
+            crash_looped: g(&self.crash_looped),
             store_outages: g(&self.store_outages),
             store_conflicts: g(&self.store_conflicts),
             held: g(&self.held),
@@ -399,6 +425,8 @@ enum Failure_ {
     Reject(String),
     Error(String),
     Panic(String),
+    /// The handler did not return within `handler_timeout`; which message hung is unknown.
+    Timeout(String),
 }
 
 /// The largest retry or dead-letter copy: RabbitMQ's hard maximum message size.
@@ -492,6 +520,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
 
     async fn process(&self, batch: Vec<Delivery>) {
         let mut items = Vec::with_capacity(batch.len());
+        let mut again = Vec::new();
         for d in batch {
             if let Some(why) = d.malformed() {
                 Counters::add(&self.counters.malformed, 1);
@@ -501,6 +530,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 continue;
             }
             match self.key_of(&d) {
+                Ok(key) if d.redelivered() => again.push(Item { d, key }),
                 Ok(key) => items.push(Item { d, key }),
                 Err(reason) => {
                     Counters::add(&self.counters.missing_id, 1);
@@ -512,10 +542,52 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 }
             }
         }
-        // A work list of batches: a failed batch is split — around the message that failed if
-        // that is known, in halves if not — so one bad message neither blocks nor duplicates
-        // the others, and every verdict on a message comes from a run of that message alone.
-        let mut work = vec![items];
+        // Redeliveries first (they are older), each alone and counted before its handler runs.
+        for item in again {
+            if let Some(item) = self.count_run(item).await {
+                self.run_work(vec![vec![item]]).await;
+            }
+        }
+        if !items.is_empty() {
+            self.run_work(vec![items]).await;
+        }
+    }
+
+    /// The crash-loop bound. A redelivered message may be one whose handler took the process
+    /// down: its run is counted in a committed row before the handler starts (the count is
+    /// forgotten in the transaction that commits its effect), and once `max_attempts` runs never
+    /// finished it is dead-lettered without running the handler again. Only redeliveries pay for
+    /// this (one short transaction, and they run one at a time so a crash counts against the
+    /// message that caused it, not its batch). Returns the item if it should run.
+    async fn count_run(&self, item: Item) -> Option<Item> {
+        let max = self.config.retry.max_attempts;
+        match self.store.count_run(&self.config.group, &item.key).await {
+            // `runs` counts this redelivery and the earlier ones; with the first delivery's
+            // (uncounted) run, `runs` runs have already started and never finished.
+            Ok(runs) if runs >= max => {
+                Counters::add(&self.counters.crash_looped, 1);
+                let reason = format!(
+                    "the handler never finished {runs} runs: the process died (or lost the \
+                     broker) while handling this message every time"
+                );
+                self.dead_letter(item, &reason, runs).await;
+                None
+            }
+            Ok(_) => Some(item),
+            Err(e) => {
+                // Not counted this time; the run itself will find out whether the database is
+                // there (and hold the message if it is not).
+                tracing::debug!(error = %e, "could not count the run of a redelivered message");
+                Some(item)
+            }
+        }
+    }
+
+    /// Runs a work list of batches to the end. A failed batch is split — around the message
+    /// that failed if that is known, in halves if not, into single messages after a timeout —
+    /// so one bad message neither blocks nor duplicates the others, and every verdict on a
+    /// message comes from a run of that message alone.
+    async fn run_work(&self, mut work: Vec<Vec<Item>>) {
         let mut split = false;
         while let Some(mut batch) = work.pop() {
             let Some((failure, culprit)) = self.commit_or_fail(&mut batch).await else {
@@ -529,6 +601,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             if !split {
                 split = true;
                 Counters::add(&self.counters.split_batches, 1);
+            }
+            // A batch that timed out is run one message at a time: bisecting would wait out
+            // the timeout once per halving.
+            if matches!(failure, Failure_::Timeout(_)) {
+                work.extend(batch.into_iter().rev().map(|item| vec![item]));
+                continue;
             }
             match culprit {
                 Some(i) => {
@@ -679,7 +757,23 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let fresh: Vec<&Delivery> = fresh_idx.iter().map(|&i| &items[i].d).collect();
         if !fresh.is_empty() {
             let run = AssertUnwindSafe(self.handler.handle_batch(&fresh, &mut tx)).catch_unwind();
-            let failure = match run.await {
+            let limit = self.config.handler_timeout;
+            let Ok(ran) = tokio::time::timeout(limit, run).await else {
+                // Dropping the handler's future cancels whatever it awaited; the transaction
+                // is rolled back like after any failure.
+                let _ = tx.rollback().await;
+                Counters::add(&self.counters.handler_timeouts, 1);
+                tracing::warn!(
+                    ?limit,
+                    messages = fresh.len(),
+                    "handler timed out; rolled back"
+                );
+                return Attempt::Failed(
+                    Failure_::Timeout(format!("the handler did not return within {limit:?}")),
+                    None,
+                );
+            };
+            let failure = match ran {
                 Ok(Ok(outcomes)) => match outcomes.iter().position(|o| *o != Outcome::Done) {
                     None if outcomes.len() == fresh.len() => None,
                     None => Some((
@@ -767,6 +861,16 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 }
             }
         }
+        if let [only] = items
+            && only.d.redelivered()
+            && let Err(e) = self
+                .store
+                .forget_runs(&mut tx, &self.config.group, &only.key)
+                .await
+        {
+            let _ = tx.rollback().await;
+            return self.store_trouble(&e, "forget runs").await;
+        }
         match tx.commit().await {
             Ok(()) => Attempt::Committed {
                 fresh: fresh.len(),
@@ -815,7 +919,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let (after, reason) = match f {
             Failure_::Reject(reason) => return self.dead_letter(item, &reason, attempt).await,
             Failure_::Retry { after, reason } => (after, reason),
-            Failure_::Error(reason) | Failure_::Panic(reason) => (None, reason),
+            Failure_::Error(reason) | Failure_::Panic(reason) | Failure_::Timeout(reason) => {
+                (None, reason)
+            }
         };
         if attempt >= p.max_attempts {
             let reason = format!("gave up after {attempt} attempts: {reason}");

@@ -20,6 +20,9 @@ use std::time::{Duration, SystemTime};
 /// The processed-messages table's name (the same in every backend).
 pub const TABLE: &str = "rabbit_once_processed";
 
+/// The table of unfinished handler runs of redelivered messages (the crash-loop bound).
+pub const RUNS_TABLE: &str = "rabbit_once_runs";
+
 /// How a failed database call should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -62,6 +65,25 @@ pub trait Store: Clone + Send + Sync + 'static {
         group: &'a str,
         id: &'a str,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    /// Counts one more handler run of a *redelivered* message, in a short transaction of its
+    /// own that commits before the handler starts; returns the runs counted so far (1 the first
+    /// time). A process that dies inside the handler every time leaves the count growing, so
+    /// the consumer can dead-letter the message instead of crash-looping the fleet.
+    fn count_run<'a>(
+        &'a self,
+        group: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<u32, sqlx::Error>> + Send + 'a;
+
+    /// Forgets the counted runs of `id`: in `tx` when the message commits, so the count and
+    /// the effect go together.
+    fn forget_runs<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+        group: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     /// Deletes up to `limit` records of `group` older than `before`; returns how many.
     fn purge(

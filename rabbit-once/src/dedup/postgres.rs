@@ -2,7 +2,7 @@
 //! batch in sorted order, so two processes claiming overlapping batches take row locks in the
 //! same order and never deadlock on each other.
 
-use super::{Failure, Store, TABLE, classify_common, unix_seconds};
+use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashSet;
@@ -10,15 +10,24 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 /// Each migration is a list of statements, applied in one transaction.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (consumer_group, message_id)
     )",
-    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
-]];
+        "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
+    ],
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
+        consumer_group TEXT NOT NULL,
+        message_id     TEXT NOT NULL,
+        runs           INTEGER NOT NULL,
+        updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer_group, message_id)
+    )"],
+];
 
 /// An arbitrary constant: the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f6e;
@@ -162,6 +171,36 @@ impl Store for PostgresStore {
         .fetch_one(&mut **tx)
         .await?;
         Ok(n == 1)
+    }
+
+    async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
+        let runs: i32 = sqlx::query_scalar(&format!(
+            "INSERT INTO {RUNS_TABLE} AS r (consumer_group, message_id, runs) VALUES ($1, $2, 1)
+             ON CONFLICT (consumer_group, message_id)
+             DO UPDATE SET runs = r.runs + 1, updated_at = now()
+             RETURNING runs"
+        ))
+        .bind(group)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(runs.max(0) as u32)
+    }
+
+    async fn forget_runs<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        group: &'a str,
+        id: &'a str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = $1 AND message_id = $2"
+        ))
+        .bind(group)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {

@@ -2,7 +2,7 @@
 //! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
 //! writers never deadlock on a lock upgrade).
 
-use super::{Failure, Store, TABLE, classify_common, unix_seconds};
+use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -15,15 +15,24 @@ use std::time::{Duration, SystemTime};
 const CHUNK: usize = 500;
 
 /// Each migration is a list of statements, applied in one transaction.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   INTEGER NOT NULL,
         PRIMARY KEY (consumer_group, message_id)
     ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
-]];
+        "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
+    ],
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
+        consumer_group TEXT NOT NULL,
+        message_id     TEXT NOT NULL,
+        runs           INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL,
+        PRIMARY KEY (consumer_group, message_id)
+    ) WITHOUT ROWID"],
+];
 
 /// Options for [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -155,6 +164,40 @@ impl Store for SqliteStore {
         .fetch_one(&mut **tx)
         .await?;
         Ok(n == 1)
+    }
+
+    async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let runs: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO {RUNS_TABLE} (consumer_group, message_id, runs, updated_at)
+             VALUES (?, ?, 1, ?)
+             ON CONFLICT (consumer_group, message_id)
+             DO UPDATE SET runs = runs + 1, updated_at = excluded.updated_at
+             RETURNING runs"
+        ))
+        .bind(group)
+        .bind(id)
+        .bind(unix_seconds(SystemTime::now()))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(runs.clamp(0, u32::MAX as i64) as u32)
+    }
+
+    async fn forget_runs<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Sqlite>,
+        group: &'a str,
+        id: &'a str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = ? AND message_id = ?"
+        ))
+        .bind(group)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {

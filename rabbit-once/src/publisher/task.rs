@@ -512,26 +512,31 @@ impl Task {
         c.peak_buffered_bytes.fetch_max(bytes, Ordering::Relaxed);
     }
 
-    /// Delivers verdicts and frees buffer room.
+    /// Delivers verdicts and frees buffer room. Counters and room are updated first, so a
+    /// caller that has its verdict never sees stats or room from before it.
     fn complete(&mut self) {
         if self.resolved.is_empty() {
             return;
         }
-        let (mut ok, mut failed, mut count, mut bytes) = (0u64, 0u64, 0usize, 0usize);
-        for mut r in self.resolved.drain(..) {
-            count += 1;
+        let (mut ok, mut bytes) = (0u64, 0usize);
+        for r in &self.resolved {
+            ok += u64::from(r.verdict.is_ok());
             bytes += r.size;
+        }
+        let count = self.resolved.len();
+        let c = &self.shared.counters;
+        c.confirmed.fetch_add(ok, Ordering::Relaxed);
+        c.failed.fetch_add(count as u64 - ok, Ordering::Relaxed);
+        self.shared.count.add_permits(count);
+        self.shared.bytes.add_permits(bytes);
+        for mut r in self.resolved.drain(..) {
             let result = match r.verdict {
-                Ok(()) => {
-                    ok += 1;
-                    Ok(Confirmed {
-                        message_id: r.msg.properties.message_id.take().unwrap_or_default(),
-                        sequence: r.seq,
-                        publishes: r.publishes,
-                    })
-                }
+                Ok(()) => Ok(Confirmed {
+                    message_id: r.msg.properties.message_id.take().unwrap_or_default(),
+                    sequence: r.seq,
+                    publishes: r.publishes,
+                }),
                 Err(error) => {
-                    failed += 1;
                     tracing::debug!(%error, "message failed");
                     Err(PublishError {
                         error,
@@ -543,11 +548,6 @@ impl Task {
                 let _ = reply.send(result);
             }
         }
-        self.shared.count.add_permits(count);
-        self.shared.bytes.add_permits(bytes);
-        let c = &self.shared.counters;
-        c.confirmed.fetch_add(ok, Ordering::Relaxed);
-        c.failed.fetch_add(failed, Ordering::Relaxed);
         self.gauges();
     }
 
