@@ -54,6 +54,11 @@ pub struct Args {
     /// broker, not reported): to measure what the flag costs, never for the comparison.
     #[arg(long = "no-mandatory")]
     pub no_mandatory: bool,
+    /// Idempotent workloads only: every message is read once and requeued before the run, so
+    /// each arrives *redelivered* — the path that counts runs for the crash-loop bound and
+    /// handles messages one at a time (at most 65,535 messages).
+    #[arg(long)]
+    pub redelivered: bool,
 }
 
 fn now_ns() -> u64 {
@@ -184,6 +189,26 @@ async fn fill(a: &Args, q: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes all `n` messages of `q` without acking them and closes: the broker requeues them, and
+/// every one is delivered again with `redelivered` set.
+async fn requeue_all(conn: &Connection, q: &str, n: usize) -> anyhow::Result<()> {
+    let prefetch = u16::try_from(n)
+        .map_err(|_| anyhow::anyhow!("--redelivered takes at most 65,535 messages"))?;
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(q).prefetch(prefetch))?;
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        held.push(
+            sub.recv()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("subscription ended"))?,
+        );
+    }
+    // Closing the channel with all of them unacked requeues them all at once.
+    sub.close(Duration::ZERO).await;
+    drop(held);
+    Ok(())
+}
+
 async fn consume_workload(a: &Args, w: &str) -> anyhow::Result<()> {
     let q = queue_name(w);
     let conn = connect(
@@ -258,6 +283,9 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     )
     .await?;
     fill(a, &q, a.n).await?;
+    if a.redelivered {
+        requeue_all(&conn, &q, a.n).await?;
+    }
     let config = ConsumerConfig::new(&q)
         .prefetch(a.prefetch.max(a.batch as u16))
         .group_commit(a.batch, Duration::from_millis(1));

@@ -525,7 +525,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             if let Some(why) = d.malformed() {
                 Counters::add(&self.counters.malformed, 1);
                 let reason = format!("malformed delivery: {why}");
-                let key = d.message_id().unwrap_or_default().to_string();
+                // Its dead-letter copy needs an id of its own if it came without one.
+                let key = d
+                    .message_id()
+                    .filter(|id| !id.is_empty())
+                    .map_or_else(crate::message::new_message_id, str::to_string);
                 self.dead_letter(Item { d, key }, &reason, 1).await;
                 continue;
             }
