@@ -7,8 +7,9 @@
 //! kind of misbehaviour, played on every connection the client makes (it reconnects), while the
 //! broker counts connections and records every method it receives so tests can assert.
 //!
-//! Frames are encoded here byte by byte on purpose: the testkit does not depend on rabbit-once,
-//! so a bug in the client's codec cannot hide itself by being shared with the broker's.
+//! Frames are encoded byte by byte by the testkit's `wire` module on purpose: the testkit does
+//! not depend on rabbit-once, so a bug in the client's codec cannot hide itself by being shared
+//! with the broker's.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,16 +20,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::wire::{
+    BODY, FRAME_OVERHEAD, Frame, HEADER, HEARTBEAT, METHOD, content_message_id, frame, long,
+    method_frame, read_short, short, split_frame,
+};
+pub use crate::wire::{FieldBytes, RawDelivery, TableBytes};
+
 /// The channel [`Scenario::FrameOnUnopenedChannel`] sends on (the client never opens it).
 pub const UNOPENED_CHANNEL: u16 = 999;
 
-const METHOD: u8 = 1;
-const HEADER: u8 = 2;
-const BODY: u8 = 3;
-const HEARTBEAT: u8 = 8;
-const FRAME_END: u8 = 0xCE;
-/// Type (1) + channel (2) + size (4) + frame-end (1).
-const FRAME_OVERHEAD: usize = 8;
 /// What the broker offers in `connection.tune`; the client may ask for less.
 const FRAME_MAX: u32 = 131_072;
 const CHANNEL_MAX: u16 = 2047;
@@ -60,6 +60,17 @@ pub enum Scenario {
     /// Once the consumer subscribed, sends a frame that ends in 0xAB instead of 0xCE, then
     /// keeps answering.
     BadFrameEnd,
+    /// Behaves like [`Polite`](Self::Polite) — publishes on a channel in confirm mode are acked
+    /// once their content header arrives, delivery tags counting from 1 per channel — except
+    /// that a publish whose content header carries this `message_id` makes the broker close
+    /// the whole connection with `code` and `text` (RabbitMQ does that with 501 FRAME_ERROR,
+    /// 502 SYNTAX_ERROR or 505 UNEXPECTED_FRAME over a frame it could not take). It waits for
+    /// `close-ok` (for at most a second), then drops the connection.
+    CloseOnPublish {
+        message_id: Vec<u8>,
+        code: u16,
+        text: String,
+    },
 }
 
 /// One method frame the broker received.
@@ -74,11 +85,24 @@ pub struct Received {
     pub delivery_tag: Option<u64>,
 }
 
+/// One message published to the broker (its content header arrived).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Which connection it came on, counted from 1 in accept order.
+    pub connection: u64,
+    pub channel: u16,
+    /// Its `message_id` as raw bytes, if it has one.
+    pub message_id: Option<Vec<u8>>,
+    /// Whether the broker acked it (or closed the connection over it instead).
+    pub acked: bool,
+}
+
 #[derive(Debug)]
 struct Ctl {
     scenario: Scenario,
     connections: AtomicU64,
     received: Mutex<Vec<Received>>,
+    published: Mutex<Vec<Published>>,
 }
 
 impl Ctl {
@@ -106,6 +130,7 @@ impl HostileBroker {
             scenario,
             connections: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
+            published: Mutex::new(Vec::new()),
         });
         let (stop, _) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, ctl.clone(), stop.clone()));
@@ -143,6 +168,11 @@ impl HostileBroker {
     /// Every method frame received so far, in order.
     pub fn received(&self) -> Vec<Received> {
         self.ctl.received.lock().expect("received lock").clone()
+    }
+
+    /// Every message published so far (content header received), in order.
+    pub fn published(&self) -> Vec<Published> {
+        self.ctl.published.lock().expect("published lock").clone()
     }
 
     /// How many `class.method` frames were received (e.g. `(60, 20)` for `basic.consume`).
@@ -228,29 +258,6 @@ async fn accept_loop(listener: TcpListener, ctl: Arc<Ctl>, stop: watch::Sender<b
 enum Flow {
     Continue,
     Close,
-}
-
-#[derive(Debug)]
-struct Frame {
-    kind: u8,
-    channel: u16,
-    payload: Vec<u8>,
-}
-
-impl Frame {
-    fn ids(&self) -> Option<(u16, u16)> {
-        (self.kind == METHOD && self.payload.len() >= 4).then(|| {
-            (
-                u16::from_be_bytes([self.payload[0], self.payload[1]]),
-                u16::from_be_bytes([self.payload[2], self.payload[3]]),
-            )
-        })
-    }
-
-    /// The method's arguments (after class and method ids).
-    fn args(&self) -> &[u8] {
-        self.payload.get(4..).unwrap_or(&[])
-    }
 }
 
 enum Next {
@@ -392,7 +399,7 @@ impl Session {
     /// every method frame.
     async fn read_frame(&mut self) -> io::Result<Option<Frame>> {
         loop {
-            if let Some(f) = split_frame(&mut self.buf)? {
+            if let Some(f) = split_frame(&mut self.buf, FRAME_MAX)? {
                 if let Some((class, method)) = f.ids() {
                     self.ctl.record(Received {
                         connection: self.connection,
@@ -427,8 +434,11 @@ impl Session {
 
     /// Answers what a broker must answer; records the rest (already done by `read_frame`).
     async fn answer(&mut self, f: &Frame) -> io::Result<Flow> {
+        if f.kind == HEADER {
+            return self.on_content_header(f).await;
+        }
         let Some((class, method)) = f.ids() else {
-            return Ok(Flow::Continue); // content and heartbeat frames need no answer
+            return Ok(Flow::Continue); // body and heartbeat frames need no answer
         };
         let ch = f.channel;
         let args = f.args();
@@ -470,13 +480,45 @@ impl Session {
                     self.send_method(ch, 60, 31, &short(&tag)).await?;
                 }
             }
-            (60, 40) => self.confirm_publish(ch).await?,
+            // basic.publish: answered once its content header arrives.
+            (60, 40) => {}
             (85, 10) => {
                 self.confirms.push((ch, 0));
                 self.send_method(ch, 85, 11, &[]).await?;
             }
             _ => {}
         }
+        Ok(Flow::Continue)
+    }
+
+    /// A publish's content header: acks it (on a channel in confirm mode), or closes the
+    /// connection over it if the scenario says so.
+    async fn on_content_header(&mut self, f: &Frame) -> io::Result<Flow> {
+        let message_id = content_message_id(&f.payload);
+        let close = match &self.ctl.scenario {
+            Scenario::CloseOnPublish {
+                message_id: poison,
+                code,
+                text,
+            } if message_id.as_deref() == Some(poison.as_slice()) => Some((*code, text.clone())),
+            _ => None,
+        };
+        let confirming = self.confirms.iter().any(|(c, _)| *c == f.channel);
+        self.ctl
+            .published
+            .lock()
+            .expect("published lock")
+            .push(Published {
+                connection: self.connection,
+                channel: f.channel,
+                message_id,
+                acked: close.is_none() && confirming,
+            });
+        if let Some((code, text)) = close {
+            self.close_connection(code, text.as_bytes()).await?;
+            return Ok(Flow::Close);
+        }
+        self.confirm_publish(f.channel).await?;
         Ok(Flow::Continue)
     }
 
@@ -494,7 +536,10 @@ impl Session {
     /// Plays the scenario on the consumer's channel, right after `basic.consume-ok`.
     async fn misbehave(&mut self, ch: u16, tag: &[u8]) -> io::Result<Flow> {
         match self.ctl.scenario.clone() {
-            Scenario::Polite | Scenario::EofAfterStartOk | Scenario::CloseAfterStartOk(..) => {}
+            Scenario::Polite
+            | Scenario::EofAfterStartOk
+            | Scenario::CloseAfterStartOk(..)
+            | Scenario::CloseOnPublish { .. } => {}
             Scenario::Deliver(deliveries) => {
                 for d in &deliveries {
                     let bytes = self.delivery_frames(ch, tag, d);
@@ -586,437 +631,26 @@ fn start_args() -> Vec<u8> {
     a
 }
 
-// ---------------------------------------------------------------------------------------------
-// Frames and primitive types.
-
-/// Splits one whole frame off the front of `buf`. A frame that does not end in 0xCE is an
-/// error: the client never sends one.
-fn split_frame(buf: &mut Vec<u8>) -> io::Result<Option<Frame>> {
-    if buf.len() < 7 {
-        return Ok(None);
-    }
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if size > FRAME_MAX as usize {
-        return Err(io::Error::other(format!("client frame of {size} bytes")));
-    }
-    let total = size + FRAME_OVERHEAD;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    if buf[total - 1] != FRAME_END {
-        return Err(io::Error::other("client frame does not end with 0xCE"));
-    }
-    let f = Frame {
-        kind: buf[0],
-        channel: u16::from_be_bytes([buf[1], buf[2]]),
-        payload: buf[7..total - 1].to_vec(),
-    };
-    buf.drain(..total);
-    Ok(Some(f))
-}
-
-fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + FRAME_OVERHEAD);
-    out.push(kind);
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(FRAME_END);
-    out
-}
-
-fn method_frame(channel: u16, class: u16, method: u16, args: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(4 + args.len());
-    payload.extend_from_slice(&class.to_be_bytes());
-    payload.extend_from_slice(&method.to_be_bytes());
-    payload.extend_from_slice(args);
-    frame(METHOD, channel, &payload)
-}
-
-/// A short string: length octet, then the bytes as they are (UTF-8 or not).
-fn short(s: &[u8]) -> Vec<u8> {
-    let len = u8::try_from(s.len()).expect("a short string holds at most 255 bytes");
-    let mut out = vec![len];
-    out.extend_from_slice(s);
-    out
-}
-
-/// A long string: u32 length, then the bytes.
-fn long(s: &[u8]) -> Vec<u8> {
-    let mut out = (s.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(s);
-    out
-}
-
-/// The short string at `at` in `args`.
-fn read_short(args: &[u8], at: usize) -> Option<Vec<u8>> {
-    let len = *args.get(at)? as usize;
-    args.get(at + 1..at + 1 + len).map(<[u8]>::to_vec)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Deliveries and field tables, described byte by byte.
-
-/// One delivery as bytes: every short string is raw bytes (so non-UTF-8 can be sent), the
-/// headers are a pre-encoded field table (so any nesting or type can be sent), and the body
-/// size the content header announces may differ from the body actually sent.
-#[derive(Debug, Clone, Default)]
-pub struct RawDelivery {
-    delivery_tag: Option<u64>,
-    redelivered: bool,
-    exchange: Vec<u8>,
-    routing_key: Vec<u8>,
-    content_type: Option<Vec<u8>>,
-    message_id: Option<Vec<u8>>,
-    kind: Option<Vec<u8>>,
-    app_id: Option<Vec<u8>>,
-    headers: Option<Vec<u8>>,
-    body: Vec<u8>,
-    announced_size: Option<u64>,
-}
-
-impl RawDelivery {
-    /// A delivery of `body` with no properties, routing key "hostile", the next delivery tag.
-    pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        RawDelivery {
-            routing_key: b"hostile".to_vec(),
-            body: body.into(),
-            ..Default::default()
-        }
-    }
-
-    /// A fixed delivery tag (by default tags count from 1 on each connection).
-    pub fn delivery_tag(mut self, tag: u64) -> Self {
-        self.delivery_tag = Some(tag);
-        self
-    }
-
-    pub fn redelivered(mut self, yes: bool) -> Self {
-        self.redelivered = yes;
-        self
-    }
-
-    pub fn exchange(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.exchange = b.as_ref().to_vec();
-        self
-    }
-
-    pub fn routing_key(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.routing_key = b.as_ref().to_vec();
-        self
-    }
-
-    pub fn content_type(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.content_type = Some(b.as_ref().to_vec());
-        self
-    }
-
-    pub fn message_id(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.message_id = Some(b.as_ref().to_vec());
-        self
-    }
-
-    /// The `type` property.
-    pub fn kind(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.kind = Some(b.as_ref().to_vec());
-        self
-    }
-
-    pub fn app_id(mut self, b: impl AsRef<[u8]>) -> Self {
-        self.app_id = Some(b.as_ref().to_vec());
-        self
-    }
-
-    /// Headers from a table built with [`TableBytes`].
-    pub fn headers(self, t: &TableBytes) -> Self {
-        self.raw_headers(t.encode())
-    }
-
-    /// Headers as raw bytes, length prefix included: sent as they are, right or wrong.
-    pub fn raw_headers(mut self, bytes: impl Into<Vec<u8>>) -> Self {
-        self.headers = Some(bytes.into());
-        self
-    }
-
-    /// The body size the content header announces (by default the body's real length).
-    pub fn announced_size(mut self, n: u64) -> Self {
-        self.announced_size = Some(n);
-        self
-    }
-
-    /// The content header payload: class 60, weight 0, body size, property flags, properties
-    /// in flag order.
-    fn content_header(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&60u16.to_be_bytes());
-        out.extend_from_slice(&0u16.to_be_bytes());
-        let size = self.announced_size.unwrap_or(self.body.len() as u64);
-        out.extend_from_slice(&size.to_be_bytes());
-        let mut flags = 0u16;
-        let mut props = Vec::new();
-        if let Some(v) = &self.content_type {
-            flags |= 1 << 15;
-            props.extend_from_slice(&short(v));
-        }
-        if let Some(h) = &self.headers {
-            flags |= 1 << 13;
-            props.extend_from_slice(h);
-        }
-        if let Some(v) = &self.message_id {
-            flags |= 1 << 7;
-            props.extend_from_slice(&short(v));
-        }
-        if let Some(v) = &self.kind {
-            flags |= 1 << 5;
-            props.extend_from_slice(&short(v));
-        }
-        if let Some(v) = &self.app_id {
-            flags |= 1 << 3;
-            props.extend_from_slice(&short(v));
-        }
-        out.extend_from_slice(&flags.to_be_bytes());
-        out.extend_from_slice(&props);
-        out
-    }
-}
-
-/// One encoded field value: its type tag and payload (RabbitMQ's tags).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldBytes(Vec<u8>);
-
-impl FieldBytes {
-    /// Any tag with any payload, e.g. an unknown tag.
-    pub fn raw(tag: u8, payload: &[u8]) -> Self {
-        let mut v = vec![tag];
-        v.extend_from_slice(payload);
-        FieldBytes(v)
-    }
-
-    /// `t`
-    pub fn bool(v: bool) -> Self {
-        Self::raw(b't', &[u8::from(v)])
-    }
-
-    /// `b`
-    pub fn i8(v: i8) -> Self {
-        Self::raw(b'b', &v.to_be_bytes())
-    }
-
-    /// `B`
-    pub fn u8(v: u8) -> Self {
-        Self::raw(b'B', &[v])
-    }
-
-    /// `s`
-    pub fn i16(v: i16) -> Self {
-        Self::raw(b's', &v.to_be_bytes())
-    }
-
-    /// `u`
-    pub fn u16(v: u16) -> Self {
-        Self::raw(b'u', &v.to_be_bytes())
-    }
-
-    /// `I`
-    pub fn i32(v: i32) -> Self {
-        Self::raw(b'I', &v.to_be_bytes())
-    }
-
-    /// `i` (unsigned, as RabbitMQ reads it)
-    pub fn u32(v: u32) -> Self {
-        Self::raw(b'i', &v.to_be_bytes())
-    }
-
-    /// `l`
-    pub fn i64(v: i64) -> Self {
-        Self::raw(b'l', &v.to_be_bytes())
-    }
-
-    /// `f`
-    pub fn f32(v: f32) -> Self {
-        Self::raw(b'f', &v.to_be_bytes())
-    }
-
-    /// `d`
-    pub fn f64(v: f64) -> Self {
-        Self::raw(b'd', &v.to_be_bytes())
-    }
-
-    /// `D`: scale, then the unscaled value.
-    pub fn decimal(scale: u8, v: u32) -> Self {
-        let mut p = vec![scale];
-        p.extend_from_slice(&v.to_be_bytes());
-        Self::raw(b'D', &p)
-    }
-
-    /// `S`
-    pub fn long_string(v: impl AsRef<[u8]>) -> Self {
-        Self::raw(b'S', &long(v.as_ref()))
-    }
-
-    /// `T`: seconds since the Unix epoch.
-    pub fn timestamp(v: u64) -> Self {
-        Self::raw(b'T', &v.to_be_bytes())
-    }
-
-    /// `F`
-    pub fn table(t: &TableBytes) -> Self {
-        Self::raw(b'F', &t.encode())
-    }
-
-    /// `A`
-    pub fn array(items: &[FieldBytes]) -> Self {
-        let body: Vec<u8> = items.iter().flat_map(|i| i.0.iter().copied()).collect();
-        Self::raw(b'A', &long(&body))
-    }
-
-    /// `V`
-    pub fn void() -> Self {
-        Self::raw(b'V', &[])
-    }
-
-    /// `x`
-    pub fn byte_array(v: impl AsRef<[u8]>) -> Self {
-        Self::raw(b'x', &long(v.as_ref()))
-    }
-
-    /// A table holding a table holding … `depth` tables in all (each holds the next under key
-    /// "n"; the innermost is empty). Written front to back in one pass: the lengths are known
-    /// (each level adds 7 bytes), so 12,000 levels cost 84 KB and no quadratic copying.
-    pub fn nested_tables(depth: usize) -> Self {
-        let mut v = Vec::with_capacity(depth * 7);
-        for level in (1..=depth).rev() {
-            v.push(b'F');
-            v.extend_from_slice(&(7 * (level as u32 - 1)).to_be_bytes());
-            if level > 1 {
-                v.extend_from_slice(&[1, b'n']);
-            }
-        }
-        FieldBytes(v)
-    }
-
-    /// An array holding an array holding … `depth` arrays in all (the innermost is empty).
-    pub fn nested_arrays(depth: usize) -> Self {
-        let mut v = Vec::with_capacity(depth * 5);
-        for level in (1..=depth).rev() {
-            v.push(b'A');
-            v.extend_from_slice(&(5 * (level as u32 - 1)).to_be_bytes());
-        }
-        FieldBytes(v)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// A field table as bytes: keys are raw bytes (so a key may be non-UTF-8), values are
-/// [`FieldBytes`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TableBytes {
-    entries: Vec<u8>,
-}
-
-impl TableBytes {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends an entry (no check for duplicate keys: a hostile table may repeat one).
-    pub fn entry(mut self, key: impl AsRef<[u8]>, value: FieldBytes) -> Self {
-        self.entries.extend_from_slice(&short(key.as_ref()));
-        self.entries.extend_from_slice(&value.0);
-        self
-    }
-
-    /// The table as it goes on the wire: u32 length, then the entries.
-    pub fn encode(&self) -> Vec<u8> {
-        long(&self.entries)
-    }
-
-    /// One entry of every field type, keyed by type name: `bool` true, `i8` -3, `u8` 200,
-    /// `i16` -300, `u16` 60000, `i32` -70000, `u32` 4000000000, `i64` -5000000000, `f32` 1.5,
-    /// `f64` -2.25, `decimal` (2, 12345), `string` "héllo", `timestamp` 1700000000, `table`
-    /// {`inner`: i32 7}, `array` [i32 1, "x"], `void`, `bytes` [0, 255].
-    pub fn every_type() -> Self {
-        TableBytes::new()
-            .entry("bool", FieldBytes::bool(true))
-            .entry("i8", FieldBytes::i8(-3))
-            .entry("u8", FieldBytes::u8(200))
-            .entry("i16", FieldBytes::i16(-300))
-            .entry("u16", FieldBytes::u16(60000))
-            .entry("i32", FieldBytes::i32(-70000))
-            .entry("u32", FieldBytes::u32(4_000_000_000))
-            .entry("i64", FieldBytes::i64(-5_000_000_000))
-            .entry("f32", FieldBytes::f32(1.5))
-            .entry("f64", FieldBytes::f64(-2.25))
-            .entry("decimal", FieldBytes::decimal(2, 12345))
-            .entry("string", FieldBytes::long_string("héllo"))
-            .entry("timestamp", FieldBytes::timestamp(1_700_000_000))
-            .entry(
-                "table",
-                FieldBytes::table(&TableBytes::new().entry("inner", FieldBytes::i32(7))),
-            )
-            .entry(
-                "array",
-                FieldBytes::array(&[FieldBytes::i32(1), FieldBytes::long_string("x")]),
-            )
-            .entry("void", FieldBytes::void())
-            .entry("bytes", FieldBytes::byte_array([0, 255]))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Nested values written in one pass must equal the naive inside-out construction.
-    #[test]
-    fn nesting_matches_the_naive_encoding() {
-        let mut table = FieldBytes::table(&TableBytes::new());
-        let mut array = FieldBytes::array(&[]);
-        for depth in 1..=20 {
-            assert_eq!(
-                FieldBytes::nested_tables(depth),
-                table,
-                "tables, depth {depth}"
-            );
-            assert_eq!(
-                FieldBytes::nested_arrays(depth),
-                array,
-                "arrays, depth {depth}"
-            );
-            table = FieldBytes::table(&TableBytes::new().entry("n", table));
-            array = FieldBytes::array(&[array]);
-        }
-    }
+    use crate::wire::HEARTBEAT;
 
     #[test]
     fn frames_split_back() {
         let mut buf = method_frame(3, 60, 80, &[0, 0, 0, 0, 0, 0, 0, 9, 0]);
         buf.extend_from_slice(&frame(HEARTBEAT, 0, &[]));
         buf.push(METHOD);
-        let f = split_frame(&mut buf).unwrap().unwrap();
+        let f = split_frame(&mut buf, FRAME_MAX).unwrap().unwrap();
         assert_eq!((f.channel, f.ids()), (3, Some((60, 80))));
         assert_eq!(settled_tag(60, 80, f.args()), Some(9));
-        assert_eq!(split_frame(&mut buf).unwrap().unwrap().kind, HEARTBEAT);
+        assert_eq!(
+            split_frame(&mut buf, FRAME_MAX).unwrap().unwrap().kind,
+            HEARTBEAT
+        );
         assert!(
-            split_frame(&mut buf).unwrap().is_none(),
+            split_frame(&mut buf, FRAME_MAX).unwrap().is_none(),
             "a partial frame waits"
         );
-    }
-
-    #[test]
-    fn content_header_puts_properties_in_flag_order() {
-        let d = RawDelivery::new("body")
-            .message_id([0xff])
-            .app_id("a")
-            .content_type("c")
-            .announced_size(99);
-        let h = d.content_header();
-        assert_eq!(&h[4..12], &99u64.to_be_bytes());
-        let flags = u16::from_be_bytes([h[12], h[13]]);
-        assert_eq!(flags, (1 << 15) | (1 << 7) | (1 << 3));
-        assert_eq!(&h[14..], &[1, b'c', 1, 0xff, 1, b'a']);
     }
 }

@@ -5,14 +5,24 @@
 //!   app, `kill -9` the VM and start it again. The shared broker on 5672 is never touched.
 //! - [`names`]: unique queue/exchange/schema names per test run.
 //! - [`hostile`]: a fake AMQP broker that misbehaves on purpose — non-UTF-8 strings, deep
-//!   tables, garbage, truncated frames, frames on channels nobody opened.
+//!   tables, garbage, truncated frames, frames on channels nobody opened, a connection closed
+//!   over one publish.
+//! - [`raw_client`]: a minimal raw AMQP publisher for a real broker, sending whatever bytes it
+//!   is given (non-UTF-8 ids and header keys, any nesting, any field type) — a foreign client.
+//!
+//! Both the fake broker and the raw client encode frames with the testkit's own byte-by-byte
+//! encoder (`wire`), never rabbit-once's.
 
 pub mod hostile;
 pub mod names;
 pub mod node;
 pub mod proxy;
+pub mod raw_client;
+mod wire;
 
-pub use hostile::{FieldBytes, HostileBroker, RawDelivery, Scenario, TableBytes};
+pub use hostile::{HostileBroker, Published, Scenario};
 pub use names::unique;
 pub use node::{BrokerNode, free_port};
 pub use proxy::FaultProxy;
+pub use raw_client::{PublishOutcome, RawPublisher};
+pub use wire::{FieldBytes, RawDelivery, TableBytes};

@@ -1,7 +1,7 @@
 //! rabbit-once against a hostile fake broker (`rabbit_once_testkit::hostile`): things a real
 //! RabbitMQ never sends — a handshake cut short, non-UTF-8 short strings, every field type,
 //! garbage, a frame on a channel nobody opened, truncated frames, headers nested 12,000 deep, a
-//! body over the cap. Each test names its scenario,
+//! body over the cap, a connection closed over one publish. Each test names its scenario,
 //! asserts the documented outcome, and checks that no task of the client panicked (an abort
 //! would take the whole test binary down, which shows too).
 //!
@@ -9,7 +9,10 @@
 
 mod support;
 
-use rabbit_once::{Connection, Delivery, Error, Event, Events, Subscription, SubscriptionConfig};
+use rabbit_once::{
+    Connection, Delivery, Error, Event, Events, Message, PublishError, Publisher, PublisherConfig,
+    Subscription, SubscriptionConfig,
+};
 use rabbit_once_testkit::{FieldBytes, HostileBroker, RawDelivery, Scenario, TableBytes};
 use std::future::Future;
 use std::sync::{Mutex, Once};
@@ -532,4 +535,139 @@ fn every_field_type_in_headers_is_not_malformed() {
         assert_eq!(d.malformed().map(|r| r.to_string()), None);
         assert_eq!(d.header("i32").and_then(|v| v.as_i64()), Some(-70000));
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A message the broker closes the whole connection over.
+
+/// The fake broker closes the CONNECTION with 501 FRAME_ERROR whenever a publish carrying
+/// message_id "poison" arrives (RabbitMQ does that over a frame it cannot take). The publisher
+/// must not re-send it forever: the messages in flight at the close become suspects, re-sent one
+/// at a time on the next connection, and the lone suspect in flight at the next such close —
+/// "poison" — fails alone with `Refused { code: 501 }`. Everything else is confirmed, and the
+/// broker sees few connections: the first, then the suspect hunt — no reconnect loop.
+#[test]
+fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
+    run("close-on-publish", async {
+        const COUNT: usize = 20;
+        const POISON: &str = "poison";
+        let broker = broker(Scenario::CloseOnPublish {
+            message_id: POISON.as_bytes().to_vec(),
+            code: 501,
+            text: "FRAME_ERROR - the fake broker cannot take this message".into(),
+        })
+        .await;
+        let conn = tokio::time::timeout(WAIT, Connection::connect(config(&broker.uri())))
+            .await
+            .expect("connect returns in time")
+            .expect("the handshake succeeds");
+        let publisher = Publisher::new(&conn, PublisherConfig::default()).expect("publisher");
+        let ids: Vec<String> = (0..COUNT)
+            .map(|i| {
+                if i == COUNT / 2 {
+                    POISON.to_string()
+                } else {
+                    format!("m-{i:02}")
+                }
+            })
+            .collect();
+        let mut confirmations = Vec::new();
+        for id in &ids {
+            let msg = Message::to_queue("hostile", format!("body of {id}")).message_id(id.clone());
+            let c = tokio::time::timeout(WAIT, publisher.publish(msg))
+                .await
+                .expect("publish accepts in time")
+                .expect("the message is accepted");
+            confirmations.push((id.clone(), c));
+        }
+        for (id, c) in confirmations {
+            let verdict = tokio::time::timeout(WAIT, c).await.unwrap_or_else(|_| {
+                panic!(
+                    "{id}: no verdict within {WAIT:?}; the broker saw {} connections, \
+                     publishes {:?}",
+                    broker.connections(),
+                    published_ids(&broker)
+                )
+            });
+            if id == POISON {
+                match verdict {
+                    Err(PublishError {
+                        error:
+                            Error::Refused {
+                                code, message_id, ..
+                            },
+                        message,
+                    }) => {
+                        assert_eq!(code, 501, "the broker's code");
+                        assert_eq!(message_id, POISON);
+                        assert_eq!(
+                            message.as_ref().and_then(|m| m.id()),
+                            Some(POISON),
+                            "the message is handed back"
+                        );
+                    }
+                    other => panic!("{id}: expected Refused {{ code: 501 }}, got {other:?}"),
+                }
+            } else {
+                match verdict {
+                    Ok(c) => assert_eq!(c.message_id, id, "confirmed with its own id"),
+                    Err(e) => panic!("{id}: expected a confirm, got {e:?}"),
+                }
+            }
+        }
+        // The counters are bumped just after the verdicts are sent: wait for them to catch up.
+        let settled = support::eventually(WAIT, || {
+            let s = publisher.stats();
+            s.confirmed + s.failed >= COUNT as u64
+        })
+        .await;
+        let stats = publisher.stats();
+        assert!(settled, "the counters catch up: {stats:?}");
+        assert_eq!(
+            (stats.confirmed, stats.failed),
+            ((COUNT - 1) as u64, 1),
+            "{stats:?}"
+        );
+        let connections = broker.connections();
+        assert!(
+            connections <= 4,
+            "no reconnect loop: the broker saw {connections} connections, publishes {:?}",
+            published_ids(&broker)
+        );
+        // "poison" reached the broker exactly twice: in the first batch, then alone.
+        let poison_sent = broker
+            .published()
+            .iter()
+            .filter(|p| p.message_id.as_deref() == Some(POISON.as_bytes()))
+            .count();
+        assert_eq!(poison_sent, 2, "publishes {:?}", published_ids(&broker));
+        // And the connection stays usable afterwards.
+        let after = publisher
+            .publish_confirmed(Message::to_queue("hostile", "after").message_id("after"))
+            .await
+            .expect("a later message is confirmed");
+        assert_eq!(after.message_id, "after");
+        assert_eq!(
+            broker.connections(),
+            connections,
+            "no new connection for it"
+        );
+        publisher.close(Duration::from_secs(5)).await;
+        conn.close().await;
+    });
+}
+
+/// (connection, message_id, acked) of every publish the fake broker saw, for failure messages.
+fn published_ids(broker: &HostileBroker) -> Vec<(u64, String, bool)> {
+    broker
+        .published()
+        .into_iter()
+        .map(|p| {
+            let id = p
+                .message_id
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            (p.connection, id, p.acked)
+        })
+        .collect()
 }
