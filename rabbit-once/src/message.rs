@@ -44,6 +44,7 @@ impl Message {
     /// Sets the id the consumer deduplicates on. It never changes on re-publish.
     pub fn message_id(mut self, id: impl Into<String>) -> Self {
         self.properties.message_id = Some(id.into());
+        self.properties.message_id_octets = false;
         self
     }
 

@@ -51,19 +51,22 @@ impl Delivery {
     /// The producer's `message_id`, if it set one, as text. AMQP ids are octets and other
     /// clients may send any; an id that is not UTF-8 comes as a lossless text view (each
     /// stray byte as `\xNN`, a backslash as `\\`), stable for the same bytes and distinct for
-    /// different ones, so it still works as a dedup key. [`message_id_bytes`](Self::message_id_bytes)
-    /// gives the octets.
+    /// different ones. [`message_id_bytes`](Self::message_id_bytes) gives the octets, and
+    /// [`message_id_is_utf8`](Self::message_id_is_utf8) tells the two kinds apart (the
+    /// idempotent consumer keys them apart, so a UTF-8 id that merely reads like a view is never
+    /// taken for a duplicate of those octets).
     pub fn message_id(&self) -> Option<&str> {
         self.raw.properties.message_id.as_deref()
     }
 
     /// The `message_id` as the octets the producer sent (see [`message_id`](Self::message_id)).
     pub fn message_id_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let id = self.message_id()?;
-        Some(match crate::transport::wire::from_text_view(id) {
-            Some(bytes) => bytes.into(),
-            None => id.as_bytes().into(),
-        })
+        self.raw.properties.message_id_wire()
+    }
+
+    /// Whether the `message_id` arrived as UTF-8 (`false` when it is a text view of other octets).
+    pub fn message_id_is_utf8(&self) -> bool {
+        !self.raw.properties.message_id_octets
     }
 
     /// Why this delivery could not be decoded in full, if it could not: properties that do not

@@ -372,6 +372,25 @@ impl Consumer {
     }
 }
 
+/// The dedup key of a message id that is not UTF-8: its octets in hex behind a prefix, padded
+/// past 255 bytes. A UTF-8 id is a short string (at most 255 bytes) and is its own key, so the
+/// two kinds can never share a key — not even a UTF-8 id that reads like the text view of
+/// those octets.
+fn octets_key(octets: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut k = String::with_capacity(300);
+    k.push_str("octets:");
+    for b in octets {
+        k.push(HEX[(b >> 4) as usize] as char);
+        k.push(HEX[(b & 15) as usize] as char);
+    }
+    k.push(':');
+    while k.len() < 256 {
+        k.push('.');
+    }
+    k
+}
+
 /// How publishing a retry or dead-letter copy ended.
 enum Copy {
     Confirmed,
@@ -636,6 +655,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// The dedup key: the message id, or (by policy) a hash of routing key and body.
     fn key_of(&self, d: &Delivery) -> Result<String, &'static str> {
         if let Some(id) = d.message_id().filter(|id| !id.is_empty()) {
+            if !d.message_id_is_utf8() {
+                return Ok(octets_key(&d.message_id_bytes().unwrap_or_default()));
+            }
             if id.contains('\0') {
                 return Err("invalid message_id (contains a NUL byte)");
             }

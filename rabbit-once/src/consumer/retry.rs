@@ -225,6 +225,7 @@ pub(crate) fn bare_dead_message(
     let full = dead_message(d, key, target, queue, group, attempts, reason);
     let mut p = crate::transport::properties::Properties {
         message_id: full.properties.message_id.clone(),
+        message_id_octets: full.properties.message_id_octets,
         delivery_mode: Some(2),
         ..Default::default()
     };

@@ -25,6 +25,9 @@ pub struct Properties {
     pub user_id: Option<String>,
     pub app_id: Option<String>,
     pub cluster_id: Option<String>,
+    /// Set by the decoder when the `message_id` on the wire was not UTF-8: `message_id` then
+    /// holds its lossless text view, and the octets go out again as they came.
+    pub(crate) message_id_octets: bool,
 }
 
 const CONTENT_TYPE: u16 = 1 << 15;
@@ -82,6 +85,7 @@ impl Properties {
     /// How many bytes [`encode`](Self::encode) writes, without writing them.
     pub(crate) fn wire_size(&self) -> usize {
         let s = |v: &Option<String>| v.as_deref().map_or(0, |v| 1 + short_str_wire(v).len());
+        let id = self.message_id_wire().map_or(0, |b| 1 + b.len());
         2 + s(&self.content_type)
             + s(&self.content_encoding)
             + self.headers.as_ref().map_or(0, FieldTable::wire_size)
@@ -90,7 +94,7 @@ impl Properties {
             + s(&self.correlation_id)
             + s(&self.reply_to)
             + s(&self.expiration)
-            + s(&self.message_id)
+            + id
             + self.timestamp.map_or(0, |_| 8)
             + s(&self.kind)
             + s(&self.user_id)
@@ -125,7 +129,11 @@ impl Properties {
         s(CORRELATION_ID, &self.correlation_id, out, &mut flags);
         s(REPLY_TO, &self.reply_to, out, &mut flags);
         s(EXPIRATION, &self.expiration, out, &mut flags);
-        s(MESSAGE_ID, &self.message_id, out, &mut flags);
+        if let Some(id) = self.message_id_wire() {
+            flags |= MESSAGE_ID;
+            out.put_u8(id.len().min(255) as u8);
+            out.put_slice(&id[..id.len().min(255)]);
+        }
         if let Some(t) = self.timestamp {
             flags |= TIMESTAMP;
             out.put_u64(t);
@@ -161,7 +169,11 @@ impl Properties {
         p.correlation_id = s(CORRELATION_ID, r)?;
         p.reply_to = s(REPLY_TO, r)?;
         p.expiration = s(EXPIRATION, r)?;
-        p.message_id = s(MESSAGE_ID, r)?;
+        if flags & MESSAGE_ID != 0 {
+            let b = r.short_str_bytes()?;
+            p.message_id_octets = std::str::from_utf8(b).is_err();
+            p.message_id = Some(super::wire::text_view(b));
+        }
         if flags & TIMESTAMP != 0 {
             p.timestamp = Some(r.u64()?);
         }
@@ -170,6 +182,18 @@ impl Properties {
         p.app_id = s(APP_ID, r)?;
         p.cluster_id = s(CLUSTER_ID, r)?;
         Ok(p)
+    }
+
+    /// The octets the message id goes out as: the producer's original octets for an id that
+    /// came in as non-UTF-8, otherwise its text.
+    pub(crate) fn message_id_wire(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let id = self.message_id.as_deref()?;
+        if self.message_id_octets
+            && let Some(b) = super::wire::from_text_view(id)
+        {
+            return Some(b.into());
+        }
+        Some(short_str_wire(id))
     }
 
     /// Builder: sets a header.
@@ -211,12 +235,36 @@ mod tests {
             user_id: Some("guest".into()),
             app_id: Some("app".into()),
             cluster_id: Some("cl".into()),
+            message_id_octets: false,
         };
         let mut out = BytesMut::new();
         p.encode(&mut out);
         assert_eq!(p.wire_size(), out.len());
         let back = Properties::decode(&mut Reader::new(&out)).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn a_non_utf8_message_id_goes_out_as_the_octets_it_came_as() {
+        let mut wire = BytesMut::new();
+        wire.put_u16(MESSAGE_ID);
+        wire.put_u8(3);
+        wire.put_slice(&[0xff, b'\\', 0xfe]);
+        let p = Properties::decode(&mut Reader::new(&wire)).unwrap();
+        assert!(p.message_id_octets);
+        assert_eq!(p.message_id.as_deref(), Some("\\xff\\\\\\xfe"));
+        let mut out = BytesMut::new();
+        p.encode(&mut out);
+        assert_eq!(&out[..], &wire[..]);
+        assert_eq!(p.wire_size(), out.len());
+        // The same text set by an application is its own (UTF-8) id.
+        let mine = Properties {
+            message_id: p.message_id.clone(),
+            ..Default::default()
+        };
+        let mut out = BytesMut::new();
+        mine.encode(&mut out);
+        assert_eq!(&out[3..], p.message_id.as_deref().unwrap().as_bytes());
     }
 
     #[test]
