@@ -76,6 +76,14 @@ impl Endpoint {
     /// The vhost is percent-decoded (`%2f` is `/`); no path or an empty path means `/`.
     /// Query keys: `heartbeat` (s), `connection_timeout` (ms), `frame_max`, `channel_max`,
     /// `cacertfile`, `server_name_indication`.
+    ///
+    /// The user name and password must have `/ ? # @` percent-encoded (`%2F %3F %23 %40`): a
+    /// generated password with a raw `/` would otherwise end the host part early, and the rest
+    /// would be read as a port or — worse — as a vhost on another host, shown in every log line.
+    /// So an `@` anywhere after the first `/`, `?` or `#`, or a second `@` before it, is refused
+    /// (`part: "userinfo"`), and no error ever repeats a byte of what came before that `@`. (An
+    /// `@` in a vhost must be written `%40` for the same reason.) A `#` is refused as well: a URI
+    /// for a broker has no fragment, and a raw `#` is most likely part of a password.
     pub fn parse(uri: &str) -> Result<Self, Error> {
         let (scheme, rest) = uri
             .split_once("://")
@@ -83,10 +91,27 @@ impl Endpoint {
         let tls = match scheme.to_ascii_lowercase().as_str() {
             "amqp" => false,
             "amqps" => true,
-            other => {
+            // Echoed only when it looks like a scheme: text before "://" could be anything.
+            other if other.len() <= 10 && other.bytes().all(|b| b.is_ascii_alphanumeric()) => {
                 return Err(bad("scheme", format!("{other:?} is not amqp or amqps")));
             }
+            _ => return Err(bad("scheme", "expected amqp:// or amqps://")),
         };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let ats = rest[..authority_end].matches('@').count();
+        if ats > 1 || (ats <= 1 && rest[authority_end..].contains('@')) {
+            return Err(bad(
+                "userinfo",
+                "the user name or password holds a raw '/', '?', '#' or '@': percent-encode \
+                 them (%2F, %3F, %23, %40)",
+            ));
+        }
+        if rest.contains('#') {
+            return Err(bad(
+                "uri",
+                "a raw '#' (a password character?) must be percent-encoded as %23",
+            ));
+        }
         if tls && !cfg!(feature = "tls") {
             return Err(bad("scheme", "amqps needs rabbit-once's \"tls\" feature"));
         }
@@ -98,7 +123,7 @@ impl Endpoint {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let (userinfo, hostport) = match authority.rfind('@') {
+        let (userinfo, hostport) = match authority.find('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
@@ -117,7 +142,7 @@ impl Endpoint {
                 "" => None,
                 p => Some(
                     p.strip_prefix(':')
-                        .ok_or_else(|| bad("port", format!("unexpected {p:?} after the host")))?,
+                        .ok_or_else(|| bad("port", "unexpected text after the IPv6 address"))?,
                 ),
             };
             (h.to_string(), port)
@@ -139,8 +164,9 @@ impl Endpoint {
                 }
             }
             Some(p) => match p.parse::<u16>() {
+                // Not echoed: text in the port's place may be a cut-off password.
                 Ok(0) | Err(_) => {
-                    return Err(bad("port", format!("{p:?} is not a port number (1-65535)")));
+                    return Err(bad("port", "not a port number (1-65535)"));
                 }
                 Ok(n) => n,
             },
@@ -337,5 +363,121 @@ mod tests {
         assert_eq!(e.to_string(), "amqp://alice@h:5672/v%2fx");
         let err = Endpoint::parse("amqp://alice:s3cret@h:99999").unwrap_err();
         assert!(!format!("{err} {err:?}").contains("s3cret"));
+    }
+
+    /// Every error for `uri` hides `secret`: no run of 5 of its bytes shows in Display or Debug.
+    fn hides(uri: &str, secret: &str) -> Error {
+        let err = Endpoint::parse(uri).expect_err(uri);
+        let shown = format!("{err} {err:?}");
+        let b = secret.as_bytes();
+        for w in b.windows(5.min(b.len())) {
+            let w = String::from_utf8_lossy(w);
+            assert!(!shown.contains(w.as_ref()), "{uri}: {shown} shows {w:?}");
+        }
+        err
+    }
+
+    #[test]
+    fn unencoded_delimiters_in_a_password_are_refused_without_echo() {
+        let e = hides("amqp://alice:Zq9/xK2p@broker:5672/%2f", "Zq9/xK2p");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidUri {
+                    part: "userinfo",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // Used to parse: host "alice", user guest, the password as the vhost.
+        let e = hides("amqp://alice:8080/SeCrEt@broker", "8080/SeCrEt");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidUri {
+                    part: "userinfo",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        for uri in [
+            "amqp://bob:pa?ss-word-1@h/v",
+            "amqp://bob:pa#ss-word-1@h/v",
+            "amqp://bob:pa@ss-word-1@h/v",
+            "amqp://bob:pass-word-1/@h",
+            "amqp://bob:pass-word-1?@h:5672",
+            "amqps://bob:p/a/s/s-word-1@h:5671/%2f?heartbeat=5",
+            "amqp://bob:pass-word-1#frag",
+            "amqp://bob:pass-%zz-word@h",
+            "amqp://bob:pass-word-1@h:notaport",
+            "amqp://bob:pass-word-1@[::1]x",
+            "amqp://bob:pass-word-1@:5672",
+            "amqp://bob:pass-word-1@h/v?heartbeat=soon",
+            "bob:pass-word-1@amqp://h",
+            "amqp://bob%ZZ:pass-word-1@h",
+        ] {
+            hides(uri, "pass-word-1");
+            hides(uri, "ss-word-1");
+        }
+    }
+
+    #[test]
+    fn encoded_delimiters_in_a_password_parse() {
+        let e = Endpoint::parse("amqp://alice:Zq9%2FxK2p%3F%23%40@broker:5673/%2f").unwrap();
+        assert_eq!(
+            (e.user(), e.password.as_str(), e.host(), e.port(), e.vhost()),
+            ("alice", "Zq9/xK2p?#@", "broker", 5673, "/")
+        );
+        assert!(!format!("{e} {e:?}").contains("Zq9"));
+    }
+
+    /// 2,000 random passwords of printable ASCII, with `/ ? # @ : %` likely: raw, each either
+    /// parses to exactly what was meant or fails without showing any 5 bytes of it; encoded,
+    /// each parses to the password.
+    #[test]
+    fn random_passwords_never_leak_and_encoded_ones_always_parse() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        const SPECIAL: &[u8] = b"/?#@:%&=+[] ";
+        for _ in 0..2000 {
+            let len = rng.usize(8..24);
+            let pw: String = (0..len)
+                .map(|_| {
+                    if rng.u8(..4) == 0 {
+                        SPECIAL[rng.usize(..SPECIAL.len())] as char
+                    } else {
+                        rng.u8(b'!'..=b'~') as char
+                    }
+                })
+                .collect();
+            let raw = format!("amqp://user:{pw}@host:5672/vhost");
+            match Endpoint::parse(&raw) {
+                Ok(e) => {
+                    assert_eq!(
+                        (e.host(), e.port(), e.user(), e.vhost()),
+                        ("host", 5672, "user", "vhost"),
+                        "{raw}"
+                    );
+                    assert_eq!(e.password, decode("password", &pw).unwrap(), "{raw}");
+                    assert!(!format!("{e} {e:?}").contains(&pw));
+                }
+                Err(_) => {
+                    hides(&raw, &pw);
+                }
+            }
+            let encoded: String = pw
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let e = Endpoint::parse(&format!("amqp://user:{encoded}@host:5672/vhost")).unwrap();
+            assert_eq!((e.password.as_str(), e.host()), (pw.as_str(), "host"));
+        }
     }
 }
