@@ -99,7 +99,7 @@ impl Endpoint {
         };
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let ats = rest[..authority_end].matches('@').count();
-        if ats > 1 || (ats <= 1 && rest[authority_end..].contains('@')) {
+        if ats > 1 || rest[authority_end..].contains('@') {
             return Err(bad(
                 "userinfo",
                 "the user name or password holds a raw '/', '?', '#' or '@': percent-encode \
