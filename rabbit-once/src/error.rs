@@ -1,6 +1,5 @@
 //! One error type for the crate; each variant says what happened and, by its kind, what to do next.
 
-use crate::transport::wire::ProtocolError;
 use std::sync::Arc;
 
 /// Everything that can go wrong in rabbit-once.
@@ -176,6 +175,17 @@ impl Error {
                 | Error::Protocol(_)
                 | Error::Closed
         )
+    }
+}
+
+/// A malformed frame from the peer. The connection cannot continue after one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AMQP protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        Self(what.into())
     }
 }
 

@@ -30,6 +30,7 @@ pub mod error;
 pub mod event;
 pub mod message;
 pub mod publisher;
+pub(crate) mod shutdown;
 pub mod topology;
 pub(crate) mod transport;
 pub mod uri;

@@ -19,7 +19,7 @@ use crate::dedup::{Failure, Store, find_sqlx_error};
 use crate::error::Error;
 use crate::event::Event;
 use crate::publisher::{Publisher, PublisherConfig};
-use crate::transport::connection::stopped;
+use crate::shutdown::stopped;
 use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

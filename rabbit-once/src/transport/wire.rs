@@ -3,18 +3,8 @@
 //! Decoding reads from a borrowed slice through [`Reader`]; encoding appends to a `BytesMut`
 //! in place, so publishing a message allocates nothing here.
 
+pub(crate) use crate::error::ProtocolError;
 use bytes::{BufMut, BytesMut};
-
-/// A malformed frame from the peer. The connection cannot continue after one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("AMQP protocol error: {0}")]
-pub struct ProtocolError(pub String);
-
-impl ProtocolError {
-    pub(crate) fn new(what: impl Into<String>) -> Self {
-        Self(what.into())
-    }
-}
 
 pub(crate) type DecodeResult<T> = Result<T, ProtocolError>;
 
