@@ -35,6 +35,19 @@ pub mod topology;
 pub(crate) mod transport;
 pub mod uri;
 
+/// For the cargo-fuzz target in `fuzz/` only (feature `fuzzing`, off by default): not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Runs `parse_frame` and the payload decoder each frame calls for, then
+    /// `FieldTable::decode` and `Properties::decode` on the raw bytes, discarding the results.
+    /// Panics only if a decoder panics or breaks a check of `transport::fuzzing` (nesting
+    /// beyond the limit, heap held out of proportion to the input, a frame split wrongly).
+    pub fn decode_all(data: &[u8]) {
+        let _ = crate::transport::fuzzing::decode_all(data);
+    }
+}
+
 pub use backoff::Backoff;
 pub use config::ConnectionConfig;
 pub use connection::{Connection, ConnectionState, QueueInfo};

@@ -16,6 +16,9 @@ pub(crate) const FRAME_OVERHEAD: usize = 8;
 /// The frame size every peer must accept before tuning (AMQP 0-9-1 §4.2.3).
 pub(crate) const FRAME_MIN_SIZE: u32 = 4096;
 
+/// The most [`parse_frame`] reserves ahead for a frame that has not fully arrived.
+pub(crate) const RESERVE_AHEAD: usize = 1 << 20;
+
 /// One frame as read: its type, channel and payload (a slice of the read buffer, not a copy).
 #[derive(Debug)]
 pub(crate) struct RawFrame {
@@ -32,18 +35,24 @@ pub(crate) fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> DecodeResult<Op
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
-    // By the spec a whole frame fits in frame_max. RabbitMQ checks what it *receives* that way,
+// By the spec a whole frame fits in frame_max. RabbitMQ checks what it *receives* that way,
     // but passes on a content header of up to frame_max payload bytes (8 over) that it accepted
     // from a publisher: refusing that frame would drop the connection over a message the broker
-    // redelivers first every time. So a payload of up to frame_max is read.
-    if size as usize > frame_max.max(FRAME_MIN_SIZE) as usize {
+    // redelivers first every time. So a payload of up to frame_max is read. (Compared in u64:
+    // nothing here may overflow a 32-bit usize for a hostile size near 4 GiB.)
+    let max_payload = u64::from(frame_max.max(FRAME_MIN_SIZE)).min(u64::from(u32::MAX) - 8);
+    if u64::from(size) > max_payload {
         return Err(ProtocolError::new(format!(
             "frame of {size} bytes exceeds the negotiated frame_max {frame_max}"
         )));
     }
+    // At most u32::MAX (checked above), so it fits a usize.
     let total = size as usize + FRAME_OVERHEAD;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the rest of the frame, but never more than RESERVE_AHEAD on the word of a
+        // size field: with a large configured frame_max, 7 bytes claiming 4 GiB would
+        // otherwise reserve 4 GiB. Past that the buffer grows with what actually arrives.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     if buf[total - 1] != FRAME_END {
@@ -236,5 +245,23 @@ mod tests {
         assert!(parse_frame(&mut buf, 4096).is_err());
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xAB][..]);
         assert!(parse_frame(&mut buf, 4096).is_err());
+    }
+
+    #[test]
+    fn a_size_near_4_gib_neither_overflows_nor_reserves_4_gib() {
+        // Size + overhead is computed in u64: as `usize` it overflowed on 32-bit targets.
+        for size in [u32::MAX, u32::MAX - 7, u32::MAX - 8, 1 << 30] {
+            let s = size.to_be_bytes();
+            let mut buf = BytesMut::from(&[1u8, 0, 1, s[0], s[1], s[2], s[3]][..]);
+            let r = parse_frame(&mut buf, u32::MAX);
+            if size <= u32::MAX - 8 {
+                // Allowed by a frame_max of u32::MAX: waits for the bytes, without reserving
+                // what the size field claims.
+                assert!(r.unwrap().is_none());
+                assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+            } else {
+                assert!(r.is_err());
+            }
+        }
     }
 }

@@ -14,7 +14,11 @@
 
 pub(crate) mod channel;
 pub(crate) mod connection;
+#[cfg(test)]
+mod decode_robustness;
 pub(crate) mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing;
 pub(crate) mod method;
 pub(crate) mod properties;
 pub(crate) mod table;

@@ -215,6 +215,46 @@ impl FieldTable {
     }
 }
 
+/// What the decoder checks (`transport::fuzzing`) need to see in a decoded table: how deep it
+/// nests (1 for a table of scalars, counted as the decoder counts) and how many heap bytes it
+/// holds (capacities, so what was really allocated).
+#[cfg(any(test, feature = "fuzzing"))]
+impl FieldTable {
+    pub(crate) fn depth_and_heap(&self) -> (usize, usize) {
+        self.stats_at(1)
+    }
+
+    fn stats_at(&self, depth: usize) -> (usize, usize) {
+        let mut deepest = depth;
+        let mut heap = self.0.capacity() * std::mem::size_of::<(String, FieldValue)>();
+        for (k, v) in &self.0 {
+            let (d, h) = value_stats(v, depth);
+            deepest = deepest.max(d);
+            heap += k.capacity() + h;
+        }
+        (deepest, heap)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+fn value_stats(v: &FieldValue, depth: usize) -> (usize, usize) {
+    match v {
+        FieldValue::Table(t) => t.stats_at(depth + 1),
+        FieldValue::Array(items) => {
+            let mut deepest = depth + 1;
+            let mut heap = items.capacity() * std::mem::size_of::<FieldValue>();
+            for v in items {
+                let (d, h) = value_stats(v, depth + 1);
+                deepest = deepest.max(d);
+                heap += h;
+            }
+            (deepest, heap)
+        }
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => (depth, b.capacity()),
+        _ => (depth, 0),
+    }
+}
+
 impl fmt::Debug for FieldTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
