@@ -163,7 +163,7 @@ impl ConnectionConfig {
             )));
         }
         for e in &self.endpoints {
-            crate::transport::wire::check_short("vhost", &e.vhost)
+            crate::transport::check_short("vhost", &e.vhost)
                 .map_err(|m| Error::Config(format!("endpoint {e}: {m}")))?;
         }
         self.topology.validate().map_err(Error::Config)?;

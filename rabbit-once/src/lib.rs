@@ -73,5 +73,5 @@ pub use publisher::{
 #[cfg(feature = "dedup")]
 pub use sqlx;
 pub use topology::{Binding, Exchange, ExchangeKind, Overflow, Queue, QueueType, Topology};
-pub use transport::properties::Properties;
-pub use transport::table::{FieldTable, FieldValue};
+pub use transport::Properties;
+pub use transport::{FieldTable, FieldValue};

@@ -2,8 +2,8 @@
 //! default; the publisher gives it a UUIDv7 `message_id` unless the caller set one.
 
 use crate::error::Error;
-use crate::transport::properties::Properties;
-use crate::transport::table::FieldValue;
+use crate::transport::FieldValue;
+use crate::transport::Properties;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,8 +130,8 @@ impl Message {
         if self.properties.message_id.is_none() {
             self.properties.message_id = Some(new_message_id());
         }
-        crate::transport::wire::check_short("exchange name", &self.exchange)
-            .and_then(|_| crate::transport::wire::check_short("routing key", &self.routing_key))
+        crate::transport::check_short("exchange name", &self.exchange)
+            .and_then(|_| crate::transport::check_short("routing key", &self.routing_key))
             .and_then(|_| self.properties.validate())
             .and_then(|_| self.check_header_fits(frame_max))
             .map_err(Error::InvalidMessage)
@@ -139,7 +139,7 @@ impl Message {
 
     /// Whether the content header fits in one frame of `frame_max` bytes.
     pub(crate) fn check_header_fits(&self, frame_max: u32) -> Result<(), String> {
-        let size = crate::transport::frame::content_header_frame_size(&self.properties);
+        let size = crate::transport::content_header_frame_size(&self.properties);
         if size > frame_max as usize {
             Err(format!(
                 "properties and headers take {size} bytes, more than one frame of {frame_max} \

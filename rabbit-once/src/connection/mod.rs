@@ -18,6 +18,7 @@ use crate::config::ConnectionConfig;
 use crate::error::Error;
 use crate::event::{Event, Events};
 use crate::topology::Topology;
+use crate::transport::QueueFlags;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
@@ -180,7 +181,7 @@ impl Connection {
                 let queue = queue.to_string();
                 async move {
                     let r = ch
-                        .queue_declare(&queue, true, false, false, false, Default::default())
+                        .queue_declare(&queue, QueueFlags::PASSIVE, Default::default())
                         .await;
                     let _ = ch.close().await;
                     r

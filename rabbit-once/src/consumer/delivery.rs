@@ -1,8 +1,8 @@
 //! A delivered message and the handle that settles it on the channel it came from.
 
+use crate::transport::FieldValue;
+use crate::transport::Properties;
 use crate::transport::RawDelivery;
-use crate::transport::properties::Properties;
-use crate::transport::table::FieldValue;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 

@@ -150,7 +150,7 @@ impl ConsumerConfig {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        crate::transport::wire::check_short("queue name", &self.queue).map_err(Error::Config)?;
+        crate::transport::check_short("queue name", &self.queue).map_err(Error::Config)?;
         if self.group.is_empty() {
             return Err(Error::Config("the consumer group needs a name".into()));
         }

@@ -9,7 +9,7 @@
 use super::delivery::{ATTEMPT_HEADER, Delivery};
 use crate::message::Message;
 use crate::topology::{Queue, Topology};
-use crate::transport::table::FieldValue;
+use crate::transport::FieldValue;
 use std::time::{Duration, SystemTime};
 
 pub const REASON_HEADER: &str = "x-rabbit-once-reason";
@@ -147,7 +147,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The properties of `d` with the original exchange and key kept, and `key` as the message id
 /// (so a hash-keyed message keeps its key when it comes back through a retry queue).
-fn carried(d: &Delivery, key: &str) -> crate::transport::properties::Properties {
+fn carried(d: &Delivery, key: &str) -> crate::transport::Properties {
     let mut p = d.properties().clone();
     if p.message_id.as_deref().is_none_or(str::is_empty) {
         p.message_id = Some(key.to_string());
@@ -223,7 +223,7 @@ pub(crate) fn bare_dead_message(
     reason: &str,
 ) -> Message {
     let full = dead_message(d, key, target, queue, group, attempts, reason);
-    let mut p = crate::transport::properties::Properties {
+    let mut p = crate::transport::Properties {
         message_id: full.properties.message_id.clone(),
         message_id_octets: full.properties.message_id_octets,
         delivery_mode: Some(2),

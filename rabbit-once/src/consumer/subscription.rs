@@ -7,9 +7,8 @@ use super::delivery::{AckCmd, AckLink, Delivery, Settle};
 use crate::connection::{Connection, Session};
 use crate::error::Error;
 use crate::event::Event;
-use crate::transport::method::Method;
-use crate::transport::table::{FieldTable, FieldValue};
 use crate::transport::{Channel, ChannelEvent};
+use crate::transport::{FieldTable, FieldValue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -62,7 +61,7 @@ impl SubscriptionConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        crate::transport::wire::check_short("queue name", &self.queue).map_err(Error::Config)?;
+        crate::transport::check_short("queue name", &self.queue).map_err(Error::Config)?;
         if self.prefetch == 0 {
             return Err(Error::Config(
                 "prefetch must be at least 1 (0 would mean no limit: the broker could push the \
@@ -367,17 +366,10 @@ impl Task {
             // before them would ack the very messages we mean to give back.
             let _ = ch.write(|w| {
                 for &(tag, requeue) in &nacks {
-                    w.method(&Method::BasicNack {
-                        delivery_tag: tag,
-                        multiple: false,
-                        requeue,
-                    });
+                    w.nack(tag, requeue);
                 }
                 for f in frames {
-                    w.method(&Method::BasicAck {
-                        delivery_tag: f.tag,
-                        multiple: f.multiple,
-                    });
+                    w.ack(f.tag, f.multiple);
                 }
             });
         }
@@ -404,9 +396,9 @@ impl Task {
                 }
                 None
             }
-            Some(ChannelEvent::Method(Method::BasicCancel { .. })) => {
+            Some(ChannelEvent::Cancelled { consumer_tag }) => {
                 self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(queue = %self.config.queue, "the broker cancelled the consumer; subscribing again");
+                tracing::warn!(queue = %self.config.queue, %consumer_tag, "the broker cancelled the consumer; subscribing again");
                 self.conn.emit(Event::ConsumerCancelled {
                     queue: self.config.queue.clone(),
                 });

@@ -12,8 +12,8 @@ use super::{Cmd, Confirmed, PublishError, Reply, Shared};
 use crate::connection::{Connection, Session};
 use crate::error::Error;
 use crate::message::Message;
-use crate::transport::channel::publish_frames;
-use crate::transport::{Channel, ChannelEvent};
+use crate::transport::publish_frames;
+use crate::transport::{Channel, ChannelEvent, ExchangeFlags};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -344,9 +344,8 @@ impl Task {
             }
         }
         let probe = self.probe.as_mut().expect("opened above");
-        let args = Default::default();
         let declared = tokio::select! {
-            r = probe.exchange_declare(exchange, "direct", true, false, false, false, args) => r,
+            r = probe.exchange_declare(exchange, "direct", ExchangeFlags::PASSIVE, Default::default()) => r,
             _ = tokio::time::sleep_until(deadline), if closing => {
                 self.hand_back();
                 return Err(Exit::Done);
@@ -458,7 +457,9 @@ impl Task {
                 }
                 return Some(exit);
             }
-            Some(ChannelEvent::Method(_) | ChannelEvent::Deliver(_)) => {}
+            Some(
+                ChannelEvent::Method(_) | ChannelEvent::Deliver(_) | ChannelEvent::Cancelled { .. },
+            ) => {}
             None => {
                 self.buf.channel_lost(false);
                 return Some(Exit::Connection);

@@ -2,7 +2,7 @@
 
 use super::{Destination, Topology};
 use crate::error::Error;
-use crate::transport::{Channel, Connection};
+use crate::transport::{Channel, Connection, ExchangeFlags, QueueFlags};
 
 /// When a topology is declared: on the first session a refusal is most likely a mistake to
 /// report; on a later one the same topology was accepted before, so a 404 is another service
@@ -38,29 +38,26 @@ pub(crate) async fn declare(conn: &Connection, t: &Topology, when: When) -> Resu
 
 async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), (String, Error)> {
     for e in &t.exchanges {
-        ch.exchange_declare(
-            &e.name,
-            e.kind.as_str(),
-            false,
-            e.durable,
-            e.auto_delete,
-            e.internal,
-            e.arguments.clone(),
-        )
-        .await
-        .map_err(|err| (format!("exchange {:?}", e.name), err))?;
+        let flags = ExchangeFlags {
+            passive: false,
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+        };
+        ch.exchange_declare(&e.name, e.kind.as_str(), flags, e.arguments.clone())
+            .await
+            .map_err(|err| (format!("exchange {:?}", e.name), err))?;
     }
     for q in &t.queues {
-        ch.queue_declare(
-            &q.name,
-            false,
-            q.durable,
-            q.exclusive,
-            q.auto_delete,
-            q.arguments.clone(),
-        )
-        .await
-        .map_err(|err| (format!("queue {:?}", q.name), err))?;
+        let flags = QueueFlags {
+            passive: false,
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
+        };
+        ch.queue_declare(&q.name, flags, q.arguments.clone())
+            .await
+            .map_err(|err| (format!("queue {:?}", q.name), err))?;
     }
     for b in t
         .bindings

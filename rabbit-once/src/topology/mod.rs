@@ -9,7 +9,7 @@ mod declare;
 
 pub(crate) use declare::{When, declare};
 
-use crate::transport::table::{FieldTable, FieldValue};
+use crate::transport::{FieldTable, FieldValue};
 use std::time::Duration;
 
 /// Everything to declare on each session. Order of declaration: exchanges, queues, bindings.
@@ -63,7 +63,7 @@ impl Topology {
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
-        use crate::transport::wire::check_short;
+        use crate::transport::check_short;
         let args = |what: &str, name: &str, t: &FieldTable| {
             t.validate()
                 .map_err(|e| format!("arguments of {what} {name:?}: {e}"))

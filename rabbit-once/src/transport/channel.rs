@@ -54,10 +54,55 @@ pub(crate) enum ChannelEvent {
         multiple: bool,
     },
     Return(Box<Returned>),
+    /// The broker cancelled a consumer of this channel (`basic.cancel`, already answered):
+    /// its queue was deleted, or a quorum queue's leader moved.
+    Cancelled {
+        consumer_tag: String,
+    },
     /// Boxed: a delivery is large (properties) and travels through two queues.
     Deliver(Box<RawDelivery>),
     /// The channel is gone: closed by the broker, or its connection died. Always the last event.
     Closed(Error),
+}
+
+/// The flags of `queue.declare`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QueueFlags {
+    /// Only check that the queue exists (404 if not); the other flags are ignored.
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+}
+
+impl QueueFlags {
+    /// A check that the queue exists, declaring nothing.
+    pub(crate) const PASSIVE: QueueFlags = QueueFlags {
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+    };
+}
+
+/// The flags of `exchange.declare`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ExchangeFlags {
+    /// Only check that the exchange exists (404 if not); the other flags are ignored.
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+}
+
+impl ExchangeFlags {
+    /// A check that the exchange exists, declaring nothing.
+    pub(crate) const PASSIVE: ExchangeFlags = ExchangeFlags {
+        passive: true,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+    };
 }
 
 /// Frames for one channel, appended to the connection's outbox in one go.
@@ -75,6 +120,23 @@ impl FrameWriter<'_> {
 
     pub(crate) fn method(&mut self, m: &Method) {
         put_method(self.out, self.channel, m);
+    }
+
+    /// Acknowledges a delivery (and every earlier one with `multiple`).
+    pub(crate) fn ack(&mut self, delivery_tag: u64, multiple: bool) {
+        self.method(&Method::BasicAck {
+            delivery_tag,
+            multiple,
+        });
+    }
+
+    /// Gives a delivery back: requeued, or dropped / dead-lettered by the queue's policy.
+    pub(crate) fn nack(&mut self, delivery_tag: u64, requeue: bool) {
+        self.method(&Method::BasicNack {
+            delivery_tag,
+            multiple: false,
+            requeue,
+        });
     }
 }
 
@@ -131,9 +193,9 @@ impl Channel {
         let mut skipped = VecDeque::new();
         let reply = loop {
             match self.rx.recv().await {
-                Some(ChannelEvent::Method(
-                    m @ (Method::BasicCancel { .. } | Method::ChannelFlow { .. }),
-                )) => skipped.push_back(ChannelEvent::Method(m)),
+                Some(ChannelEvent::Method(m @ Method::ChannelFlow { .. })) => {
+                    skipped.push_back(ChannelEvent::Method(m))
+                }
                 Some(ChannelEvent::Method(reply)) => break Ok(reply),
                 Some(ChannelEvent::Closed(e)) => {
                     self.closed = Some(e.clone());
@@ -213,16 +275,20 @@ impl Channel {
         }
     }
 
-    /// Declares (or, with `passive`, checks) a queue; returns (message count, consumer count).
+    /// Declares (or, with `passive`, checks) a queue; returns (name, message count, consumer
+    /// count).
     pub(crate) async fn queue_declare(
         &mut self,
         queue: &str,
-        passive: bool,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
+        flags: QueueFlags,
         arguments: FieldTable,
     ) -> Result<(String, u32, u32), Error> {
+        let QueueFlags {
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+        } = flags;
         match self
             .call(Method::QueueDeclare {
                 queue: queue.into(),
@@ -243,17 +309,20 @@ impl Channel {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of exchange.declare
+    /// Declares (or, with `passive`, checks) an exchange of type `kind`.
     pub(crate) async fn exchange_declare(
         &mut self,
         exchange: &str,
         kind: &str,
-        passive: bool,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
+        flags: ExchangeFlags,
         arguments: FieldTable,
     ) -> Result<(), Error> {
+        let ExchangeFlags {
+            passive,
+            durable,
+            auto_delete,
+            internal,
+        } = flags;
         match self
             .call(Method::ExchangeDeclare {
                 exchange: exchange.into(),

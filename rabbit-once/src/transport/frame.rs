@@ -35,7 +35,7 @@ pub(crate) fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> DecodeResult<Op
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
-// By the spec a whole frame fits in frame_max. RabbitMQ checks what it *receives* that way,
+    // By the spec a whole frame fits in frame_max. RabbitMQ checks what it *receives* that way,
     // but passes on a content header of up to frame_max payload bytes (8 over) that it accepted
     // from a publisher: refusing that frame would drop the connection over a message the broker
     // redelivers first every time. So a payload of up to frame_max is read. (Compared in u64:

@@ -12,19 +12,26 @@
 //!   properties;  [`method`]: the methods;  [`frame`]: frames on the socket.
 //! - [`connection`]: handshake and the I/O tasks;  [`channel`]: calls and events per channel.
 
-pub(crate) mod channel;
-pub(crate) mod connection;
+mod channel;
+mod connection;
 #[cfg(test)]
 mod decode_robustness;
-pub(crate) mod frame;
+mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
-pub(crate) mod method;
-pub(crate) mod properties;
-pub(crate) mod table;
+mod method;
+mod properties;
+mod table;
 #[cfg(feature = "tls")]
 mod tls;
-pub(crate) mod wire;
+mod wire;
 
-pub(crate) use channel::{Channel, ChannelEvent, RawDelivery};
+// The one door: everything above `transport/` uses these names and nothing else.
+pub(crate) use channel::{
+    Channel, ChannelEvent, ExchangeFlags, QueueFlags, RawDelivery, publish_frames,
+};
 pub(crate) use connection::{ConnectParams, Connection};
+pub(crate) use frame::content_header_frame_size;
+pub use properties::Properties;
+pub use table::{FieldTable, FieldValue};
+pub(crate) use wire::check_short;

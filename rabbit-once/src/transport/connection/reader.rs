@@ -266,10 +266,7 @@ pub(super) fn handle_frame(
                             )
                         });
                     }
-                    ChannelEvent::Method(Method::BasicCancel {
-                        consumer_tag,
-                        nowait,
-                    })
+                    ChannelEvent::Cancelled { consumer_tag }
                 }
                 other => ChannelEvent::Method(other),
             };
