@@ -9,6 +9,7 @@ use std::sync::Arc;
 #[non_exhaustive]
 pub enum Error {
     /// The URI could not be parsed; `part` names the part that is wrong (scheme, host, port, …).
+    /// `reason` says what to fix and never quotes the user name or password.
     #[error("invalid AMQP URI: bad {part}: {reason}")]
     InvalidUri { part: &'static str, reason: String },
 
