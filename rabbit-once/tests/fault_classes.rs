@@ -136,6 +136,7 @@ async fn a_404_on_a_binding_is_fatal_first_and_transient_when_declaring_again() 
         .unwrap();
     assert_eq!(conn.queue_info(&q).await.unwrap().messages, 1);
     p.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     other.delete_exchange(&x).await.unwrap();
     other.close().await;
