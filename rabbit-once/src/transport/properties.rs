@@ -170,9 +170,15 @@ impl Properties {
         p.reply_to = s(REPLY_TO, r)?;
         p.expiration = s(EXPIRATION, r)?;
         if flags & MESSAGE_ID != 0 {
+            // One UTF-8 check per id: it is on every delivery's path.
             let b = r.short_str_bytes()?;
-            p.message_id_octets = std::str::from_utf8(b).is_err();
-            p.message_id = Some(super::wire::text_view(b));
+            p.message_id = Some(match std::str::from_utf8(b) {
+                Ok(s) => s.to_owned(),
+                Err(_) => {
+                    p.message_id_octets = true;
+                    super::wire::escape_bytes(b)
+                }
+            });
         }
         if flags & TIMESTAMP != 0 {
             p.timestamp = Some(r.u64()?);

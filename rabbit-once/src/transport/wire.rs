@@ -93,7 +93,8 @@ pub(crate) fn text_view(b: &[u8]) -> String {
     }
 }
 
-fn escape_bytes(mut b: &[u8]) -> String {
+/// The text view of octets known not to be UTF-8 (see [`text_view`]).
+pub(crate) fn escape_bytes(mut b: &[u8]) -> String {
     use std::fmt::Write as _;
     let push_valid = |out: &mut String, s: &str| {
         for c in s.chars() {
