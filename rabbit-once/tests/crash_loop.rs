@@ -7,8 +7,8 @@ mod support;
 use rabbit_once::consumer::retry::REASON_HEADER;
 use rabbit_once::sqlx::{self, Sqlite, Transaction};
 use rabbit_once::{
-    Consumer, ConsumerConfig, Delivery, Handler, HandlerError, Outcome, Queue, RetryPolicy,
-    SqliteStore, Store, Subscription, SubscriptionConfig, Topology,
+    Connection, Consumer, ConsumerConfig, Delivery, Handler, HandlerError, Outcome, Queue,
+    RetryPolicy, SqliteStore, Store, Subscription, SubscriptionConfig, Topology,
 };
 use std::time::Duration;
 use support::*;
@@ -60,6 +60,48 @@ async fn store_at(path: &str) -> SqliteStore {
     store
 }
 
+/// Publishes `n` confirmed messages `<q>-<i>`, the one at `poison` with the poison body.
+async fn publish_with_poison(conn: &Connection, q: &str, n: u64, poison: u64) {
+    let p = rabbit_once::Publisher::new(conn, Default::default()).unwrap();
+    for i in 0..n {
+        let body = if i == poison {
+            POISON.to_string()
+        } else {
+            format!("m{i}")
+        };
+        p.publish_confirmed(rabbit_once::Message::to_queue(q, body).message_id(format!("{q}-{i}")))
+            .await
+            .unwrap();
+    }
+    p.close(Duration::from_secs(5)).await;
+}
+
+/// Takes the one message of `<q>.dead`: its id and reason.
+async fn the_dead_letter(conn: &Connection, q: &str) -> (String, String) {
+    let mut dead = Subscription::start(conn, SubscriptionConfig::new(format!("{q}.dead"))).unwrap();
+    let d = tokio::time::timeout(GUARD, dead.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let id = d.message_id().unwrap_or_default().to_string();
+    let reason = d
+        .header(REASON_HEADER)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    d.ack();
+    dead.close(Duration::from_secs(1)).await;
+    (id, reason)
+}
+
+/// Deletes the consumer's queues and closes `conn`.
+async fn cleanup(conn: &Connection, q: &str) {
+    for name in consumer_config(q).queues() {
+        let _ = conn.delete_queue(&name).await;
+    }
+    conn.close().await;
+}
+
 /// The child process: consumes `RONCE_CRASH_CHILD=<queue>;<sqlite path>` until it has been idle
 /// for a second, then exits 0 — unless the poison message aborts it first. Does nothing when
 /// run as a normal test.
@@ -106,20 +148,7 @@ async fn a_message_that_kills_the_process_is_dead_lettered_after_max_attempts() 
         .unwrap();
     let store = store_at(db.path.to_str().unwrap()).await;
     const N: u64 = 40;
-    let p = rabbit_once::Publisher::new(&conn, Default::default()).unwrap();
-    for i in 0..N {
-        let body = if i == 17 {
-            POISON.to_string()
-        } else {
-            format!("m{i}")
-        };
-        p.publish_confirmed(
-            rabbit_once::Message::to_queue(&q, body).message_id(format!("{q}-{i}")),
-        )
-        .await
-        .unwrap();
-    }
-    p.close(Duration::from_secs(5)).await;
+    publish_with_poison(&conn, &q, N, 17).await;
 
     let exe = std::env::current_exe().unwrap();
     let mut aborted = 0;
@@ -158,26 +187,11 @@ async fn a_message_that_kills_the_process_is_dead_lettered_after_max_attempts() 
     assert!(applied.iter().all(|(_, n)| *n == 1), "none twice");
     assert!(applied.iter().all(|(id, _)| *id != format!("{q}-17")));
 
-    let mut dead =
-        Subscription::start(&conn, SubscriptionConfig::new(format!("{q}.dead"))).unwrap();
-    let d = tokio::time::timeout(GUARD, dead.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.message_id(), Some(format!("{q}-17").as_str()));
-    let reason = d
-        .header(REASON_HEADER)
-        .and_then(|v| v.as_str())
-        .unwrap()
-        .to_string();
+    let (id, reason) = the_dead_letter(&conn, &q).await;
+    assert_eq!(id, format!("{q}-17"));
     assert!(reason.contains("never finished 3 runs"), "{reason}");
-    d.ack();
-    dead.close(Duration::from_secs(1)).await;
     assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0);
-    for name in consumer_config(&q).queues() {
-        let _ = conn.delete_queue(&name).await;
-    }
-    conn.close().await;
+    cleanup(&conn, &q).await;
 }
 
 /// A handler that never returns is cancelled after the handler timeout: its batch rolls back
@@ -192,20 +206,7 @@ async fn a_handler_that_hangs_is_timed_out_retried_and_dead_lettered() {
         .await
         .unwrap();
     let store = store_at(db.path.to_str().unwrap()).await;
-    let p = rabbit_once::Publisher::new(&conn, Default::default()).unwrap();
-    for i in 0..20u64 {
-        let body = if i == 5 {
-            POISON.to_string()
-        } else {
-            format!("m{i}")
-        };
-        p.publish_confirmed(
-            rabbit_once::Message::to_queue(&q, body).message_id(format!("{q}-{i}")),
-        )
-        .await
-        .unwrap();
-    }
-    p.close(Duration::from_secs(5)).await;
+    publish_with_poison(&conn, &q, 20, 5).await;
     let consumer = Consumer::start(
         &conn,
         store.clone(),
@@ -223,23 +224,8 @@ async fn a_handler_that_hangs_is_timed_out_retried_and_dead_lettered() {
     assert!(done, "{s:?}");
     assert_eq!((s.applied, s.dead_lettered, s.retried), (19, 1, 2), "{s:?}");
     assert!(s.handler_timeouts >= 3, "{s:?}");
-    let mut dead =
-        Subscription::start(&conn, SubscriptionConfig::new(format!("{q}.dead"))).unwrap();
-    let d = tokio::time::timeout(GUARD, dead.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.message_id(), Some(format!("{q}-5").as_str()));
-    let reason = d
-        .header(REASON_HEADER)
-        .and_then(|v| v.as_str())
-        .unwrap()
-        .to_string();
+    let (id, reason) = the_dead_letter(&conn, &q).await;
+    assert_eq!(id, format!("{q}-5"));
     assert!(reason.contains("did not return within"), "{reason}");
-    d.ack();
-    dead.close(Duration::from_secs(1)).await;
-    for name in consumer_config(&q).queues() {
-        let _ = conn.delete_queue(&name).await;
-    }
-    conn.close().await;
+    cleanup(&conn, &q).await;
 }

@@ -14,6 +14,19 @@ use support::*;
 
 const GUARD: Duration = Duration::from_secs(30);
 
+/// The reason of the next failed connection attempt.
+async fn next_failed_attempt(events: &mut rabbit_once::Events) -> Error {
+    loop {
+        let ev = tokio::time::timeout(GUARD, events.recv())
+            .await
+            .expect("attempts go on")
+            .expect("events");
+        if let rabbit_once::Event::ConnectFailed { reason, .. } = ev {
+            return reason;
+        }
+    }
+}
+
 /// An exclusive queue held by another connection (as our own half-open previous connection
 /// holds it until the broker notices it is gone) refuses the declare with 405: the session is
 /// tried again, comes up as soon as the holder leaves, and publishes.
@@ -30,20 +43,13 @@ async fn a_405_resource_locked_clears_when_the_holder_leaves() {
     let conn = Connection::start(config(&broker_uri()).topology(topo)).unwrap();
     let mut events = conn.events();
     // At least two refused attempts while the holder is there.
-    let mut refused = 0;
-    while refused < 2 {
-        let ev = tokio::time::timeout(GUARD, events.recv())
-            .await
-            .expect("attempts go on")
-            .expect("events");
-        if let rabbit_once::Event::ConnectFailed { reason, .. } = ev {
-            assert!(
-                matches!(reason, Error::TopologyNotYet { code: 405, .. }),
-                "{reason:?}"
-            );
-            assert!(reason.is_recoverable());
-            refused += 1;
-        }
+    for _ in 0..2 {
+        let reason = next_failed_attempt(&mut events).await;
+        assert!(
+            matches!(reason, Error::TopologyNotYet { code: 405, .. }),
+            "{reason:?}"
+        );
+        assert!(reason.is_recoverable());
     }
     assert!(
         !matches!(conn.state(), rabbit_once::ConnectionState::Failed(_)),
@@ -97,19 +103,11 @@ async fn a_404_on_a_binding_is_fatal_first_and_transient_when_declaring_again() 
     // It goes away, our connection is cut: declaring again meets a 404, retried.
     other.delete_exchange(&x).await.unwrap();
     proxy.cut_all();
-    loop {
-        let ev = tokio::time::timeout(GUARD, events.recv())
-            .await
-            .expect("attempts go on")
-            .expect("events");
-        if let rabbit_once::Event::ConnectFailed { reason, .. } = ev {
-            assert!(
-                matches!(reason, Error::TopologyNotYet { code: 404, .. }),
-                "{reason:?}"
-            );
-            break;
-        }
-    }
+    let reason = next_failed_attempt(&mut events).await;
+    assert!(
+        matches!(reason, Error::TopologyNotYet { code: 404, .. }),
+        "{reason:?}"
+    );
     assert!(!matches!(
         conn.state(),
         rabbit_once::ConnectionState::Failed(_)

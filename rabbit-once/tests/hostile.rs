@@ -390,44 +390,49 @@ fn every_field_type_in_headers_is_decoded() {
 // ---------------------------------------------------------------------------------------------
 // Broken framing.
 
-/// Bytes that are no AMQP frame (the size field reads ~4 GB) end the connection with a
-/// protocol error; the client reconnects.
+/// Runs `scenario`, waits for the session to end, checks its reason with `is`, and that the
+/// client connects again.
+async fn ends_and_reconnects(scenario: Scenario, is: fn(&Error) -> bool, what: &str) {
+    let broker = broker(scenario).await;
+    let (_conn, _sub, mut events) = subscribe(&broker).await;
+    let reason = disconnected(&mut events).await;
+    assert!(is(&reason), "{what}, got {reason:?}");
+    assert!(
+        broker.wait_connections(2, WAIT).await,
+        "the client reconnects"
+    );
+}
+
+fn recoverable_protocol_error(e: &Error) -> bool {
+    matches!(e, Error::Protocol(_)) && e.is_recoverable()
+}
+
+/// Bytes that are no AMQP frame (the size field reads ~4 GB) end the connection with a protocol
+/// error; the client reconnects.
 #[test]
 fn garbage_is_a_protocol_error_and_the_client_reconnects() {
     run("garbage", async {
-        let broker = broker(Scenario::Garbage(
-            b"\xde\xad\xbe\xefnot AMQP at all, not even close".to_vec(),
-        ))
+        let garbage = b"\xde\xad\xbe\xefnot AMQP at all, not even close".to_vec();
+        ends_and_reconnects(
+            Scenario::Garbage(garbage),
+            recoverable_protocol_error,
+            "a protocol error",
+        )
         .await;
-        let (_conn, _sub, mut events) = subscribe(&broker).await;
-        let reason = disconnected(&mut events).await;
-        assert!(
-            matches!(reason, Error::Protocol(_)),
-            "a protocol error, got {reason:?}"
-        );
-        assert!(
-            broker.wait_connections(2, WAIT).await,
-            "the client reconnects"
-        );
     });
 }
 
 /// A delivery on a channel the client never opened: no broker can send that, so the client
-/// must not trust the connection any more (today it is ignored silently).
+/// does not trust the connection any more.
 #[test]
 fn frame_on_unopened_channel_is_a_protocol_error_and_the_client_reconnects() {
     run("unopened-channel", async {
-        let broker = broker(Scenario::FrameOnUnopenedChannel).await;
-        let (_conn, _sub, mut events) = subscribe(&broker).await;
-        let reason = disconnected(&mut events).await;
-        assert!(
-            matches!(reason, Error::Protocol(_)),
-            "a protocol error, got {reason:?}"
-        );
-        assert!(
-            broker.wait_connections(2, WAIT).await,
-            "the client reconnects"
-        );
+        ends_and_reconnects(
+            Scenario::FrameOnUnopenedChannel,
+            recoverable_protocol_error,
+            "a protocol error",
+        )
+        .await;
     });
 }
 
@@ -435,14 +440,12 @@ fn frame_on_unopened_channel_is_a_protocol_error_and_the_client_reconnects() {
 #[test]
 fn truncated_frame_then_eof_is_transient_and_the_client_reconnects() {
     run("truncated-frame", async {
-        let broker = broker(Scenario::TruncatedFrame).await;
-        let (_conn, _sub, mut events) = subscribe(&broker).await;
-        let reason = disconnected(&mut events).await;
-        assert!(reason.is_recoverable(), "a transient error, got {reason:?}");
-        assert!(
-            broker.wait_connections(2, WAIT).await,
-            "the client reconnects"
-        );
+        ends_and_reconnects(
+            Scenario::TruncatedFrame,
+            Error::is_recoverable,
+            "a transient error",
+        )
+        .await;
     });
 }
 
@@ -450,17 +453,12 @@ fn truncated_frame_then_eof_is_transient_and_the_client_reconnects() {
 #[test]
 fn bad_frame_end_is_a_protocol_error_and_the_client_reconnects() {
     run("bad-frame-end", async {
-        let broker = broker(Scenario::BadFrameEnd).await;
-        let (_conn, _sub, mut events) = subscribe(&broker).await;
-        let reason = disconnected(&mut events).await;
-        assert!(
-            matches!(reason, Error::Protocol(_)) && reason.is_recoverable(),
-            "a recoverable protocol error, got {reason:?}"
-        );
-        assert!(
-            broker.wait_connections(2, WAIT).await,
-            "the client reconnects"
-        );
+        ends_and_reconnects(
+            Scenario::BadFrameEnd,
+            recoverable_protocol_error,
+            "a recoverable protocol error",
+        )
+        .await;
     });
 }
 

@@ -983,13 +983,8 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// with a loud error: never dropped, never requeued in a tight loop.
     async fn dead_letter(&self, item: Item, reason: &str, attempts: u32) {
         let c = &self.config;
-        let copy = |reason: &str, bare: bool| {
-            let f = if bare {
-                retry::bare_dead_message
-            } else {
-                retry::dead_message
-            };
-            f(
+        let copy = |reason: &str| {
+            retry::dead_message(
                 &item.d,
                 &item.key,
                 &c.dead_letter,
@@ -999,10 +994,10 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 reason,
             )
         };
-        let mut outcome = self.publish_copy(&item, copy(reason, false)).await;
+        let mut outcome = self.publish_copy(&item, copy(reason)).await;
         if let Copy::Refused(e) = &outcome {
             let reason = format!("{reason}; original properties dropped (full copy refused: {e})");
-            outcome = self.publish_copy(&item, copy(&reason, true)).await;
+            outcome = self.publish_copy(&item, retry::bare(copy(&reason))).await;
         }
         let id = item.d.message_id().map(str::to_string);
         match outcome {

@@ -209,20 +209,11 @@ pub(crate) fn dead_message(
     m.properties(p)
 }
 
-/// A dead-letter copy with only the body, the message id and the dead-letter headers: for when
-/// the full copy is refused (the original's properties and headers, with ours added, no
-/// longer fit in a frame, or carry something the broker will not take from us, such as
-/// another user's `user_id`).
-pub(crate) fn bare_dead_message(
-    d: &Delivery,
-    key: &str,
-    target: &DeadLetter,
-    queue: &str,
-    group: &str,
-    attempts: u32,
-    reason: &str,
-) -> Message {
-    let full = dead_message(d, key, target, queue, group, attempts, reason);
+/// `full` (a dead-letter copy) cut down to the body, the message id and our own
+/// `x-rabbit-once-*` headers: for when the full copy is refused (the original's properties and
+/// headers, with ours added, no longer fit in a frame, or carry something the broker will not
+/// take from us, such as another user's `user_id`).
+pub(crate) fn bare(full: Message) -> Message {
     let mut p = crate::transport::Properties {
         message_id: full.properties.message_id.clone(),
         message_id_octets: full.properties.message_id_octets,
