@@ -51,10 +51,12 @@ pub mod fuzzing {
 pub use backoff::Backoff;
 pub use config::ConnectionConfig;
 pub use connection::{Connection, ConnectionState, QueueInfo};
+#[cfg(feature = "test-util")]
+pub use consumer::DeliveryBuilder;
 #[cfg(feature = "dedup")]
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerStats, DeadLetter, Handler, HandlerError, MissingId, Outcome,
-    RetryPolicy,
+    Consumer, ConsumerConfig, ConsumerStats, DeadLetter, Handler, HandlerError, HandlerFn,
+    HandlerFuture, MissingId, Outcome, RetryPolicy, handler_fn,
 };
 pub use consumer::{Delivery, Subscription, SubscriptionConfig, SubscriptionStats};
 #[cfg(feature = "dedup")]

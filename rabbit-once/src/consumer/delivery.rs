@@ -145,6 +145,116 @@ impl Delivery {
     }
 }
 
+/// Builds a [`Delivery`] that did not come from a broker, to unit-test a handler (feature
+/// `test-util`). Settling it does nothing, and [`Delivery::is_live`] is `false`.
+///
+/// ```
+/// use rabbit_once::Delivery;
+///
+/// let d = Delivery::builder(r#"{"order":1}"#)
+///     .message_id("order-1")
+///     .routing_key("orders")
+///     .header("tenant", "t1")
+///     .attempt(2)
+///     .build();
+/// assert_eq!(d.message_id(), Some("order-1"));
+/// assert_eq!(d.attempt(), 2);
+/// assert!(!d.is_live());
+/// d.ack(); // does nothing
+/// ```
+#[cfg(feature = "test-util")]
+#[derive(Debug)]
+pub struct DeliveryBuilder {
+    raw: RawDelivery,
+}
+
+#[cfg(feature = "test-util")]
+impl Delivery {
+    /// A builder for a delivery with `body`, persistent, from the default exchange, delivery
+    /// tag 1, not redelivered (feature `test-util`).
+    pub fn builder(body: impl Into<Bytes>) -> DeliveryBuilder {
+        DeliveryBuilder {
+            raw: RawDelivery {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: String::new(),
+                routing_key: String::new(),
+                properties: Properties {
+                    delivery_mode: Some(2),
+                    ..Properties::default()
+                },
+                body: body.into(),
+                malformed: None,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "test-util")]
+impl DeliveryBuilder {
+    /// The producer's `message_id`.
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.raw.properties.message_id = Some(id.into());
+        self
+    }
+
+    /// Adds one application header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.raw.properties = self.raw.properties.with_header(key, value);
+        self
+    }
+
+    /// Replaces all properties (the message id and headers included).
+    pub fn properties(mut self, properties: Properties) -> Self {
+        self.raw.properties = properties;
+        self
+    }
+
+    /// The exchange it was published to.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.raw.exchange = exchange.into();
+        self
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.raw.routing_key = routing_key.into();
+        self
+    }
+
+    /// Whether the broker had delivered it before.
+    pub fn redelivered(mut self, yes: bool) -> Self {
+        self.raw.redelivered = yes;
+        self
+    }
+
+    /// The delivery tag.
+    pub fn delivery_tag(mut self, tag: u64) -> Self {
+        self.raw.delivery_tag = tag;
+        self
+    }
+
+    /// The attempt number [`Delivery::attempt`] reports (as the retry path sets it).
+    pub fn attempt(self, attempt: u32) -> Self {
+        self.header(ATTEMPT_HEADER, i64::from(attempt))
+    }
+
+    /// Marks it as a delivery that could not be decoded in full, with `reason`.
+    pub fn malformed(mut self, reason: impl Into<String>) -> Self {
+        self.raw.malformed = Some(reason.into());
+        self
+    }
+
+    /// The delivery.
+    pub fn build(self) -> Delivery {
+        Delivery {
+            raw: Box::new(self.raw),
+            generation: 0,
+            link: None,
+        }
+    }
+}
+
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.settle(Settle::Nack { requeue: true });

@@ -77,3 +77,121 @@ pub trait Handler<Db: sqlx::Database>: Send + Sync + 'static {
         }
     }
 }
+
+/// The future a [`handler_fn`] closure returns: boxed, because a closure cannot name the
+/// future of an `async` block that borrows its arguments.
+pub type HandlerFuture<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 'a>>;
+
+/// A [`Handler`] made from a closure: `handler_fn(|msg, tx| Box::pin(async move { … }))`.
+///
+/// For small handlers and tests. The closure's future is boxed (one allocation per message);
+/// a hot path is better served by implementing [`Handler`] on a type.
+///
+/// ```no_run
+/// use rabbit_once::{Consumer, ConsumerConfig, Outcome, SqliteStore, handler_fn};
+/// use rabbit_once::sqlx::{self, Sqlite};
+///
+/// # async fn run(conn: rabbit_once::Connection, store: SqliteStore) -> Result<(), rabbit_once::Error> {
+/// let handler = handler_fn(|msg, tx: &mut sqlx::Transaction<'static, Sqlite>| {
+///     Box::pin(async move {
+///         sqlx::query("INSERT INTO orders (body) VALUES (?)")
+///             .bind(msg.body().to_vec())
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok(Outcome::Done)
+///     })
+/// });
+/// let consumer = Consumer::start(&conn, store, handler, ConsumerConfig::new("orders")).await?;
+/// # Ok(()) }
+/// ```
+pub fn handler_fn<Db, F>(f: F) -> HandlerFn<F>
+where
+    Db: sqlx::Database,
+    F: for<'a> Fn(
+            &'a Delivery,
+            &'a mut sqlx::Transaction<'static, Db>,
+        ) -> HandlerFuture<'a, Outcome>
+        + Send
+        + Sync
+        + 'static,
+{
+    HandlerFn(f)
+}
+
+/// The [`Handler`] [`handler_fn`] returns.
+#[derive(Clone, Copy)]
+pub struct HandlerFn<F>(F);
+
+impl<F> std::fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerFn")
+    }
+}
+
+impl<Db, F> Handler<Db> for HandlerFn<F>
+where
+    Db: sqlx::Database,
+    F: for<'a> Fn(
+            &'a Delivery,
+            &'a mut sqlx::Transaction<'static, Db>,
+        ) -> HandlerFuture<'a, Outcome>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn handle<'a>(
+        &'a self,
+        msg: &'a Delivery,
+        tx: &'a mut sqlx::Transaction<'static, Db>,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send + 'a {
+        (self.0)(msg, tx)
+    }
+}
+
+#[cfg(all(test, feature = "sqlite", feature = "test-util"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closure_handler_runs_in_the_transaction_it_is_given() {
+        // One connection: each connection to `sqlite::memory:` is a database of its own.
+        let db = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE seen (id TEXT)")
+            .execute(&db)
+            .await
+            .unwrap();
+        let handler = handler_fn(
+            |msg: &Delivery, tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>| {
+                Box::pin(async move {
+                    if msg.body().is_empty() {
+                        return Ok(Outcome::reject("empty"));
+                    }
+                    sqlx::query("INSERT INTO seen (id) VALUES (?)")
+                        .bind(msg.message_id().unwrap_or_default().to_owned())
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(Outcome::Done)
+                }) as HandlerFuture<'_, Outcome>
+            },
+        );
+        let mut tx = db.begin().await.unwrap();
+        let d = Delivery::builder("x").message_id("m-1").build();
+        assert_eq!(handler.handle(&d, &mut tx).await.unwrap(), Outcome::Done);
+        let empty = Delivery::builder("").message_id("m-2").build();
+        assert_eq!(
+            handler.handle(&empty, &mut tx).await.unwrap(),
+            Outcome::reject("empty")
+        );
+        tx.commit().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM seen")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

@@ -19,9 +19,11 @@ mod idempotent;
 pub mod retry;
 mod subscription;
 
+#[cfg(feature = "test-util")]
+pub use delivery::DeliveryBuilder;
 pub use delivery::{ATTEMPT_HEADER, Delivery};
 #[cfg(feature = "dedup")]
-pub use handler::{Handler, HandlerError, Outcome};
+pub use handler::{Handler, HandlerError, HandlerFn, HandlerFuture, Outcome, handler_fn};
 #[cfg(feature = "dedup")]
 pub use idempotent::{Consumer, ConsumerConfig, ConsumerStats};
 #[cfg(feature = "dedup")]

@@ -78,8 +78,11 @@ impl SubscriptionConfig {
 /// Counters of a subscription.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubscriptionStats {
+    /// Deliveries received from the broker.
     pub delivered: u64,
+    /// Deliveries acknowledged (each counted once, though acks are coalesced on the wire).
     pub acked: u64,
+    /// Deliveries negatively acknowledged, including those dropped unsettled (requeued).
     pub nacked: u64,
     /// Settles of deliveries from a channel that was gone (the broker redelivers those).
     pub stale: u64,
@@ -90,7 +93,7 @@ pub struct SubscriptionStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+struct SubscriptionCounters {
     delivered: AtomicU64,
     acked: AtomicU64,
     nacked: AtomicU64,
@@ -100,11 +103,28 @@ struct Counters {
 }
 
 /// A stream of deliveries from one queue, across reconnects. See [`Delivery`] for settling.
+///
+/// Receive with [`recv`](Self::recv), or use it as a [`Stream`](futures_util::Stream) of
+/// [`Delivery`] (it ends once closed or once the connection gave up).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), rabbit_once::Error> {
+/// use futures_util::StreamExt;
+/// use rabbit_once::{Connection, ConnectionConfig, Subscription, SubscriptionConfig};
+///
+/// let conn = Connection::start(ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?)?;
+/// let mut deliveries = Subscription::start(&conn, SubscriptionConfig::new("orders").prefetch(50))?;
+/// while let Some(delivery) = deliveries.next().await {
+///     println!("{} bytes", delivery.body().len());
+///     delivery.ack();
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::UnboundedReceiver<Delivery>,
     close: mpsc::UnboundedSender<(Duration, oneshot::Sender<()>)>,
-    counters: Arc<Counters>,
+    counters: Arc<SubscriptionCounters>,
 }
 
 impl Subscription {
@@ -113,7 +133,7 @@ impl Subscription {
         config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (close, close_rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(SubscriptionCounters::default());
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let task = Task {
             conn: conn.clone(),
@@ -152,6 +172,7 @@ impl Subscription {
         self.rx.len()
     }
 
+    /// Counters since the start.
     pub fn stats(&self) -> SubscriptionStats {
         let c = &self.counters;
         SubscriptionStats {
@@ -179,6 +200,21 @@ impl Subscription {
     }
 }
 
+impl futures_util::Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.rx.len(), None)
+    }
+}
+
 struct Task {
     conn: Connection,
     config: SubscriptionConfig,
@@ -186,7 +222,7 @@ struct Task {
     link: Arc<AckLink>,
     acks_rx: mpsc::UnboundedReceiver<AckCmd>,
     close_rx: mpsc::UnboundedReceiver<(Duration, oneshot::Sender<()>)>,
-    counters: Arc<Counters>,
+    counters: Arc<SubscriptionCounters>,
     generation: u64,
     frames: Vec<AckFrame>,
 }
