@@ -5,7 +5,7 @@
 mod support;
 
 use rabbit_once::{Connection, Event, Publisher, PublisherConfig, Queue, Topology};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use support::*;
 use tokio::sync::Mutex;
@@ -82,17 +82,7 @@ async fn publish_through(node: &BrokerNode, fault: impl AsyncFnOnce(&BrokerNode)
     let publishing = {
         let (p, q, stop) = (p.clone(), q.clone(), stop.clone());
         tokio::spawn(async move {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::unbounded_channel::<(u64, rabbit_once::Confirmation)>();
-            let waiter = tokio::spawn(async move {
-                let mut ids = HashMap::new();
-                while let Some((i, c)) = rx.recv().await {
-                    let ok: rabbit_once::Confirmed =
-                        tokio::time::timeout(GUARD, c).await.unwrap().unwrap();
-                    ids.insert(i, ok.message_id);
-                }
-                ids
-            });
+            let (tx, waiter) = confirm_all(GUARD, |_| {});
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 tx.send((i, p.publish(seq_message(&q, i, 200)).await.unwrap()))

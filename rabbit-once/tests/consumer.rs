@@ -474,10 +474,7 @@ async fn consumer_connection_cut_five_times_applies_every_id_once() {
         .unwrap();
     const N: u64 = 10_000;
     publish(&setup, &q, ids(0..N, &q)).await;
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(support::config(&uri_via(proxy.port())))
-        .await
-        .unwrap();
+    let (proxy, conn) = through_proxy(|c| c).await;
     let consumer = Consumer::start(
         &conn,
         store.clone(),

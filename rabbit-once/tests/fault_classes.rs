@@ -94,10 +94,7 @@ async fn a_404_on_a_binding_is_fatal_first_and_transient_when_declaring_again() 
     let other = direct().await;
     let xt = Topology::new().exchange(Exchange::new(&x, ExchangeKind::Direct).durable(false));
     other.declare(&xt).await.unwrap();
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(config(&uri_via(proxy.port())).topology(binding))
-        .await
-        .unwrap();
+    let (proxy, conn) = through_proxy(|c| c.topology(binding)).await;
     let mut events = conn.events();
 
     // It goes away, our connection is cut: declaring again meets a 404, retried.

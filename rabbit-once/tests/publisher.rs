@@ -106,26 +106,15 @@ async fn connection_cut_five_times_loses_nothing_and_keeps_order() {
         .declare(&Topology::new().queue(Queue::new(&q)))
         .await
         .unwrap();
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(config(&uri_via(proxy.port())))
-        .await
-        .unwrap();
-    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let (proxy, conn, p) = publisher_through_proxy(|c| c).await;
 
     // A watcher records each confirmation as it resolves (in publish order).
     let confirmed: Arc<Vec<AtomicBool>> =
         Arc::new((0..N).map(|_| AtomicBool::new(false)).collect());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rabbit_once::Confirmation)>();
-    let watcher = {
+    let (tx, watcher) = {
         let confirmed = confirmed.clone();
-        tokio::spawn(async move {
-            let mut ids = HashMap::new();
-            while let Some((seq, c)) = rx.recv().await {
-                let ok = c.await.expect("every message is confirmed");
-                confirmed[seq as usize].store(true, Ordering::SeqCst);
-                ids.insert(seq, ok.message_id);
-            }
-            ids
+        confirm_all(GUARD, move |seq| {
+            confirmed[seq as usize].store(true, Ordering::SeqCst)
         })
     };
 
@@ -210,10 +199,7 @@ async fn a_full_buffer_makes_publish_wait_and_bounds_memory() {
         .declare(&Topology::new().queue(Queue::new(&q)))
         .await
         .unwrap();
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(config(&uri_via(proxy.port())))
-        .await
-        .unwrap();
+    let (proxy, conn) = through_proxy(|c| c).await;
     const MAX_BYTES: usize = 256 << 10;
     const SIZE: usize = 4096;
     let p = Publisher::new(
@@ -625,12 +611,8 @@ async fn an_oversized_message_is_refused_before_the_wire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_hands_back_what_is_unconfirmed() {
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(config(&uri_via(proxy.port())))
-        .await
-        .unwrap();
     let q = unique("pub-close");
-    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let (proxy, conn, p) = publisher_through_proxy(|c| c).await;
     proxy.blackhole(true);
     let mut cs = Vec::new();
     for i in 0..10 {
@@ -664,13 +646,8 @@ async fn heartbeats_notice_a_black_hole_and_nothing_is_lost() {
         .declare(&Topology::new().queue(Queue::new(&q)))
         .await
         .unwrap();
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn =
-        Connection::connect(config(&uri_via(proxy.port())).heartbeat(Duration::from_secs(1)))
-            .await
-            .unwrap();
+    let (proxy, conn, p) = publisher_through_proxy(|c| c.heartbeat(Duration::from_secs(1))).await;
     let mut events = conn.events();
-    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
     for i in 0..100 {
         p.publish_confirmed(seq_message(&q, i, 10)).await.unwrap();
     }
@@ -728,12 +705,7 @@ async fn endpoints_are_tried_in_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_is_declared_again_on_every_session() {
     let q = unique("pub-topo");
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(
-        config(&uri_via(proxy.port())).topology(Topology::new().queue(Queue::new(&q))),
-    )
-    .await
-    .unwrap();
+    let (proxy, conn) = through_proxy(|c| c.topology(Topology::new().queue(Queue::new(&q)))).await;
     let setup = direct().await;
     setup.delete_queue(&q).await.unwrap();
     assert!(setup.queue_info(&q).await.is_err(), "deleted");
@@ -756,12 +728,7 @@ async fn topology_is_declared_again_on_every_session() {
 async fn messages_published_while_disconnected_go_after_the_unconfirmed_ones() {
     // A publish accepted during an outage must not overtake older unconfirmed messages.
     let q = unique("pub-outage-order");
-    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
-    let conn = Connection::connect(
-        config(&uri_via(proxy.port())).topology(Topology::new().queue(Queue::new(&q))),
-    )
-    .await
-    .unwrap();
+    let (proxy, conn) = through_proxy(|c| c.topology(Topology::new().queue(Queue::new(&q)))).await;
     let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
     proxy.blackhole(true);
     let mut cs = Vec::new();
@@ -788,6 +755,44 @@ async fn messages_published_while_disconnected_go_after_the_unconfirmed_ones() {
         }
     }
     assert_eq!(first, (0..200).collect::<Vec<_>>());
+    p.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_a_stream_of_deliveries_that_ends_when_closed() {
+    use futures_util::StreamExt;
+    let q = unique("sub-stream");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    for i in 0..3 {
+        p.publish_confirmed(seq_message(&q, i, 10)).await.unwrap();
+    }
+    let mut sub = rabbit_once::Subscription::start(
+        &conn,
+        rabbit_once::SubscriptionConfig::new(&q).prefetch(10),
+    )
+    .unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let d = tokio::time::timeout(GUARD, sub.next())
+            .await
+            .expect("a delivery")
+            .expect("the stream is open");
+        seqs.push(seq_of(d.body()));
+        d.ack();
+    }
+    assert_eq!(seqs, [0, 1, 2]);
+    sub.close(Duration::from_secs(5)).await;
+    assert!(
+        sub.next().await.is_none(),
+        "a closed subscription's stream ends"
+    );
+    assert_eq!(sub.stats().acked, 3);
     p.close(Duration::from_secs(5)).await;
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;

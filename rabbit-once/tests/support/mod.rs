@@ -2,7 +2,11 @@
 //! back, sequence-numbered bodies.
 #![allow(dead_code)]
 
-use rabbit_once::{Connection, ConnectionConfig, Message, Subscription, SubscriptionConfig};
+use rabbit_once::{
+    Confirmation, Connection, ConnectionConfig, Message, Publisher, PublisherConfig, Subscription,
+    SubscriptionConfig,
+};
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[allow(unused_imports)]
@@ -191,4 +195,52 @@ impl Drop for TempDb {
             let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
         }
     }
+}
+
+/// A fault proxy in front of the shared broker, and a connection through it (the fast
+/// reconnecting [`config`], adjusted by `tune`).
+pub async fn through_proxy(
+    tune: impl FnOnce(ConnectionConfig) -> ConnectionConfig,
+) -> (FaultProxy, Connection) {
+    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
+    let conn = Connection::connect(tune(config(&uri_via(proxy.port()))))
+        .await
+        .unwrap();
+    (proxy, conn)
+}
+
+/// [`through_proxy`] and a publisher with the default config on that connection.
+pub async fn publisher_through_proxy(
+    tune: impl FnOnce(ConnectionConfig) -> ConnectionConfig,
+) -> (FaultProxy, Connection, Publisher) {
+    let (proxy, conn) = through_proxy(tune).await;
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    (proxy, conn, p)
+}
+
+/// Where [`confirm_all`] takes `(seq, confirmation)`.
+pub type ConfirmTx = tokio::sync::mpsc::UnboundedSender<(u64, Confirmation)>;
+
+/// Awaits confirmations on a task of its own, in the order they are sent: send `(seq,
+/// confirmation)` as messages are accepted, drop the sender, then await the handle for
+/// `seq → message_id`. Each must be confirmed (within `guard`); `on_confirmed(seq)` runs as
+/// each one is.
+pub fn confirm_all(
+    guard: Duration,
+    on_confirmed: impl Fn(u64) + Send + 'static,
+) -> (ConfirmTx, tokio::task::JoinHandle<HashMap<u64, String>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Confirmation)>();
+    let done = tokio::spawn(async move {
+        let mut ids = HashMap::new();
+        while let Some((seq, c)) = rx.recv().await {
+            let ok = tokio::time::timeout(guard, c)
+                .await
+                .unwrap_or_else(|_| panic!("seq {seq} unconfirmed after {guard:?}"))
+                .unwrap_or_else(|e| panic!("seq {seq} failed: {e}"));
+            on_confirmed(seq);
+            ids.insert(seq, ok.message_id);
+        }
+        ids
+    });
+    (tx, done)
 }
