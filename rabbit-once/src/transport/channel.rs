@@ -4,8 +4,8 @@
 //! A channel is owned by one task. Events that arrive while that task waits for a reply are
 //! kept in order in a backlog and handed out by the next `recv`.
 
-use super::connection::{Connection, unexpected};
 use super::frame::{PublishFrames, put_method, put_publish};
+use super::link::{Connection, unexpected};
 use super::method::{Close, Method};
 use super::properties::Properties;
 use super::table::FieldTable;
