@@ -40,5 +40,5 @@ impl ConnectionState {
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub epoch: u64,
-    pub conn: transport::Connection,
+    pub conn: transport::Link,
 }

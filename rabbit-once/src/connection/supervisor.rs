@@ -46,14 +46,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             _ = stopped(&mut shutdown) => break None,
         };
         match opened {
-            Ok(conn) => {
+            Ok(link) => {
                 epoch += 1;
                 let up_since = std::time::Instant::now();
                 if epoch > 1 {
                     inner.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 let endpoint = ep.to_string();
-                let props = conn.server_properties();
+                let props = link.server_properties();
                 let server = format!(
                     "{} {}",
                     props
@@ -62,10 +62,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                         .unwrap_or("AMQP broker"),
                     props.get("version").and_then(|v| v.as_str()).unwrap_or("")
                 );
-                tracing::info!(%endpoint, epoch, %server, heartbeat = ?conn.heartbeat(), "session up");
+                tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
                 inner.session.send_replace(Some(Session {
                     epoch,
-                    conn: conn.clone(),
+                    conn: link.clone(),
                 }));
                 inner.state.send_replace(ConnectionState::Connected {
                     epoch,
@@ -76,10 +76,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     endpoint,
                     server,
                 });
-                let lost = watch_session(&inner, &conn, &mut shutdown).await;
+                let lost = watch_session(&inner, &link, &mut shutdown).await;
                 inner.session.send_replace(None);
                 let Some(reason) = lost else {
-                    conn.close(CLOSE_TIMEOUT).await;
+                    link.close(CLOSE_TIMEOUT).await;
                     break None;
                 };
                 tracing::warn!(epoch, %reason, "session lost");
@@ -147,26 +147,26 @@ async fn open_session(
     ep: &Endpoint,
     params: &ConnectParams,
     sessions_before: u64,
-) -> Result<transport::Connection, Error> {
-    let conn = transport::Connection::open(ep, params).await?;
+) -> Result<transport::Link, Error> {
+    let link = transport::Link::open(ep, params).await?;
     // If this future is dropped (shutdown) before the session is handed over, the connection
     // must not live on: the guard kills it.
-    let guard = KillOnDrop(Some(conn.clone()));
+    let guard = KillOnDrop(Some(link.clone()));
     let topo = inner.topology.lock().expect("topology lock").clone();
     let when = if sessions_before == 0 {
         topology::When::First
     } else {
         topology::When::Again
     };
-    if let Err(e) = topology::declare(&conn, &topo, when).await {
-        conn.kill(e.clone());
+    if let Err(e) = topology::declare(&link, &topo, when).await {
+        link.kill(e.clone());
         return Err(e);
     }
     guard.disarm();
-    Ok(conn)
+    Ok(link)
 }
 
-struct KillOnDrop(Option<transport::Connection>);
+struct KillOnDrop(Option<transport::Link>);
 
 impl KillOnDrop {
     fn disarm(mut self) {
@@ -185,17 +185,17 @@ impl Drop for KillOnDrop {
 /// Waits for the session to end, forwarding blocked/unblocked. `None` means shutdown.
 async fn watch_session(
     inner: &Inner,
-    conn: &transport::Connection,
+    link: &transport::Link,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Error> {
-    let mut blocked = conn.blocked();
+    let mut blocked = link.blocked();
     loop {
         tokio::select! {
-            reason = conn.closed() => return Some(reason),
+            reason = link.closed() => return Some(reason),
             _ = stopped(shutdown) => return None,
             changed = blocked.changed() => {
                 if changed.is_err() {
-                    return Some(conn.closed().await);
+                    return Some(link.closed().await);
                 }
                 let ev = match blocked.borrow_and_update().clone() {
                     Some(reason) => Event::Blocked { reason },

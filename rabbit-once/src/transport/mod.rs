@@ -32,7 +32,7 @@ pub(crate) use channel::{
     Channel, ChannelEvent, ExchangeFlags, QueueFlags, RawDelivery, publish_frames,
 };
 pub(crate) use frame::content_header_frame_size;
-pub(crate) use link::{ConnectParams, Connection};
+pub(crate) use link::{ConnectParams, Link};
 pub use properties::Properties;
 pub use table::{FieldTable, FieldValue};
 pub(crate) use wire::check_short;
