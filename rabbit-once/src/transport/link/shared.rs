@@ -81,16 +81,7 @@ impl Shared {
 
     /// Appends frames to the outbox; `Err` once the connection is dead.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> Result<(R, bool), Error> {
-        let mut out = self.out.lock().expect("outbox lock");
-        if out.closed {
-            drop(out);
-            return Err(self.reason());
-        }
-        let r = f(&mut out.buf);
-        let full = out.buf.len() >= HIGH_WATER;
-        drop(out);
-        self.wake_writer.notify_one();
-        Ok((r, full))
+        self.append(None, f)
     }
 
     /// Appends frames of channel `id`; refused once the broker closed that channel.
@@ -99,16 +90,27 @@ impl Shared {
         id: u16,
         f: impl FnOnce(&mut BytesMut) -> R,
     ) -> Result<(R, bool), Error> {
+        self.append(Some(id), f)
+    }
+
+    /// The one path into the outbox: refused once the connection is dead or, for a
+    /// `channel`, once the broker closed it; `true` beside the result means past [`HIGH_WATER`].
+    fn append<R>(
+        &self,
+        channel: Option<u16>,
+        f: impl FnOnce(&mut BytesMut) -> R,
+    ) -> Result<(R, bool), Error> {
         let mut out = self.out.lock().expect("outbox lock");
         if out.closed {
             drop(out);
             return Err(self.reason());
         }
-        if out
-            .closed_channels
-            .get(id as usize)
-            .copied()
-            .unwrap_or(false)
+        if let Some(id) = channel
+            && out
+                .closed_channels
+                .get(id as usize)
+                .copied()
+                .unwrap_or(false)
         {
             return Err(Error::ChannelClosed {
                 code: 0,
