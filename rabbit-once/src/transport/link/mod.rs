@@ -31,7 +31,7 @@ use crate::shutdown::stopped;
 use crate::uri::Endpoint;
 use bytes::BytesMut;
 use handshake::{Handshake, handshake};
-use shared::{Outbox, Shared, Table};
+use shared::{ChannelTable, LinkShared, Outbox};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub(crate) struct ConnectParams {
 /// A cheap handle to one live (or dead) AMQP connection: its socket and I/O tasks.
 #[derive(Clone)]
 pub(crate) struct Link {
-    shared: Arc<Shared>,
+    shared: Arc<LinkShared>,
 }
 
 impl std::fmt::Debug for Link {
@@ -122,7 +122,7 @@ impl Link {
     ) -> Self {
         let (stop, _) = watch::channel(false);
         let (blocked, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(LinkShared {
             out: Mutex::new(Outbox {
                 buf: BytesMut::with_capacity(64 << 10),
                 closed: false,
@@ -131,7 +131,7 @@ impl Link {
             }),
             wake_writer: Notify::new(),
             drained: Notify::new(),
-            table: Mutex::new(Table {
+            table: Mutex::new(ChannelTable {
                 slots: Vec::new(),
                 closed: false,
                 next: 1,
@@ -157,7 +157,7 @@ impl Link {
         Link { shared }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<LinkShared> {
         &self.shared
     }
 

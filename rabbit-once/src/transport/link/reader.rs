@@ -3,7 +3,7 @@
 //! put on the broker never ends the connection (it goes up malformed); only frames the broker
 //! itself could not have sent do.
 
-use super::shared::Shared;
+use super::shared::LinkShared;
 use super::{READ_CHUNK, ReadHalf};
 use crate::error::{Error, ProtocolError};
 use crate::shutdown::stopped;
@@ -37,7 +37,7 @@ pub(super) struct Slot {
 
 /// Ends the connection for every channel when the reader stops — also if it panics: each
 /// channel gets `Closed` with the reason, and no channel can be opened any more.
-pub(super) struct ReaderExit(Arc<Shared>);
+pub(super) struct ReaderExit(Arc<LinkShared>);
 
 impl Drop for ReaderExit {
     fn drop(&mut self) {
@@ -69,7 +69,7 @@ impl Drop for ReaderExit {
     }
 }
 
-pub(super) async fn reader(shared: Arc<Shared>, mut r: ReadHalf, mut buf: BytesMut) {
+pub(super) async fn reader(shared: Arc<LinkShared>, mut r: ReadHalf, mut buf: BytesMut) {
     let _exit = ReaderExit(shared.clone());
     let mut stop = shared.stop.subscribe();
     let mut cache: Vec<Option<Slot>> = Vec::new();
@@ -109,7 +109,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut r: ReadHalf, mut buf: BytesM
 
 /// Handles one frame; `Ok(false)` ends the reader (the connection is closing).
 pub(super) fn handle_frame(
-    shared: &Shared,
+    shared: &LinkShared,
     cache: &mut Vec<Option<Slot>>,
     f: RawFrame,
 ) -> Result<bool, Error> {
