@@ -4,6 +4,7 @@
 
 use super::Inner;
 use super::state::{ConnectionState, Session};
+use crate::config::ConnectionConfig;
 use crate::error::Error;
 use crate::event::Event;
 use crate::shutdown::stopped;
@@ -18,16 +19,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(5);
 
+/// The reconnect loop, until shutdown or a fatal error; ends with state `Closed` or `Failed`.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let cfg = &inner.config;
-    let params = ConnectParams {
-        name: cfg.name.clone(),
-        heartbeat: cfg.heartbeat,
-        connect_timeout: cfg.connect_timeout,
-        frame_max: cfg.frame_max,
-        channel_max: cfg.channel_max,
-        max_body_size: cfg.max_body_size,
-    };
+    let params = connect_params(cfg);
     let mut shutdown = inner.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut epoch: u64 = 0;
@@ -52,30 +47,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 if epoch > 1 {
                     inner.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                let endpoint = ep.to_string();
-                let props = link.server_properties();
-                let server = format!(
-                    "{} {}",
-                    props
-                        .get("product")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("AMQP broker"),
-                    props.get("version").and_then(|v| v.as_str()).unwrap_or("")
-                );
-                tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
-                inner.session.send_replace(Some(Session {
-                    epoch,
-                    conn: link.clone(),
-                }));
-                inner.state.send_replace(ConnectionState::Connected {
-                    epoch,
-                    endpoint: endpoint.clone(),
-                });
-                let _ = inner.events.send(Event::Connected {
-                    epoch,
-                    endpoint,
-                    server,
-                });
+                announce(&inner, ep, &link, epoch);
                 let lost = watch_session(&inner, &link, &mut shutdown).await;
                 inner.session.send_replace(None);
                 let Some(reason) = lost else {
@@ -139,6 +111,46 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             inner.state.send_replace(ConnectionState::Closed);
         }
     }
+}
+
+/// What each connection attempt asks the broker for.
+fn connect_params(cfg: &ConnectionConfig) -> ConnectParams {
+    ConnectParams {
+        name: cfg.name.clone(),
+        heartbeat: cfg.heartbeat,
+        connect_timeout: cfg.connect_timeout,
+        frame_max: cfg.frame_max,
+        channel_max: cfg.channel_max,
+        max_body_size: cfg.max_body_size,
+    }
+}
+
+/// Hands the new session out, then says so: state `Connected` and `Event::Connected`.
+fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
+    let endpoint = ep.to_string();
+    let props = link.server_properties();
+    let server = format!(
+        "{} {}",
+        props
+            .get("product")
+            .and_then(|v| v.as_str())
+            .unwrap_or("AMQP broker"),
+        props.get("version").and_then(|v| v.as_str()).unwrap_or("")
+    );
+    tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
+    inner.session.send_replace(Some(Session {
+        epoch,
+        conn: link.clone(),
+    }));
+    inner.state.send_replace(ConnectionState::Connected {
+        epoch,
+        endpoint: endpoint.clone(),
+    });
+    let _ = inner.events.send(Event::Connected {
+        epoch,
+        endpoint,
+        server,
+    });
 }
 
 /// Connects and declares the topology (see [`topology::declare`] for which refusals are fatal).
