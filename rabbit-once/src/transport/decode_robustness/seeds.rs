@@ -124,6 +124,9 @@ fn with_content(method: &Method, properties: &Properties, body: &[u8]) -> Vec<Ve
     frames
 }
 
+/// The real frames the mutations start from: methods of each class, deliveries and publishes
+/// with rich properties, made by the crate's own encoders.
+// Over 100 lines: a list, one entry per frame shape.
 pub(super) fn seeds() -> Vec<Seed> {
     let args = FieldTable::new()
         .with("x-queue-type", "quorum")

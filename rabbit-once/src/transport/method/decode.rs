@@ -6,6 +6,8 @@ use crate::transport::table::FieldTable;
 use crate::transport::wire::{DecodeResult, ProtocolError, Reader, bit};
 
 impl Method {
+    /// Decodes a method frame's payload; an unknown (class, method) is a protocol error.
+    // Over 100 lines: one short arm per method, a table to read top to bottom.
     pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Method> {
         use Method::*;
         let mut r = Reader::new(payload);
