@@ -58,6 +58,7 @@ pub struct Connection {
 pub struct QueueInfo {
     /// Messages ready for delivery (not counting unacknowledged ones).
     pub messages: u32,
+    /// Consumers subscribed to the queue.
     pub consumers: u32,
 }
 
@@ -203,6 +204,7 @@ impl Connection {
             .await
     }
 
+    /// Deletes an exchange (its bindings go with it).
     pub async fn delete_exchange(&self, exchange: &str) -> Result<(), Error> {
         let exchange = exchange.to_string();
         self.with_channel(async move |ch| ch.exchange_delete(&exchange).await)
