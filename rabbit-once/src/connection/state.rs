@@ -7,12 +7,27 @@ use crate::transport;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// Trying to connect (`attempt` counts consecutive failures + 1).
-    Connecting { attempt: u32, endpoint: String },
-    /// A session is up. `epoch` counts sessions, from 1.
-    Connected { epoch: u64, endpoint: String },
-    /// The session `epoch` was lost; a new attempt follows.
-    Disconnected { epoch: u64, reason: Error },
+    /// Trying to connect.
+    Connecting {
+        /// Consecutive failures + 1.
+        attempt: u32,
+        /// The endpoint being tried (without its password).
+        endpoint: String,
+    },
+    /// A session is up.
+    Connected {
+        /// Counts sessions, from 1.
+        epoch: u64,
+        /// The endpoint connected to (without its password).
+        endpoint: String,
+    },
+    /// A session was lost; a new attempt follows.
+    Disconnected {
+        /// The session that was lost.
+        epoch: u64,
+        /// Why it was lost.
+        reason: Error,
+    },
     /// The supervisor stopped: a fatal error (bad credentials, refused vhost, topology conflict)
     /// or the maximum number of attempts.
     Failed(Error),
@@ -21,6 +36,7 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Whether a session is up.
     pub fn is_connected(&self) -> bool {
         matches!(self, ConnectionState::Connected { .. })
     }
@@ -40,5 +56,5 @@ impl ConnectionState {
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub epoch: u64,
-    pub conn: transport::Connection,
+    pub conn: transport::Link,
 }

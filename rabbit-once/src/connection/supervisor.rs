@@ -4,6 +4,7 @@
 
 use super::Inner;
 use super::state::{ConnectionState, Session};
+use crate::config::ConnectionConfig;
 use crate::error::Error;
 use crate::event::Event;
 use crate::shutdown::stopped;
@@ -18,16 +19,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(5);
 
+/// The reconnect loop, until shutdown or a fatal error; ends with state `Closed` or `Failed`.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let cfg = &inner.config;
-    let params = ConnectParams {
-        name: cfg.name.clone(),
-        heartbeat: cfg.heartbeat,
-        connect_timeout: cfg.connect_timeout,
-        frame_max: cfg.frame_max,
-        channel_max: cfg.channel_max,
-        max_body_size: cfg.max_body_size,
-    };
+    let params = connect_params(cfg);
     let mut shutdown = inner.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut epoch: u64 = 0;
@@ -46,40 +41,17 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             _ = stopped(&mut shutdown) => break None,
         };
         match opened {
-            Ok(conn) => {
+            Ok(link) => {
                 epoch += 1;
                 let up_since = std::time::Instant::now();
                 if epoch > 1 {
                     inner.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                let endpoint = ep.to_string();
-                let props = conn.server_properties();
-                let server = format!(
-                    "{} {}",
-                    props
-                        .get("product")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("AMQP broker"),
-                    props.get("version").and_then(|v| v.as_str()).unwrap_or("")
-                );
-                tracing::info!(%endpoint, epoch, %server, heartbeat = ?conn.heartbeat(), "session up");
-                inner.session.send_replace(Some(Session {
-                    epoch,
-                    conn: conn.clone(),
-                }));
-                inner.state.send_replace(ConnectionState::Connected {
-                    epoch,
-                    endpoint: endpoint.clone(),
-                });
-                let _ = inner.events.send(Event::Connected {
-                    epoch,
-                    endpoint,
-                    server,
-                });
-                let lost = watch_session(&inner, &conn, &mut shutdown).await;
+                announce(&inner, ep, &link, epoch);
+                let lost = watch_session(&inner, &link, &mut shutdown).await;
                 inner.session.send_replace(None);
                 let Some(reason) = lost else {
-                    conn.close(CLOSE_TIMEOUT).await;
+                    link.close(CLOSE_TIMEOUT).await;
                     break None;
                 };
                 tracing::warn!(epoch, %reason, "session lost");
@@ -141,32 +113,72 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     }
 }
 
+/// What each connection attempt asks the broker for.
+fn connect_params(cfg: &ConnectionConfig) -> ConnectParams {
+    ConnectParams {
+        name: cfg.name.clone(),
+        heartbeat: cfg.heartbeat,
+        connect_timeout: cfg.connect_timeout,
+        frame_max: cfg.frame_max,
+        channel_max: cfg.channel_max,
+        max_body_size: cfg.max_body_size,
+    }
+}
+
+/// Hands the new session out, then says so: state `Connected` and `Event::Connected`.
+fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
+    let endpoint = ep.to_string();
+    let props = link.server_properties();
+    let server = format!(
+        "{} {}",
+        props
+            .get("product")
+            .and_then(|v| v.as_str())
+            .unwrap_or("AMQP broker"),
+        props.get("version").and_then(|v| v.as_str()).unwrap_or("")
+    );
+    tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
+    inner.session.send_replace(Some(Session {
+        epoch,
+        conn: link.clone(),
+    }));
+    inner.state.send_replace(ConnectionState::Connected {
+        epoch,
+        endpoint: endpoint.clone(),
+    });
+    let _ = inner.events.send(Event::Connected {
+        epoch,
+        endpoint,
+        server,
+    });
+}
+
 /// Connects and declares the topology (see [`topology::declare`] for which refusals are fatal).
 async fn open_session(
     inner: &Inner,
     ep: &Endpoint,
     params: &ConnectParams,
     sessions_before: u64,
-) -> Result<transport::Connection, Error> {
-    let conn = transport::Connection::open(ep, params).await?;
+) -> Result<transport::Link, Error> {
+    let link = transport::Link::open(ep, params).await?;
     // If this future is dropped (shutdown) before the session is handed over, the connection
     // must not live on: the guard kills it.
-    let guard = KillOnDrop(Some(conn.clone()));
+    let guard = KillOnDrop(Some(link.clone()));
     let topo = inner.topology.lock().expect("topology lock").clone();
     let when = if sessions_before == 0 {
         topology::When::First
     } else {
         topology::When::Again
     };
-    if let Err(e) = topology::declare(&conn, &topo, when).await {
-        conn.kill(e.clone());
+    if let Err(e) = topology::declare(&link, &topo, when).await {
+        link.kill(e.clone());
         return Err(e);
     }
     guard.disarm();
-    Ok(conn)
+    Ok(link)
 }
 
-struct KillOnDrop(Option<transport::Connection>);
+struct KillOnDrop(Option<transport::Link>);
 
 impl KillOnDrop {
     fn disarm(mut self) {
@@ -185,17 +197,17 @@ impl Drop for KillOnDrop {
 /// Waits for the session to end, forwarding blocked/unblocked. `None` means shutdown.
 async fn watch_session(
     inner: &Inner,
-    conn: &transport::Connection,
+    link: &transport::Link,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Error> {
-    let mut blocked = conn.blocked();
+    let mut blocked = link.blocked();
     loop {
         tokio::select! {
-            reason = conn.closed() => return Some(reason),
+            reason = link.closed() => return Some(reason),
             _ = stopped(shutdown) => return None,
             changed = blocked.changed() => {
                 if changed.is_err() {
-                    return Some(conn.closed().await);
+                    return Some(link.closed().await);
                 }
                 let ev = match blocked.borrow_and_update().clone() {
                     Some(reason) => Event::Blocked { reason },

@@ -2,7 +2,7 @@
 
 use super::{Destination, Topology};
 use crate::error::Error;
-use crate::transport::{Channel, Connection, ExchangeFlags, QueueFlags};
+use crate::transport::{Channel, ExchangeFlags, Link, QueueFlags};
 
 /// When a topology is declared: on the first session a refusal is most likely a mistake to
 /// report; on a later one the same topology was accepted before, so a 404 is another service
@@ -13,18 +13,18 @@ pub(crate) enum When {
     Again,
 }
 
-/// Declares everything in `t` on its own channel of `conn`.
+/// Declares everything in `t` on its own channel of `link`.
 ///
 /// A broker refusal becomes [`Error::TopologyNotYet`] if it clears by itself (405
 /// RESOURCE_LOCKED always; 404 NOT_FOUND on a binding when declaring `Again`) and
 /// [`Error::Topology`] otherwise (406 PRECONDITION_FAILED for a queue that exists with other
 /// arguments, 403 ACCESS_REFUSED, …), which is not worth retrying; a lost connection stays
 /// what it is.
-pub(crate) async fn declare(conn: &Connection, t: &Topology, when: When) -> Result<(), Error> {
+pub(crate) async fn declare(link: &Link, t: &Topology, when: When) -> Result<(), Error> {
     if t.is_empty() {
         return Ok(());
     }
-    let mut ch = conn.open_channel().await?;
+    let mut ch = link.open_channel().await?;
     let r = declare_on(&mut ch, t).await;
     match r {
         Ok(()) => {

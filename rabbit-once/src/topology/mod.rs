@@ -21,22 +21,26 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// An empty topology.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds an exchange; one with the same name is replaced.
     pub fn exchange(mut self, e: Exchange) -> Self {
         self.exchanges.retain(|x| x.name != e.name);
         self.exchanges.push(e);
         self
     }
 
+    /// Adds a queue; one with the same name is replaced.
     pub fn queue(mut self, q: Queue) -> Self {
         self.queues.retain(|x| x.name != q.name);
         self.queues.push(q);
         self
     }
 
+    /// Adds a binding, unless the same one is there already.
     pub fn binding(mut self, b: Binding) -> Self {
         if !self.bindings.contains(&b) {
             self.bindings.push(b);
@@ -58,6 +62,7 @@ impl Topology {
         self
     }
 
+    /// Whether there is nothing to declare.
     pub fn is_empty(&self) -> bool {
         self.exchanges.is_empty() && self.queues.is_empty() && self.bindings.is_empty()
     }
@@ -103,9 +108,13 @@ impl Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExchangeKind {
+    /// Routes to the queues bound with exactly the message's routing key.
     Direct,
+    /// Routes to every bound queue, ignoring the routing key.
     Fanout,
+    /// Routes by pattern: `*` matches one dot-separated word, `#` zero or more.
     Topic,
+    /// Routes by the message's headers, matched against the binding's arguments.
     Headers,
     /// A plugin's type, e.g. `x-consistent-hash`.
     Custom(String),
@@ -135,6 +144,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange named `name` of type `kind`: durable, not auto-deleted, not internal.
     pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
         Exchange {
             name: name.into(),
@@ -146,16 +156,20 @@ impl Exchange {
         }
     }
 
+    /// Whether the exchange survives a broker restart (default `true`).
     pub fn durable(mut self, yes: bool) -> Self {
         self.durable = yes;
         self
     }
 
+    /// Whether the broker deletes the exchange once its last binding is removed (default
+    /// `false`).
     pub fn auto_delete(mut self, yes: bool) -> Self {
         self.auto_delete = yes;
         self
     }
 
+    /// Whether only other exchanges may publish to it, not clients (default `false`).
     pub fn internal(mut self, yes: bool) -> Self {
         self.internal = yes;
         self
@@ -166,11 +180,13 @@ impl Exchange {
         self.argument("alternate-exchange", name.into())
     }
 
+    /// Sets an optional argument (`x-…` or a plugin's), replacing one of the same key.
     pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
         self.arguments.insert(key, value);
         self
     }
 
+    /// The exchange's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -179,6 +195,7 @@ impl Exchange {
 /// Queue types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
+    /// The default single-node queue.
     Classic,
     /// Replicated (Raft); durable only.
     Quorum,
@@ -187,9 +204,11 @@ pub enum QueueType {
 /// What a full queue (max-length) does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message to make room (the broker's default).
     DropHead,
     /// Refuse the publish: with confirms, the publisher gets a nack (and retries).
     RejectPublish,
+    /// Like `RejectPublish`, and dead-letter the refused message.
     RejectPublishDlx,
 }
 
@@ -204,6 +223,7 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// A queue named `name`: durable, not exclusive, not auto-deleted, no arguments.
     pub fn new(name: impl Into<String>) -> Self {
         Queue {
             name: name.into(),
@@ -214,21 +234,26 @@ impl Queue {
         }
     }
 
+    /// Whether the queue survives a broker restart (default `true`).
     pub fn durable(mut self, yes: bool) -> Self {
         self.durable = yes;
         self
     }
 
+    /// Whether only the declaring connection may use it; deleted when that connection closes
+    /// (default `false`).
     pub fn exclusive(mut self, yes: bool) -> Self {
         self.exclusive = yes;
         self
     }
 
+    /// Whether the broker deletes the queue once its last consumer is gone (default `false`).
     pub fn auto_delete(mut self, yes: bool) -> Self {
         self.auto_delete = yes;
         self
     }
 
+    /// Classic or quorum (`x-queue-type`); a quorum queue is made durable.
     pub fn queue_type(self, t: QueueType) -> Self {
         match t {
             QueueType::Classic => self.argument("x-queue-type", "classic"),
@@ -249,6 +274,7 @@ impl Queue {
         self.argument("x-dead-letter-exchange", exchange.into())
     }
 
+    /// The routing key dead-lettered messages get (default: their own).
     pub fn dead_letter_routing_key(self, key: impl Into<String>) -> Self {
         self.argument("x-dead-letter-routing-key", key.into())
     }
@@ -266,14 +292,17 @@ impl Queue {
         self.argument("x-expires", after.as_millis().min(i64::MAX as u128) as i64)
     }
 
+    /// At most `n` ready messages (`x-max-length`); see [`overflow`](Self::overflow).
     pub fn max_length(self, n: u64) -> Self {
         self.argument("x-max-length", n.min(i64::MAX as u64) as i64)
     }
 
+    /// At most `n` bytes of ready message bodies (`x-max-length-bytes`).
     pub fn max_length_bytes(self, n: u64) -> Self {
         self.argument("x-max-length-bytes", n.min(i64::MAX as u64) as i64)
     }
 
+    /// What a full queue does with a new message (`x-overflow`).
     pub fn overflow(self, o: Overflow) -> Self {
         self.argument(
             "x-overflow",
@@ -290,11 +319,13 @@ impl Queue {
         self.argument("x-single-active-consumer", true)
     }
 
+    /// Sets an optional argument (`x-…`), replacing one of the same key.
     pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
         self.arguments.insert(key, value);
         self
     }
 
+    /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -316,6 +347,7 @@ pub(crate) enum Destination {
 }
 
 impl Binding {
+    /// Binds `queue` to `exchange` with `routing_key` (a pattern for a topic exchange).
     pub fn queue(
         queue: impl Into<String>,
         exchange: impl Into<String>,
@@ -329,6 +361,8 @@ impl Binding {
         }
     }
 
+    /// Binds the exchange `destination` to the exchange `source`: what `source` routes with
+    /// `routing_key` goes on to `destination`.
     pub fn exchange(
         destination: impl Into<String>,
         source: impl Into<String>,
@@ -342,6 +376,7 @@ impl Binding {
         }
     }
 
+    /// Sets a binding argument (the headers to match, for a headers exchange).
     pub fn argument(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
         self.arguments.insert(key, value);
         self

@@ -4,8 +4,8 @@
 //! A channel is owned by one task. Events that arrive while that task waits for a reply are
 //! kept in order in a backlog and handed out by the next `recv`.
 
-use super::connection::{Connection, unexpected};
 use super::frame::{PublishFrames, put_method, put_publish};
+use super::link::{Link, unexpected};
 use super::method::{Close, Method};
 use super::properties::Properties;
 use super::table::FieldTable;
@@ -143,21 +143,17 @@ impl FrameWriter<'_> {
 #[derive(Debug)]
 pub(crate) struct Channel {
     id: u16,
-    conn: Connection,
+    link: Link,
     rx: mpsc::UnboundedReceiver<ChannelEvent>,
     backlog: VecDeque<ChannelEvent>,
     closed: Option<Error>,
 }
 
 impl Channel {
-    pub(crate) fn new(
-        id: u16,
-        conn: Connection,
-        rx: mpsc::UnboundedReceiver<ChannelEvent>,
-    ) -> Self {
+    pub(crate) fn new(id: u16, link: Link, rx: mpsc::UnboundedReceiver<ChannelEvent>) -> Self {
         Channel {
             id,
-            conn,
+            link,
             rx,
             backlog: VecDeque::new(),
             closed: None,
@@ -165,7 +161,7 @@ impl Channel {
     }
 
     /// Appends frames for this channel to the outbox. `Ok(true)` means the outbox is past its
-    /// high-water mark: await [`Connection::writable`] before writing much more.
+    /// high-water mark: await [`Link::writable`] before writing much more.
     pub(crate) fn write<R>(
         &self,
         f: impl FnOnce(&mut FrameWriter<'_>) -> R,
@@ -173,8 +169,8 @@ impl Channel {
         if let Some(e) = &self.closed {
             return Err(e.clone());
         }
-        let (channel, frame_max) = (self.id, self.conn.frame_max());
-        self.conn.shared().write_channel(channel, |out| {
+        let (channel, frame_max) = (self.id, self.link.frame_max());
+        self.link.shared().write_channel(channel, |out| {
             f(&mut FrameWriter {
                 out,
                 channel,
@@ -460,7 +456,7 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         if self.closed.is_none() {
-            self.conn.abandon_channel(self.id);
+            self.link.abandon_channel(self.id);
         }
     }
 }

@@ -10,15 +10,16 @@
 //!
 //! - [`wire`]: integers, strings, bits;  [`table`]: field tables;  [`properties`]: basic
 //!   properties;  [`method`]: the methods;  [`frame`]: frames on the socket.
-//! - [`connection`]: handshake and the I/O tasks;  [`channel`]: calls and events per channel.
+//! - [`link`]: one AMQP connection — handshake and I/O tasks;  [`channel`]: calls and events
+//!   per channel.
 
 mod channel;
-mod connection;
 #[cfg(test)]
 mod decode_robustness;
 mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
+mod link;
 mod method;
 mod properties;
 mod table;
@@ -30,8 +31,8 @@ mod wire;
 pub(crate) use channel::{
     Channel, ChannelEvent, ExchangeFlags, QueueFlags, RawDelivery, publish_frames,
 };
-pub(crate) use connection::{ConnectParams, Connection};
 pub(crate) use frame::content_header_frame_size;
+pub(crate) use link::{ConnectParams, Link};
 pub use properties::Properties;
 pub use table::{FieldTable, FieldValue};
 pub(crate) use wire::check_short;

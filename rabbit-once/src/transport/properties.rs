@@ -8,22 +8,34 @@ use bytes::{BufMut, BytesMut};
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Properties {
+    /// MIME type of the body, e.g. `application/json`.
     pub content_type: Option<String>,
+    /// Encoding of the body, e.g. `gzip`.
     pub content_encoding: Option<String>,
+    /// Application headers.
     pub headers: Option<FieldTable>,
     /// 1 = transient, 2 = persistent.
     pub delivery_mode: Option<u8>,
+    /// Higher is delivered first, on a queue declared with `x-max-priority`.
     pub priority: Option<u8>,
+    /// Ties a reply to its request.
     pub correlation_id: Option<String>,
+    /// The queue a reply should go to.
     pub reply_to: Option<String>,
     /// Per-message TTL in milliseconds, as a decimal string.
     pub expiration: Option<String>,
+    /// The message's id: the publisher gives one (a UUIDv7) to every message without one, and
+    /// it never changes, re-published or not.
     pub message_id: Option<String>,
     /// Seconds since the Unix epoch.
     pub timestamp: Option<u64>,
+    /// The message type (`type` on the wire; `type` is a Rust keyword).
     pub kind: Option<String>,
+    /// The publishing user; RabbitMQ refuses a value other than the connection's user.
     pub user_id: Option<String>,
+    /// The publishing application.
     pub app_id: Option<String>,
+    /// Deprecated in AMQP 0-9-1; carried as is.
     pub cluster_id: Option<String>,
     /// Set by the decoder when the `message_id` on the wire was not UTF-8: `message_id` then
     /// holds its lossless text view, and the octets go out again as they came.

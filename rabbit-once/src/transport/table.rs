@@ -8,25 +8,39 @@ use std::fmt;
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub enum FieldValue {
+    /// `t`: a boolean.
     Bool(bool),
+    /// `b`: a signed 8-bit integer.
     I8(i8),
+    /// `B`: an unsigned 8-bit integer.
     U8(u8),
+    /// `s`: a signed 16-bit integer.
     I16(i16),
+    /// `u`: an unsigned 16-bit integer.
     U16(u16),
+    /// `I`: a signed 32-bit integer.
     I32(i32),
+    /// `i`: an unsigned 32-bit integer.
     U32(u32),
+    /// `l`: a signed 64-bit integer.
     I64(i64),
+    /// `f`: a 32-bit float.
     F32(f32),
+    /// `d`: a 64-bit float.
     F64(f64),
-    /// Scale and unscaled value.
+    /// `D`: scale and unscaled value.
     Decimal(u8, u32),
-    /// A long string: usually UTF-8 text, but AMQP allows any bytes.
+    /// `S`: a long string: usually UTF-8 text, but AMQP allows any bytes.
     LongString(Vec<u8>),
-    /// Seconds since the Unix epoch.
+    /// `T`: seconds since the Unix epoch.
     Timestamp(u64),
+    /// `F`: a nested table.
     Table(FieldTable),
+    /// `A`: an array of values of any type.
     Array(Vec<FieldValue>),
+    /// `V`: no value.
     Void,
+    /// `x`: raw bytes.
     ByteArray(Vec<u8>),
 }
 
@@ -109,6 +123,7 @@ impl From<String> for FieldValue {
 pub struct FieldTable(Vec<(String, FieldValue)>);
 
 impl FieldTable {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
@@ -129,23 +144,28 @@ impl FieldTable {
         self
     }
 
+    /// The value for `key`, if the table has one.
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// Takes `key` out of the table; returns its value, if it had one.
     pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
         let i = self.0.iter().position(|(k, _)| k == key)?;
         Some(self.0.remove(i).1)
     }
 
+    /// The entries, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The number of entries.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -2,7 +2,7 @@
 //! publishes (and acks) share one write.
 
 use super::WriteHalf;
-use super::shared::Shared;
+use super::shared::LinkShared;
 use crate::error::Error;
 use crate::shutdown::stopped;
 use bytes::BytesMut;
@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-pub(super) async fn writer(shared: Arc<Shared>, mut w: WriteHalf) {
+pub(super) async fn writer(shared: Arc<LinkShared>, mut w: WriteHalf) {
     let mut stop = shared.stop.subscribe();
     let mut spare = BytesMut::with_capacity(64 << 10);
     loop {

@@ -73,24 +73,52 @@ pub(super) fn client_properties(name: &str) -> FieldTable {
         .with("capabilities", caps)
 }
 
+/// From the protocol header to `connection.open-ok`, one exchange after another.
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     endpoint: &Endpoint,
     params: &ConnectParams,
 ) -> Result<Handshake, Error> {
-    let io_err = |e: std::io::Error| Error::Connect {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    };
-    let closed_early = |stage: &str| Error::Connect {
-        endpoint: endpoint.to_string(),
-        reason: format!("the server closed the connection {stage}"),
-    };
-    s.write_all(PROTOCOL_HEADER).await.map_err(io_err)?;
+    s.write_all(PROTOCOL_HEADER)
+        .await
+        .map_err(|e| connect_error(endpoint, e.to_string()))?;
     let mut buf = BytesMut::with_capacity(8192);
-    let start = read_method(s, &mut buf, endpoint, "waiting for connection.start")
+    let server_properties = start(s, &mut buf, endpoint, params).await?;
+    let tuned = tune(s, &mut buf, endpoint, params, &server_properties).await?;
+    open(s, &mut buf, endpoint, &tuned).await?;
+    Ok(Handshake {
+        frame_max: tuned.frame_max,
+        channel_max: tuned.channel_max,
+        heartbeat: Duration::from_secs(tuned.heartbeat as u64),
+        server_properties,
+        leftover: buf,
+    })
+}
+
+fn connect_error(endpoint: &Endpoint, reason: String) -> Error {
+    Error::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    }
+}
+
+fn closed_early(endpoint: &Endpoint, stage: &str) -> Error {
+    connect_error(
+        endpoint,
+        format!("the server closed the connection {stage}"),
+    )
+}
+
+/// `connection.start` in, `start-ok` (PLAIN) out; returns the server's properties.
+async fn start<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    endpoint: &Endpoint,
+    params: &ConnectParams,
+) -> Result<FieldTable, Error> {
+    let start = read_method(s, buf, endpoint, "waiting for connection.start")
         .await?
-        .ok_or_else(|| closed_early("before connection.start"))?;
+        .ok_or_else(|| closed_early(endpoint, "before connection.start"))?;
     let (server_properties, mechanisms) = match start {
         Method::ConnectionStart {
             server_properties,
@@ -121,7 +149,27 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             locale: "en_US".into(),
         },
     );
-    s.write_all(&out).await.map_err(io_err)?;
+    s.write_all(&out)
+        .await
+        .map_err(|e| connect_error(endpoint, e.to_string()))?;
+    Ok(server_properties)
+}
+
+/// The limits both sides agreed on (`heartbeat` in seconds, 0 = off).
+struct Tuned {
+    channel_max: u16,
+    frame_max: u32,
+    heartbeat: u16,
+}
+
+/// `connection.tune` in (or the refusal of our credentials); returns the agreed limits.
+async fn tune<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    endpoint: &Endpoint,
+    params: &ConnectParams,
+    server_properties: &FieldTable,
+) -> Result<Tuned, Error> {
     let auth_failed = |reason: String| Error::AuthenticationFailed {
         endpoint: endpoint.to_string(),
         user: endpoint.user.clone(),
@@ -138,11 +186,12 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             _ => None,
         })
         .is_some_and(|v| *v == crate::transport::table::FieldValue::Bool(true));
-    let tune = read_method(s, &mut buf, endpoint, "waiting for connection.tune")
+    let tune = read_method(s, buf, endpoint, "waiting for connection.tune")
         .await?
         .ok_or_else(|| {
             if explicit_auth_failure {
                 closed_early(
+                    endpoint,
                     "after the credentials were sent, without refusing them (a node shutting \
                      down or a proxy without a backend)",
                 )
@@ -152,21 +201,36 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 )
             }
         })?;
-    let (ch_max, fr_max, hb) = match tune {
+    match tune {
         Method::ConnectionTune {
             channel_max,
             frame_max,
             heartbeat,
-        } => (channel_max, frame_max, heartbeat),
-        Method::ConnectionClose(c) if c.reply_code == 403 => return Err(auth_failed(c.reply_text)),
-        Method::ConnectionClose(c) => {
-            return Err(Error::ConnectionClosed {
-                code: c.reply_code,
-                text: c.reply_text,
-            });
-        }
-        other => return Err(unexpected("connection.tune", &other)),
-    };
+        } => Ok(negotiate(
+            endpoint,
+            params,
+            channel_max,
+            frame_max,
+            heartbeat,
+        )),
+        Method::ConnectionClose(c) if c.reply_code == 403 => Err(auth_failed(c.reply_text)),
+        Method::ConnectionClose(c) => Err(Error::ConnectionClosed {
+            code: c.reply_code,
+            text: c.reply_text,
+        }),
+        other => Err(unexpected("connection.tune", &other)),
+    }
+}
+
+/// The lower of what we want and what the broker offers, for each limit; 0 from the broker
+/// means "no limit", 0 from us for the heartbeat means "off".
+fn negotiate(
+    endpoint: &Endpoint,
+    params: &ConnectParams,
+    ch_max: u16,
+    fr_max: u32,
+    hb: u16,
+) -> Tuned {
     let want_fm = endpoint
         .frame_max
         .unwrap_or(params.frame_max)
@@ -192,14 +256,28 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         (w, 0) => w,
         (w, s) => w.min(s),
     };
+    Tuned {
+        channel_max,
+        frame_max,
+        heartbeat,
+    }
+}
+
+/// `tune-ok` and `connection.open` out in one write, `open-ok` in (or the vhost's refusal).
+async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    endpoint: &Endpoint,
+    tuned: &Tuned,
+) -> Result<(), Error> {
     let mut out = BytesMut::new();
     put_method(
         &mut out,
         0,
         &Method::ConnectionTuneOk {
-            channel_max,
-            frame_max,
-            heartbeat,
+            channel_max: tuned.channel_max,
+            frame_max: tuned.frame_max,
+            heartbeat: tuned.heartbeat,
         },
     );
     put_method(
@@ -209,37 +287,30 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             vhost: endpoint.vhost.clone(),
         },
     );
-    s.write_all(&out).await.map_err(io_err)?;
+    s.write_all(&out)
+        .await
+        .map_err(|e| connect_error(endpoint, e.to_string()))?;
     let vhost_refused = |reason: String| Error::VhostRefused {
         endpoint: endpoint.to_string(),
         vhost: endpoint.vhost.clone(),
         reason,
     };
-    match read_method(s, &mut buf, endpoint, "waiting for connection.open-ok")
+    match read_method(s, buf, endpoint, "waiting for connection.open-ok")
         .await?
-        .ok_or_else(|| closed_early("after connection.open"))?
+        .ok_or_else(|| closed_early(endpoint, "after connection.open"))?
     {
-        Method::ConnectionOpenOk => {}
+        Method::ConnectionOpenOk => Ok(()),
         // 530 also says "connection limit reached", which passes: only the vhost refusals are
         // fatal.
         Method::ConnectionClose(c)
             if matches!(c.reply_code, 530 | 402 | 403) && !c.reply_text.contains("limit") =>
         {
-            return Err(vhost_refused(c.reply_text));
+            Err(vhost_refused(c.reply_text))
         }
-        Method::ConnectionClose(c) => {
-            return Err(Error::ConnectionClosed {
-                code: c.reply_code,
-                text: c.reply_text,
-            });
-        }
-        other => return Err(unexpected("connection.open-ok", &other)),
+        Method::ConnectionClose(c) => Err(Error::ConnectionClosed {
+            code: c.reply_code,
+            text: c.reply_text,
+        }),
+        other => Err(unexpected("connection.open-ok", &other)),
     }
-    Ok(Handshake {
-        frame_max,
-        channel_max,
-        heartbeat: Duration::from_secs(heartbeat as u64),
-        server_properties,
-        leftover: buf,
-    })
 }

@@ -1,4 +1,6 @@
-//! One AMQP connection: the handshake, then a reader task and a writer task around the socket.
+//! One AMQP connection — a [`Link`]: the handshake, then a reader task and a writer task
+//! around the socket. (Named `Link` so it is never confused with the supervised, public
+//! `crate::Connection` that opens a new link after each loss.)
 //!
 //! Channels append encoded frames to a shared outbox under a short lock; the writer swaps the
 //! outbox out and writes it with one syscall, so frames from many publishes share one write.
@@ -7,7 +9,7 @@
 //! every channel receives `Closed` with the reason, the outbox refuses new frames, and nothing
 //! in this module ever reconnects (that is the supervisor's job).
 //!
-//! - this file: the [`Connection`] handle (open, channels, close) and [`ConnectParams`];
+//! - this file: the [`Link`] handle (open, channels, close) and [`ConnectParams`];
 //! - [`shared`]: what the tasks and the handles share — the outbox and the channel table;
 //! - [`handshake`]: from the protocol header to `connection.open-ok`;
 //! - [`reader`]: frames in, content assembled, events to each channel;
@@ -29,7 +31,7 @@ use crate::shutdown::stopped;
 use crate::uri::Endpoint;
 use bytes::BytesMut;
 use handshake::{Handshake, handshake};
-use shared::{Outbox, Shared, Table};
+use shared::{ChannelTable, LinkShared, Outbox};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 
-/// The outbox is "full" past this many bytes: writers should await [`Connection::writable`].
+/// The outbox is "full" past this many bytes: writers should await [`Link::writable`].
 pub(super) const HIGH_WATER: usize = 4 << 20;
 pub(super) const READ_CHUNK: usize = 128 << 10;
 
@@ -56,22 +58,22 @@ pub(crate) struct ConnectParams {
     pub max_body_size: u64,
 }
 
-/// A cheap handle to a live (or dead) connection.
+/// A cheap handle to one live (or dead) AMQP connection: its socket and I/O tasks.
 #[derive(Clone)]
-pub(crate) struct Connection {
-    shared: Arc<Shared>,
+pub(crate) struct Link {
+    shared: Arc<LinkShared>,
 }
 
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
+        f.debug_struct("Link")
             .field("endpoint", &self.shared.endpoint)
             .field("closed", &self.is_closed())
             .finish()
     }
 }
 
-impl Connection {
+impl Link {
     /// Connects, authenticates and opens the vhost, then starts the I/O tasks.
     pub(crate) async fn open(endpoint: &Endpoint, params: &ConnectParams) -> Result<Self, Error> {
         let timeout = endpoint.connect_timeout.unwrap_or(params.connect_timeout);
@@ -120,7 +122,7 @@ impl Connection {
     ) -> Self {
         let (stop, _) = watch::channel(false);
         let (blocked, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(LinkShared {
             out: Mutex::new(Outbox {
                 buf: BytesMut::with_capacity(64 << 10),
                 closed: false,
@@ -129,7 +131,7 @@ impl Connection {
             }),
             wake_writer: Notify::new(),
             drained: Notify::new(),
-            table: Mutex::new(Table {
+            table: Mutex::new(ChannelTable {
                 slots: Vec::new(),
                 closed: false,
                 next: 1,
@@ -152,10 +154,10 @@ impl Connection {
             tokio::spawn(heartbeat::heartbeats(shared.clone()));
         }
         tracing::debug!(endpoint = %shared.endpoint, frame_max = hs.frame_max, heartbeat = ?hs.heartbeat, "connected");
-        Connection { shared }
+        Link { shared }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<LinkShared> {
         &self.shared
     }
 

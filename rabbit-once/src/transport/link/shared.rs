@@ -1,6 +1,6 @@
-//! What a connection's tasks and handles share: the outbox channels append frames to, the
-//! table of open channels, the reason the connection died, and the activity counters the
-//! heartbeat task watches.
+//! [`LinkShared`], what a link's tasks and handles share: the outbox channels append frames
+//! to, the table of open channels, the reason the connection died, and the activity counters
+//! the heartbeat task watches.
 
 use super::HIGH_WATER;
 use crate::error::Error;
@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
+/// The frames waiting for the writer, and which channels may still add to them.
 pub(super) struct Outbox {
     pub(super) buf: BytesMut,
     /// No frame is accepted any more.
@@ -25,7 +26,8 @@ pub(super) struct Outbox {
     pub(super) closed_channels: Vec<bool>,
 }
 
-pub(super) struct Table {
+/// The open channels: where the reader routes each channel's events.
+pub(super) struct ChannelTable {
     pub(super) slots: Vec<Option<mpsc::UnboundedSender<ChannelEvent>>>,
     /// Set by the reader as it exits: no channel can be opened on this connection any more.
     pub(super) closed: bool,
@@ -33,11 +35,13 @@ pub(super) struct Table {
     pub(super) next: u16,
 }
 
-pub(crate) struct Shared {
+/// What a link's reader, writer and heartbeat tasks and its [`Link`](super::Link) handles
+/// share, behind one `Arc`.
+pub(crate) struct LinkShared {
     pub(super) out: Mutex<Outbox>,
     pub(super) wake_writer: Notify,
     pub(super) drained: Notify,
-    pub(super) table: Mutex<Table>,
+    pub(super) table: Mutex<ChannelTable>,
     pub(crate) frame_max: u32,
     pub(super) channel_max: u16,
     pub(super) max_body_size: u64,
@@ -55,7 +59,7 @@ pub(crate) struct Shared {
     pub(super) server_properties: FieldTable,
 }
 
-impl Shared {
+impl LinkShared {
     /// Records why the connection died (the first reason wins) and stops both tasks.
     pub(super) fn fail(&self, e: Error) {
         self.record(e);
@@ -81,16 +85,7 @@ impl Shared {
 
     /// Appends frames to the outbox; `Err` once the connection is dead.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> Result<(R, bool), Error> {
-        let mut out = self.out.lock().expect("outbox lock");
-        if out.closed {
-            drop(out);
-            return Err(self.reason());
-        }
-        let r = f(&mut out.buf);
-        let full = out.buf.len() >= HIGH_WATER;
-        drop(out);
-        self.wake_writer.notify_one();
-        Ok((r, full))
+        self.append(None, f)
     }
 
     /// Appends frames of channel `id`; refused once the broker closed that channel.
@@ -99,16 +94,27 @@ impl Shared {
         id: u16,
         f: impl FnOnce(&mut BytesMut) -> R,
     ) -> Result<(R, bool), Error> {
+        self.append(Some(id), f)
+    }
+
+    /// The one path into the outbox: refused once the connection is dead or, for a
+    /// `channel`, once the broker closed it; `true` beside the result means past [`HIGH_WATER`].
+    fn append<R>(
+        &self,
+        channel: Option<u16>,
+        f: impl FnOnce(&mut BytesMut) -> R,
+    ) -> Result<(R, bool), Error> {
         let mut out = self.out.lock().expect("outbox lock");
         if out.closed {
             drop(out);
             return Err(self.reason());
         }
-        if out
-            .closed_channels
-            .get(id as usize)
-            .copied()
-            .unwrap_or(false)
+        if let Some(id) = channel
+            && out
+                .closed_channels
+                .get(id as usize)
+                .copied()
+                .unwrap_or(false)
         {
             return Err(Error::ChannelClosed {
                 code: 0,

@@ -1,6 +1,6 @@
 //! The heartbeat task, on its own so a writer stuck on a full socket cannot hide a dead peer.
 
-use super::shared::Shared;
+use super::shared::LinkShared;
 use crate::error::Error;
 use crate::shutdown::stopped;
 use crate::transport::frame::put_heartbeat;
@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 /// Heartbeats, on their own so a writer stuck on a full socket cannot hide a dead peer:
 /// every half interval, send one if nothing was written, and declare the connection dead after
 /// two intervals without a byte from the broker.
-pub(super) async fn heartbeats(shared: Arc<Shared>) {
+pub(super) async fn heartbeats(shared: Arc<LinkShared>) {
     let mut stop = shared.stop.subscribe();
     let hb = shared.heartbeat;
     let mut tick = tokio::time::interval(hb / 2);
