@@ -193,6 +193,7 @@ mod tests {
 
     #[test]
     fn debug_hides_passwords() {
+        #[cfg(feature = "tls")]
         let c = ConnectionConfig::from_uris(["amqp://u:hunter2@a", "amqps://v:swordfish@b/x"]);
         #[cfg(not(feature = "tls"))]
         let c = ConnectionConfig::from_uris(["amqp://u:hunter2@a", "amqp://v:swordfish@b/x"]);
