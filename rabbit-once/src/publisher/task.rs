@@ -8,7 +8,9 @@
 //! the broker refuses is found and failed alone.
 
 use super::buffer::{Buffer, Resolved};
-use super::{Cmd, Confirmed, PublishError, Reply, Shared};
+use super::confirmation::{Confirmed, PublishError, Reply};
+use super::handle::Cmd;
+use super::shared::Shared;
 use crate::connection::{Connection, Session};
 use crate::error::Error;
 use crate::message::Message;
