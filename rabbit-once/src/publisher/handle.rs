@@ -3,8 +3,8 @@
 
 use super::config::PublisherConfig;
 use super::confirmation::{Confirmation, Confirmed, PublishError, Reply};
-use super::shared::Shared;
-use super::stats::{Counters, PublisherStats};
+use super::shared::PublisherShared;
+use super::stats::{PublisherCounters, PublisherStats};
 use super::task;
 use crate::connection::Connection;
 use crate::error::Error;
@@ -33,7 +33,7 @@ pub(super) enum Cmd {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Cmd>,
-    shared: Arc<Shared>,
+    shared: Arc<PublisherShared>,
 }
 
 impl Publisher {
@@ -41,14 +41,14 @@ impl Publisher {
     pub fn new(conn: &Connection, config: PublisherConfig) -> Result<Self, Error> {
         config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PublisherShared {
             count: Semaphore::new(config.max_buffered),
             bytes: Semaphore::new(config.max_buffered_bytes),
             config,
             frame_max: conn.config().frame_max,
             closed: AtomicBool::new(false),
             failure: OnceLock::new(),
-            counters: Counters::default(),
+            counters: PublisherCounters::default(),
         });
         tokio::spawn(task::run(conn.clone(), rx, shared.clone()));
         Ok(Publisher { tx, shared })

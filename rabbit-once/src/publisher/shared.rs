@@ -2,14 +2,15 @@
 //! the reason the publisher failed, and the counters.
 
 use super::config::PublisherConfig;
-use super::stats::Counters;
+use super::stats::PublisherCounters;
 use crate::error::Error;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
 
+/// What every [`Publisher`](super::Publisher) handle and the task share, behind one `Arc`.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct PublisherShared {
     pub(super) count: Semaphore,
     pub(super) bytes: Semaphore,
     pub(super) config: PublisherConfig,
@@ -19,10 +20,10 @@ pub(crate) struct Shared {
     pub(super) closed: AtomicBool,
     /// Why the publisher stopped for good, if the connection gave up.
     pub(super) failure: OnceLock<Error>,
-    pub(super) counters: Counters,
+    pub(super) counters: PublisherCounters,
 }
 
-impl Shared {
+impl PublisherShared {
     /// Frees the buffer room a resolved message held.
     pub(super) fn release(&self, size: usize) {
         self.count.add_permits(1);

@@ -23,8 +23,9 @@ pub struct PublisherStats {
     pub peak_buffered_bytes: usize,
 }
 
+/// The live counters behind [`PublisherStats`]: the task updates them, `stats()` reads them.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct PublisherCounters {
     pub(super) accepted: AtomicU64,
     pub(super) confirmed: AtomicU64,
     pub(super) failed: AtomicU64,

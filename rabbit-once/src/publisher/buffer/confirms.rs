@@ -63,14 +63,14 @@ impl<R> Buffer<R> {
         }
         let lo = if multiple { self.first_tag } else { tag };
         for t in lo..=tag {
-            let seq = self.in_flight[(t - self.first_tag) as usize];
+            let seq = self.tag_seqs[(t - self.first_tag) as usize];
             if let Some(i) = self.index(seq)
                 && self.entries[i].state == (State::InFlight { tag: t })
             {
                 f(self, i, out);
             }
         }
-        while let Some(&seq) = self.in_flight.front() {
+        while let Some(&seq) = self.tag_seqs.front() {
             let live = self.index(seq).is_some_and(|i| {
                 self.entries[i].state
                     == (State::InFlight {
@@ -80,7 +80,7 @@ impl<R> Buffer<R> {
             if live {
                 break;
             }
-            self.in_flight.pop_front();
+            self.tag_seqs.pop_front();
             self.first_tag += 1;
         }
         self.pop_done();
@@ -88,7 +88,7 @@ impl<R> Buffer<R> {
 
     fn leave_flight(&mut self, i: usize) {
         if matches!(self.entries[i].state, State::InFlight { .. }) {
-            self.inflight -= 1;
+            self.in_flight -= 1;
             if self.entries[i].suspect {
                 self.suspects_in_flight -= 1;
             }
@@ -150,7 +150,7 @@ impl<R> Buffer<R> {
         code: u16,
         text: &str,
     ) -> bool {
-        for &seq in &self.in_flight {
+        for &seq in &self.tag_seqs {
             if let Some(i) = self.index(seq) {
                 let e = &mut self.entries[i];
                 if matches!(e.state, State::InFlight { .. })
@@ -171,8 +171,8 @@ impl<R> Buffer<R> {
     /// The single in-flight message while only suspects are being re-sent one by one: the
     /// message the broker refused if the channel closes now.
     pub(crate) fn lone_suspect(&self) -> Option<u64> {
-        if self.inflight == 1 && self.suspects_in_flight == 1 {
-            self.in_flight.iter().copied().find(|&seq| {
+        if self.in_flight == 1 && self.suspects_in_flight == 1 {
+            self.tag_seqs.iter().copied().find(|&seq| {
                 self.entry(seq)
                     .is_some_and(|e| matches!(e.state, State::InFlight { .. }))
             })

@@ -4,7 +4,7 @@
 //! sending restarts from the oldest — so they go out first, in their original order.
 //!
 //! Confirms are matched by our own bookkeeping: on each channel, delivery tags count from 1 in
-//! publish order, and `in_flight[i]` is the sequence number published with tag `first_tag + i`.
+//! publish order, and `tag_seqs[i]` is the sequence number published with tag `first_tag + i`.
 //! Pure logic: no I/O, tested with plain values.
 //!
 //! - [`pending`]: the [`Buffer`] — acceptance order, the send cursor, a lost channel, retries,

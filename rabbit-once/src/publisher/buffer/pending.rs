@@ -14,10 +14,15 @@ pub(crate) struct Buffer<R> {
     pub(super) next_seq: u64,
     /// Index before which no entry is `Unsent`.
     pub(super) cursor: usize,
-    pub(super) in_flight: VecDeque<u64>,
+    /// The sequence number published with each delivery tag of the current channel, from
+    /// `first_tag` to `next_tag - 1`: `tag_seqs[i]` went out with tag `first_tag + i`. It keeps
+    /// a settled tag until every tag before it is settled, so it may be longer than `in_flight`.
+    pub(super) tag_seqs: VecDeque<u64>,
     pub(super) first_tag: u64,
     pub(super) next_tag: u64,
-    pub(super) inflight: usize,
+    /// Messages in `InFlight` (sent on the current channel, no verdict yet).
+    pub(super) in_flight: usize,
+    /// Of those, how many are suspects.
     pub(super) suspects_in_flight: usize,
     pub(super) unresolved: usize,
     pub(super) bytes: usize,
@@ -33,10 +38,10 @@ impl<R> Buffer<R> {
             base: 0,
             next_seq: 0,
             cursor: 0,
-            in_flight: VecDeque::new(),
+            tag_seqs: VecDeque::new(),
             first_tag: 1,
             next_tag: 1,
-            inflight: 0,
+            in_flight: 0,
             suspects_in_flight: 0,
             unresolved: 0,
             bytes: 0,
@@ -79,7 +84,7 @@ impl<R> Buffer<R> {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.inflight
+        self.in_flight
     }
 
     pub(crate) fn suspect_in_flight(&self) -> bool {
@@ -121,8 +126,8 @@ impl<R> Buffer<R> {
         if e.suspect {
             self.suspects_in_flight += 1;
         }
-        self.in_flight.push_back(seq);
-        self.inflight += 1;
+        self.tag_seqs.push_back(seq);
+        self.in_flight += 1;
         if self.cursor == i {
             self.cursor += 1;
         }
@@ -133,8 +138,8 @@ impl<R> Buffer<R> {
     /// on the next channel, whose tags start at 1). `suspect` marks them for one-by-one
     /// re-sending. Returns how many were in flight.
     pub(crate) fn channel_lost(&mut self, suspect: bool) -> usize {
-        let n = self.inflight;
-        for &seq in &self.in_flight {
+        let n = self.in_flight;
+        for &seq in &self.tag_seqs {
             if let Some(i) = seq
                 .checked_sub(self.base)
                 .map(|i| i as usize)
@@ -147,10 +152,10 @@ impl<R> Buffer<R> {
                 }
             }
         }
-        self.in_flight.clear();
+        self.tag_seqs.clear();
         self.first_tag = 1;
         self.next_tag = 1;
-        self.inflight = 0;
+        self.in_flight = 0;
         self.suspects_in_flight = 0;
         self.cursor = 0;
         n
@@ -192,10 +197,10 @@ impl<R> Buffer<R> {
             .collect();
         self.base = self.next_seq;
         self.cursor = 0;
-        self.in_flight.clear();
+        self.tag_seqs.clear();
         self.first_tag = 1;
         self.next_tag = 1;
-        self.inflight = 0;
+        self.in_flight = 0;
         self.suspects_in_flight = 0;
         self.unresolved = 0;
         self.bytes = 0;

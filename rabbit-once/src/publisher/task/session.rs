@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::publisher::buffer::{Buffer, Resolved};
 use crate::publisher::confirmation::Reply;
 use crate::publisher::handle::Cmd;
-use crate::publisher::shared::Shared;
+use crate::publisher::shared::PublisherShared;
 use crate::transport::Channel;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,13 +20,13 @@ use tokio::time::Instant;
 pub(super) const DRAIN: usize = 512;
 
 pub(in crate::publisher) async fn run(
-    conn: Connection,
+    connection: Connection,
     rx: mpsc::UnboundedReceiver<Cmd>,
-    shared: Arc<Shared>,
+    shared: Arc<PublisherShared>,
 ) {
     let max_nacks = shared.config.nack_retries;
     Task {
-        conn,
+        connection,
         rx,
         rx_open: true,
         shared,
@@ -52,10 +52,12 @@ pub(super) enum Exit {
 }
 
 pub(super) struct Task {
-    pub(super) conn: Connection,
+    /// The connection handle the sessions come from (each session has its own link,
+    /// `session.conn`).
+    pub(super) connection: Connection,
     pub(super) rx: mpsc::UnboundedReceiver<Cmd>,
     pub(super) rx_open: bool,
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<PublisherShared>,
     pub(super) buf: Buffer<Reply>,
     pub(super) resolved: Vec<Resolved<Reply>>,
     pub(super) closing: Option<Closing>,
@@ -118,7 +120,7 @@ impl Task {
     /// channel with a passive declare.
     fn reset_verified(&mut self) {
         self.verified.clear();
-        for e in self.conn.topology().exchanges {
+        for e in self.connection.topology().exchanges {
             self.verified.insert(e.name);
         }
     }
@@ -143,8 +145,8 @@ impl Task {
 
     /// Waits for a session after `after`, still accepting messages. `None`: the task is done.
     async fn wait_session(&mut self, after: u64) -> Option<Result<Session, Error>> {
-        let conn = self.conn.clone();
-        let next = conn.next_session(after);
+        let connection = self.connection.clone();
+        let next = connection.next_session(after);
         tokio::pin!(next);
         loop {
             self.complete();
