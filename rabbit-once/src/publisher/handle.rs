@@ -122,7 +122,7 @@ impl Publisher {
         match self.tx.send(Cmd::Publish { msg, size, reply }) {
             Ok(()) => Ok(Confirmation { rx }),
             Err(mpsc::error::SendError(cmd)) => {
-                self.shared.release(size);
+                self.shared.release(1, size);
                 let Cmd::Publish { msg, .. } = cmd else {
                     unreachable!()
                 };

@@ -24,10 +24,11 @@ pub(crate) struct PublisherShared {
 }
 
 impl PublisherShared {
-    /// Frees the buffer room a resolved message held.
-    pub(super) fn release(&self, size: usize) {
-        self.count.add_permits(1);
-        self.bytes.add_permits(size);
+    /// Frees the buffer room that `messages` messages of `bytes` body bytes in all held (resolved,
+    /// handed back, or never handed to the task).
+    pub(super) fn release(&self, messages: usize, bytes: usize) {
+        self.count.add_permits(messages);
+        self.bytes.add_permits(bytes);
     }
 
     /// The connection gave up: refuse everything from now on with this reason.

@@ -74,8 +74,7 @@ impl Task {
             handed_back = msgs.len(),
             "publisher closed with unconfirmed messages"
         );
-        self.shared.count.add_permits(count);
-        self.shared.bytes.add_permits(bytes);
+        self.shared.release(count, bytes);
         self.shared
             .counters
             .failed
@@ -114,8 +113,7 @@ impl Task {
                 .counters
                 .failed
                 .fetch_add(count as u64, Ordering::Relaxed);
-            self.shared.count.add_permits(count);
-            self.shared.bytes.add_permits(bytes);
+            self.shared.release(count, bytes);
             self.gauges();
             if let Some(c) = self.closing.take() {
                 for r in c.replies {

@@ -69,8 +69,7 @@ impl Task {
         let c = &self.shared.counters;
         c.confirmed.fetch_add(ok, Ordering::Relaxed);
         c.failed.fetch_add(count as u64 - ok, Ordering::Relaxed);
-        self.shared.count.add_permits(count);
-        self.shared.bytes.add_permits(bytes);
+        self.shared.release(count, bytes);
         for mut r in self.resolved.drain(..) {
             let result = match r.verdict {
                 Ok(()) => Ok(Confirmed {
