@@ -6,9 +6,20 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::publisher::confirmation::PublishError;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// The close deadline passed: every unconfirmed message went back to the caller and the task
+/// is done.
+pub(super) struct HandedBack;
+
+/// Sleeps until `at`, or forever if there is no `at`.
+pub(super) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(super) struct Closing {
     pub(super) deadline: Instant,
@@ -16,11 +27,26 @@ pub(super) struct Closing {
 }
 
 impl Task {
-    pub(super) fn close_deadline(&self) -> Instant {
-        self.closing.as_ref().map_or_else(
-            || Instant::now() + Duration::from_secs(86_400),
-            |c| c.deadline,
-        )
+    /// Awaits `work`, unless the close deadline passes first: then every unconfirmed message
+    /// goes back to the caller ([`hand_back`](Self::hand_back)) and this gives `HandedBack`.
+    /// `work` is polled first, so it wins when both are ready.
+    pub(super) async fn unless_close_deadline<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Self) -> T,
+    ) -> Result<T, HandedBack> {
+        let deadline = self.closing.as_ref().map(|c| c.deadline);
+        let done = {
+            let work = work(self);
+            tokio::select! {
+                biased;
+                v = work => Ok(v),
+                _ = sleep_until_some(deadline) => Err(HandedBack),
+            }
+        };
+        if done.is_err() {
+            self.hand_back();
+        }
+        done
     }
 
     /// Closing (or abandoned by every handle) and nothing left to confirm: refuses anything

@@ -1,6 +1,7 @@
 //! Sending: every message the window allows, oldest first, in one outbox append per run; a
 //! message to an exchange not known to exist waits for a passive declare on a probe channel.
 
+use super::close::HandedBack;
 use super::session::{Exit, Task};
 use crate::connection::Session;
 use crate::error::Error;
@@ -118,15 +119,13 @@ impl Task {
     /// Whether `exchange` exists: passive declare on the probe channel. `Err` if the connection
     /// died meanwhile.
     async fn verify(&mut self, session: &Session, exchange: &str) -> Result<bool, Exit> {
-        let deadline = self.close_deadline();
-        let closing = self.closing.is_some();
         if self.probe.is_none() {
-            let opened = tokio::select! {
-                r = session.conn.open_channel() => r,
-                _ = tokio::time::sleep_until(deadline), if closing => {
-                    self.hand_back();
-                    return Err(Exit::Done);
-                }
+            let opened = match self
+                .unless_close_deadline(async |_| session.conn.open_channel().await)
+                .await
+            {
+                Ok(opened) => opened,
+                Err(HandedBack) => return Err(Exit::Done),
             };
             match opened {
                 Ok(c) => self.probe = Some(c),
@@ -138,13 +137,20 @@ impl Task {
                 }
             }
         }
-        let probe = self.probe.as_mut().expect("opened above");
-        let declared = tokio::select! {
-            r = probe.exchange_declare(exchange, "direct", ExchangeFlags::PASSIVE, Default::default()) => r,
-            _ = tokio::time::sleep_until(deadline), if closing => {
-                self.hand_back();
-                return Err(Exit::Done);
-            }
+        let declare = async |t: &mut Self| {
+            let probe = t.probe.as_mut().expect("opened above");
+            probe
+                .exchange_declare(
+                    exchange,
+                    "direct",
+                    ExchangeFlags::PASSIVE,
+                    Default::default(),
+                )
+                .await
+        };
+        let declared = match self.unless_close_deadline(declare).await {
+            Ok(declared) => declared,
+            Err(HandedBack) => return Err(Exit::Done),
         };
         match declared {
             Ok(()) => Ok(true),

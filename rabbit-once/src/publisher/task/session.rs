@@ -1,7 +1,7 @@
 //! The task's session loop: wait for a session, open a channel on it, and pump — send, read
 //! the channel's events and the handles' commands — until the channel or connection is lost.
 
-use super::close::Closing;
+use super::close::{Closing, HandedBack, sleep_until_some};
 use crate::connection::{Connection, Session};
 use crate::error::Error;
 use crate::publisher::buffer::{Buffer, Resolved};
@@ -81,25 +81,23 @@ impl Task {
             self.probe = None;
             loop {
                 self.reset_verified();
-                let deadline = self.close_deadline();
-                let opened = tokio::select! {
-                    r = self.open_channel(&session) => r,
-                    _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
-                        self.hand_back();
-                        return;
-                    }
+                let opened = match self
+                    .unless_close_deadline(async |t| t.open_channel(&session).await)
+                    .await
+                {
+                    Ok(opened) => opened,
+                    Err(HandedBack) => return,
                 };
                 let mut ch = match opened {
                     Ok(ch) => ch,
                     Err(e) if e.is_connection_level() || session.conn.is_closed() => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not open a publishing channel; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
-                                self.hand_back();
-                                return;
-                            }
+                        let pause = async |_: &mut Self| {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        };
+                        if let Err(HandedBack) = self.unless_close_deadline(pause).await {
+                            return;
                         }
                         continue;
                     }
@@ -153,14 +151,21 @@ impl Task {
             if self.try_finish() {
                 return None;
             }
-            let deadline = self.close_deadline();
-            tokio::select! {
-                s = &mut next => return Some(s),
-                cmd = self.rx.recv(), if self.rx_open => self.on_cmd(cmd),
-                _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
-                    self.hand_back();
-                    return None;
-                }
+            let woke = self
+                .unless_close_deadline(async |t| {
+                    tokio::select! {
+                        s = &mut next => Some(s),
+                        cmd = t.rx.recv(), if t.rx_open => {
+                            t.on_cmd(cmd);
+                            None
+                        }
+                    }
+                })
+                .await;
+            match woke {
+                Ok(Some(session)) => return Some(session),
+                Ok(None) => {}
+                Err(HandedBack) => return None,
             }
         }
     }
@@ -181,35 +186,40 @@ impl Task {
                 return Exit::Done;
             }
             let retry = self.buf.next_retry().map(Instant::from_std);
-            let deadline = self.close_deadline();
-            tokio::select! {
-                biased;
-                ev = ch.recv() => {
-                    if let Some(exit) = self.on_event(ev) {
-                        return exit;
-                    }
-                    for _ in 0..DRAIN {
-                        let Some(ev) = ch.try_recv() else { break };
-                        if let Some(exit) = self.on_event(Some(ev)) {
-                            return exit;
+            let woke = self
+                .unless_close_deadline(async |t| {
+                    tokio::select! {
+                        biased;
+                        ev = ch.recv() => {
+                            if let Some(exit) = t.on_event(ev) {
+                                return Some(exit);
+                            }
+                            for _ in 0..DRAIN {
+                                let Some(ev) = ch.try_recv() else { break };
+                                if let Some(exit) = t.on_event(Some(ev)) {
+                                    return Some(exit);
+                                }
+                            }
+                        }
+                        cmd = t.rx.recv(), if t.rx_open => t.on_cmd(cmd),
+                        r = blocked.changed() => {
+                            if r.is_err() {
+                                // The connection's tasks are gone; its Closed event follows on `ch`.
+                                blocked = tokio::sync::watch::channel(None).1;
+                            }
+                        }
+                        _ = session.conn.writable(), if outbox_full => outbox_full = false,
+                        _ = sleep_until_some(retry) => {
+                            t.buf.wake_retries(std::time::Instant::now());
                         }
                     }
-                }
-                cmd = self.rx.recv(), if self.rx_open => self.on_cmd(cmd),
-                r = blocked.changed() => {
-                    if r.is_err() {
-                        // The connection's tasks are gone; its Closed event follows on `ch`.
-                        blocked = tokio::sync::watch::channel(None).1;
-                    }
-                }
-                _ = session.conn.writable(), if outbox_full => outbox_full = false,
-                _ = tokio::time::sleep_until(retry.unwrap_or(deadline)), if retry.is_some() => {
-                    self.buf.wake_retries(std::time::Instant::now());
-                }
-                _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
-                    self.hand_back();
-                    return Exit::Done;
-                }
+                    None
+                })
+                .await;
+            match woke {
+                Ok(Some(exit)) => return exit,
+                Ok(None) => {}
+                Err(HandedBack) => return Exit::Done,
             }
         }
     }
