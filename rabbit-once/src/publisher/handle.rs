@@ -14,8 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-// `Publish` carries the message inline: boxing it would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+/// What a handle asks of the task. `Publish` carries the message boxed: the one allocation per
+/// message is made in `admit`, and from there the box moves, never the message itself, through
+/// this channel into the buffer, and back to the caller in a `PublishError` if it fails. (So
+/// the enum stays small without `#[allow(clippy::large_enum_variant)]`.)
 pub(super) enum Cmd {
     Publish {
         msg: Box<Message>,
