@@ -7,6 +7,7 @@ use crate::transport::ChannelEvent;
 use std::sync::atomic::Ordering;
 
 impl Task {
+    /// Settles what one channel event says. `Some` when the channel or its connection is gone.
     pub(super) fn on_event(&mut self, ev: Option<ChannelEvent>) -> Option<Exit> {
         match ev {
             Some(ChannelEvent::Ack { tag, multiple }) => {
@@ -48,46 +49,7 @@ impl Task {
                 tracing::debug!(error = %e, unconfirmed = n, "publishing connection lost");
                 return Some(Exit::Connection);
             }
-            Some(ChannelEvent::Closed(e)) => {
-                // A channel the broker closed, or a connection it closed over a frame it could
-                // not take (a message it refused that badly): either way the in-flight messages
-                // are suspects, re-sent one at a time, so one message can never wedge the
-                // channel or the connection — the lone suspect in flight at the next close is
-                // the culprit.
-                let exit = if e.is_connection_level() {
-                    Exit::Connection
-                } else {
-                    Exit::Channel
-                };
-                let (code, text) = match &e {
-                    Error::ChannelClosed { code, text }
-                    | Error::ConnectionClosed { code, text } => (*code, text.clone()),
-                    other => (0, other.to_string()),
-                };
-                if let Some(seq) = self.buf.lone_suspect() {
-                    let entry = self.buf.entry(seq).expect("suspect is buffered");
-                    let message_id = entry.msg().id().unwrap_or_default().to_string();
-                    let err = if code == 404 && text.contains("no exchange") {
-                        Error::ExchangeNotFound {
-                            message_id,
-                            exchange: entry.msg().exchange.clone(),
-                        }
-                    } else {
-                        Error::Refused {
-                            message_id,
-                            code,
-                            text: text.clone(),
-                        }
-                    };
-                    tracing::warn!(code, %text, "broker refused a message; failing it alone");
-                    self.buf.fail(seq, err, &mut self.resolved);
-                    self.buf.channel_lost(false);
-                } else {
-                    let n = self.buf.channel_lost(true);
-                    tracing::warn!(code, %text, suspects = n, "publishing channel closed by the broker; re-sending one by one");
-                }
-                return Some(exit);
-            }
+            Some(ChannelEvent::Closed(e)) => return Some(self.hunt_suspects(&e)),
             Some(
                 ChannelEvent::Method(_) | ChannelEvent::Deliver(_) | ChannelEvent::Cancelled { .. },
             ) => {}
@@ -97,6 +59,47 @@ impl Task {
             }
         }
         None
+    }
+
+    /// A channel the broker closed, or a connection it closed over a frame it could not take
+    /// (a message it refused that badly, see [`frame_fault`]): either way the in-flight
+    /// messages are suspects, re-sent one at a time, so one message can never wedge the channel
+    /// or the connection — the lone suspect in flight at the next close is the culprit.
+    fn hunt_suspects(&mut self, e: &Error) -> Exit {
+        let exit = if e.is_connection_level() {
+            Exit::Connection
+        } else {
+            Exit::Channel
+        };
+        let (code, text) = match e {
+            Error::ChannelClosed { code, text } | Error::ConnectionClosed { code, text } => {
+                (*code, text.clone())
+            }
+            other => (0, other.to_string()),
+        };
+        if let Some(seq) = self.buf.lone_suspect() {
+            let entry = self.buf.entry(seq).expect("suspect is buffered");
+            let message_id = entry.msg().id().unwrap_or_default().to_string();
+            let err = if code == 404 && text.contains("no exchange") {
+                Error::ExchangeNotFound {
+                    message_id,
+                    exchange: entry.msg().exchange.clone(),
+                }
+            } else {
+                Error::Refused {
+                    message_id,
+                    code,
+                    text: text.clone(),
+                }
+            };
+            tracing::warn!(code, %text, "broker refused a message; failing it alone");
+            self.buf.fail(seq, err, &mut self.resolved);
+            self.buf.channel_lost(false);
+        } else {
+            let n = self.buf.channel_lost(true);
+            tracing::warn!(code, %text, suspects = n, "publishing channel closed by the broker; re-sending one by one");
+        }
+        exit
     }
 }
 
