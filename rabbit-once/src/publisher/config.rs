@@ -60,11 +60,15 @@ impl PublisherConfig {
         self
     }
 
+    /// Wait before publishing a nacked message again: the first retry after about `min`,
+    /// doubling up to `max`, with jitter. Default 100 ms doubling to 5 s, jitter 0.5.
     pub fn nack_backoff(mut self, b: Backoff) -> Self {
         self.nack_backoff = b;
         self
     }
 
+    /// Refuses options the publisher cannot run with (a zero limit, a byte limit over 4 GiB,
+    /// an invalid backoff).
     pub(super) fn validate(&self) -> Result<(), Error> {
         if self.max_buffered == 0 || self.window == 0 {
             return Err(Error::Config(

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 /// The broker took responsibility for a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
+    /// The message's `message_id` (its own, or the UUIDv7 the publisher gave it).
     pub message_id: String,
     /// Order of acceptance by this publisher, from 0.
     pub sequence: u64,
@@ -22,12 +23,15 @@ pub struct Confirmed {
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct PublishError {
+    /// Why: refused at once (too large, buffer full, publisher closed, …) or failed after
+    /// acceptance (unroutable, nacked too often, refused by the broker, handed back at close).
     pub error: Error,
     /// The message, for the caller to resend, log or park. `None` only if the publisher's task
     /// died, which is a bug.
     pub message: Option<Box<Message>>,
 }
 
+/// Where the task sends one message's verdict; the other end is its [`Confirmation`].
 pub(super) type Reply = oneshot::Sender<Result<Confirmed, PublishError>>;
 
 /// The broker's verdict on one message; resolves once it is confirmed or has failed for good.

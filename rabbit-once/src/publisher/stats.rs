@@ -7,17 +7,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 pub struct PublisherStats {
     /// Messages accepted into the buffer.
     pub accepted: u64,
+    /// Messages the broker confirmed (acked, and not returned as unroutable).
     pub confirmed: u64,
     /// Messages that ended with an error (unroutable, nacked too often, …).
     pub failed: u64,
     /// Writes of a message that had been written before (after a lost channel or a nack).
     pub republished: u64,
+    /// `basic.nack` frames received (one may cover several messages).
     pub nacks: u64,
+    /// `basic.return` frames received (unroutable `mandatory` messages).
     pub returns: u64,
     /// Channels opened for publishing (1 + reopenings).
     pub channels: u64,
-    /// Messages in the buffer now, and their body bytes.
+    /// Messages in the buffer now (accepted, no verdict yet).
     pub buffered: usize,
+    /// Body bytes of the messages in the buffer now.
     pub buffered_bytes: usize,
     /// The most body bytes the buffer ever held.
     pub peak_buffered_bytes: usize,
