@@ -18,6 +18,7 @@ pub(crate) enum State {
     Done,
 }
 
+/// One accepted message, from acceptance to its verdict; `R` is where its verdict goes.
 #[derive(Debug)]
 pub(crate) struct Entry<R> {
     pub seq: u64,

@@ -6,6 +6,8 @@ use crate::message::Message;
 use std::collections::VecDeque;
 use std::time::Instant;
 
+/// Every accepted message in acceptance order until its verdict, with the current channel's
+/// delivery tags; `R` is where each verdict goes (the task's reply sender).
 #[derive(Debug)]
 pub(crate) struct Buffer<R> {
     pub(super) entries: VecDeque<Entry<R>>,

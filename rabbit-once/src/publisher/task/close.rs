@@ -21,6 +21,8 @@ pub(super) async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// A close in progress: the earliest deadline asked for, and every caller of `close` waiting
+/// for the messages handed back (the first gets them, later ones an empty list).
 pub(super) struct Closing {
     pub(super) deadline: Instant,
     pub(super) replies: Vec<oneshot::Sender<Vec<Message>>>,

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 /// How many commands or events to take in one go before looking at the other side.
 pub(super) const DRAIN: usize = 512;
 
+/// The publisher's task, started by [`Publisher::new`](crate::Publisher::new): runs until the
+/// publisher is closed, or every handle is gone and the buffer is empty.
 pub(in crate::publisher) async fn run(
     connection: Connection,
     rx: mpsc::UnboundedReceiver<Cmd>,
@@ -51,6 +53,8 @@ pub(super) enum Exit {
     Done,
 }
 
+/// The task's state: the buffer, the handles' command channel, and what the current session
+/// knows (verified exchanges, the probe channel).
 pub(super) struct Task {
     /// The connection handle the sessions come from (each session has its own link,
     /// `session.conn`).
@@ -204,7 +208,8 @@ impl Task {
                         cmd = t.rx.recv(), if t.rx_open => t.on_cmd(cmd),
                         r = blocked.changed() => {
                             if r.is_err() {
-                                // The connection's tasks are gone; its Closed event follows on `ch`.
+                                // The connection's tasks are gone; its Closed event
+                                // follows on `ch`.
                                 blocked = tokio::sync::watch::channel(None).1;
                             }
                         }
