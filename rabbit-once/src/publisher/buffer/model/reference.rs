@@ -1,28 +1,19 @@
-//! Model-based test of the pending buffer: random operation sequences drive a [`Buffer`] the way
-//! the publishing task does, against a simulated broker channel, and after every step the
-//! buffer is compared with a small reference model.
-//!
-//! The simulated broker produces only event orders a real one can: it routes by destination
-//! (bindings do not change during a case), returns an unroutable mandatory message when it
-//! receives it (so returns are on the wire in publish order, each before its message's
-//! confirm), acks unroutable messages, and confirms routed ones (ack or nack, single or
-//! multiple) in any order. The client reads the wire in order; a lost connection loses what was
-//! not read yet, a channel closed by the broker is read to the end first.
-//!
-//! Left out on purpose: bindings that change while two copies of one id to one destination are
-//! in flight (the older routed, the newer returned). `basic.return` carries no delivery tag, so
-//! the buffer's rule (lowest unmarked matching tag) would mark the older copy; no matching by
-//! what the broker echoes can tell them apart.
+//! The reference model and the simulated broker channel it drives a [`Buffer`] through.
 
-use super::*;
+use crate::error::Error;
+use crate::message::Message;
+use crate::publisher::buffer::entry::State;
+use crate::publisher::buffer::{Buffer, Resolved};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-const IDS: [&str; 3] = ["a", "b", "c"];
+pub(super) const IDS: [&str; 3] = ["a", "b", "c"];
 /// (exchange, routing key). The last exchange does not exist: the task's passive declare fails
 /// such a message before it is sent.
 const DESTS: [(&str, &str); 4] = [("", "q1"), ("", "q2"), ("ex", "k"), ("gone", "k")];
-const GONE: usize = 3;
+pub(super) const GONE: usize = 3;
 const NO_ROUTE: (u16, &str) = (312, "NO_ROUTE");
 const REFUSED: (u16, &str) = (406, "PRECONDITION_FAILED");
 
@@ -31,7 +22,7 @@ fn backoff(n: u32) -> Duration {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Push {
         id: usize,
         dest: usize,
@@ -109,23 +100,23 @@ struct MMsg {
 
 /// How often the random cases reach each outcome (so the generator keeps exercising them).
 #[derive(Debug, Default, Clone, Copy)]
-struct Stats {
-    ok: usize,
-    unroutable: usize,
-    nacked: usize,
-    refused: usize,
-    not_found: usize,
-    retried: usize,
+pub(super) struct Stats {
+    pub(super) ok: usize,
+    pub(super) unroutable: usize,
+    pub(super) nacked: usize,
+    pub(super) refused: usize,
+    pub(super) not_found: usize,
+    pub(super) retried: usize,
     /// Messages sent again after their channel was lost.
-    resent: usize,
+    pub(super) resent: usize,
     /// Same id, same exchange, another routing key in flight when a return was read.
-    ambiguous_returns: usize,
-    drained: usize,
+    pub(super) ambiguous_returns: usize,
+    pub(super) drained: usize,
 }
 
-struct Model {
+pub(super) struct Model {
     buf: Buffer<u64>,
-    stats: Stats,
+    pub(super) stats: Stats,
     /// Indexed by sequence number.
     msgs: Vec<MMsg>,
     routable: [bool; 3],
@@ -144,7 +135,7 @@ struct Model {
 type Check = Result<(), TestCaseError>;
 
 impl Model {
-    fn new(routable: [bool; 3], window: usize, max_nacks: u32) -> Self {
+    pub(super) fn new(routable: [bool; 3], window: usize, max_nacks: u32) -> Self {
         Model {
             buf: Buffer::new(max_nacks),
             max_nacks,
@@ -161,7 +152,7 @@ impl Model {
         }
     }
 
-    fn step(&mut self, op: &Op) -> Check {
+    pub(super) fn step(&mut self, op: &Op) -> Check {
         match *op {
             Op::Push {
                 id,
@@ -432,7 +423,14 @@ impl Model {
 
     /// After every step: the verdicts given are exactly the expected ones, and the counters
     /// and every message's state agree with the model.
-    fn check(&mut self) -> Check {
+    pub(super) fn check(&mut self) -> Check {
+        self.check_verdicts()?;
+        self.check_states()
+    }
+
+    /// The verdicts the buffer gave in this step are exactly the expected ones, each with its
+    /// message, reply, size and publish count.
+    fn check_verdicts(&mut self) -> Check {
         let mut got: Vec<(u64, Verdict)> = Vec::new();
         for r in self.out.drain(..) {
             let m = &self.msgs[r.seq as usize];
@@ -488,7 +486,12 @@ impl Model {
         want.sort_by_key(|w| w.0);
         prop_assert_eq!(&got, &want, "verdicts given in this step");
         self.resolved += got.len();
+        Ok(())
+    }
 
+    /// No message got two verdicts, and the buffer's counters and every message's state agree
+    /// with the model.
+    fn check_states(&mut self) -> Check {
         for (seq, m) in self.msgs.iter().enumerate() {
             prop_assert!(
                 m.verdicts <= 1,
@@ -559,7 +562,7 @@ impl Model {
 
     /// Close: whatever has no verdict is handed back, oldest first; nothing is lost or
     /// settled twice; the buffer is usable (and empty) afterwards.
-    fn finish(&mut self) -> Check {
+    pub(super) fn finish(&mut self) -> Check {
         let want = self.seqs(|m| m.state != MState::Done);
         let left: Vec<u64> = self.buf.drain_unresolved().iter().map(|e| e.seq).collect();
         prop_assert_eq!(&left, &want, "drained");
@@ -582,130 +585,4 @@ impl Model {
         prop_assert_eq!(self.buf.mark_sent(seq), 1, "tags restart at 1");
         Ok(())
     }
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let dest = prop_oneof![6 => 0..GONE, 1 => Just(GONE)];
-    prop_oneof![
-        4 => (0..IDS.len(), dest, prop::bool::weighted(0.85), 1..100usize).prop_map(
-            |(id, dest, mandatory, size)| Op::Push { id, dest, mandatory, size }
-        ),
-        3 => (1..5usize).prop_map(Op::Send),
-        4 => (1..5usize).prop_map(Op::Read),
-        5 => (0..16usize, prop::bool::weighted(0.3), prop::bool::weighted(0.25))
-            .prop_map(|(pick, multiple, nack)| Op::Confirm { pick, multiple, nack }),
-        1 => Just(Op::ConnectionLost),
-        1 => Just(Op::ChannelClosed),
-        2 => (0..40u64).prop_map(Op::Advance),
-        1 => (0..3u64).prop_map(Op::UnknownAck),
-    ]
-}
-
-fn run(
-    routable: [bool; 3],
-    window: usize,
-    max_nacks: u32,
-    ops: &[Op],
-) -> Result<Stats, TestCaseError> {
-    let mut m = Model::new(routable, window, max_nacks);
-    m.check()?;
-    for op in ops {
-        m.step(op)?;
-    }
-    m.finish()?;
-    Ok(m.stats)
-}
-
-#[test]
-fn buffer_agrees_with_the_model() {
-    let config = Config {
-        cases: 512,
-        failure_persistence: None,
-        rng_algorithm: RngAlgorithm::ChaCha,
-        max_shrink_iters: 10_000,
-        ..Config::default()
-    };
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[0x5e; 32]);
-    let mut runner = TestRunner::new_with_rng(config, rng);
-    let strategy = (
-        prop::array::uniform3(prop::bool::weighted(0.6)),
-        1..6usize,
-        0..3u32,
-        prop::collection::vec(op(), 1..100),
-    );
-    let total = std::cell::Cell::new(Stats::default());
-    let result = runner.run(&strategy, |(routable, window, max_nacks, ops)| {
-        let s = run(routable, window, max_nacks, &ops)?;
-        let t = total.get();
-        total.set(Stats {
-            ok: t.ok + s.ok,
-            unroutable: t.unroutable + s.unroutable,
-            nacked: t.nacked + s.nacked,
-            refused: t.refused + s.refused,
-            not_found: t.not_found + s.not_found,
-            retried: t.retried + s.retried,
-            resent: t.resent + s.resent,
-            ambiguous_returns: t.ambiguous_returns + s.ambiguous_returns,
-            drained: t.drained + s.drained,
-        });
-        Ok(())
-    });
-    match result {
-        Ok(()) => {}
-        Err(TestError::Fail(why, (routable, window, max_nacks, ops))) => panic!(
-            "{why}\nroutable: {routable:?}, window: {window}, max_nacks: {max_nacks}\nops: {ops:#?}"
-        ),
-        Err(e) => panic!("{e}"),
-    }
-    let t = total.get();
-    println!("{t:?}");
-    let reached = [
-        t.ok,
-        t.unroutable,
-        t.nacked,
-        t.refused,
-        t.not_found,
-        t.retried,
-        t.resent,
-        t.ambiguous_returns,
-        t.drained,
-    ];
-    assert!(
-        reached.iter().all(|&n| n >= 20),
-        "too few cases reach every outcome: {t:?}"
-    );
-}
-
-/// One id sent to a routable and an unroutable destination: only the newer copy is returned, so
-/// only it may fail. (Matching returns by id alone marked the older copy.)
-#[test]
-fn model_one_id_to_two_destinations() {
-    let push = |dest| Op::Push {
-        id: 0,
-        dest,
-        mandatory: true,
-        size: 1,
-    };
-    let ops = [
-        push(0),
-        push(1),
-        Op::Send(2),
-        Op::Read(1),
-        Op::Confirm {
-            pick: 1,
-            multiple: false,
-            nack: false,
-        },
-        Op::Confirm {
-            pick: 0,
-            multiple: false,
-            nack: false,
-        },
-        Op::Read(2),
-    ];
-    let stats = run([true, false, true], 4, 2, &ops).unwrap();
-    assert_eq!(
-        (stats.ok, stats.unroutable, stats.ambiguous_returns),
-        (1, 1, 1)
-    );
 }

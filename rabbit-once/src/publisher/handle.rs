@@ -1,0 +1,183 @@
+//! [`Publisher`], the cheap `Clone` handle: admits messages into the buffer's room and hands
+//! them to the task in acceptance order.
+
+use super::config::PublisherConfig;
+use super::confirmation::{Confirmation, Confirmed, PublishError, Reply};
+use super::shared::PublisherShared;
+use super::stats::{PublisherCounters, PublisherStats};
+use super::task;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::message::Message;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// What a handle asks of the task. `Publish` carries the message boxed: the one allocation per
+/// message is made in `admit`, and from there the box moves, never the message itself, through
+/// this channel into the buffer, and back to the caller in a `PublishError` if it fails. (So
+/// the enum stays small without `#[allow(clippy::large_enum_variant)]`.)
+pub(super) enum Cmd {
+    Publish {
+        msg: Box<Message>,
+        size: usize,
+        reply: Reply,
+    },
+    Close {
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<Message>>,
+    },
+}
+
+/// A handle to a publisher. Cheap to clone; all clones feed one buffer and one channel, and
+/// messages are sent in the order `publish` accepted them.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<PublisherShared>,
+}
+
+impl Publisher {
+    /// Starts a publisher on `conn`. It publishes whenever a session is up and waits otherwise.
+    pub fn new(conn: &Connection, config: PublisherConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(PublisherShared {
+            count: Semaphore::new(config.max_buffered),
+            bytes: Semaphore::new(config.max_buffered_bytes),
+            config,
+            frame_max: conn.config().frame_max,
+            closed: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            counters: PublisherCounters::default(),
+        });
+        tokio::spawn(task::run(conn.clone(), rx, shared.clone()));
+        Ok(Publisher { tx, shared })
+    }
+
+    /// Accepts `msg` into the buffer, waiting while the buffer is full. Await the returned
+    /// [`Confirmation`] for the broker's verdict. The message gets a UUIDv7 `message_id` unless
+    /// it has one; that id stays the same on every re-publish.
+    ///
+    /// Fails at once, handing the message back, if it is too large or malformed or the
+    /// publisher is closed.
+    pub async fn publish(&self, msg: Message) -> Result<Confirmation, PublishError> {
+        let (msg, size) = self.admit(msg)?;
+        let permits = match tokio::try_join!(
+            self.shared.count.acquire(),
+            self.shared.bytes.acquire_many(size as u32)
+        ) {
+            Ok(p) => p,
+            Err(_) => return Err(self.refused(msg)),
+        };
+        permits.0.forget();
+        permits.1.forget();
+        self.send(msg, size)
+    }
+
+    /// Like [`publish`](Self::publish) but never waits: `Error::BufferFull` if there is no room.
+    pub fn try_publish(&self, msg: Message) -> Result<Confirmation, PublishError> {
+        let (msg, size) = self.admit(msg)?;
+        let count = match self.shared.count.try_acquire() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.refused(msg)),
+            Err(_) => return Err(full(msg)),
+        };
+        let bytes = match self.shared.bytes.try_acquire_many(size as u32) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.refused(msg)),
+            Err(_) => return Err(full(msg)),
+        };
+        count.forget();
+        bytes.forget();
+        self.send(msg, size)
+    }
+
+    /// Publishes and waits for the broker's verdict.
+    pub async fn publish_confirmed(&self, msg: Message) -> Result<Confirmed, PublishError> {
+        self.publish(msg).await?.await
+    }
+
+    fn admit(&self, msg: Message) -> Result<(Box<Message>, usize), PublishError> {
+        let mut msg = Box::new(msg);
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(self.refused(msg));
+        }
+        let max = self
+            .shared
+            .config
+            .max_message_size
+            .min(self.shared.config.max_buffered_bytes);
+        if let Err(error) = msg.prepare(max, self.shared.frame_max) {
+            return Err(PublishError {
+                error,
+                message: Some(msg),
+            });
+        }
+        let size = msg.body.len();
+        Ok((msg, size))
+    }
+
+    fn send(&self, msg: Box<Message>, size: usize) -> Result<Confirmation, PublishError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.send(Cmd::Publish { msg, size, reply }) {
+            Ok(()) => Ok(Confirmation { rx }),
+            Err(mpsc::error::SendError(cmd)) => {
+                self.shared.release(1, size);
+                let Cmd::Publish { msg, .. } = cmd else {
+                    unreachable!()
+                };
+                Err(self.refused(msg))
+            }
+        }
+    }
+
+    fn refused(&self, msg: Box<Message>) -> PublishError {
+        PublishError {
+            error: self
+                .shared
+                .failure
+                .get()
+                .cloned()
+                .unwrap_or(Error::PublisherClosed),
+            message: Some(msg),
+        }
+    }
+
+    /// Counters right now.
+    pub fn stats(&self) -> PublisherStats {
+        let c = &self.shared.counters;
+        PublisherStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            confirmed: c.confirmed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            republished: c.republished.load(Ordering::Relaxed),
+            nacks: c.nacks.load(Ordering::Relaxed),
+            returns: c.returns.load(Ordering::Relaxed),
+            channels: c.channels.load(Ordering::Relaxed),
+            buffered: c.buffered.load(Ordering::Relaxed),
+            buffered_bytes: c.buffered_bytes.load(Ordering::Relaxed),
+            peak_buffered_bytes: c.peak_buffered_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting messages, waits up to `timeout` for the broker to confirm the ones in
+    /// the buffer, then hands back every message still unconfirmed (their confirmations fail
+    /// with [`Error::HandedBack`]). Safe to call twice: later calls return nothing.
+    pub async fn close(&self, timeout: Duration) -> Vec<Message> {
+        self.shared.close();
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close { timeout, reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn full(msg: Box<Message>) -> PublishError {
+    PublishError {
+        error: Error::BufferFull,
+        message: Some(msg),
+    }
+}

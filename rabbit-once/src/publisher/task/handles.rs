@@ -1,0 +1,94 @@
+//! The handles' side of the task: their commands in, their verdicts, room and counters out.
+
+use super::close::Closing;
+use super::session::{DRAIN, Task};
+use crate::publisher::confirmation::{Confirmed, PublishError};
+use crate::publisher::handle::Cmd;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+impl Task {
+    pub(super) fn on_cmd(&mut self, cmd: Option<Cmd>) {
+        let mut next = cmd;
+        let mut accepted = 0u64;
+        for n in 1..=DRAIN {
+            match next {
+                None => {
+                    self.rx_open = false;
+                    break;
+                }
+                Some(Cmd::Publish { msg, size, reply }) => {
+                    self.buf.push(msg, size, reply);
+                    accepted += 1;
+                }
+                Some(Cmd::Close { timeout, reply }) => {
+                    let deadline = Instant::now() + timeout;
+                    let c = self.closing.get_or_insert(Closing {
+                        deadline,
+                        replies: Vec::new(),
+                    });
+                    c.deadline = c.deadline.min(deadline);
+                    c.replies.push(reply);
+                }
+            }
+            if n == DRAIN {
+                break;
+            }
+            next = match self.rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+        }
+        let c = &self.shared.counters;
+        c.accepted.fetch_add(accepted, Ordering::Relaxed);
+        self.gauges();
+    }
+
+    pub(super) fn gauges(&self) {
+        let c = &self.shared.counters;
+        c.buffered.store(self.buf.len(), Ordering::Relaxed);
+        let bytes = self.buf.bytes();
+        c.buffered_bytes.store(bytes, Ordering::Relaxed);
+        c.peak_buffered_bytes.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// Delivers verdicts and frees buffer room. Counters and room are updated first, so a
+    /// caller that has its verdict never sees stats or room from before it.
+    pub(super) fn complete(&mut self) {
+        if self.resolved.is_empty() {
+            return;
+        }
+        let (mut ok, mut bytes) = (0u64, 0usize);
+        for r in &self.resolved {
+            ok += u64::from(r.verdict.is_ok());
+            bytes += r.size;
+        }
+        let count = self.resolved.len();
+        let c = &self.shared.counters;
+        c.confirmed.fetch_add(ok, Ordering::Relaxed);
+        c.failed.fetch_add(count as u64 - ok, Ordering::Relaxed);
+        self.shared.release(count, bytes);
+        for mut r in self.resolved.drain(..) {
+            let result = match r.verdict {
+                Ok(()) => Ok(Confirmed {
+                    message_id: r.msg.properties.message_id.take().unwrap_or_default(),
+                    sequence: r.seq,
+                    publishes: r.publishes,
+                }),
+                Err(error) => {
+                    tracing::debug!(%error, "message failed");
+                    Err(PublishError {
+                        error,
+                        message: Some(r.msg),
+                    })
+                }
+            };
+            if let Some(reply) = r.reply.take() {
+                let _ = reply.send(result);
+            }
+        }
+        self.gauges();
+    }
+}
