@@ -1,0 +1,104 @@
+//! [`Endpoint`]: one broker endpoint parsed from a URI, and its display without the password.
+
+use crate::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+/// One broker endpoint, parsed from a URI. `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) vhost: String,
+    /// `?heartbeat=` (seconds), overrides the config.
+    pub(crate) heartbeat: Option<Duration>,
+    /// `?connection_timeout=` (milliseconds), overrides the config.
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) frame_max: Option<u32>,
+    pub(crate) channel_max: Option<u16>,
+    /// `?cacertfile=`: PEM file of CA certificates to trust (amqps only).
+    pub(crate) ca_cert_file: Option<String>,
+    /// `?server_name_indication=`: the TLS server name, when it differs from the host.
+    pub(crate) server_name: Option<String>,
+}
+
+impl Endpoint {
+    /// The virtual host (decoded).
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Whether this endpoint uses TLS (`amqps`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Same endpoint, another host and port (used to route through a proxy).
+    pub fn with_address(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.host = host.into();
+        self.port = port;
+        self
+    }
+}
+
+fn encode_vhost(v: &str) -> String {
+    let mut s = String::new();
+    for c in v.chars() {
+        match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' => s.push(c),
+            _ => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    s.push_str(&format!("%{b:02x}"));
+                }
+            }
+        }
+    }
+    s
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(
+            f,
+            "{scheme}://{}@{host}:{}/{}",
+            self.user,
+            self.port,
+            encode_vhost(&self.vhost)
+        )
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({self})")
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Endpoint::parse(s)
+    }
+}
