@@ -31,14 +31,17 @@ impl Endpoint {
         &self.vhost
     }
 
+    /// The host name or address (an IPv6 address without its brackets).
     pub fn host(&self) -> &str {
         &self.host
     }
 
+    /// The TCP port (default 5672 for `amqp`, 5671 for `amqps`).
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The user name (decoded; `guest` when the URI has none).
     pub fn user(&self) -> &str {
         &self.user
     }
@@ -54,9 +57,62 @@ impl Endpoint {
         self.port = port;
         self
     }
+
+    /// The whole URI back as text, **password included**, e.g. to hand this endpoint (after
+    /// [`with_address`](Self::with_address), say) to another process.
+    ///
+    /// # The result holds the password
+    ///
+    /// Never log it, print it or put it in an error message: for those, use `Display`
+    /// (`{endpoint}`) or `Debug`, which leave the password out.
+    ///
+    /// The user name, password, vhost and query values are percent-encoded (every byte outside
+    /// RFC 3986's unreserved characters), the port is always written, and the query keys the
+    /// parser knows are kept, so [`Endpoint::parse`] of the result gives back this endpoint.
+    pub fn to_uri(&self) -> String {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            encode(&self.host)
+        };
+        let mut uri = format!(
+            "{scheme}://{}:{}@{host}:{}/{}",
+            encode(&self.user),
+            encode(&self.password),
+            self.port,
+            encode(&self.vhost)
+        );
+        let query = [
+            ("heartbeat", self.heartbeat.map(|d| d.as_secs().to_string())),
+            (
+                "connection_timeout",
+                self.connect_timeout.map(|d| d.as_millis().to_string()),
+            ),
+            ("frame_max", self.frame_max.map(|n| n.to_string())),
+            ("channel_max", self.channel_max.map(|n| n.to_string())),
+            ("cacertfile", self.ca_cert_file.as_deref().map(encode)),
+            (
+                "server_name_indication",
+                self.server_name.as_deref().map(encode),
+            ),
+        ];
+        for (i, (key, value)) in query
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .enumerate()
+        {
+            uri.push(if i == 0 { '?' } else { '&' });
+            uri.push_str(key);
+            uri.push('=');
+            uri.push_str(&value);
+        }
+        uri
+    }
 }
 
-fn encode_vhost(v: &str) -> String {
+/// Percent-encodes every character outside RFC 3986's unreserved set (`%2f` for `/`).
+fn encode(v: &str) -> String {
     let mut s = String::new();
     for c in v.chars() {
         match c {
@@ -85,7 +141,7 @@ impl fmt::Display for Endpoint {
             "{scheme}://{}@{host}:{}/{}",
             self.user,
             self.port,
-            encode_vhost(&self.vhost)
+            encode(&self.vhost)
         )
     }
 }

@@ -327,3 +327,98 @@ fn random_passwords_parse_exactly_or_fail_without_echo() {
         "{parsed} parsed, {refused} refused"
     );
 }
+
+/// parse → `to_uri` → parse gives the same endpoint.
+fn round_trip(uri: &str) -> Endpoint {
+    let e = Endpoint::parse(uri).unwrap();
+    let again = Endpoint::parse(&e.to_uri()).unwrap_or_else(|err| panic!("{uri}: {err}"));
+    assert_eq!(again, e, "{uri}");
+    e
+}
+
+#[test]
+fn to_uri_round_trips() {
+    for uri in [
+        "amqp://localhost",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "amqp://user:p%40ss@broker.example:5673/%2f?heartbeat=5",
+        "amqp://a%40b.com:x%3Fy%23z%40w%25v%3Au:t@broker:5673/v%40x",
+        "amqp://u:%2F%3F%23%40@[::1]:5680/%23?heartbeat=3",
+        "amqp://alice@h/prod",
+        "amqp://alice:@h/prod",
+        "amqp://%C3%A9l%C3%A8ve:m%C3%B8t%20de%20passe%26%3D@h/caf%C3%A9",
+        "amqp://h?heartbeat=0&connection_timeout=2500&frame_max=131072&channel_max=64",
+        "amqp://h?cacertfile=/etc/ca%40x%20y%26z.pem",
+    ] {
+        round_trip(uri);
+    }
+}
+
+#[test]
+fn to_uri_holds_the_password_encoded_and_display_still_hides_it() {
+    let e = Endpoint::parse("amqp://alice:Zq9%2FxK2p%40w@broker/%2f").unwrap();
+    assert_eq!(e.to_uri(), "amqp://alice:Zq9%2fxK2p%40w@broker:5672/%2f");
+    let moved = e.with_address("127.0.0.1", 40000);
+    assert_eq!(
+        moved.to_uri(),
+        "amqp://alice:Zq9%2fxK2p%40w@127.0.0.1:40000/%2f"
+    );
+    let back = Endpoint::parse(&moved.to_uri()).unwrap();
+    assert_eq!(
+        (back.password.as_str(), back.host(), back.port()),
+        ("Zq9/xK2p@w", "127.0.0.1", 40000)
+    );
+    let shown = format!("{moved} {moved:?} {moved:#?}");
+    assert_eq!(leaked(&shown, "Zq9/xK2p@w"), None, "{shown}");
+    assert!(!shown.contains("xK2p"), "{shown}");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn to_uri_round_trips_tls() {
+    let e = round_trip(
+        "amqps://u:p%3Aw@broker?server_name_indication=rabbit.example&cacertfile=/etc/ssl/ca%20file.pem",
+    );
+    assert!(e.to_uri().starts_with("amqps://u:p%3aw@broker:5671/%2f?"));
+    round_trip("amqps://u:p@[::1]:5999/v?server_name_indication=x&heartbeat=2");
+    round_trip("amqps://h");
+}
+
+/// Endpoints with random user names, passwords, vhosts and query values (heavy in the
+/// characters a URI gives a meaning to, and non-ASCII) survive `to_uri` and `parse`.
+#[test]
+fn random_endpoints_round_trip() {
+    fn text(rng: &mut fastrand::Rng, min: usize) -> String {
+        (0..rng.usize(min..=16))
+            .map(|_| match rng.u8(..5) {
+                0 => ['/', '?', '#', '@', ':', '%', '&', '=', '[', ']', ' '][rng.usize(..11)],
+                1 => rng.char('\u{80}'..='\u{2fff}'),
+                _ => rng.char(' '..='~'),
+            })
+            .collect()
+    }
+    let mut rng = fastrand::Rng::with_seed(0x7e1d);
+    let hosts = ["broker", "127.0.0.1", "::1", "rabbit-1.example", "fe80::1"];
+    for _ in 0..2000 {
+        let tls = cfg!(feature = "tls") && rng.bool();
+        let mut e = Endpoint::parse("amqp://h").unwrap();
+        e.tls = tls;
+        e.host = hosts[rng.usize(..hosts.len())].to_string();
+        e.port = rng.u16(1..);
+        e.user = text(&mut rng, 0);
+        e.password = text(&mut rng, 0);
+        e.vhost = text(&mut rng, 1);
+        e.heartbeat = rng.bool().then(|| Duration::from_secs(rng.u64(..100_000)));
+        e.connect_timeout = rng
+            .bool()
+            .then(|| Duration::from_millis(rng.u64(..10_000_000)));
+        e.frame_max = rng.bool().then(|| rng.u32(..));
+        e.channel_max = rng.bool().then(|| rng.u16(..));
+        e.ca_cert_file = rng.bool().then(|| text(&mut rng, 0));
+        e.server_name = rng.bool().then(|| text(&mut rng, 0));
+        let uri = e.to_uri();
+        let again = Endpoint::parse(&uri).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+        assert_eq!(again, e);
+        assert_eq!(again.password, e.password);
+    }
+}
