@@ -3,17 +3,23 @@
 //! network, restarts or kills the broker, and SIGKILLs consumers and publishers. At the end the
 //! ledger is reconciled from the publishers' reports and the `applied` table.
 //!
+//! - `run.rs`: the run, step by step — start with it.
 //! - `args.rs`: the command's flags.
-//! - `plan.rs`: the fault plan — which faults, in what order, how far apart.
-//! - `pool.rs`: the child processes — spawning, killing and restarting publishers and consumers.
-//! - `ledger.rs`: the ledger — the children's reports and the database, counted.
-//! - `run.rs`: the run itself.
+//! - `setup.rs`: the broker (a private node or the one given), the fault proxy, the store,
+//!   the work directory, and their clean-up.
+//! - `plan.rs`: the fault plan — which faults, in what order, how far apart, at what rate.
+//! - `pool.rs`: the process pool — spawning, watching, killing and restarting the children.
+//! - `inject.rs`: the fault loop, and the record of which faults fired when.
+//! - `ledger.rs`: the ledger — the children's reports and the `applied` table, counted into
+//!   lost, applied twice and missing.
 
 mod args;
+mod inject;
 mod ledger;
 mod plan;
 mod pool;
 mod run;
+mod setup;
 
 pub use args::Args;
 pub use run::run;
