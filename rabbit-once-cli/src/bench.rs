@@ -6,6 +6,7 @@
 //! roundtrip_latency, idempotent_consume_sqlite, idempotent_consume_postgres.
 
 use crate::applied::{Applied, Db};
+use crate::common::await_confirmations;
 use rabbit_once::{
     Connection, ConnectionConfig, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig,
     Queue, Subscription, SubscriptionConfig, Topology,
@@ -125,15 +126,10 @@ async fn publish_n(
     rate: u64,
 ) -> anyhow::Result<()> {
     let body = bytes::Bytes::from(vec![0u8; a.size.max(8)]);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rabbit_once::Confirmation>();
-    let waiter = tokio::spawn(async move {
-        let mut failed = 0usize;
-        while let Some(c) = rx.recv().await {
-            if c.await.is_err() {
-                failed += 1;
-            }
+    let (tx, waiter) = await_confirmations(0usize, |failed, (), outcome| {
+        if outcome.is_err() {
+            *failed += 1;
         }
-        failed
     });
     let start = Instant::now();
     for i in 0..n {
@@ -154,7 +150,7 @@ async fn publish_n(
         if transient {
             m = m.transient();
         }
-        tx.send(p.publish(m).await.map_err(|e| e.error)?)?;
+        tx.send(((), p.publish(m).await.map_err(|e| e.error)?))?;
     }
     drop(tx);
     let failed = waiter.await?;

@@ -1,6 +1,6 @@
 //! `rabbit-once publish`: N sequence-numbered messages with confirms, across any faults.
 
-use crate::common::{Conn, bar, seq_body};
+use crate::common::{Conn, await_confirmations, bar, seq_body};
 use rabbit_once::{
     Connection, ConnectionState, Message, Publisher, PublisherConfig, Queue, Topology,
 };
@@ -110,27 +110,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let pb = bar(a.count, "confirmed");
     let mut accepted_log = Report::open(a.report.as_deref())?;
     let mut confirmed_log = Report::open(a.report.as_deref())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rabbit_once::Confirmation)>();
-    let collector = {
+    let (tx, collector) = {
         let pb = pb.clone();
-        tokio::spawn(async move {
-            let mut confirmed = 0u64;
-            let mut failed = BTreeMap::new();
-            while let Some((seq, c)) = rx.recv().await {
-                match c.await {
-                    Ok(_) => {
-                        confirmed += 1;
-                        confirmed_log.line(format_args!("c {seq} {}", unix_micros()));
-                    }
-                    Err(e) => {
-                        let k = kind(&e.error);
-                        confirmed_log.line(format_args!("f {seq} {k}"));
-                        *failed.entry(k).or_insert(0u64) += 1;
-                    }
+        let counts: (u64, BTreeMap<String, u64>) = (0, BTreeMap::new());
+        await_confirmations(counts, move |(confirmed, failed), seq: u64, outcome| {
+            match outcome {
+                Ok(_) => {
+                    *confirmed += 1;
+                    confirmed_log.line(format_args!("c {seq} {}", unix_micros()));
                 }
-                pb.inc(1);
+                Err(e) => {
+                    let k = kind(&e.error);
+                    confirmed_log.line(format_args!("f {seq} {k}"));
+                    *failed.entry(k).or_insert(0u64) += 1;
+                }
             }
-            (confirmed, failed)
+            pb.inc(1);
         })
     };
     let started = Instant::now();
