@@ -16,8 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const CLIENT: &str = "rabbit-once";
 const ALL: &str = "publish_confirm_persistent,publish_confirm_transient,consume_ack,roundtrip_latency,idempotent_consume_sqlite,idempotent_consume_postgres";
 
+/// The flags of `rabbit-once bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Broker URI.
     #[arg(long, default_value = crate::common::DEFAULT_URI)]
     pub uri: String,
     /// Messages per workload.
@@ -324,6 +326,7 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the chosen workloads in turn, printing a JSON line for each.
 pub async fn run(a: Args) -> anyhow::Result<std::process::ExitCode> {
     for w in a
         .workloads

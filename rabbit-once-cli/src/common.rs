@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// The local broker as guest, vhost `/`.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Flags every command that talks to a broker takes.
@@ -21,6 +22,8 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connection settings from these flags; `name` is shown in the broker's connection list.
+    /// Reconnect backoff from 50 ms to 2 s, jitter 0.5.
     pub fn config(&self, name: &str) -> anyhow::Result<ConnectionConfig> {
         Ok(ConnectionConfig::from_uris(&self.uris)?
             .name(name)

@@ -15,8 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The flags of `rabbit-once demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
     /// Messages to publish.

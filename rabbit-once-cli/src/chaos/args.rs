@@ -2,8 +2,10 @@
 
 use crate::common::Conn;
 
+/// The flags of `rabbit-once chaos`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
     /// Start a private RabbitMQ node for the run (needed for broker restarts and kills).
@@ -12,10 +14,13 @@ pub struct Args {
     /// Messages in all (split between the publishers).
     #[arg(long, default_value_t = 20_000)]
     pub messages: u64,
+    /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Publisher processes.
     #[arg(long, default_value_t = 2)]
     pub publishers: u64,
+    /// Consumer processes.
     #[arg(long, default_value_t = 2)]
     pub consumers: u64,
     /// Dedup store: sqlite:PATH or postgres://… (default: a SQLite file in the work directory).

@@ -48,6 +48,7 @@ pub(super) struct Launcher {
 }
 
 impl Launcher {
+    /// Children of this binary, connecting through the proxy, publishing at the plan's rate.
     pub(super) fn new(a: &Args, setup: &Setup, plan: &Plan) -> anyhow::Result<Launcher> {
         Ok(Launcher {
             exe: std::env::current_exe()?,

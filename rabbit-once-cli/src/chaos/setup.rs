@@ -8,6 +8,7 @@ use rabbit_once::{Connection, ConnectionConfig};
 use rabbit_once_testkit::{BrokerNode, FaultProxy};
 use std::path::PathBuf;
 
+/// The run's surroundings, made by [`Setup::start`] and removed by [`Setup::clean_up`].
 pub(super) struct Setup {
     /// Names the queue, the work directory, the message ids and a fresh PostgreSQL schema.
     pub(super) run_id: String,
@@ -29,6 +30,8 @@ pub(super) struct Setup {
 }
 
 impl Setup {
+    /// Makes the work directory, starts the node (with `--own-broker`) and the proxy, and opens
+    /// and prepares the store.
     pub(super) async fn start(a: &Args, say: &dyn Fn(String)) -> anyhow::Result<Setup> {
         let run_id = rabbit_once_testkit::unique("chaos");
         let work = std::env::temp_dir().join(&run_id);

@@ -121,6 +121,7 @@ fn reported_passwords_with_a_slash_are_refused_without_echo() {
     }
 }
 
+// Over 100 lines only because rustfmt gives each of the 29 cases of the table several lines.
 #[test]
 fn malformed_uris_never_echo_the_userinfo() {
     // (uri, userinfo as written, the part the error must name)
