@@ -1,4 +1,5 @@
-//! [`Endpoint`]: one broker endpoint parsed from a URI, and its display without the password.
+//! [`Endpoint`]: one broker endpoint parsed from a URI, its display without the password, and
+//! the URI rendered back with it.
 
 use crate::error::Error;
 use std::fmt;
