@@ -16,6 +16,7 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The handler, stamping each row with this process's id.
     pub fn new() -> Self {
         Applied {
             pid: std::process::id() as i64,

@@ -6,6 +6,7 @@
 //! roundtrip_latency, idempotent_consume_sqlite, idempotent_consume_postgres.
 
 use crate::applied::{Applied, Db};
+use crate::common::await_confirmations;
 use rabbit_once::{
     Connection, ConnectionConfig, Consumer, ConsumerConfig, Message, Publisher, PublisherConfig,
     Queue, Subscription, SubscriptionConfig, Topology,
@@ -15,8 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const CLIENT: &str = "rabbit-once";
 const ALL: &str = "publish_confirm_persistent,publish_confirm_transient,consume_ack,roundtrip_latency,idempotent_consume_sqlite,idempotent_consume_postgres";
 
+/// The flags of `rabbit-once bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Broker URI.
     #[arg(long, default_value = crate::common::DEFAULT_URI)]
     pub uri: String,
     /// Messages per workload.
@@ -125,15 +128,10 @@ async fn publish_n(
     rate: u64,
 ) -> anyhow::Result<()> {
     let body = bytes::Bytes::from(vec![0u8; a.size.max(8)]);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rabbit_once::Confirmation>();
-    let waiter = tokio::spawn(async move {
-        let mut failed = 0usize;
-        while let Some(c) = rx.recv().await {
-            if c.await.is_err() {
-                failed += 1;
-            }
+    let (tx, waiter) = await_confirmations(0usize, |failed, (), outcome| {
+        if outcome.is_err() {
+            *failed += 1;
         }
-        failed
     });
     let start = Instant::now();
     for i in 0..n {
@@ -154,7 +152,7 @@ async fn publish_n(
         if transient {
             m = m.transient();
         }
-        tx.send(p.publish(m).await.map_err(|e| e.error)?)?;
+        tx.send(((), p.publish(m).await.map_err(|e| e.error)?))?;
     }
     drop(tx);
     let failed = waiter.await?;
@@ -328,6 +326,7 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the chosen workloads in turn, printing a JSON line for each.
 pub async fn run(a: Args) -> anyhow::Result<std::process::ExitCode> {
     for w in a
         .workloads

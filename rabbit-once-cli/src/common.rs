@@ -1,9 +1,13 @@
-//! Pieces the commands share: connection flags, sequence-numbered bodies, progress bars.
+//! Pieces the commands share: connection flags, sequence-numbered bodies, progress bars, the
+//! task that awaits confirmations.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rabbit_once::{Backoff, ConnectionConfig};
+use rabbit_once::{Backoff, Confirmation, Confirmed, ConnectionConfig, PublishError};
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
+/// The local broker as guest, vhost `/`.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Flags every command that talks to a broker takes.
@@ -18,6 +22,8 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connection settings from these flags; `name` is shown in the broker's connection list.
+    /// Reconnect backoff from 50 ms to 2 s, jitter 0.5.
     pub fn config(&self, name: &str) -> anyhow::Result<ConnectionConfig> {
         Ok(ConnectionConfig::from_uris(&self.uris)?
             .name(name)
@@ -57,6 +63,30 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
         .progress_chars("=> "),
     );
     pb
+}
+
+/// A task that awaits every [`Confirmation`] sent to it, in the order sent, and folds each
+/// outcome into `state` with `each` (`T` travels along, e.g. the message's sequence number).
+/// It returns `state` once every sender is dropped and the last confirmation has settled, so
+/// publishing never waits for a confirm while the confirms are counted as they come.
+pub fn await_confirmations<T, S, F>(
+    mut state: S,
+    mut each: F,
+) -> (mpsc::UnboundedSender<(T, Confirmation)>, JoinHandle<S>)
+where
+    T: Send + 'static,
+    S: Send + 'static,
+    F: FnMut(&mut S, T, Result<Confirmed, PublishError>) + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<(T, Confirmation)>();
+    let task = tokio::spawn(async move {
+        while let Some((tag, c)) = rx.recv().await {
+            let outcome = c.await;
+            each(&mut state, tag, outcome);
+        }
+        state
+    });
+    (tx, task)
 }
 
 #[cfg(test)]

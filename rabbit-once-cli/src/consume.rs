@@ -9,8 +9,10 @@ use rabbit_once::{
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// The flags of `rabbit-once consume`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
     /// Queue to consume (declared durable if missing).
@@ -25,6 +27,7 @@ pub struct Args {
     /// Consumer group (consumers of one group apply each message once between them).
     #[arg(long)]
     pub group: Option<String>,
+    /// Most unacknowledged deliveries at once.
     #[arg(long, default_value_t = 500)]
     pub prefetch: u16,
     /// Batches handled at once (1 = strictly in order).
@@ -51,18 +54,28 @@ pub struct Args {
     pub report: Option<std::path::PathBuf>,
 }
 
+/// The consumer's counters: printed at the end, and the lines of `--report`.
 #[derive(Debug, serde::Serialize, serde::Deserialize, Default, Clone)]
 pub struct Summary {
+    /// Deliveries received, redeliveries included.
     pub delivered: u64,
+    /// Messages the handler applied (committed).
     pub applied: u64,
+    /// Deliveries acked without running the handler: already applied.
     pub duplicates: u64,
+    /// Messages sent to a retry queue.
     pub retried: u64,
+    /// Deliveries dead-lettered.
     pub dead_lettered: u64,
+    /// Times the database was found unreachable.
     pub store_outages: u64,
+    /// Reconnects of the consumer's connection.
     pub reconnects: u64,
+    /// Seconds since the consumer started.
     pub seconds: f64,
 }
 
+/// Consumes until idle, a count, or Ctrl-C, and prints the summary.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let db = Db::open(&a.store, a.schema.clone()).await?;
     db.prepare().await?;

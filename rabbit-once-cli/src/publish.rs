@@ -1,6 +1,6 @@
 //! `rabbit-once publish`: N sequence-numbered messages with confirms, across any faults.
 
-use crate::common::{Conn, bar, seq_body};
+use crate::common::{Conn, await_confirmations, bar, seq_body};
 use rabbit_once::{
     Connection, ConnectionState, Message, Publisher, PublisherConfig, Queue, Topology,
 };
@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// The flags of `rabbit-once publish`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
     /// Queue to publish to (declared durable).
@@ -84,17 +86,27 @@ fn unix_micros() -> u128 {
         .unwrap_or(0)
 }
 
+/// What the publisher did, printed at the end.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
+    /// Messages accepted by the publisher.
     pub published: u64,
+    /// Messages the broker confirmed.
     pub confirmed: u64,
+    /// Messages that failed, by error kind.
     pub failed: BTreeMap<String, u64>,
+    /// Messages sent again after a reconnect (unconfirmed when the connection was lost).
     pub republished: u64,
+    /// Reconnects of the publisher's connection.
     pub reconnects: u64,
+    /// Messages still unconfirmed when the close timeout passed, handed back.
     pub handed_back: u64,
+    /// Seconds from the first publish to the end.
     pub seconds: f64,
 }
 
+/// Publishes the messages, waits for their confirms, and prints the summary; success only if
+/// every message was confirmed.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = a
         .conn
@@ -110,27 +122,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let pb = bar(a.count, "confirmed");
     let mut accepted_log = Report::open(a.report.as_deref())?;
     let mut confirmed_log = Report::open(a.report.as_deref())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rabbit_once::Confirmation)>();
-    let collector = {
+    let (tx, collector) = {
         let pb = pb.clone();
-        tokio::spawn(async move {
-            let mut confirmed = 0u64;
-            let mut failed = BTreeMap::new();
-            while let Some((seq, c)) = rx.recv().await {
-                match c.await {
-                    Ok(_) => {
-                        confirmed += 1;
-                        confirmed_log.line(format_args!("c {seq} {}", unix_micros()));
-                    }
-                    Err(e) => {
-                        let k = kind(&e.error);
-                        confirmed_log.line(format_args!("f {seq} {k}"));
-                        *failed.entry(k).or_insert(0u64) += 1;
-                    }
+        let counts: (u64, BTreeMap<String, u64>) = (0, BTreeMap::new());
+        await_confirmations(counts, move |(confirmed, failed), seq: u64, outcome| {
+            match outcome {
+                Ok(_) => {
+                    *confirmed += 1;
+                    confirmed_log.line(format_args!("c {seq} {}", unix_micros()));
                 }
-                pb.inc(1);
+                Err(e) => {
+                    let k = kind(&e.error);
+                    confirmed_log.line(format_args!("f {seq} {k}"));
+                    *failed.entry(k).or_insert(0u64) += 1;
+                }
             }
-            (confirmed, failed)
+            pb.inc(1);
         })
     };
     let started = Instant::now();
@@ -140,17 +147,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             tokio::time::sleep_until(due.into()).await;
         }
         let seq = a.start + i;
-        let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
-        if a.transient {
-            m = m.transient();
-        }
-        if a.no_mandatory {
-            m = m.mandatory(false);
-        }
-        if let Some(p) = &a.id_prefix {
-            m = m.message_id(format!("{p}-{seq}"));
-        }
-        match publisher.publish(m).await {
+        match publisher.publish(message(&a, seq)).await {
             Ok(c) => {
                 accepted_log.line(format_args!("a {seq}"));
                 let _ = tx.send((seq, c));
@@ -187,25 +184,47 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
-        println!(
-            "published {}  confirmed {}  re-published {}  reconnects {}  handed back {}  in {:.2}s ({:.0} msg/s)",
-            s.published,
-            s.confirmed,
-            s.republished,
-            s.reconnects,
-            s.handed_back,
-            s.seconds,
-            s.confirmed as f64 / s.seconds.max(1e-9)
-        );
-        for (k, n) in &s.failed {
-            println!("failed: {n} {k}");
-        }
+        s.print();
     }
     Ok(if s.confirmed == a.count {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Message `seq`: its body starts with `{"seq":seq}`; flags and id as the arguments say.
+fn message(a: &Args, seq: u64) -> Message {
+    let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
+    if a.transient {
+        m = m.transient();
+    }
+    if a.no_mandatory {
+        m = m.mandatory(false);
+    }
+    if let Some(p) = &a.id_prefix {
+        m = m.message_id(format!("{p}-{seq}"));
+    }
+    m
+}
+
+impl Summary {
+    /// One line of counts and throughput, then a line per kind of failure.
+    fn print(&self) {
+        println!(
+            "published {}  confirmed {}  re-published {}  reconnects {}  handed back {}  in {:.2}s ({:.0} msg/s)",
+            self.published,
+            self.confirmed,
+            self.republished,
+            self.reconnects,
+            self.handed_back,
+            self.seconds,
+            self.confirmed as f64 / self.seconds.max(1e-9)
+        );
+        for (k, n) in &self.failed {
+            println!("failed: {n} {k}");
+        }
+    }
 }
 
 /// A short name for an error kind, for counting.

@@ -1,0 +1,65 @@
+//! The flags of `rabbit-once chaos`.
+
+use crate::common::Conn;
+
+/// The flags of `rabbit-once chaos`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Broker URIs and heartbeat.
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Start a private RabbitMQ node for the run (needed for broker restarts and kills).
+    #[arg(long)]
+    pub own_broker: bool,
+    /// Messages in all (split between the publishers).
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Publisher processes.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: u64,
+    /// Consumer processes.
+    #[arg(long, default_value_t = 2)]
+    pub consumers: u64,
+    /// Dedup store: sqlite:PATH or postgres://… (default: a SQLite file in the work directory).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// PostgreSQL schema (default: a fresh one per run, dropped at the end).
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Messages per second, all publishers together (default: spread over the fault schedule).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Connection cuts (every connection through the proxy reset at once).
+    #[arg(long, default_value_t = 10)]
+    pub cuts: u32,
+    /// Black holes (nothing forwarded, nothing closed) longer than the heartbeat timeout.
+    #[arg(long, default_value_t = 1)]
+    pub blackholes: u32,
+    /// Broker restarts with stop_app/start_app (--own-broker only).
+    #[arg(long, default_value_t = 1)]
+    pub restarts: u32,
+    /// Broker kill -9 and start again (--own-broker only).
+    #[arg(long, default_value_t = 1)]
+    pub broker_kills: u32,
+    /// Consumer processes killed with SIGKILL (and started again).
+    #[arg(long, default_value_t = 2)]
+    pub consumer_kills: u32,
+    /// Publisher processes killed with SIGKILL (and started again from their first unconfirmed message).
+    #[arg(long, default_value_t = 1)]
+    pub publisher_kills: u32,
+    /// Mean seconds between faults (each interval is jittered ±50%).
+    #[arg(long, default_value_t = 1.5)]
+    pub fault_interval: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Print the ledger as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the work directory (reports, SQLite file) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}

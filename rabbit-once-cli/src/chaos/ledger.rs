@@ -1,0 +1,237 @@
+//! The ledger: what the children reported and the database holds, counted into lost, applied
+//! twice and missing.
+
+use super::inject::FaultLog;
+use super::pool::Pool;
+use crate::applied::Db;
+use crate::consume::Summary as ConsumerSummary;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What the run found. `lost` and `applied_twice` must be 0.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Ledger {
+    /// Messages the run was asked to publish.
+    pub messages: u64,
+    /// Distinct messages some publisher process accepted.
+    pub published: u64,
+    /// Distinct messages the broker confirmed to some publisher process.
+    pub confirmed: u64,
+    /// Accepted but not yet confirmed by a publisher process when it was killed: handed back to
+    /// the caller (the run resends them from a new process, with the same message_id).
+    pub unconfirmed_at_crash: u64,
+    /// Distinct messages applied exactly once.
+    pub applied_once: u64,
+    /// Messages applied more than once (rows beyond the first). Must be 0.
+    pub applied_twice: u64,
+    /// Confirmed but never applied. Must be 0.
+    pub lost: u64,
+    /// Messages neither confirmed nor applied (the run ran out of time).
+    pub missing: u64,
+    /// Deliveries acked without running the handler, by the consumers' last reports (a consumer
+    /// killed with SIGKILL reports up to 500 ms before its death).
+    pub duplicates_skipped: u64,
+    /// Deliveries sent to the retry queue, by the consumers' last reports.
+    pub retried: u64,
+    /// Deliveries dead-lettered, by the consumers' last reports.
+    pub dead_lettered: u64,
+    /// Consumer reconnects, by the consumers' last reports.
+    pub reconnects: u64,
+    /// Faults injected, by kind (`cut`, `blackhole`, `broker_restart`, …).
+    pub faults: BTreeMap<String, u32>,
+    /// From a network or broker fault to the next confirm anywhere, median (ms).
+    pub recovery_p50_ms: Option<f64>,
+    /// The same, 99th percentile (ms).
+    pub recovery_p99_ms: Option<f64>,
+    /// Length of the run so far.
+    pub seconds: f64,
+}
+
+impl Ledger {
+    /// Counts the ledger from the publishers' reports (`published`), the `applied` table, the
+    /// consumers' last reports and the faults. Call once the consumers have stopped.
+    pub(super) async fn count(
+        messages: u64,
+        db: &Db,
+        published: &PubReport,
+        pool: &Pool,
+        faults: &FaultLog,
+        started: Instant,
+    ) -> anyhow::Result<Ledger> {
+        let confirmed = &published.confirmed;
+        let counts = db.seq_counts().await?;
+        let applied: HashMap<u64, i64> = counts.iter().map(|(s, n)| (*s as u64, *n)).collect();
+        let mut l = Ledger {
+            messages,
+            published: published.accepted.len() as u64,
+            confirmed: confirmed.len() as u64,
+            unconfirmed_at_crash: pool.unconfirmed_at_crash,
+            applied_once: applied.values().filter(|n| **n == 1).count() as u64,
+            applied_twice: applied.values().map(|n| (*n - 1).max(0) as u64).sum(),
+            lost: confirmed
+                .keys()
+                .filter(|s| !applied.contains_key(s))
+                .count() as u64,
+            missing: (0..messages)
+                .filter(|s| !confirmed.contains_key(s) && !applied.contains_key(s))
+                .count() as u64,
+            faults: faults.by_name(),
+            seconds: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        for r in pool.consumer_reports() {
+            if let Some(s) = last_consumer_report(r) {
+                l.duplicates_skipped += s.duplicates;
+                l.retried += s.retried;
+                l.dead_lettered += s.dead_lettered;
+                l.reconnects += s.reconnects;
+            }
+        }
+        if let Some((p50, p99)) = recovery_percentiles(&faults.times, confirmed) {
+            l.recovery_p50_ms = Some(p50);
+            l.recovery_p99_ms = Some(p99);
+        }
+        Ok(l)
+    }
+
+    /// Prints the ledger (as one JSON line with `json`) and the verdict: success only when
+    /// nothing was lost, applied twice or missing, in time.
+    pub(super) fn report(&self, json: bool, timed_out: bool) -> anyhow::Result<ExitCode> {
+        let ok = self.lost == 0 && self.applied_twice == 0 && self.missing == 0 && !timed_out;
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        } else {
+            self.print();
+            println!(
+                "\n  {}",
+                if ok {
+                    "OK: lost 0, applied twice 0"
+                } else if timed_out {
+                    "FAILED: the run timed out before everything was applied"
+                } else {
+                    "FAILED: the ledger does not balance"
+                }
+            );
+        }
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+
+    fn print(&self) {
+        println!();
+        println!("  messages               {:>8}", self.messages);
+        println!("  published              {:>8}", self.published);
+        println!("  confirmed              {:>8}", self.confirmed);
+        println!(
+            "  unconfirmed at crash   {:>8}   handed back by killed publishers; resent with the same id",
+            self.unconfirmed_at_crash
+        );
+        println!("  applied once           {:>8}", self.applied_once);
+        println!("  applied twice          {:>8}", self.applied_twice);
+        println!(
+            "  lost                   {:>8}   confirmed but never applied",
+            self.lost
+        );
+        println!(
+            "  missing                {:>8}   neither confirmed nor applied",
+            self.missing
+        );
+        println!("  duplicates skipped     {:>8}", self.duplicates_skipped);
+        println!("  retries                {:>8}", self.retried);
+        println!("  dead-lettered          {:>8}", self.dead_lettered);
+        println!("  consumer reconnects    {:>8}", self.reconnects);
+        for (k, v) in &self.faults {
+            println!("  fault {k:<16} {v:>8}");
+        }
+        if let (Some(p50), Some(p99)) = (self.recovery_p50_ms, self.recovery_p99_ms) {
+            println!("  recovery to next confirm: p50 {p50:.0} ms, p99 {p99:.0} ms");
+        }
+        println!("  {:.1} s", self.seconds);
+    }
+}
+
+pub(super) fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// Lines of a publisher report: accepted, confirmed (with time) seqs.
+#[derive(Default)]
+pub(super) struct PubReport {
+    pub(super) accepted: HashSet<u64>,
+    /// Seq → unix time of its confirm, in microseconds.
+    pub(super) confirmed: HashMap<u64, u128>,
+}
+
+impl PubReport {
+    /// One report file; a missing or unreadable file is an empty report.
+    pub(super) fn read(path: &Path) -> PubReport {
+        let mut r = PubReport::default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            match (it.next(), it.next().and_then(|s| s.parse::<u64>().ok())) {
+                (Some("a"), Some(seq)) => {
+                    r.accepted.insert(seq);
+                }
+                (Some("c"), Some(seq)) => {
+                    let t = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    r.confirmed.insert(seq, t);
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// All these reports together; a seq confirmed more than once keeps its first report's time.
+    pub(super) fn read_all<'a>(paths: impl Iterator<Item = &'a Path>) -> PubReport {
+        let mut all = PubReport::default();
+        for p in paths {
+            let r = PubReport::read(p);
+            all.accepted.extend(r.accepted);
+            for (s, t) in r.confirmed {
+                all.confirmed.entry(s).or_insert(t);
+            }
+        }
+        all
+    }
+}
+
+/// The last summary line of a consumer report.
+fn last_consumer_report(path: &Path) -> Option<ConsumerSummary> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Recovery: from each network or broker fault (`fault_times`) to the next confirm anywhere,
+/// the p50 and p99 in milliseconds; `None` when no fault was followed by a confirm.
+fn recovery_percentiles(
+    fault_times: &[u128],
+    confirmed: &HashMap<u64, u128>,
+) -> Option<(f64, f64)> {
+    let mut confirm_times: Vec<u128> = confirmed.values().copied().collect();
+    confirm_times.sort_unstable();
+    let mut recovery: Vec<f64> = fault_times
+        .iter()
+        .filter_map(|t| {
+            let i = confirm_times.partition_point(|c| c <= t);
+            confirm_times.get(i).map(|c| (c - t) as f64 / 1000.0)
+        })
+        .collect();
+    recovery.sort_by(|x, y| x.total_cmp(y));
+    if recovery.is_empty() {
+        return None;
+    }
+    let pct = |p: f64| recovery[((p / 100.0 * recovery.len() as f64).ceil() as usize).max(1) - 1];
+    Some((pct(50.0), pct(99.0)))
+}

@@ -1,0 +1,87 @@
+//! The chaos run, step by step.
+
+use super::args::Args;
+use super::inject::{FaultLog, inject_all};
+use super::ledger::{Ledger, PubReport};
+use super::plan::Plan;
+use super::pool::{Launcher, Pool};
+use super::setup::Setup;
+use rabbit_once::Connection;
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Runs the chaos test and prints its ledger; success only if it balances.
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(a.timeout);
+    let say = |s: String| {
+        if !a.json {
+            println!("{s}");
+        } else {
+            eprintln!("{s}");
+        }
+    };
+    let say: &dyn Fn(String) = &say;
+
+    // 1. The broker, a fault proxy in front of it, the store.
+    let setup = Setup::start(&a, say).await?;
+    // 2. The fault plan, and a publishing rate that spreads the messages over it.
+    let plan = Plan::new(&a, setup.node.is_some(), say);
+    // 3. The children, all through the proxy: consumers, then publishers.
+    let mut pool = Pool::start(Launcher::new(&a, &setup, &plan)?, &a)?;
+    say(format!(
+        "  {} faults planned, publishing at {:.0} msg/s; heartbeat {}s, black holes {}s",
+        plan.faults.len(),
+        plan.rate,
+        plan.heartbeat,
+        plan.hole.as_secs()
+    ));
+    // 4. The faults, one after another, while children that exit are started again.
+    let mut faults = FaultLog::new(started);
+    let mut timed_out =
+        inject_all(&a, &setup, &plan, &mut pool, &mut faults, deadline, say).await?;
+    // 5. The publishers finish on their own.
+    if !timed_out {
+        timed_out = pool.wait_for_publishers(deadline, say).await?;
+    }
+    // 6. The consumers apply every confirmed message and empty the queue.
+    let published = PubReport::read_all(pool.publisher_reports());
+    let check = setup.check_connection().await?;
+    timed_out |= wait_until_applied(&setup, &check, &published, &mut pool, deadline).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // redeliveries in flight land
+    pool.stop_consumers().await;
+    // 7. The ledger, from the reports and the database.
+    let ledger = Ledger::count(a.messages, &setup.db, &published, &pool, &faults, started).await?;
+    // 8. Queues, schema, work directory and node removed; the verdict.
+    setup.clean_up(a.keep, check, say).await;
+    ledger.report(a.json, timed_out)
+}
+
+/// Waits until every confirmed message is in the `applied` table and the queue is empty,
+/// restarting consumers that exit; true if the deadline passed first.
+async fn wait_until_applied(
+    setup: &Setup,
+    check: &Connection,
+    published: &PubReport,
+    pool: &mut Pool,
+    deadline: Instant,
+) -> anyhow::Result<bool> {
+    loop {
+        let counts = setup.db.seq_counts().await?;
+        let applied: HashSet<u64> = counts.iter().map(|(s, _)| *s as u64).collect();
+        let ready = check
+            .queue_info(&setup.queue)
+            .await
+            .map(|i| i.messages)
+            .unwrap_or(1);
+        if published.confirmed.keys().all(|s| applied.contains(s)) && ready == 0 {
+            return Ok(false);
+        }
+        if Instant::now() > deadline {
+            return Ok(true);
+        }
+        pool.restart_exited_consumers(&|_| {})?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
