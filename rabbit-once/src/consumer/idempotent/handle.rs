@@ -2,7 +2,7 @@
 //! shut it down.
 
 use super::config::ConsumerConfig;
-use super::stats::{ConsumerStats, Counters};
+use super::stats::{ConsumerCounters, ConsumerStats};
 use super::worker::Worker;
 use crate::connection::Connection;
 use crate::consumer::handler::Handler;
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 pub struct Consumer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    counters: Arc<Counters>,
+    counters: Arc<ConsumerCounters>,
     close_timeout: Arc<AtomicU64>,
 }
 
@@ -41,7 +41,7 @@ impl Consumer {
             .migrate()
             .await
             .map_err(|e| Error::Store(Arc::new(e)))?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ConsumerCounters::default());
         let (stop, stop_rx) = watch::channel(false);
         let close_timeout = Arc::new(AtomicU64::new(5000));
         // Retry and dead-letter copies are as large as what the broker delivered: up to its own

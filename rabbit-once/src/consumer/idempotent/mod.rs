@@ -16,12 +16,11 @@
 //!   runs of redeliveries (the crash-loop bound);
 //! - [`key`]: a delivery's dedup key (its message id, octets in hex, or a hash of the body);
 //! - [`split`]: running a batch to the end, splitting it around the message that failed;
-//! - [`attempt`]: one batch's transaction, held through outages and conflicts, and how its
+//! - [`transaction`]: one batch's transaction, held through outages and conflicts, and how its
 //!   errors are classified;
 //! - [`settle`]: a failed message's retry or dead-letter copy, confirmed before the ack;
 //! - [`retention`]: deleting old dedup records.
 
-mod attempt;
 mod config;
 mod handle;
 mod key;
@@ -29,6 +28,7 @@ mod retention;
 mod settle;
 mod split;
 mod stats;
+mod transaction;
 mod worker;
 
 pub use config::ConsumerConfig;

@@ -1,7 +1,7 @@
 //! Retention: this group's dedup records older than the retention window are deleted, in small
 //! batches, every retention interval.
 
-use super::stats::Counters;
+use super::stats::ConsumerCounters;
 use super::worker::Worker;
 use crate::consumer::handler::Handler;
 use crate::dedup::Store;
@@ -23,7 +23,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             loop {
                 match self.store.purge(&self.config.group, before, BATCH).await {
                     Ok(n) => {
-                        Counters::add(&self.counters.purged, n);
+                        ConsumerCounters::add(&self.counters.purged, n);
                         if n < BATCH as u64 {
                             break;
                         }

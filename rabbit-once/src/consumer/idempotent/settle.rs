@@ -1,9 +1,9 @@
 //! Settling a failed message: its retry copy or dead-letter copy is published and confirmed
 //! before the original is acked; a copy the broker will never take is dead-lettered bare or held.
 
-use super::attempt::Failure_;
 use super::key::Item;
-use super::stats::Counters;
+use super::stats::ConsumerCounters;
+use super::transaction::RunFailure;
 use super::worker::Worker;
 use crate::consumer::handler::Handler;
 use crate::consumer::retry;
@@ -14,7 +14,7 @@ use crate::shutdown::stopped;
 use std::time::Duration;
 
 /// How publishing a retry or dead-letter copy ended.
-enum Copy {
+enum CopyOutcome {
     Confirmed,
     /// The broker will never take this copy (see [`refused_for_good`]).
     Refused(Error),
@@ -37,13 +37,13 @@ fn refused_for_good(e: &Error) -> bool {
 }
 
 impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
-    pub(super) async fn settle_failure(&self, item: Item, f: Failure_) {
+    pub(super) async fn settle_failure(&self, item: Item, f: RunFailure) {
         let attempt = item.d.attempt();
         let p = &self.config.retry;
         let (after, reason) = match f {
-            Failure_::Reject(reason) => return self.dead_letter(item, &reason, attempt).await,
-            Failure_::Retry { after, reason } => (after, reason),
-            Failure_::Error(reason) | Failure_::Panic(reason) | Failure_::Timeout(reason) => {
+            RunFailure::Reject(reason) => return self.dead_letter(item, &reason, attempt).await,
+            RunFailure::Retry { after, reason } => (after, reason),
+            RunFailure::Error(reason) | RunFailure::Panic(reason) | RunFailure::Timeout(reason) => {
                 (None, reason)
             }
         };
@@ -61,18 +61,18 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             &reason,
         );
         match self.publish_copy(&item, m).await {
-            Copy::Confirmed => {
+            CopyOutcome::Confirmed => {
                 item.d.ack();
-                Counters::add(&self.counters.retried, 1);
+                ConsumerCounters::add(&self.counters.retried, 1);
             }
             // The broker will never take the retry copy (its queue is gone, …): retrying is
             // impossible, so the message is dead-lettered with both reasons.
-            Copy::Refused(e) => {
+            CopyOutcome::Refused(e) => {
                 let reason = format!("{reason}; its retry copy was refused: {e}");
                 self.dead_letter(item, &reason, attempt).await;
             }
-            Copy::Failed => self.requeue_later(item).await,
-            Copy::Gone => {}
+            CopyOutcome::Failed => self.requeue_later(item).await,
+            CopyOutcome::Gone => {}
         }
     }
 
@@ -93,18 +93,18 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             )
         };
         let mut outcome = self.publish_copy(&item, copy(reason)).await;
-        if let Copy::Refused(e) = &outcome {
+        if let CopyOutcome::Refused(e) = &outcome {
             let reason = format!("{reason}; original properties dropped (full copy refused: {e})");
             outcome = self.publish_copy(&item, retry::bare(copy(&reason))).await;
         }
         let id = item.d.message_id().map(str::to_string);
         match outcome {
-            Copy::Confirmed => {
+            CopyOutcome::Confirmed => {
                 item.d.ack();
-                Counters::add(&self.counters.dead_lettered, 1);
+                ConsumerCounters::add(&self.counters.dead_lettered, 1);
                 tracing::warn!(%reason, message_id = ?id, "dead-lettered");
             }
-            Copy::Refused(e) => {
+            CopyOutcome::Refused(e) => {
                 let why = format!("the dead-letter target refuses the message: {e}");
                 tracing::error!(
                     queue = %c.queue,
@@ -118,32 +118,32 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     message_id: id,
                     reason: why,
                 });
-                Counters::add(&self.counters.held, 1);
+                ConsumerCounters::add(&self.counters.held, 1);
                 self.held.lock().expect("held lock").push(item.d);
             }
-            Copy::Failed => self.requeue_later(item).await,
-            Copy::Gone => {}
+            CopyOutcome::Failed => self.requeue_later(item).await,
+            CopyOutcome::Gone => {}
         }
     }
 
     /// Publishes a retry or dead-letter copy of `item` and waits for the broker's verdict. The
     /// original is acked by the caller only once the copy is confirmed.
-    async fn publish_copy(&self, item: &Item, m: crate::message::Message) -> Copy {
+    async fn publish_copy(&self, item: &Item, m: crate::message::Message) -> CopyOutcome {
         if !item.d.is_live() {
-            Counters::add(&self.counters.abandoned, 1);
-            return Copy::Gone;
+            ConsumerCounters::add(&self.counters.abandoned, 1);
+            return CopyOutcome::Gone;
         }
         let mut stop = self.stop.clone();
         let r = tokio::select! {
             r = self.publisher.publish_confirmed(m) => r,
-            _ = stopped(&mut stop) => return Copy::Gone,
+            _ = stopped(&mut stop) => return CopyOutcome::Gone,
         };
         match r {
-            Ok(_) => Copy::Confirmed,
-            Err(e) if refused_for_good(&e.error) => Copy::Refused(e.error),
+            Ok(_) => CopyOutcome::Confirmed,
+            Err(e) if refused_for_good(&e.error) => CopyOutcome::Refused(e.error),
             Err(e) => {
                 tracing::error!(error = %e.error, "could not publish the retry or dead-letter copy; requeueing the original");
-                Copy::Failed
+                CopyOutcome::Failed
             }
         }
     }

@@ -1,9 +1,9 @@
 //! Running a work list of batches to the end: a failed batch is split around the message that
 //! failed, or bisected, until every verdict comes from a run of one message alone.
 
-use super::attempt::Failure_;
 use super::key::Item;
-use super::stats::Counters;
+use super::stats::ConsumerCounters;
+use super::transaction::RunFailure;
 use super::worker::Worker;
 use crate::consumer::handler::Handler;
 use crate::dedup::Store;
@@ -26,11 +26,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             }
             if !split {
                 split = true;
-                Counters::add(&self.counters.split_batches, 1);
+                ConsumerCounters::add(&self.counters.split_batches, 1);
             }
             // A batch that timed out is run one message at a time: bisecting would wait out
             // the timeout once per halving.
-            if matches!(failure, Failure_::Timeout(_)) {
+            if matches!(failure, RunFailure::Timeout(_)) {
                 work.extend(batch.into_iter().rev().map(|item| vec![item]));
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of a consumer.
+/// ConsumerCounters of a consumer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumerStats {
     /// Deliveries received (duplicates and redeliveries included).
@@ -46,7 +46,7 @@ pub struct ConsumerStats {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub(super) struct ConsumerCounters {
     pub(super) delivered: AtomicU64,
     pub(super) applied: AtomicU64,
     pub(super) duplicates: AtomicU64,
@@ -67,7 +67,7 @@ pub(super) struct Counters {
     pub(super) purged: AtomicU64,
 }
 
-impl Counters {
+impl ConsumerCounters {
     pub(super) fn add(c: &AtomicU64, n: u64) {
         if n > 0 {
             c.fetch_add(n, Ordering::Relaxed);

@@ -2,8 +2,8 @@
 //! id-less ones, count the runs of redeliveries (the crash-loop bound), and run the rest.
 
 use super::config::ConsumerConfig;
-use super::key::Item;
-use super::stats::Counters;
+use super::key::{Item, key_of};
+use super::stats::ConsumerCounters;
 use crate::connection::Connection;
 use crate::consumer::delivery::Delivery;
 use crate::consumer::handler::Handler;
@@ -23,7 +23,7 @@ pub(super) struct Worker<S: Store, H> {
     pub(super) store: S,
     pub(super) handler: H,
     pub(super) config: ConsumerConfig,
-    pub(super) counters: Arc<Counters>,
+    pub(super) counters: Arc<ConsumerCounters>,
     pub(super) publisher: Publisher,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) close_timeout: Arc<AtomicU64>,
@@ -79,7 +79,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     }
                 }
             }
-            Counters::add(&self.counters.delivered, batch.len() as u64);
+            ConsumerCounters::add(&self.counters.delivered, batch.len() as u64);
             if c.concurrency == 1 {
                 self.process(batch).await;
             } else {
@@ -106,7 +106,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let mut again = Vec::new();
         for d in batch {
             if let Some(why) = d.malformed() {
-                Counters::add(&self.counters.malformed, 1);
+                ConsumerCounters::add(&self.counters.malformed, 1);
                 let reason = format!("malformed delivery: {why}");
                 // Its dead-letter copy needs an id of its own if it came without one.
                 let key = d
@@ -116,11 +116,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 self.dead_letter(Item { d, key }, &reason, 1).await;
                 continue;
             }
-            match self.key_of(&d) {
+            match key_of(&d, self.config.missing_id) {
                 Ok(key) if d.redelivered() => again.push(Item { d, key }),
                 Ok(key) => items.push(Item { d, key }),
                 Err(reason) => {
-                    Counters::add(&self.counters.missing_id, 1);
+                    ConsumerCounters::add(&self.counters.missing_id, 1);
                     let item = Item {
                         d,
                         key: String::new(),
@@ -152,7 +152,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             // `runs` counts this redelivery and the earlier ones; with the first delivery's
             // (uncounted) run, `runs` runs have already started and never finished.
             Ok(runs) if runs >= max => {
-                Counters::add(&self.counters.crash_looped, 1);
+                ConsumerCounters::add(&self.counters.crash_looped, 1);
                 let reason = format!(
                     "the handler never finished {runs} runs: the process died (or lost the \
                      broker) while handling this message every time"
