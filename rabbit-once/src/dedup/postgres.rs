@@ -2,6 +2,7 @@
 //! batch in sorted order, so two processes claiming overlapping batches take row locks in the
 //! same order and never deadlock on each other.
 
+use super::sql::{self, Dialect};
 use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -96,6 +97,18 @@ impl PostgresStore {
     }
 }
 
+impl Dialect for Postgres {
+    type Version = i32;
+
+    fn param(n: usize) -> String {
+        format!("${n}")
+    }
+
+    fn version(n: usize) -> i32 {
+        n as i32
+    }
+}
+
 impl Store for PostgresStore {
     type Db = Postgres;
 
@@ -110,22 +123,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await?;
-        let done: i32 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
-                .fetch_one(&mut *tx)
-                .await?;
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            for sql in *statements {
-                sqlx::query(sql).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES ($1)")
-                .bind(i as i32 + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sql::migrate(&mut tx, MIGRATIONS).await?;
         tx.commit().await
     }
 
@@ -163,14 +161,7 @@ impl Store for PostgresStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = $1 AND message_id = $2"
-        ))
-        .bind(group)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(n == 1)
+        sql::holds(tx, group, id).await
     }
 
     async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
@@ -193,14 +184,7 @@ impl Store for PostgresStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = $1 AND message_id = $2"
-        ))
-        .bind(group)
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+        sql::forget_runs(tx, group, id).await
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {

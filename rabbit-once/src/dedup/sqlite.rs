@@ -2,6 +2,7 @@
 //! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
 //! writers never deadlock on a lock upgrade).
 
+use super::sql::{self, Dialect};
 use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -99,27 +100,24 @@ impl SqliteStore {
     }
 }
 
+impl Dialect for Sqlite {
+    type Version = i64;
+
+    fn param(_: usize) -> String {
+        "?".into()
+    }
+
+    fn version(n: usize) -> i64 {
+        n as i64
+    }
+}
+
 impl Store for SqliteStore {
     type Db = Sqlite;
 
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await?;
-        let done: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
-                .fetch_one(&mut *tx)
-                .await?;
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            for sql in *statements {
-                sqlx::query(sql).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES (?)")
-                .bind(i as i64 + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sql::migrate(&mut tx, MIGRATIONS).await?;
         tx.commit().await
     }
 
@@ -156,14 +154,7 @@ impl Store for SqliteStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = ? AND message_id = ?"
-        ))
-        .bind(group)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(n == 1)
+        sql::holds(tx, group, id).await
     }
 
     async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
@@ -190,14 +181,7 @@ impl Store for SqliteStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = ? AND message_id = ?"
-        ))
-        .bind(group)
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+        sql::forget_runs(tx, group, id).await
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
