@@ -41,6 +41,7 @@ pub enum Failure {
 /// A dedup store. Implemented for SQLite and PostgreSQL; each call that writes takes the
 /// caller's transaction, so the dedup record commits or rolls back with the handler's writes.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The sqlx database: the handler's transaction is a `sqlx::Transaction<'static, Db>`.
     type Db: sqlx::Database;
 
     /// Creates the table and index if missing (idempotent; safe from several processes).

@@ -40,8 +40,11 @@ pub struct PostgresOptions {
     /// application's unqualified tables land there too). Created if missing. Default: the
     /// server's `search_path` (usually `public`).
     pub schema: Option<String>,
+    /// Connections in the pool, shared by the store and the handlers' transactions (default
+    /// 8; at least 1).
     pub max_connections: u32,
-    /// How long to wait for a connection before the database counts as unavailable.
+    /// How long to wait for a connection before the database counts as unavailable (default
+    /// 5 s).
     pub acquire_timeout: Duration,
 }
 
@@ -67,11 +70,14 @@ fn quote_ident(s: &str) -> String {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/db`) with default options.
+    /// A store for `url` (`postgres://user@host:port/db`) with default options. Like
+    /// [`connect_with`](Self::connect_with), it connects at the first query, not here.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
 
+    /// Prepares a pool for `url` with options `o`. Fails only on a malformed URL: nothing
+    /// connects until the first query (a [`Store::migrate`], say).
     pub async fn connect_with(url: &str, o: PostgresOptions) -> Result<Self, sqlx::Error> {
         let mut opts = PgConnectOptions::from_str(url)?;
         if let Some(s) = &o.schema {
@@ -92,6 +98,7 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The schema of the dedup table, if one was set.
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_deref()
     }

@@ -38,9 +38,11 @@ const MIGRATIONS: &[&[&str]] = &[
 /// Options for [`SqliteStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
-    /// Connections in the pool (writers still take turns: SQLite has one writer at a time).
+    /// Connections in the pool (default 4; at least 1). Writers still take turns: SQLite has
+    /// one writer at a time.
     pub max_connections: u32,
-    /// How long a writer waits for the lock before `SQLITE_BUSY`.
+    /// How long a writer waits for the lock before `SQLITE_BUSY`, and how long to wait for a
+    /// pooled connection (default 10 s).
     pub busy_timeout: Duration,
     /// `FULL` (default) syncs the WAL on every commit: a committed dedup record survives a
     /// power cut. `NORMAL` survives a process crash only.
@@ -70,6 +72,7 @@ impl SqliteStore {
         Self::open_with(path, SqliteOptions::default()).await
     }
 
+    /// Opens (creating if missing) the database file with options `o`.
     pub async fn open_with(path: impl AsRef<Path>, o: SqliteOptions) -> Result<Self, sqlx::Error> {
         let path = path.as_ref().to_path_buf();
         let opts = SqliteConnectOptions::new()
@@ -95,6 +98,7 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -27,7 +27,12 @@ pub struct ConsumerConfig {
 
 impl ConsumerConfig {
     /// Consume `queue` in consumer group `queue`, prefetch 500, one handler at a time, group
-    /// commit of up to 200 messages, 5 attempts, dead letters to `<queue>.dead`.
+    /// commit of up to 200 messages (waiting at most 1 ms), the default [`RetryPolicy`] (5
+    /// attempts), dead letters to `<queue>.dead`, id-less messages dead-lettered.
+    ///
+    /// The consumer group defaults to the queue's name, and the dedup records are kept per
+    /// group: renaming the queue without setting [`group`](Self::group) to the old name starts
+    /// deduplication afresh (messages already applied would be applied again if redelivered).
     pub fn new(queue: impl Into<String>) -> Self {
         let queue = queue.into();
         ConsumerConfig {
@@ -57,7 +62,9 @@ impl ConsumerConfig {
         self
     }
 
-    /// The consumer group: consumers of one group apply each message once between them.
+    /// The consumer group: consumers of one group apply each message once between them
+    /// (default: the queue's name). Dedup records are kept per group, so changing it starts
+    /// deduplication afresh.
     pub fn group(mut self, g: impl Into<String>) -> Self {
         self.group = g.into();
         self
@@ -84,16 +91,22 @@ impl ConsumerConfig {
         self
     }
 
+    /// How often a failing message is tried and how long it waits in between (default
+    /// [`RetryPolicy::default`]: 5 attempts, after 1 s, 10 s, 60 s, 300 s).
     pub fn retry(mut self, p: RetryPolicy) -> Self {
         self.retry = p;
         self
     }
 
+    /// Where messages go after the last attempt or a `Reject` (default: the queue
+    /// `<queue>.dead`, declared by the consumer).
     pub fn dead_letter(mut self, d: DeadLetter) -> Self {
         self.dead_letter = d;
         self
     }
 
+    /// What to do with a message without a `message_id` (default:
+    /// [`MissingId::DeadLetter`]).
     pub fn missing_id(mut self, m: MissingId) -> Self {
         self.missing_id = m;
         self
@@ -107,12 +120,14 @@ impl ConsumerConfig {
         self
     }
 
-    /// Delay between attempts while the database is unreachable.
+    /// Delay between attempts while the database is unreachable (default 100 ms doubling to
+    /// 5 s, up to half of each delay taken off at random).
     pub fn store_backoff(mut self, b: Backoff) -> Self {
         self.store_backoff = b;
         self
     }
 
+    /// The work queue's name.
     pub fn queue(&self) -> &str {
         &self.queue
     }

@@ -73,6 +73,7 @@ impl Consumer {
         })
     }
 
+    /// The counters right now.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
     }

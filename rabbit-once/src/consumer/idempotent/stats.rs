@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// ConsumerCounters of a consumer.
+/// Counters of a consumer since it started: read them with
+/// [`Consumer::stats`](crate::consumer::Consumer::stats), and the final ones come from
+/// [`Consumer::shutdown`](crate::consumer::Consumer::shutdown).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumerStats {
     /// Deliveries received (duplicates and redeliveries included).
@@ -13,7 +15,12 @@ pub struct ConsumerStats {
     pub duplicates: u64,
     /// Messages sent to a retry queue.
     pub retried: u64,
+    /// Messages published to the dead-letter target and acked, whatever the reason (the last
+    /// attempt failed, a `Reject`, no usable id, malformed, a crash loop…).
     pub dead_lettered: u64,
+    /// Deliveries without a usable `message_id` (none or empty under
+    /// [`MissingId::DeadLetter`](crate::consumer::MissingId::DeadLetter), or one with a NUL
+    /// byte): dead-lettered, the handler never ran.
     pub missing_id: u64,
     /// Deliveries that could not be decoded in full (see
     /// [`Delivery::malformed`](crate::consumer::Delivery::malformed)):
@@ -23,7 +30,11 @@ pub struct ConsumerStats {
     pub commits: u64,
     /// Batches rolled back and run again one message at a time.
     pub split_batches: u64,
+    /// Handler runs that returned an error (the database's own failures excepted: those count
+    /// as outages or conflicts).
     pub handler_errors: u64,
+    /// Handler runs that panicked (caught and rolled back; the message is retried like any
+    /// failure).
     pub handler_panics: u64,
     /// Handler runs that did not return within the handler timeout (rolled back, retried).
     pub handler_timeouts: u64,
