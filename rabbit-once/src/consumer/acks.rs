@@ -20,10 +20,13 @@ enum Tag {
 /// What to put on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AckFrame {
+    /// The delivery tag to ack.
     pub tag: u64,
+    /// Whether the ack covers every tag up to `tag` (`basic.ack multiple`).
     pub multiple: bool,
 }
 
+/// The settled and open delivery tags of one channel, and the acks they call for.
 #[derive(Debug)]
 pub(crate) struct AckTracker {
     /// Every tag up to here is settled.
@@ -32,10 +35,13 @@ pub(crate) struct AckTracker {
     tags: VecDeque<Tag>,
     /// Settled tags waiting behind an open one before we ack them singly.
     max_waiting: usize,
+    /// Tags acked but not on the wire yet (`Tag::AckDue`).
     waiting: usize,
 }
 
 impl AckTracker {
+    /// A tracker for a new channel; at most `max_waiting` (at least 1) settled tags wait
+    /// behind an open one.
     pub(crate) fn new(max_waiting: usize) -> Self {
         AckTracker {
             floor: 0,

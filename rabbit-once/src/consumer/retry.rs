@@ -12,13 +12,23 @@ use crate::topology::{Queue, Topology};
 use crate::transport::FieldValue;
 use std::time::{Duration, SystemTime};
 
+/// On a dead-letter copy: why it was dead-lettered (text, cut to 1,000 bytes).
 pub const REASON_HEADER: &str = "x-rabbit-once-reason";
+/// On a dead-letter copy: how many attempts were made (an integer).
 pub const ATTEMPTS_HEADER: &str = "x-rabbit-once-attempts";
+/// On a dead-letter copy: the consumer group that dead-lettered it.
 pub const GROUP_HEADER: &str = "x-rabbit-once-consumer-group";
+/// On a dead-letter copy: the work queue it was consumed from.
 pub const QUEUE_HEADER: &str = "x-rabbit-once-queue";
+/// On a retry copy: why the last attempt failed (text, cut to 1,000 bytes).
 pub const LAST_ERROR_HEADER: &str = "x-rabbit-once-last-error";
+/// On retry and dead-letter copies: the exchange the original was published to (set on the
+/// first copy, kept on later ones).
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-rabbit-once-original-exchange";
+/// On retry and dead-letter copies: the routing key the original was published with.
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-rabbit-once-original-routing-key";
+/// On a dead-letter copy: when it was dead-lettered (an AMQP timestamp, seconds since the
+/// Unix epoch).
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-rabbit-once-dead-lettered-at";
 
 /// How often and how long to wait before giving up on a message.
@@ -45,6 +55,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `max_attempts` attempts in all; `delays[i]` before attempt `i + 2`, the last repeating.
     pub fn new(max_attempts: u32, delays: Vec<Duration>) -> Self {
         RetryPolicy {
             max_attempts,
@@ -92,7 +103,9 @@ pub enum DeadLetter {
     Queue(String),
     /// An exchange and routing key (declared by the application).
     Exchange {
+        /// The exchange's name.
         exchange: String,
+        /// The routing key every dead letter is published with.
         routing_key: String,
     },
 }
@@ -108,6 +121,7 @@ pub enum MissingId {
     HashBody,
 }
 
+/// The retry queue of `queue` for `delay`: `<queue>.retry.<ms>`.
 pub(crate) fn retry_queue(queue: &str, delay: Duration) -> String {
     format!("{queue}.retry.{}", delay.as_millis())
 }

@@ -2,6 +2,8 @@
 //! transaction as the handler's own writes.
 //!
 //! - this file: the [`Store`] trait every backend implements, and error classification;
+//! - `sql`: the SQL both backends run, written once (the migration loop, statements that differ
+//!   only in their bind parameters);
 //! - [`sqlite`]: the embedded default (one file, WAL, busy timeout) — feature `sqlite`;
 //! - [`postgres`]: a pool, safe for many consumer processes at once — feature `postgres`.
 //!
@@ -11,11 +13,13 @@
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// The processed-messages table's name (the same in every backend).
 pub const TABLE: &str = "rabbit_once_processed";
@@ -37,6 +41,7 @@ pub enum Failure {
 /// A dedup store. Implemented for SQLite and PostgreSQL; each call that writes takes the
 /// caller's transaction, so the dedup record commits or rolls back with the handler's writes.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The sqlx database: the handler's transaction is a `sqlx::Transaction<'static, Db>`.
     type Db: sqlx::Database;
 
     /// Creates the table and index if missing (idempotent; safe from several processes).
@@ -104,6 +109,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 }
 
 /// Errors every backend shares: I/O and pool failures mean the database is not there.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn classify_common(e: &sqlx::Error) -> Option<Failure> {
     match e {
         sqlx::Error::Io(_)
@@ -118,9 +124,10 @@ pub(crate) fn classify_common(e: &sqlx::Error) -> Option<Failure> {
 }
 
 /// Seconds since the Unix epoch, as stored in `processed_at`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+        .unwrap_or(std::time::Duration::ZERO)
         .as_secs() as i64
 }
 

@@ -2,6 +2,7 @@
 //! batch in sorted order, so two processes claiming overlapping batches take row locks in the
 //! same order and never deadlock on each other.
 
+use super::sql::{self, Dialect};
 use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -39,8 +40,11 @@ pub struct PostgresOptions {
     /// application's unqualified tables land there too). Created if missing. Default: the
     /// server's `search_path` (usually `public`).
     pub schema: Option<String>,
+    /// Connections in the pool, shared by the store and the handlers' transactions (default
+    /// 8; at least 1).
     pub max_connections: u32,
-    /// How long to wait for a connection before the database counts as unavailable.
+    /// How long to wait for a connection before the database counts as unavailable (default
+    /// 5 s).
     pub acquire_timeout: Duration,
 }
 
@@ -66,11 +70,14 @@ fn quote_ident(s: &str) -> String {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/db`) with default options.
+    /// A store for `url` (`postgres://user@host:port/db`) with default options. Like
+    /// [`connect_with`](Self::connect_with), it connects at the first query, not here.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
 
+    /// Prepares a pool for `url` with options `o`. Fails only on a malformed URL: nothing
+    /// connects until the first query (a [`Store::migrate`], say).
     pub async fn connect_with(url: &str, o: PostgresOptions) -> Result<Self, sqlx::Error> {
         let mut opts = PgConnectOptions::from_str(url)?;
         if let Some(s) = &o.schema {
@@ -91,8 +98,21 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The schema of the dedup table, if one was set.
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_deref()
+    }
+}
+
+impl Dialect for Postgres {
+    type Version = i32;
+
+    fn param(n: usize) -> String {
+        format!("${n}")
+    }
+
+    fn version(n: usize) -> i32 {
+        n as i32
     }
 }
 
@@ -110,22 +130,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await?;
-        let done: i32 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
-                .fetch_one(&mut *tx)
-                .await?;
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            for sql in *statements {
-                sqlx::query(sql).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES ($1)")
-                .bind(i as i32 + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sql::migrate(&mut tx, MIGRATIONS).await?;
         tx.commit().await
     }
 
@@ -163,14 +168,7 @@ impl Store for PostgresStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = $1 AND message_id = $2"
-        ))
-        .bind(group)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(n == 1)
+        sql::holds(tx, group, id).await
     }
 
     async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
@@ -193,14 +191,7 @@ impl Store for PostgresStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = $1 AND message_id = $2"
-        ))
-        .bind(group)
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+        sql::forget_runs(tx, group, id).await
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {

@@ -2,6 +2,7 @@
 //! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
 //! writers never deadlock on a lock upgrade).
 
+use super::sql::{self, Dialect};
 use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -37,9 +38,11 @@ const MIGRATIONS: &[&[&str]] = &[
 /// Options for [`SqliteStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
-    /// Connections in the pool (writers still take turns: SQLite has one writer at a time).
+    /// Connections in the pool (default 4; at least 1). Writers still take turns: SQLite has
+    /// one writer at a time.
     pub max_connections: u32,
-    /// How long a writer waits for the lock before `SQLITE_BUSY`.
+    /// How long a writer waits for the lock before `SQLITE_BUSY`, and how long to wait for a
+    /// pooled connection (default 10 s).
     pub busy_timeout: Duration,
     /// `FULL` (default) syncs the WAL on every commit: a committed dedup record survives a
     /// power cut. `NORMAL` survives a process crash only.
@@ -69,6 +72,7 @@ impl SqliteStore {
         Self::open_with(path, SqliteOptions::default()).await
     }
 
+    /// Opens (creating if missing) the database file with options `o`.
     pub async fn open_with(path: impl AsRef<Path>, o: SqliteOptions) -> Result<Self, sqlx::Error> {
         let path = path.as_ref().to_path_buf();
         let opts = SqliteConnectOptions::new()
@@ -94,8 +98,21 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Dialect for Sqlite {
+    type Version = i64;
+
+    fn param(_: usize) -> String {
+        "?".into()
+    }
+
+    fn version(n: usize) -> i64 {
+        n as i64
     }
 }
 
@@ -104,22 +121,7 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await?;
-        let done: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
-                .fetch_one(&mut *tx)
-                .await?;
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-            for sql in *statements {
-                sqlx::query(sql).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES (?)")
-                .bind(i as i64 + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
+        sql::migrate(&mut tx, MIGRATIONS).await?;
         tx.commit().await
     }
 
@@ -156,14 +158,7 @@ impl Store for SqliteStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = ? AND message_id = ?"
-        ))
-        .bind(group)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(n == 1)
+        sql::holds(tx, group, id).await
     }
 
     async fn count_run<'a>(&'a self, group: &'a str, id: &'a str) -> Result<u32, sqlx::Error> {
@@ -190,14 +185,7 @@ impl Store for SqliteStore {
         group: &'a str,
         id: &'a str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "DELETE FROM {RUNS_TABLE} WHERE consumer_group = ? AND message_id = ?"
-        ))
-        .bind(group)
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+        sql::forget_runs(tx, group, id).await
     }
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {

@@ -1,0 +1,108 @@
+//! [`Consumer`]: the handle of a running idempotent consumer — start it, read its counters,
+//! shut it down.
+
+use super::config::ConsumerConfig;
+use super::stats::{ConsumerCounters, ConsumerStats};
+use super::worker::Worker;
+use crate::connection::Connection;
+use crate::consumer::handler::Handler;
+use crate::dedup::Store;
+use crate::error::Error;
+use crate::publisher::{Publisher, PublisherConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A running idempotent consumer. Stop it with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct Consumer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<ConsumerCounters>,
+    close_timeout: Arc<AtomicU64>,
+}
+
+impl Consumer {
+    /// Creates the dedup table if needed, declares the retry and dead-letter queues (on every
+    /// session from now on) and starts consuming. Fails if the store cannot be migrated.
+    pub async fn start<S, H>(
+        conn: &Connection,
+        store: S,
+        handler: H,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, Error>
+    where
+        S: Store,
+        H: Handler<S::Db>,
+    {
+        config.validate()?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| Error::Store(Arc::new(e)))?;
+        let counters = Arc::new(ConsumerCounters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let close_timeout = Arc::new(AtomicU64::new(5000));
+        // Retry and dead-letter copies are as large as what the broker delivered: up to its own
+        // hard maximum, whatever the default for an application's publisher is.
+        let publisher = Publisher::new(
+            conn,
+            PublisherConfig::default()
+                .window(256)
+                .max_message_size(COPY_MAX)
+                .max_buffered_bytes(COPY_MAX),
+        )?;
+        let worker = Arc::new(Worker {
+            conn: conn.clone(),
+            store,
+            handler,
+            config,
+            counters: counters.clone(),
+            publisher,
+            stop: stop_rx.clone(),
+            close_timeout: close_timeout.clone(),
+            held: std::sync::Mutex::new(Vec::new()),
+        });
+        let task = tokio::spawn(worker.run(stop_rx));
+        Ok(Consumer {
+            stop,
+            task,
+            counters,
+            close_timeout,
+        })
+    }
+
+    /// The counters right now.
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the consumer stopped on its own (the connection gave up for good).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops taking deliveries, lets the batch in hand finish (commit and ack, or roll back),
+    /// waits up to `timeout` for acks to be written, and closes the channel; everything not
+    /// acked is redelivered by the broker. Returns the final counters.
+    pub async fn shutdown(mut self, timeout: Duration) -> ConsumerStats {
+        self.close_timeout
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+        self.stop.send_replace(true);
+        // The batch in hand gets `timeout` too, then closing gets it again.
+        if tokio::time::timeout(timeout * 2 + Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "consumer did not stop in time; aborted (unacked messages are redelivered)"
+            );
+            self.task.abort();
+        }
+        self.counters.snapshot()
+    }
+}
+
+/// The largest retry or dead-letter copy: RabbitMQ's hard maximum message size.
+const COPY_MAX: usize = crate::config::DEFAULT_MAX_BODY_SIZE as usize;
