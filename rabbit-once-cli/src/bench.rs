@@ -148,7 +148,7 @@ async fn publish_n(
         } else {
             body.clone()
         };
-        let mut m = Message::to_queue(queue, b).mandatory(!a.no_mandatory);
+        let mut m = Message::to_queue(queue, b).with_mandatory(!a.no_mandatory);
         if transient {
             m = m.transient();
         }
@@ -311,7 +311,7 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     }
     let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let cpu = cpu_time() - c0;
-    let stats = consumer.shutdown(Duration::from_secs(10)).await;
+    let stats = consumer.close(Duration::from_secs(10)).await;
     anyhow::ensure!(
         stats.applied == a.n as u64,
         "applied {} of {}",

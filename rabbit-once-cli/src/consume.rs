@@ -207,6 +207,6 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     }
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let stats = consumer.shutdown(Duration::from_secs(10)).await;
+    let stats = consumer.close(Duration::from_secs(10)).await;
     Ok((stats, secs))
 }

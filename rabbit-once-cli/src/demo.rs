@@ -72,7 +72,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     // 5. Let the consumer finish: everything applied or skipped, the queue empty.
     wait_for_consumer(&consumer, &con_conn, &queue, confirmed_ids.len() as u64).await;
-    let cstats = consumer.shutdown(Duration::from_secs(10)).await;
+    let cstats = consumer.close(Duration::from_secs(10)).await;
     let secs = started.elapsed().as_secs_f64();
 
     // 6. The ledger, from the database.

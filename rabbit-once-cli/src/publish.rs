@@ -200,10 +200,10 @@ fn message(a: &Args, seq: u64) -> Message {
         m = m.transient();
     }
     if a.no_mandatory {
-        m = m.mandatory(false);
+        m = m.with_mandatory(false);
     }
     if let Some(p) = &a.id_prefix {
-        m = m.message_id(format!("{p}-{seq}"));
+        m = m.with_message_id(format!("{p}-{seq}"));
     }
     m
 }

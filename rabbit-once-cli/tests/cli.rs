@@ -108,7 +108,7 @@ async fn two_consumer_processes_sharing_postgres_apply_each_id_once() {
     let mut cs = Vec::new();
     for i in 0..N {
         for _ in 0..2 {
-            let m = Message::to_queue(&q, body(i, 32)).message_id(format!("{q}-{i}"));
+            let m = Message::to_queue(&q, body(i, 32)).with_message_id(format!("{q}-{i}"));
             cs.push(p.publish(m).await.unwrap());
         }
     }

@@ -69,9 +69,11 @@ async fn publish_with_poison(conn: &Connection, q: &str, n: u64, poison: u64) {
         } else {
             format!("m{i}")
         };
-        p.publish_confirmed(rabbit_once::Message::to_queue(q, body).message_id(format!("{q}-{i}")))
-            .await
-            .unwrap();
+        p.publish_confirmed(
+            rabbit_once::Message::to_queue(q, body).with_message_id(format!("{q}-{i}")),
+        )
+        .await
+        .unwrap();
     }
     p.close(Duration::from_secs(5)).await;
 }
@@ -131,7 +133,7 @@ async fn crash_child() {
         }
         last = seen;
     }
-    consumer.shutdown(Duration::from_secs(5)).await;
+    consumer.close(Duration::from_secs(5)).await;
     conn.close().await;
 }
 
@@ -220,7 +222,7 @@ async fn a_handler_that_hangs_is_timed_out_retried_and_dead_lettered() {
         s.applied >= 19 && s.dead_lettered >= 1
     })
     .await;
-    let s = consumer.shutdown(Duration::from_secs(5)).await;
+    let s = consumer.close(Duration::from_secs(5)).await;
     assert!(done, "{s:?}");
     assert_eq!((s.applied, s.dead_lettered, s.retried), (19, 1, 2), "{s:?}");
     assert!(s.handler_timeouts >= 3, "{s:?}");

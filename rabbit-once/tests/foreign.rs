@@ -298,7 +298,7 @@ async fn foreign_case() {
         s.applied + s.duplicates + s.dead_lettered >= published as u64
     })
     .await;
-    let s2 = consumer.shutdown(Duration::from_secs(5)).await;
+    let s2 = consumer.close(Duration::from_secs(5)).await;
 
     let want_applied = good.len() as u64 + 1; // + the non-UTF-8 id, once
     assert_eq!(s.delivered, published as u64, "{s:?}");
@@ -476,7 +476,7 @@ async fn a_header_frame_the_broker_delivers_over_frame_max_does_not_wedge_the_co
         .await
         .unwrap();
     let ok = eventually(Duration::from_secs(10), || consumer.stats().applied >= 1).await;
-    let s = consumer.shutdown(Duration::from_secs(5)).await;
+    let s = consumer.close(Duration::from_secs(5)).await;
     let reconnects = conn.reconnects();
     cleanup(&conn, &cfg).await;
     conn.close().await;
@@ -517,7 +517,7 @@ async fn a_utf8_id_that_reads_like_an_escaped_view_is_not_a_duplicate() {
         .await
         .unwrap();
     let s = wait_for(&consumer, "both settled", |s| s.applied + s.duplicates >= 2).await;
-    consumer.shutdown(Duration::from_secs(5)).await;
+    consumer.close(Duration::from_secs(5)).await;
     let rows = applied(&store).await;
     cleanup(&conn, &cfg).await;
     conn.close().await;

@@ -571,7 +571,8 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
             .collect();
         let mut confirmations = Vec::new();
         for id in &ids {
-            let msg = Message::to_queue("hostile", format!("body of {id}")).message_id(id.clone());
+            let msg =
+                Message::to_queue("hostile", format!("body of {id}")).with_message_id(id.clone());
             let c = tokio::time::timeout(WAIT, publisher.publish(msg))
                 .await
                 .expect("publish accepts in time")
@@ -599,7 +600,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
                         assert_eq!(code, 501, "the broker's code");
                         assert_eq!(message_id, POISON);
                         assert_eq!(
-                            message.as_ref().and_then(|m| m.id()),
+                            message.as_ref().and_then(|m| m.message_id()),
                             Some(POISON),
                             "the message is handed back"
                         );
@@ -641,7 +642,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
         assert_eq!(poison_sent, 2, "publishes {:?}", published_ids(&broker));
         // And the connection stays usable afterwards.
         let after = publisher
-            .publish_confirmed(Message::to_queue("hostile", "after").message_id("after"))
+            .publish_confirmed(Message::to_queue("hostile", "after").with_message_id("after"))
             .await
             .expect("a later message is confirmed");
         assert_eq!(after.message_id, "after");

@@ -277,7 +277,7 @@ async fn unroutable_messages_fail_alone_matched_by_id() {
     let mut cs = Vec::new();
     for i in 0..100u64 {
         let key = if i % 10 == 3 { "nowhere" } else { "ok" };
-        let m = Message::new(&x, key, body(i, 50)).message_id(format!("{q}-{i}"));
+        let m = Message::new(&x, key, body(i, 50)).with_message_id(format!("{q}-{i}"));
         cs.push((i, p.publish(m).await.unwrap()));
     }
     let mut unroutable = Vec::new();
@@ -292,7 +292,7 @@ async fn unroutable_messages_fail_alone_matched_by_id() {
                 } => {
                     assert_eq!(message_id, format!("{q}-{i}"));
                     assert_eq!(reply_code, 312);
-                    assert_eq!(e.message.unwrap().id(), Some(message_id.as_str()));
+                    assert_eq!(e.message.unwrap().message_id(), Some(message_id.as_str()));
                     unroutable.push(i);
                 }
                 other => panic!("unexpected {other}"),
@@ -326,11 +326,11 @@ async fn one_id_to_two_destinations_gets_the_right_verdict_for_each() {
     for i in 0..20u64 {
         let id = format!("{q}-{i}");
         let routable = p
-            .publish(Message::to_queue(&q, body(i, 20)).message_id(&id))
+            .publish(Message::to_queue(&q, body(i, 20)).with_message_id(&id))
             .await
             .unwrap();
         let unroutable = p
-            .publish(Message::to_queue(&nowhere, body(i, 20)).message_id(&id))
+            .publish(Message::to_queue(&nowhere, body(i, 20)).with_message_id(&id))
             .await
             .unwrap();
         pairs.push((id, routable, unroutable));
@@ -522,7 +522,7 @@ async fn messages_that_would_break_the_connection_are_refused_at_publish() {
     let before = p.publish(Message::to_queue(&q, "before")).await.unwrap();
 
     // Headers of ~200 KB: more than one 128 KiB frame.
-    let big = Message::to_queue(&q, "x").header("big", "h".repeat(200_000));
+    let big = Message::to_queue(&q, "x").with_header("big", "h".repeat(200_000));
     let e = p.publish(big).await.unwrap_err();
     match &e.error {
         Error::InvalidMessage(why) => assert!(why.contains("frame_max"), "{why}"),
@@ -534,7 +534,7 @@ async fn messages_that_would_break_the_connection_are_refused_at_publish() {
         rabbit_once::FieldTable::new().with("k".repeat(256), 1i32),
     )]);
     let e = p
-        .publish(Message::to_queue(&q, "x").header("list", array_key))
+        .publish(Message::to_queue(&q, "x").with_header("list", array_key))
         .await
         .unwrap_err();
     match &e.error {
@@ -600,8 +600,8 @@ async fn an_oversized_message_is_refused_before_the_wire() {
     let e = p
         .publish(
             Message::to_queue("q", "x")
-                .expiration(Duration::from_secs(1))
-                .header("k".repeat(300), 1i32),
+                .with_expiration(Duration::from_secs(1))
+                .with_header("k".repeat(300), 1i32),
         )
         .await
         .unwrap_err();

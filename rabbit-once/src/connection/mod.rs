@@ -144,7 +144,7 @@ impl Connection {
         let mut after = 0;
         loop {
             let s = self.next_session(after).await?;
-            match crate::topology::declare(&s.conn, t, crate::topology::When::First).await {
+            match crate::topology::declare(&s.link, t, crate::topology::When::First).await {
                 Ok(()) => {
                     // Only what the broker accepted is declared again on later sessions.
                     {
@@ -220,7 +220,7 @@ impl Connection {
         let mut after = 0;
         loop {
             let s = self.next_session(after).await?;
-            let r = match s.conn.open_channel().await {
+            let r = match s.link.open_channel().await {
                 Ok(mut ch) => {
                     let r = f(&mut ch).await;
                     let _ = ch.close().await;
@@ -254,7 +254,7 @@ impl Connection {
         loop {
             if let Some(s) = sessions.borrow_and_update().as_ref()
                 && s.epoch > after
-                && !s.conn.is_closed()
+                && !s.link.is_closed()
             {
                 return Ok(s.clone());
             }

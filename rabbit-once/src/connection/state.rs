@@ -56,5 +56,5 @@ impl ConnectionState {
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub epoch: u64,
-    pub conn: transport::Link,
+    pub link: transport::Link,
 }

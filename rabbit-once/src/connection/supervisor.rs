@@ -140,7 +140,7 @@ fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
     tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
     inner.session.send_replace(Some(Session {
         epoch,
-        conn: link.clone(),
+        link: link.clone(),
     }));
     inner.state.send_replace(ConnectionState::Connected {
         epoch,

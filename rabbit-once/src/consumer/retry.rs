@@ -190,7 +190,7 @@ pub(crate) fn retry_message(
     let p = carried(d, key)
         .with_header(ATTEMPT_HEADER, FieldValue::I64(next_attempt as i64))
         .with_header(LAST_ERROR_HEADER, truncate(reason, 1000));
-    Message::to_queue(retry_queue(queue, delay), d.body().clone()).properties(p)
+    Message::to_queue(retry_queue(queue, delay), d.body().clone()).with_properties(p)
 }
 
 /// The copy of `d` that goes to the dead-letter target.
@@ -220,7 +220,7 @@ pub(crate) fn dead_message(
             routing_key,
         } => Message::new(exchange, routing_key, d.body().clone()),
     };
-    m.properties(p)
+    m.with_properties(p)
 }
 
 /// `full` (a dead-letter copy) cut down to the body, the message id and our own

@@ -256,7 +256,7 @@ impl Task {
                         failures = 0;
                         x
                     }
-                    Err(e) if e.is_connection_level() || session.conn.is_closed() => break,
+                    Err(e) if e.is_connection_level() || session.link.is_closed() => break,
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(queue = %self.config.queue, error = %e, "could not subscribe; retrying");
@@ -279,7 +279,7 @@ impl Task {
                         // The queue may have been deleted: declare the topology again first.
                         let topo = self.conn.topology();
                         if let Err(e) = crate::topology::declare(
-                            &session.conn,
+                            &session.link,
                             &topo,
                             crate::topology::When::Again,
                         )
@@ -305,7 +305,7 @@ impl Task {
     }
 
     async fn subscribe(&mut self, session: &Session) -> Result<(Channel, String), Error> {
-        let mut ch = session.conn.open_channel().await?;
+        let mut ch = session.link.open_channel().await?;
         if self.config.prefetch > 0 {
             ch.qos(self.config.prefetch).await?;
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A running idempotent consumer. Stop it with [`shutdown`](Self::shutdown).
+/// A running idempotent consumer. Stop it with [`close`](Self::close).
 #[derive(Debug)]
 pub struct Consumer {
     stop: watch::Sender<bool>,
@@ -86,7 +86,7 @@ impl Consumer {
     /// Stops taking deliveries, lets the batch in hand finish (commit and ack, or roll back),
     /// waits up to `timeout` for acks to be written, and closes the channel; everything not
     /// acked is redelivered by the broker. Returns the final counters.
-    pub async fn shutdown(mut self, timeout: Duration) -> ConsumerStats {
+    pub async fn close(mut self, timeout: Duration) -> ConsumerStats {
         self.close_timeout
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
         self.stop.send_replace(true);

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of a consumer since it started: read them with
 /// [`Consumer::stats`](crate::consumer::Consumer::stats), and the final ones come from
-/// [`Consumer::shutdown`](crate::consumer::Consumer::shutdown).
+/// [`Consumer::close`](crate::Consumer::close).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumerStats {
     /// Deliveries received (duplicates and redeliveries included).

@@ -131,6 +131,13 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         }
         // Redeliveries first (they are older), each alone and counted before its handler runs.
         for item in again {
+            // One whose channel died while it waited in the prefetch buffer is not a run: the
+            // broker delivers it again. Counting it would charge every connection cut to the
+            // messages that happened to be waiting, and dead-letter them as crash loops.
+            if !item.d.is_live() {
+                ConsumerCounters::add(&self.counters.abandoned, 1);
+                continue;
+            }
             if let Some(item) = self.count_run(item).await {
                 self.run_work(vec![vec![item]]).await;
             }

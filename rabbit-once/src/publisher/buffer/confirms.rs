@@ -12,7 +12,11 @@ impl<R> Buffer<R> {
         self.settle(tag, multiple, out, |b, i, out| {
             let verdict = match b.entries[i].returned.take() {
                 Some((reply_code, reply_text)) => Err(Error::Unroutable {
-                    message_id: b.entries[i].msg().id().unwrap_or_default().to_string(),
+                    message_id: b.entries[i]
+                        .msg()
+                        .message_id()
+                        .unwrap_or_default()
+                        .to_string(),
                     reply_code,
                     reply_text,
                 }),
@@ -37,7 +41,7 @@ impl<R> Buffer<R> {
             e.nacks += 1;
             if e.nacks > b.max_nacks {
                 let err = Error::Nacked {
-                    message_id: e.msg().id().unwrap_or_default().to_string(),
+                    message_id: e.msg().message_id().unwrap_or_default().to_string(),
                     attempts: e.nacks,
                 };
                 b.resolve(i, Err(err), out);
@@ -156,7 +160,7 @@ impl<R> Buffer<R> {
                 if matches!(e.state, State::InFlight { .. })
                     && e.returned.is_none()
                     && e.msg().mandatory
-                    && e.msg().id() == Some(message_id)
+                    && e.msg().message_id() == Some(message_id)
                     && e.msg().exchange == exchange
                     && e.msg().routing_key == routing_key
                 {

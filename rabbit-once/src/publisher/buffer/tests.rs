@@ -6,7 +6,7 @@ use crate::message::Message;
 use std::time::{Duration, Instant};
 
 fn msg(i: u64) -> Message {
-    Message::to_queue("q", format!("{i}")).message_id(format!("id-{i}"))
+    Message::to_queue("q", format!("{i}")).with_message_id(format!("id-{i}"))
 }
 
 fn buffer(n: u64) -> Buffer<()> {
@@ -94,7 +94,11 @@ fn unknown_tags_are_ignored() {
 fn returns_match_by_message_id_not_position() {
     let mut b: Buffer<()> = Buffer::new(2);
     for id in ["a", "b", "a"] {
-        b.push(Box::new(Message::to_queue("q", "x").message_id(id)), 1, ());
+        b.push(
+            Box::new(Message::to_queue("q", "x").with_message_id(id)),
+            1,
+            (),
+        );
     }
     send(&mut b, 3);
     assert!(b.returned("a", "", "q", 312, "NO_ROUTE"));
@@ -122,17 +126,17 @@ fn a_return_marks_the_copy_sent_to_the_returned_destination() {
     // One business id fanned out to two queues; only the newer copy is unroutable.
     let mut b: Buffer<()> = Buffer::new(2);
     b.push(
-        Box::new(Message::to_queue("routable", "x").message_id("e-1")),
+        Box::new(Message::to_queue("routable", "x").with_message_id("e-1")),
         1,
         (),
     );
     b.push(
-        Box::new(Message::to_queue("nowhere", "x").message_id("e-1")),
+        Box::new(Message::to_queue("nowhere", "x").with_message_id("e-1")),
         1,
         (),
     );
     b.push(
-        Box::new(Message::new("ex", "rk", "x").message_id("e-1")),
+        Box::new(Message::new("ex", "rk", "x").with_message_id("e-1")),
         1,
         (),
     );
@@ -153,8 +157,8 @@ fn a_return_never_marks_a_copy_sent_without_mandatory() {
     let mut b: Buffer<()> = Buffer::new(2);
     for mandatory in [false, true] {
         let m = Message::to_queue("nowhere", "x")
-            .message_id("e-1")
-            .mandatory(mandatory);
+            .with_message_id("e-1")
+            .with_mandatory(mandatory);
         b.push(Box::new(m), 1, ());
     }
     send(&mut b, 2);

@@ -79,7 +79,7 @@ impl Task {
         };
         if let Some(seq) = self.buf.lone_suspect() {
             let entry = self.buf.entry(seq).expect("suspect is buffered");
-            let message_id = entry.msg().id().unwrap_or_default().to_string();
+            let message_id = entry.msg().message_id().unwrap_or_default().to_string();
             let err = if code == 404 && text.contains("no exchange") {
                 Error::ExchangeNotFound {
                     message_id,

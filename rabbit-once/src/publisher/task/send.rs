@@ -34,7 +34,7 @@ impl Task {
             let seq = e.seq;
             if !(e.msg().exchange.is_empty() || self.verified.contains(&e.msg().exchange)) {
                 let name = e.msg().exchange.clone();
-                let id = e.msg().id().unwrap_or_default().to_string();
+                let id = e.msg().message_id().unwrap_or_default().to_string();
                 full |= self.write_batch(ch);
                 match self.verify(session, &name).await {
                     Ok(true) => {
@@ -65,11 +65,11 @@ impl Task {
             // The broker may have negotiated a smaller frame than the publisher checked
             // against when it accepted the message: a header that does not fit would make it
             // close the whole connection, so it is this message's failure instead.
-            let frame_max = session.conn.frame_max();
+            let frame_max = session.link.frame_max();
             if frame_max < self.shared.frame_max
                 && let Err(why) = e.msg().check_header_fits(frame_max)
             {
-                let id = e.msg().id().unwrap_or_default().to_string();
+                let id = e.msg().message_id().unwrap_or_default().to_string();
                 let err = Error::InvalidMessage(format!("message {id}: {why}"));
                 self.buf.fail(seq, err, &mut self.resolved);
                 continue;
@@ -121,7 +121,7 @@ impl Task {
     async fn verify(&mut self, session: &Session, exchange: &str) -> Result<bool, Exit> {
         if self.probe.is_none() {
             let opened = match self
-                .unless_close_deadline(async |_| session.conn.open_channel().await)
+                .unless_close_deadline(async |_| session.link.open_channel().await)
                 .await
             {
                 Ok(opened) => opened,
@@ -129,7 +129,7 @@ impl Task {
             };
             match opened {
                 Ok(c) => self.probe = Some(c),
-                Err(_) if session.conn.is_closed() => return Err(Exit::Connection),
+                Err(_) if session.link.is_closed() => return Err(Exit::Connection),
                 Err(e) => {
                     // Cannot look (no channel to spare): let the publish itself find out.
                     tracing::debug!(error = %e, "no probe channel; publishing unchecked");
@@ -165,7 +165,7 @@ impl Task {
                 self.probe = None;
                 Ok(true)
             }
-            Err(_) if session.conn.is_closed() => {
+            Err(_) if session.link.is_closed() => {
                 self.probe = None;
                 Err(Exit::Connection)
             }

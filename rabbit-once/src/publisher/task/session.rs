@@ -57,7 +57,7 @@ pub(super) enum Exit {
 /// knows (verified exchanges, the probe channel).
 pub(super) struct Task {
     /// The connection handle the sessions come from (each session has its own link,
-    /// `session.conn`).
+    /// `session.link`).
     pub(super) connection: Connection,
     pub(super) rx: mpsc::UnboundedReceiver<Cmd>,
     pub(super) rx_open: bool,
@@ -94,7 +94,7 @@ impl Task {
                 };
                 let mut ch = match opened {
                     Ok(ch) => ch,
-                    Err(e) if e.is_connection_level() || session.conn.is_closed() => break,
+                    Err(e) if e.is_connection_level() || session.link.is_closed() => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not open a publishing channel; retrying");
                         let pause = async |_: &mut Self| {
@@ -128,7 +128,7 @@ impl Task {
     }
 
     async fn open_channel(&mut self, session: &Session) -> Result<Channel, Error> {
-        let mut ch = session.conn.open_channel().await?;
+        let mut ch = session.link.open_channel().await?;
         ch.confirm_select().await?;
         self.shared
             .counters
@@ -176,7 +176,7 @@ impl Task {
 
     /// Sends and settles on one channel until it or its connection is lost, or we are done.
     async fn pump(&mut self, ch: &mut Channel, session: &Session) -> Exit {
-        let mut blocked = session.conn.blocked();
+        let mut blocked = session.link.blocked();
         let mut outbox_full = false;
         loop {
             if blocked.borrow().is_none() && !outbox_full {
@@ -213,7 +213,7 @@ impl Task {
                                 blocked = tokio::sync::watch::channel(None).1;
                             }
                         }
-                        _ = session.conn.writable(), if outbox_full => outbox_full = false,
+                        _ = session.link.writable(), if outbox_full => outbox_full = false,
                         _ = sleep_until_some(retry) => {
                             t.buf.wake_retries(std::time::Instant::now());
                         }

@@ -162,8 +162,8 @@ impl Model {
             } => {
                 let (exchange, key) = DESTS[dest];
                 let msg = Message::new(exchange, key, "x")
-                    .message_id(IDS[id])
-                    .mandatory(mandatory);
+                    .with_message_id(IDS[id])
+                    .with_mandatory(mandatory);
                 let seq = self.msgs.len() as u64;
                 prop_assert_eq!(self.buf.push(Box::new(msg), size, seq), seq);
                 self.msgs.push(MMsg {
@@ -435,7 +435,7 @@ impl Model {
         for r in self.out.drain(..) {
             let m = &self.msgs[r.seq as usize];
             prop_assert_eq!(r.reply, Some(r.seq), "the reply travels with its message");
-            prop_assert_eq!(r.msg.id(), Some(m.id));
+            prop_assert_eq!(r.msg.message_id(), Some(m.id));
             prop_assert_eq!(
                 (r.msg.exchange.as_str(), r.msg.routing_key.as_str()),
                 DESTS[m.dest]
@@ -579,7 +579,7 @@ impl Model {
         prop_assert_eq!(self.buf.next_retry(), None);
         prop_assert!(self.buf.next_unsent().is_none());
         let seq = self.msgs.len() as u64;
-        let msg = Message::to_queue("q1", "x").message_id("z");
+        let msg = Message::to_queue("q1", "x").with_message_id("z");
         prop_assert_eq!(self.buf.push(Box::new(msg), 1, seq), seq);
         prop_assert_eq!(self.buf.next_unsent().map(|e| e.seq), Some(seq));
         prop_assert_eq!(self.buf.mark_sent(seq), 1, "tags restart at 1");
