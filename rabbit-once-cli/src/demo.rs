@@ -3,7 +3,7 @@
 
 use crate::applied::{Applied, Db};
 use crate::common::{Conn, seq_body};
-use rabbit_once::uri::Endpoint;
+use rabbit_once::Endpoint;
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, ConsumerStats, Message, Publisher, PublisherConfig,
     PublisherStats, Queue, SqliteStore, Topology,

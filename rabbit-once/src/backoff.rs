@@ -8,8 +8,11 @@ use std::time::Duration;
 /// so many clients cut off together do not reconnect in lock step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
+    /// The first delay (default 100 ms).
     pub min: Duration,
+    /// The longest delay (default 10 s).
     pub max: Duration,
+    /// The fraction of each delay that is random, `0.0..=1.0` (default 0.5).
     pub jitter: f64,
 }
 
@@ -24,6 +27,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// A backoff from `min` doubling up to `max`, with `jitter` (clamped to `0.0..=1.0` when used).
     pub fn new(min: Duration, max: Duration, jitter: f64) -> Self {
         Backoff { min, max, jitter }
     }

@@ -138,6 +138,7 @@ impl ConnectionConfig {
         self
     }
 
+    /// The endpoints, in the order they are tried.
     pub fn endpoints_list(&self) -> &[Endpoint] {
         &self.endpoints
     }

@@ -11,7 +11,12 @@ pub enum Error {
     /// The URI could not be parsed; `part` names the part that is wrong (scheme, host, port, …).
     /// `reason` says what to fix and never quotes the user name or password.
     #[error("invalid AMQP URI: bad {part}: {reason}")]
-    InvalidUri { part: &'static str, reason: String },
+    InvalidUri {
+        /// The part of the URI that is wrong (`scheme`, `host`, `port`, …).
+        part: &'static str,
+        /// What went wrong, in words (never a password).
+        reason: String,
+    },
 
     /// A setting is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
@@ -20,22 +25,33 @@ pub enum Error {
     /// The broker refused the username or password. Retrying will not help.
     #[error("authentication failed for user {user:?} at {endpoint}: {reason}")]
     AuthenticationFailed {
+        /// The endpoint, as `amqp://user@host:port/vhost` (no password).
         endpoint: String,
+        /// The user name that was refused.
         user: String,
+        /// What went wrong, in words (never a password).
         reason: String,
     },
 
     /// The virtual host does not exist or the user may not use it. Retrying will not help.
     #[error("access to vhost {vhost:?} refused at {endpoint}: {reason}")]
     VhostRefused {
+        /// The endpoint, as `amqp://user@host:port/vhost` (no password).
         endpoint: String,
+        /// The virtual host that was refused.
         vhost: String,
+        /// What went wrong, in words (never a password).
         reason: String,
     },
 
     /// A TCP/TLS connection or the AMQP handshake could not be completed (transient).
     #[error("could not connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    Connect {
+        /// The endpoint, as `amqp://user@host:port/vhost` (no password).
+        endpoint: String,
+        /// What went wrong, in words (never a password).
+        reason: String,
+    },
 
     /// The connection died: I/O error, missed heartbeats, or the broker went away (transient).
     #[error("connection lost: {0}")]
@@ -43,11 +59,21 @@ pub enum Error {
 
     /// The broker closed the connection with a reason (a restart gives 320 CONNECTION_FORCED).
     #[error("connection closed by the broker: {code} {text}")]
-    ConnectionClosed { code: u16, text: String },
+    ConnectionClosed {
+        /// The AMQP reply code (e.g. 320, 404, 406).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
 
     /// The broker closed a channel because of something it was asked to do.
     #[error("channel closed by the broker: {code} {text}")]
-    ChannelClosed { code: u16, text: String },
+    ChannelClosed {
+        /// The AMQP reply code (e.g. 320, 404, 406).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
 
     /// The peer sent something that is not AMQP 0-9-1 as we know it.
     #[error(transparent)]
@@ -64,27 +90,40 @@ pub enum Error {
     /// service has not declared yet.
     #[error("topology not declarable yet: {what}: {code} {text} (will try again)")]
     TopologyNotYet {
+        /// What was being declared.
         what: String,
+        /// The AMQP reply code (e.g. 320, 404, 406).
         code: u16,
+        /// The broker's reply text.
         text: String,
     },
 
     /// A `mandatory` message matched no queue; the broker returned it.
     #[error("message {message_id} was unroutable: {reply_code} {reply_text}")]
     Unroutable {
+        /// The message's `message_id`.
         message_id: String,
+        /// The AMQP reply code of the return (312 NO_ROUTE).
         reply_code: u16,
+        /// The broker's reply text.
         reply_text: String,
     },
 
     /// The broker nacked the message on every attempt.
     #[error("message {message_id} was nacked by the broker {attempts} times")]
-    Nacked { message_id: String, attempts: u32 },
+    Nacked {
+        /// The message's `message_id`.
+        message_id: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
 
     /// The target exchange does not exist.
     #[error("message {message_id}: exchange {exchange:?} does not exist")]
     ExchangeNotFound {
+        /// The message's `message_id`.
         message_id: String,
+        /// The exchange that does not exist.
         exchange: String,
     },
 
@@ -92,14 +131,22 @@ pub enum Error {
     /// permission on the exchange).
     #[error("message {message_id} refused by the broker: {code} {text}")]
     Refused {
+        /// The message's `message_id`.
         message_id: String,
+        /// The AMQP reply code (e.g. 320, 404, 406).
         code: u16,
+        /// The broker's reply text.
         text: String,
     },
 
     /// The message is larger than the configured maximum; it was never sent.
     #[error("message of {size} bytes is larger than the maximum of {max} bytes")]
-    MessageTooLarge { size: usize, max: usize },
+    MessageTooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The configured maximum in bytes.
+        max: usize,
+    },
 
     /// The message is malformed (a property the broker would reject); it was never sent.
     #[error("invalid message: {0}")]
@@ -119,7 +166,12 @@ pub enum Error {
 
     /// The connection supervisor stopped trying (max attempts reached, or a fatal error).
     #[error("gave up connecting after {attempts} attempts: {last}")]
-    GaveUp { attempts: u32, last: Box<Error> },
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
 
     /// The connection was closed by the application.
     #[error("the connection was closed by the application")]
@@ -182,7 +234,10 @@ impl Error {
 /// A malformed frame from the peer. The connection cannot continue after one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("AMQP protocol error: {0}")]
-pub struct ProtocolError(pub String);
+pub struct ProtocolError(
+    /// What was wrong with the frame.
+    pub String,
+);
 
 impl ProtocolError {
     pub(crate) fn new(what: impl Into<String>) -> Self {
@@ -190,4 +245,5 @@ impl ProtocolError {
     }
 }
 
+/// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

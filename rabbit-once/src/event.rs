@@ -9,39 +9,52 @@ use tokio::sync::broadcast;
 pub enum Event {
     /// A session is up (topology declared). `epoch` counts sessions from 1.
     Connected {
+        /// The session, counted from 1.
         epoch: u64,
+        /// The endpoint, as `amqp://user@host:port/vhost` (no password).
         endpoint: String,
         /// Product and version the broker announced, e.g. "RabbitMQ 3.10.8".
         server: String,
     },
     /// The session ended; the supervisor reconnects unless the reason is fatal.
     Disconnected {
+        /// The session, counted from 1.
         epoch: u64,
+        /// Why.
         reason: Error,
     },
     /// One connection attempt failed.
     ConnectFailed {
+        /// The endpoint, as `amqp://user@host:port/vhost` (no password).
         endpoint: String,
+        /// The attempt number, from 1.
         attempt: u32,
+        /// Why.
         reason: Error,
     },
     /// The broker stopped reading from publishers (memory or disk alarm).
     Blocked {
+        /// Why.
         reason: String,
     },
+    /// The broker reads from publishers again.
     Unblocked,
     /// A consumer subscribed to `queue` on session `epoch`.
     Subscribed {
+        /// The queue.
         queue: String,
+        /// The session, counted from 1.
         epoch: u64,
     },
     /// The broker cancelled a consumer (its queue was deleted, …); it subscribes again.
     ConsumerCancelled {
+        /// The queue.
         queue: String,
     },
     /// A consumer found its dedup store unreachable: it holds its messages unacked and takes no
     /// new work until the store answers again.
     StoreUnavailable {
+        /// Why.
         reason: String,
     },
     /// The dedup store answers again.
@@ -50,12 +63,16 @@ pub enum Event {
     /// dead-letter exchange is missing, no permission, …). The message is held unacked — not
     /// requeued in a loop, not dropped — until the consumer stops; fix the dead-letter target.
     DeadLetterRefused {
+        /// The queue.
         queue: String,
+        /// The message's `message_id`, if it had one.
         message_id: Option<String>,
+        /// Why.
         reason: String,
     },
     /// The supervisor stopped for good.
     GaveUp {
+        /// Why.
         reason: Error,
     },
 }

@@ -8,32 +8,59 @@
 //! - A [`Connection`] is supervised: one task reconnects with backoff and jitter over several
 //!   endpoints, declares the [`Topology`] again on every session, and reports state and events.
 //!
+//! Every public item is at the crate root (`rabbit_once::Publisher`, …): the modules are private,
+//! so each type has one path. The exceptions are [`headers`] (the header names the consumer
+//! writes on retried and dead-lettered copies) and [`sqlx`] (the version this crate builds on).
+//!
 //! ## Layout
-//! - [`error`]: the one error type;  [`uri`]: `amqp://` parsing;  [`config`]: connection
-//!   settings;  [`backoff`]: delays between attempts;  [`event`]: connection events;
-//!   [`message`]: outgoing messages.
-//! - `transport/`: the AMQP 0-9-1 seam — codec, connection I/O tasks, channels. Nothing above
-//!   it knows how frames are made.
-//! - [`connection`]: the supervisor (the only reconnect loop) and the session watch.
-//! - [`topology`]: exchanges, queues, bindings, declared on every session.
-//! - [`publisher`]: handle, pending buffer, the task that owns the channel.
-//! - [`consumer`]: subscriptions with manual acks across reconnects; the idempotent consumer.
-//! - [`dedup`]: the dedup store trait, SQLite and PostgreSQL backends.
+//! - `error.rs`: the one [`Error`] type;  `uri/`: `amqp://` parsing ([`Endpoint`]);
+//!   `config.rs`: [`ConnectionConfig`];  `backoff.rs`: [`Backoff`];  `event.rs`: [`Event`]s;
+//!   `message.rs`: outgoing [`Message`]s.
+//! - `transport/`: the AMQP 0-9-1 seam — codec, the I/O tasks of one connection (`link/`),
+//!   channels. Nothing above it knows how frames are made.
+//! - `connection/`: the supervisor (the only reconnect loop) and the session watch.
+//! - `topology/`: exchanges, queues, bindings, declared on every session.
+//! - `publisher/`: the handle, the pending buffer, the task that owns the channel.
+//! - `consumer/`: subscriptions with manual acks across reconnects; the idempotent consumer.
+//! - `dedup/`: the dedup [`Store`] trait, SQLite and PostgreSQL backends.
+//!
+//! `docs/architecture.md` has the data flow and the conventions (naming, errors, where a new
+//! feature goes).
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use rabbit_once::{Connection, ConnectionConfig, Message, Publisher, PublisherConfig, Queue, Topology};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConnectionConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")?
+//!     .name("orders")
+//!     .topology(Topology::new().queue(Queue::new("orders"))); // declared again on every session
+//! let conn = Connection::start(config)?; // reconnects on its own
+//! let publisher = Publisher::new(&conn, PublisherConfig::default())?;
+//! let confirmation = publisher.publish(Message::to_queue("orders", r#"{"id":1}"#)).await?; // accepted
+//! let confirmed = confirmation.await?; // the broker's verdict
+//! println!("stored as {}", confirmed.message_id);
+//! # Ok(()) }
+//! ```
 
-pub mod backoff;
-pub mod config;
-pub mod connection;
-pub mod consumer;
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod backoff;
+mod config;
+mod connection;
+mod consumer;
 #[cfg(feature = "dedup")]
-pub mod dedup;
-pub mod error;
-pub mod event;
-pub mod message;
-pub mod publisher;
-pub(crate) mod shutdown;
-pub mod topology;
-pub(crate) mod transport;
-pub mod uri;
+mod dedup;
+mod error;
+mod event;
+mod message;
+mod publisher;
+mod shutdown;
+mod topology;
+mod transport;
+mod uri;
 
 /// For the cargo-fuzz target in `fuzz/` only (feature `fuzzing`, off by default): not an API.
 #[cfg(feature = "fuzzing")]
@@ -49,7 +76,7 @@ pub mod fuzzing {
 }
 
 pub use backoff::Backoff;
-pub use config::ConnectionConfig;
+pub use config::{ConnectionConfig, DEFAULT_MAX_BODY_SIZE};
 pub use connection::{Connection, ConnectionState, QueueInfo};
 #[cfg(feature = "test-util")]
 pub use consumer::DeliveryBuilder;
@@ -59,13 +86,13 @@ pub use consumer::{
     HandlerFuture, MissingId, Outcome, RetryPolicy, handler_fn,
 };
 pub use consumer::{Delivery, Subscription, SubscriptionConfig, SubscriptionStats};
-#[cfg(feature = "dedup")]
-pub use dedup::Store;
 #[cfg(feature = "postgres")]
 pub use dedup::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use dedup::sqlite::{SqliteOptions, SqliteStore};
-pub use error::{Error, Result};
+#[cfg(feature = "dedup")]
+pub use dedup::{Store, StoreFailure};
+pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, new_message_id};
 pub use publisher::{
@@ -75,5 +102,16 @@ pub use publisher::{
 #[cfg(feature = "dedup")]
 pub use sqlx;
 pub use topology::{Binding, Exchange, ExchangeKind, Overflow, Queue, QueueType, Topology};
-pub use transport::Properties;
-pub use transport::{FieldTable, FieldValue};
+pub use transport::{FieldTable, FieldValue, Properties};
+pub use uri::Endpoint;
+
+/// The headers rabbit-once writes: the attempt number on every retried delivery, and on
+/// dead-lettered copies why and where the message failed.
+pub mod headers {
+    pub use crate::consumer::ATTEMPT_HEADER;
+    #[cfg(feature = "dedup")]
+    pub use crate::consumer::retry::{
+        ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, GROUP_HEADER, LAST_ERROR_HEADER,
+        ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, QUEUE_HEADER, REASON_HEADER,
+    };
+}

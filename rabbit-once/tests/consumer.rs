@@ -3,7 +3,7 @@
 
 mod support;
 
-use rabbit_once::consumer::retry::{ATTEMPTS_HEADER, GROUP_HEADER, REASON_HEADER};
+use rabbit_once::headers::{ATTEMPTS_HEADER, GROUP_HEADER, REASON_HEADER};
 use rabbit_once::sqlx::{self, Postgres, Sqlite, Transaction};
 use rabbit_once::{
     Backoff, Connection, Consumer, ConsumerConfig, ConsumerStats, Delivery, Event, Handler,

@@ -4,7 +4,7 @@
 
 mod support;
 
-use rabbit_once::consumer::retry::REASON_HEADER;
+use rabbit_once::headers::REASON_HEADER;
 use rabbit_once::sqlx::{self, Sqlite, Transaction};
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, Delivery, Handler, HandlerError, Outcome, Queue,

@@ -21,7 +21,7 @@
 
 mod support;
 
-use rabbit_once::consumer::retry::REASON_HEADER;
+use rabbit_once::headers::REASON_HEADER;
 use rabbit_once::sqlx::{self, Sqlite, Transaction};
 use rabbit_once::{
     Backoff, Connection, Consumer, ConsumerConfig, ConsumerStats, Delivery, Handler, HandlerError,

@@ -3,7 +3,7 @@
 
 use super::args::Args;
 use crate::applied::Db;
-use rabbit_once::uri::Endpoint;
+use rabbit_once::Endpoint;
 use rabbit_once::{Connection, ConnectionConfig};
 use rabbit_once_testkit::{BrokerNode, FaultProxy};
 use std::path::PathBuf;

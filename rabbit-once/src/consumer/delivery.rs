@@ -44,6 +44,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The body.
     pub fn body(&self) -> &Bytes {
         &self.raw.body
     }
@@ -78,10 +79,12 @@ impl Delivery {
         self.raw.malformed.as_deref()
     }
 
+    /// All AMQP properties.
     pub fn properties(&self) -> &Properties {
         &self.raw.properties
     }
 
+    /// One application header, if present.
     pub fn header(&self, key: &str) -> Option<&FieldValue> {
         self.raw.properties.header(key)
     }
@@ -98,14 +101,17 @@ impl Delivery {
             .map_or(1, |a| a.clamp(1, u32::MAX as i64) as u32)
     }
 
+    /// The exchange it was published to (`""`: the default exchange).
     pub fn exchange(&self) -> &str {
         &self.raw.exchange
     }
 
+    /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
         &self.raw.routing_key
     }
 
+    /// The broker's delivery tag on the channel it came on.
     pub fn delivery_tag(&self) -> u64 {
         self.raw.delivery_tag
     }

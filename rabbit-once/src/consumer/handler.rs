@@ -18,14 +18,20 @@ pub enum Outcome {
     /// Not now: roll back; publish the message again after `after` (or the policy's delay for
     /// this attempt) through a retry queue, then ack. After the last attempt it is dead-lettered.
     Retry {
+        /// How long to wait; `None` takes the retry policy's delay for this attempt.
         after: Option<Duration>,
+        /// Why, recorded on the message (and on its dead letter if attempts run out).
         reason: String,
     },
     /// Never: roll back, dead-letter it now with `reason`, then ack.
-    Reject { reason: String },
+    Reject {
+        /// Why, recorded on the dead letter.
+        reason: String,
+    },
 }
 
 impl Outcome {
+    /// [`Outcome::Retry`] after the policy's delay.
     pub fn retry(reason: impl Into<String>) -> Self {
         Outcome::Retry {
             after: None,
@@ -33,6 +39,7 @@ impl Outcome {
         }
     }
 
+    /// [`Outcome::Reject`]: dead-letter it now.
     pub fn reject(reason: impl Into<String>) -> Self {
         Outcome::Reject {
             reason: reason.into(),

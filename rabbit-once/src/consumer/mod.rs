@@ -16,7 +16,7 @@ mod handler;
 #[cfg(feature = "dedup")]
 mod idempotent;
 #[cfg(feature = "dedup")]
-pub mod retry;
+pub(crate) mod retry;
 mod subscription;
 
 #[cfg(feature = "test-util")]

@@ -45,6 +45,7 @@ impl SubscriptionConfig {
         self
     }
 
+    /// Whether this must be the queue's only consumer (`basic.consume` exclusive; default false).
     pub fn exclusive(mut self, yes: bool) -> Self {
         self.exclusive = yes;
         self
@@ -56,6 +57,7 @@ impl SubscriptionConfig {
         self
     }
 
+    /// The queue it consumes from.
     pub fn queue(&self) -> &str {
         &self.queue
     }

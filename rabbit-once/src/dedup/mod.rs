@@ -12,24 +12,24 @@
 //! if it commits, this one sees a duplicate; if it rolls back, this one wins.
 
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub(crate) mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 use std::future::Future;
 use std::time::SystemTime;
 
 /// The processed-messages table's name (the same in every backend).
-pub const TABLE: &str = "rabbit_once_processed";
+pub(crate) const TABLE: &str = "rabbit_once_processed";
 
 /// The table of unfinished handler runs of redelivered messages (the crash-loop bound).
-pub const RUNS_TABLE: &str = "rabbit_once_runs";
+pub(crate) const RUNS_TABLE: &str = "rabbit_once_runs";
 
 /// How a failed database call should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum StoreFailure {
     /// The database is unreachable or went away: hold the work, ack nothing, try again later.
     Unavailable,
     /// A lock conflict (deadlock, busy): roll back and run the same work again now.
@@ -102,7 +102,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// How to treat an error from this backend.
-    fn classify(e: &sqlx::Error) -> Failure;
+    fn classify(e: &sqlx::Error) -> StoreFailure;
 
     /// A short name for logs ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
@@ -110,15 +110,15 @@ pub trait Store: Clone + Send + Sync + 'static {
 
 /// Errors every backend shares: I/O and pool failures mean the database is not there.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn classify_common(e: &sqlx::Error) -> Option<Failure> {
+pub(crate) fn classify_common(e: &sqlx::Error) -> Option<StoreFailure> {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => Some(Failure::Unavailable),
+        | sqlx::Error::Protocol(_) => Some(StoreFailure::Unavailable),
         #[cfg(feature = "sqlite")]
-        sqlx::Error::WorkerCrashed => Some(Failure::Unavailable),
+        sqlx::Error::WorkerCrashed => Some(StoreFailure::Unavailable),
         _ => None,
     }
 }

@@ -3,7 +3,7 @@
 //! same order and never deadlock on each other.
 
 use super::sql::{self, Dialect};
-use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
+use super::{RUNS_TABLE, Store, StoreFailure, TABLE, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashSet;
@@ -215,7 +215,7 @@ impl Store for PostgresStore {
             .map(|_| ())
     }
 
-    fn classify(e: &sqlx::Error) -> Failure {
+    fn classify(e: &sqlx::Error) -> StoreFailure {
         if let Some(f) = classify_common(e) {
             return f;
         }
@@ -224,15 +224,15 @@ impl Store for PostgresStore {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
                     // deadlock, serialization, lock not available, statement timeout
-                    "40P01" | "40001" | "55P03" | "57014" => Failure::Conflict,
-                    c if c.starts_with("08") => Failure::Unavailable,
+                    "40P01" | "40001" | "55P03" | "57014" => StoreFailure::Conflict,
+                    c if c.starts_with("08") => StoreFailure::Unavailable,
                     "57P01" | "57P02" | "57P03" | "53300" | "53100" | "53200" => {
-                        Failure::Unavailable
+                        StoreFailure::Unavailable
                     }
-                    _ => Failure::Other,
+                    _ => StoreFailure::Other,
                 }
             }
-            _ => Failure::Other,
+            _ => StoreFailure::Other,
         }
     }
 

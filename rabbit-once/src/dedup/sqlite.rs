@@ -3,7 +3,7 @@
 //! writers never deadlock on a lock upgrade).
 
 use super::sql::{self, Dialect};
-use super::{Failure, RUNS_TABLE, Store, TABLE, classify_common, unix_seconds};
+use super::{RUNS_TABLE, Store, StoreFailure, TABLE, classify_common, unix_seconds};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -209,7 +209,7 @@ impl Store for SqliteStore {
             .map(|_| ())
     }
 
-    fn classify(e: &sqlx::Error) -> Failure {
+    fn classify(e: &sqlx::Error) -> StoreFailure {
         if let Some(f) = classify_common(e) {
             return f;
         }
@@ -217,12 +217,12 @@ impl Store for SqliteStore {
             sqlx::Error::Database(db) => {
                 let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
                 match code {
-                    5 | 6 => Failure::Conflict,           // BUSY, LOCKED
-                    10 | 13 | 14 => Failure::Unavailable, // IOERR, FULL, CANTOPEN
-                    _ => Failure::Other,
+                    5 | 6 => StoreFailure::Conflict,           // BUSY, LOCKED
+                    10 | 13 | 14 => StoreFailure::Unavailable, // IOERR, FULL, CANTOPEN
+                    _ => StoreFailure::Other,
                 }
             }
-            _ => Failure::Other,
+            _ => StoreFailure::Other,
         }
     }
 

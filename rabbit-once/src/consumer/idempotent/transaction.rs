@@ -6,7 +6,7 @@ use super::stats::ConsumerCounters;
 use super::worker::Worker;
 use crate::consumer::delivery::Delivery;
 use crate::consumer::handler::{Handler, HandlerError, Outcome};
-use crate::dedup::{Failure, Store, find_sqlx_error};
+use crate::dedup::{Store, StoreFailure, find_sqlx_error};
 use crate::event::Event;
 use crate::shutdown::stopped;
 use futures_util::FutureExt;
@@ -292,9 +292,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             Err(e) => {
                 let _ = tx.rollback().await;
                 Err(match S::classify(&e) {
-                    Failure::Unavailable => TxOutcome::Unavailable(e.to_string()),
-                    Failure::Conflict => TxOutcome::Conflict,
-                    Failure::Other => TxOutcome::Failed(
+                    StoreFailure::Unavailable => TxOutcome::Unavailable(e.to_string()),
+                    StoreFailure::Conflict => TxOutcome::Conflict,
+                    StoreFailure::Other => TxOutcome::Failed(
                         RunFailure::Error(format!(
                             "the database aborted the transaction (an error inside the handler was ignored?): {e}"
                         )),
@@ -308,12 +308,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// Classifies an error of the store's own statements (begin, claim, commit).
     async fn store_trouble(&self, e: &sqlx::Error, what: &str) -> TxOutcome {
         match S::classify(e) {
-            Failure::Conflict => TxOutcome::Conflict,
-            Failure::Unavailable => TxOutcome::Unavailable(format!("{what}: {e}")),
+            StoreFailure::Conflict => TxOutcome::Conflict,
+            StoreFailure::Unavailable => TxOutcome::Unavailable(format!("{what}: {e}")),
             // The database answered, with an error about this data (a bad id, a constraint
             // checked at commit): a failure of this batch, not an outage — if it answers a
             // ping too.
-            Failure::Other => match self.store.ping().await {
+            StoreFailure::Other => match self.store.ping().await {
                 Ok(()) => TxOutcome::Failed(RunFailure::Error(format!("{what} failed: {e}")), None),
                 Err(ping) => TxOutcome::Unavailable(format!("{what}: {e}; ping: {ping}")),
             },
@@ -324,9 +324,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     async fn database_trouble(&self, e: &HandlerError) -> Option<TxOutcome> {
         if let Some(sqlx_err) = find_sqlx_error(e.as_ref()) {
             match S::classify(sqlx_err) {
-                Failure::Unavailable => return Some(TxOutcome::Unavailable(sqlx_err.to_string())),
-                Failure::Conflict => return Some(TxOutcome::Conflict),
-                Failure::Other => {}
+                StoreFailure::Unavailable => {
+                    return Some(TxOutcome::Unavailable(sqlx_err.to_string()));
+                }
+                StoreFailure::Conflict => return Some(TxOutcome::Conflict),
+                StoreFailure::Other => {}
             }
         }
         if let Err(ping) = self.store.ping().await {
