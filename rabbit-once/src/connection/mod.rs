@@ -47,6 +47,30 @@ impl Drop for HandleGuard {
 /// Publishers and consumers made from it survive any number of lost connections: they wait for
 /// the next session and carry on. Use separate `Connection`s for publishing and consuming, so a
 /// broker that blocks publishers (memory alarm) does not stall acknowledgements.
+///
+/// ```no_run
+/// use rabbit_once::{Connection, ConnectionConfig, ConnectionState, Event};
+///
+/// # async fn run() -> Result<(), rabbit_once::Error> {
+/// // Several endpoints (a cluster) are tried in turn; the URI's password never shows in logs.
+/// let config = ConnectionConfig::from_uris([
+///     "amqp://app:secret@rabbit-1:5672/orders",
+///     "amqp://app:secret@rabbit-2:5672/orders",
+/// ])?
+/// .name("orders-service");
+/// let conn = Connection::connect(config).await?; // waits for the first session (or a fatal error)
+/// let mut events = conn.events();
+/// tokio::spawn(async move {
+///     while let Some(event) = events.recv().await {
+///         if let Event::Disconnected { reason, .. } = event {
+///             eprintln!("lost the broker ({reason}); reconnecting");
+///         }
+///     }
+/// });
+/// assert!(matches!(conn.state(), ConnectionState::Connected { .. }));
+/// conn.close().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,

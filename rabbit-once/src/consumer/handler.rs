@@ -53,6 +53,30 @@ impl Outcome {
 /// A handler runs only for messages never applied before in its consumer group. It must do its
 /// work through `tx`: anything it does outside the transaction (an HTTP call, a file) is not
 /// rolled back when the message is retried, and may happen again.
+///
+/// ```no_run
+/// use rabbit_once::sqlx::{self, Postgres, Transaction};
+/// use rabbit_once::{Delivery, Handler, HandlerError, Outcome};
+///
+/// struct Payments;
+///
+/// impl Handler<Postgres> for Payments {
+///     async fn handle<'a>(
+///         &'a self,
+///         msg: &'a Delivery,
+///         tx: &'a mut Transaction<'static, Postgres>,
+///     ) -> Result<Outcome, HandlerError> {
+///         let Some(order) = msg.header("order_id").and_then(|v| v.as_i64()) else {
+///             return Ok(Outcome::reject("no order_id header")); // dead-lettered with this reason
+///         };
+///         sqlx::query("UPDATE orders SET paid = true WHERE id = $1")
+///             .bind(order)
+///             .execute(&mut **tx) // commits with the dedup record, or not at all
+///             .await?; // an error rolls back: retried, then dead-lettered
+///         Ok(Outcome::Done)
+///     }
+/// }
+/// ```
 pub trait Handler<Db: sqlx::Database>: Send + Sync + 'static {
     /// Applies one message.
     fn handle<'a>(

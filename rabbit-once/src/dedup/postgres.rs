@@ -59,6 +59,21 @@ impl Default for PostgresOptions {
 }
 
 /// A dedup store in PostgreSQL. Cheap to clone (a pool handle).
+///
+/// For many consumer processes on one queue: a message two of them hold at once is applied by
+/// one; the other finds it a duplicate.
+///
+/// ```no_run
+/// use rabbit_once::{PostgresOptions, PostgresStore};
+///
+/// # async fn run() -> Result<(), rabbit_once::sqlx::Error> {
+/// let options = PostgresOptions {
+///     schema: Some("orders".into()), // the dedup table and the handler's unqualified tables
+///     ..PostgresOptions::default()
+/// };
+/// let store = PostgresStore::connect_with("postgres://app@db/orders", options).await?;
+/// # let _ = store; Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,

@@ -60,6 +60,20 @@ impl Default for SqliteOptions {
 }
 
 /// A dedup store in one SQLite file. Cheap to clone (a pool handle).
+///
+/// The embedded default, for one consumer process: the handler's tables live in the same file,
+/// so its writes and the dedup record commit together.
+///
+/// ```no_run
+/// use rabbit_once::{SqliteOptions, SqliteStore};
+///
+/// # async fn run() -> Result<(), rabbit_once::sqlx::Error> {
+/// let store = SqliteStore::open_with("orders.db", SqliteOptions::default()).await?;
+/// rabbit_once::sqlx::query("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
+///     .execute(store.pool())
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -32,6 +32,28 @@ pub(super) enum Cmd {
 
 /// A handle to a publisher. Cheap to clone; all clones feed one buffer and one channel, and
 /// messages are sent in the order `publish` accepted them.
+///
+/// Publishing awaits twice: `publish(msg).await?` returns once the message is in the buffer
+/// (waiting while the buffer is full: that is the back-pressure), and awaiting the
+/// [`Confirmation`] it returns gives the broker's verdict.
+///
+/// ```no_run
+/// use rabbit_once::{Connection, Error, Message, Publisher, PublisherConfig};
+/// use std::time::Duration;
+///
+/// # async fn run(conn: Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// let publisher = Publisher::new(&conn, PublisherConfig::default().max_buffered(50_000))?;
+/// let message = Message::new("orders", "order.created", r#"{"id":42}"#)
+///     .with_message_id("order-42-created") // a business id makes the consumer's dedup end to end
+///     .with_content_type("application/json");
+/// match publisher.publish(message).await?.await {
+///     Ok(confirmed) => println!("{} is on the broker", confirmed.message_id),
+///     Err(e) if matches!(e.error, Error::Unroutable { .. }) => eprintln!("no queue is bound: {e}"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// let handed_back = publisher.close(Duration::from_secs(5)).await; // unconfirmed ones, if any
+/// # let _ = handed_back; Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Cmd>,

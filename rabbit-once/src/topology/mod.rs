@@ -13,6 +13,26 @@ use crate::transport::{FieldTable, FieldValue};
 use std::time::Duration;
 
 /// Everything to declare on each session. Order of declaration: exchanges, queues, bindings.
+///
+/// Given to [`ConnectionConfig::topology`](crate::ConnectionConfig::topology), it is declared
+/// again on every new session, so a broker that lost its state (or a new cluster node) gets it
+/// back before anything is published or consumed.
+///
+/// ```
+/// use rabbit_once::{Binding, Exchange, ExchangeKind, Overflow, Queue, QueueType, Topology};
+/// use std::time::Duration;
+///
+/// let topology = Topology::new()
+///     .exchange(Exchange::new("orders", ExchangeKind::Topic))
+///     .queue(
+///         Queue::new("billing")
+///             .queue_type(QueueType::Quorum)
+///             .overflow(Overflow::RejectPublish)
+///             .message_ttl(Duration::from_secs(24 * 3600)),
+///     )
+///     .binding(Binding::queue("billing", "orders", "order.*"));
+/// assert!(!topology.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {
     pub(crate) exchanges: Vec<Exchange>,

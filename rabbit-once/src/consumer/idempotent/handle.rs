@@ -15,6 +15,29 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// A running idempotent consumer. Stop it with [`close`](Self::close).
+///
+/// Each delivery's `message_id` is recorded in the store in the same transaction as the
+/// [`Handler`](crate::Handler)'s writes; the delivery is acked only after that commits, and a
+/// duplicate is acked without running the handler. Failures are retried through retry queues,
+/// then dead-lettered.
+///
+/// ```no_run
+/// use rabbit_once::{Connection, Consumer, ConsumerConfig, RetryPolicy, SqliteStore};
+/// use std::time::Duration;
+///
+/// # async fn run<H: rabbit_once::Handler<rabbit_once::sqlx::Sqlite>>(conn: Connection, handler: H) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = SqliteStore::open("orders.db").await?;
+/// let config = ConsumerConfig::new("orders")
+///     .group("orders-service") // names the dedup records; defaults to the queue name
+///     .prefetch(200)
+///     .group_commit(50, Duration::from_millis(2))
+///     .retry(RetryPolicy::new(5, vec![Duration::from_secs(1), Duration::from_secs(30)]));
+/// let consumer = Consumer::start(&conn, store, handler, config).await?;
+/// // … until the service stops:
+/// let stats = consumer.close(Duration::from_secs(10)).await;
+/// println!("applied {}, duplicates {}", stats.applied, stats.duplicates);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Consumer {
     stop: watch::Sender<bool>,
