@@ -138,8 +138,8 @@ impl ConnectionConfig {
         self
     }
 
-    /// The endpoints, in the order they are tried.
-    pub fn endpoints_list(&self) -> &[Endpoint] {
+    /// The endpoints, in the order they are tried (`get_`: [`endpoints`](Self::endpoints) sets them).
+    pub fn get_endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }
 

@@ -137,7 +137,7 @@ impl Subscription {
         let (close, close_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(SubscriptionCounters::default());
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-        let task = Task {
+        let task = SubscriptionTask {
             conn: conn.clone(),
             config,
             tx,
@@ -217,7 +217,7 @@ impl futures_util::Stream for Subscription {
     }
 }
 
-struct Task {
+struct SubscriptionTask {
     conn: Connection,
     config: SubscriptionConfig,
     tx: mpsc::UnboundedSender<Delivery>,
@@ -229,13 +229,13 @@ struct Task {
     frames: Vec<AckFrame>,
 }
 
-enum Exit {
+enum SubscriptionExit {
     Channel,
     Connection,
     Closed,
 }
 
-impl Task {
+impl SubscriptionTask {
     async fn run(mut self) {
         let mut after = 0;
         let mut failures = 0u32;
@@ -272,9 +272,9 @@ impl Task {
                 let exit = self.pump(&mut ch, &tag).await;
                 self.link.live.store(u64::MAX, Ordering::Release);
                 match exit {
-                    Exit::Closed => return,
-                    Exit::Connection => break,
-                    Exit::Channel => {
+                    SubscriptionExit::Closed => return,
+                    SubscriptionExit::Connection => break,
+                    SubscriptionExit::Channel => {
                         if self.pause(self.conn.config().backoff.delay(0)).await {
                             return;
                         }
@@ -329,7 +329,7 @@ impl Task {
         Ok((ch, tag))
     }
 
-    async fn pump(&mut self, ch: &mut Channel, consumer_tag: &str) -> Exit {
+    async fn pump(&mut self, ch: &mut Channel, consumer_tag: &str) -> SubscriptionExit {
         let max_waiting = (self.config.prefetch as usize / 4).max(16);
         let mut tracker = AckTracker::new(max_waiting);
         loop {
@@ -357,13 +357,13 @@ impl Task {
                     };
                     self.finish(ch, consumer_tag, &mut tracker, timeout).await;
                     if let Some(reply) = reply { let _ = reply.send(()); }
-                    return Exit::Closed;
+                    return SubscriptionExit::Closed;
                 }
             }
             if self.tx.is_closed() {
                 self.finish(ch, consumer_tag, &mut tracker, Duration::ZERO)
                     .await;
-                return Exit::Closed;
+                return SubscriptionExit::Closed;
             }
         }
     }
@@ -417,7 +417,11 @@ impl Task {
         c.stale.fetch_add(stale, Ordering::Relaxed);
     }
 
-    fn on_event(&mut self, ev: Option<ChannelEvent>, tracker: &mut AckTracker) -> Option<Exit> {
+    fn on_event(
+        &mut self,
+        ev: Option<ChannelEvent>,
+        tracker: &mut AckTracker,
+    ) -> Option<SubscriptionExit> {
         match ev {
             Some(ChannelEvent::Deliver(raw)) => {
                 tracker.delivered(raw.delivery_tag);
@@ -440,14 +444,16 @@ impl Task {
                 self.conn.emit(Event::ConsumerCancelled {
                     queue: self.config.queue.clone(),
                 });
-                Some(Exit::Channel)
+                Some(SubscriptionExit::Channel)
             }
-            Some(ChannelEvent::Closed(e)) if e.is_connection_level() => Some(Exit::Connection),
+            Some(ChannelEvent::Closed(e)) if e.is_connection_level() => {
+                Some(SubscriptionExit::Connection)
+            }
             Some(ChannelEvent::Closed(e)) => {
                 tracing::warn!(queue = %self.config.queue, error = %e, "consumer channel closed by the broker");
-                Some(Exit::Channel)
+                Some(SubscriptionExit::Channel)
             }
-            None => Some(Exit::Connection),
+            None => Some(SubscriptionExit::Connection),
             Some(_) => None,
         }
     }

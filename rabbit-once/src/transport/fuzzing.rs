@@ -28,7 +28,7 @@ pub(crate) const HEAP_SLACK: usize = 4096;
 
 /// What the decoders made of one input (the robustness test checks the mutations reach them).
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Outcome {
+pub(crate) struct DecodeTally {
     pub frames: usize,
     pub methods_ok: usize,
     pub methods_err: usize,
@@ -40,7 +40,7 @@ pub(crate) struct Outcome {
     pub properties_ok: usize,
 }
 
-impl std::ops::AddAssign for Outcome {
+impl std::ops::AddAssign for DecodeTally {
     fn add_assign(&mut self, o: Self) {
         self.frames += o.frames;
         self.methods_ok += o.methods_ok;
@@ -56,8 +56,8 @@ impl std::ops::AddAssign for Outcome {
 /// Splits `data` into frames as the reader task would and decodes each payload with the
 /// decoder its frame type calls for; then runs the table and properties decoders on the raw
 /// bytes too, so they also see inputs no frame wraps. Panics only if a check above fails.
-pub(crate) fn decode_all(data: &[u8]) -> Outcome {
-    let mut out = Outcome::default();
+pub(crate) fn decode_all(data: &[u8]) -> DecodeTally {
+    let mut out = DecodeTally::default();
     decode_stream(data, FRAME_MAX, &mut out);
     decode_table(data, &mut out);
     decode_properties(data, &mut out);
@@ -65,7 +65,7 @@ pub(crate) fn decode_all(data: &[u8]) -> Outcome {
 }
 
 /// `parse_frame` until it wants more bytes or refuses, decoding every frame it splits off.
-pub(crate) fn decode_stream(data: &[u8], frame_max: u32, out: &mut Outcome) {
+pub(crate) fn decode_stream(data: &[u8], frame_max: u32, out: &mut DecodeTally) {
     let limit = frame_max.max(FRAME_MIN_SIZE) as usize;
     let mut buf = BytesMut::from(data);
     loop {
@@ -102,7 +102,7 @@ pub(crate) fn decode_stream(data: &[u8], frame_max: u32, out: &mut Outcome) {
 }
 
 /// The decoder the reader task calls for a frame of type `kind`.
-pub(crate) fn decode_payload(kind: u8, payload: &[u8], out: &mut Outcome) {
+pub(crate) fn decode_payload(kind: u8, payload: &[u8], out: &mut DecodeTally) {
     match kind {
         frame::METHOD => decode_method(payload, out),
         frame::HEADER => decode_header(payload, out),
@@ -110,7 +110,7 @@ pub(crate) fn decode_payload(kind: u8, payload: &[u8], out: &mut Outcome) {
     }
 }
 
-pub(crate) fn decode_method(payload: &[u8], out: &mut Outcome) {
+pub(crate) fn decode_method(payload: &[u8], out: &mut DecodeTally) {
     match Method::decode(payload) {
         Ok(m) => {
             out.methods_ok += 1;
@@ -122,7 +122,7 @@ pub(crate) fn decode_method(payload: &[u8], out: &mut Outcome) {
     }
 }
 
-pub(crate) fn decode_header(payload: &[u8], out: &mut Outcome) {
+pub(crate) fn decode_header(payload: &[u8], out: &mut DecodeTally) {
     match decode_content_header(payload) {
         Ok(h) => {
             out.headers_ok += 1;
@@ -136,14 +136,14 @@ pub(crate) fn decode_header(payload: &[u8], out: &mut Outcome) {
     }
 }
 
-pub(crate) fn decode_table(data: &[u8], out: &mut Outcome) {
+pub(crate) fn decode_table(data: &[u8], out: &mut DecodeTally) {
     if let Ok(t) = FieldTable::decode(&mut Reader::new(data)) {
         out.tables_ok += 1;
         check_table(&t, data.len());
     }
 }
 
-pub(crate) fn decode_properties(data: &[u8], out: &mut Outcome) {
+pub(crate) fn decode_properties(data: &[u8], out: &mut DecodeTally) {
     if let Ok(p) = Properties::decode(&mut Reader::new(data)) {
         out.properties_ok += 1;
         check_properties(&p, data.len());

@@ -1,5 +1,5 @@
 //! [`Consumer`]: the handle of a running idempotent consumer — start it, read its counters,
-//! shut it down.
+//! close it.
 
 use super::config::ConsumerConfig;
 use super::stats::{ConsumerCounters, ConsumerStats};

@@ -11,7 +11,7 @@
 //!
 //! - [`config`]: [`ConsumerConfig`], its defaults and validation;
 //! - [`stats`]: [`ConsumerStats`] and the counters behind them;
-//! - [`handle`]: the [`Consumer`] handle — start, stats, shutdown;
+//! - [`handle`]: the [`Consumer`] handle — start, stats, close;
 //! - [`worker`]: the task: receive, batch, take out malformed and id-less deliveries, count the
 //!   runs of redeliveries (the crash-loop bound);
 //! - [`key`]: a delivery's dedup key (its message id, octets in hex, or a hash of the body);

@@ -17,13 +17,13 @@ mod mutate;
 mod random;
 mod seeds;
 
-use super::fuzzing::{self, Outcome};
+use super::fuzzing::{self, DecodeTally};
 
 const SEED: u64 = 0x5EED_AB1E_0009_0001;
 
 /// Every decoder on `data`: the stream checks of `decode_all`, and the method and content
 /// header decoders on the bytes themselves and on what follows a frame header.
-fn feed(data: &[u8]) -> Outcome {
+fn feed(data: &[u8]) -> DecodeTally {
     let mut out = fuzzing::decode_all(data);
     for payload in [data, data.get(7..).unwrap_or_default()] {
         fuzzing::decode_method(payload, &mut out);

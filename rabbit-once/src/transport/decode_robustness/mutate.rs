@@ -3,7 +3,7 @@
 
 use super::seeds::{Seed, seeds};
 use super::{SEED, feed};
-use crate::transport::fuzzing::Outcome;
+use crate::transport::fuzzing::DecodeTally;
 use std::time::Instant;
 
 const MUTATED_INPUTS: usize = 70_000;
@@ -165,7 +165,7 @@ fn mutated_real_frames_never_panic() {
     let seeds = seeds();
     let mut rng = fastrand::Rng::with_seed(SEED ^ 1);
     let started = Instant::now();
-    let mut total = Outcome::default();
+    let mut total = DecodeTally::default();
     for _ in 0..MUTATED_INPUTS {
         let seed = &seeds[rng.usize(..seeds.len())];
         total += feed(&mutated(&mut rng, seed, &seeds));

@@ -3,7 +3,7 @@
 
 use super::mutate::pick;
 use super::{SEED, feed};
-use crate::transport::fuzzing::Outcome;
+use crate::transport::fuzzing::DecodeTally;
 use std::time::Instant;
 
 const RANDOM_INPUTS: usize = 40_000;
@@ -161,7 +161,7 @@ fn random_input(rng: &mut fastrand::Rng) -> Vec<u8> {
 fn random_bytes_never_panic() {
     let mut rng = fastrand::Rng::with_seed(SEED);
     let started = Instant::now();
-    let mut total = Outcome::default();
+    let mut total = DecodeTally::default();
     for _ in 0..RANDOM_INPUTS {
         total += feed(&random_input(&mut rng));
     }
