@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the real broker, unique names, reading a queue
-//! back, sequence-numbered bodies.
+//! back, sequence-numbered bodies. [`consumer`] holds the idempotent consumer's fixtures.
 #![allow(dead_code)]
+
+pub mod consumer;
 
 use rabbit_once::{
     Confirmation, Connection, ConnectionConfig, Message, Publisher, PublisherConfig, Subscription,
