@@ -10,7 +10,8 @@
 mod support;
 
 use rabbit_once::{
-    Connection, Error, Event, Events, Message, PublishError, Publisher, PublisherConfig,
+    Confirmation, Confirmed, Connection, Error, Event, Events, Message, PublishError, Publisher,
+    PublisherConfig,
 };
 use rabbit_once_testkit::{HostileBroker, Scenario};
 use std::time::Duration;
@@ -199,6 +200,55 @@ fn bad_frame_end_is_a_protocol_error_and_the_client_reconnects() {
 // ---------------------------------------------------------------------------------------------
 // A message the broker closes the whole connection over.
 
+/// How many messages the close-on-publish test publishes, one of them [`POISON`].
+const COUNT: usize = 20;
+/// The message_id over which the fake broker closes the connection.
+const POISON: &str = "poison";
+
+/// Publishes one message per id, in order, each accepted within [`WAIT`]; returns (id,
+/// confirmation) in the same order.
+async fn publish_each(publisher: &Publisher, ids: &[String]) -> Vec<(String, Confirmation)> {
+    let mut confirmations = Vec::new();
+    for id in ids {
+        let msg = Message::to_queue("hostile", format!("body of {id}")).with_message_id(id.clone());
+        let c = tokio::time::timeout(WAIT, publisher.publish(msg))
+            .await
+            .expect("publish accepts in time")
+            .expect("the message is accepted");
+        confirmations.push((id.clone(), c));
+    }
+    confirmations
+}
+
+/// [`POISON`] must fail alone with `Refused { code: 501 }` and be handed back; every other id
+/// must be confirmed with its own id.
+fn check_verdict(id: &str, verdict: Result<Confirmed, PublishError>) {
+    if id == POISON {
+        match verdict {
+            Err(PublishError {
+                error: Error::Refused {
+                    code, message_id, ..
+                },
+                message,
+            }) => {
+                assert_eq!(code, 501, "the broker's code");
+                assert_eq!(message_id, POISON);
+                assert_eq!(
+                    message.as_ref().and_then(|m| m.message_id()),
+                    Some(POISON),
+                    "the message is handed back"
+                );
+            }
+            other => panic!("{id}: expected Refused {{ code: 501 }}, got {other:?}"),
+        }
+    } else {
+        match verdict {
+            Ok(c) => assert_eq!(c.message_id, id, "confirmed with its own id"),
+            Err(e) => panic!("{id}: expected a confirm, got {e:?}"),
+        }
+    }
+}
+
 /// The fake broker closes the CONNECTION with 501 FRAME_ERROR whenever a publish carrying
 /// message_id "poison" arrives (RabbitMQ does that over a frame it cannot take). The publisher
 /// must not re-send it forever: the messages in flight at the close become suspects, re-sent one
@@ -208,8 +258,6 @@ fn bad_frame_end_is_a_protocol_error_and_the_client_reconnects() {
 #[test]
 fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
     run("close-on-publish", async {
-        const COUNT: usize = 20;
-        const POISON: &str = "poison";
         let broker = broker(Scenario::CloseOnPublish {
             message_id: POISON.as_bytes().to_vec(),
             code: 501,
@@ -230,16 +278,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
                 }
             })
             .collect();
-        let mut confirmations = Vec::new();
-        for id in &ids {
-            let msg =
-                Message::to_queue("hostile", format!("body of {id}")).with_message_id(id.clone());
-            let c = tokio::time::timeout(WAIT, publisher.publish(msg))
-                .await
-                .expect("publish accepts in time")
-                .expect("the message is accepted");
-            confirmations.push((id.clone(), c));
-        }
+        let confirmations = publish_each(&publisher, &ids).await;
         for (id, c) in confirmations {
             let verdict = tokio::time::timeout(WAIT, c).await.unwrap_or_else(|_| {
                 panic!(
@@ -249,31 +288,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
                     published_ids(&broker)
                 )
             });
-            if id == POISON {
-                match verdict {
-                    Err(PublishError {
-                        error:
-                            Error::Refused {
-                                code, message_id, ..
-                            },
-                        message,
-                    }) => {
-                        assert_eq!(code, 501, "the broker's code");
-                        assert_eq!(message_id, POISON);
-                        assert_eq!(
-                            message.as_ref().and_then(|m| m.message_id()),
-                            Some(POISON),
-                            "the message is handed back"
-                        );
-                    }
-                    other => panic!("{id}: expected Refused {{ code: 501 }}, got {other:?}"),
-                }
-            } else {
-                match verdict {
-                    Ok(c) => assert_eq!(c.message_id, id, "confirmed with its own id"),
-                    Err(e) => panic!("{id}: expected a confirm, got {e:?}"),
-                }
-            }
+            check_verdict(&id, verdict);
         }
         // The counters are bumped just after the verdicts are sent: wait for them to catch up.
         let settled = support::eventually(WAIT, || {
