@@ -17,8 +17,11 @@ use super::session::Session;
 pub struct Received {
     /// Which connection it came on, counted from 1 in accept order.
     pub connection: u64,
+    /// The channel it came on (0 for the connection's own methods).
     pub channel: u16,
+    /// The AMQP class id (e.g. 60 for `basic`).
     pub class: u16,
+    /// The method id within the class (e.g. 80 for `basic.ack`).
     pub method: u16,
     /// The delivery tag of `basic.ack`, `basic.nack` and `basic.reject`.
     pub delivery_tag: Option<u64>,
@@ -29,6 +32,7 @@ pub struct Received {
 pub struct Published {
     /// Which connection it came on, counted from 1 in accept order.
     pub connection: u64,
+    /// The channel it was published on.
     pub channel: u16,
     /// Its `message_id` as raw bytes, if it has one.
     pub message_id: Option<Vec<u8>>,
@@ -81,10 +85,12 @@ impl HostileBroker {
         })
     }
 
+    /// The address it listens on (127.0.0.1 and a free port).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

@@ -37,8 +37,11 @@ pub enum Scenario {
     /// 502 SYNTAX_ERROR or 505 UNEXPECTED_FRAME over a frame it could not take). It waits for
     /// `close-ok` (for at most a second), then drops the connection.
     CloseOnPublish {
+        /// The `message_id` (raw bytes) that makes the broker close the connection.
         message_id: Vec<u8>,
+        /// The reply code of its `connection.close`.
         code: u16,
+        /// The reply text of its `connection.close`.
         text: String,
     },
 }
