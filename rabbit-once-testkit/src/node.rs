@@ -152,14 +152,17 @@ impl BrokerNode {
     }
 
     /// The AMQP port.
+    /// The node's AMQP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The Erlang node name (`<tag>@localhost`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The node's own data directory (removed on drop unless `RONCE_KEEP_NODE_DIR` is set).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

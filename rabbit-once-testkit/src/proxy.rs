@@ -60,10 +60,12 @@ impl FaultProxy {
         Ok(FaultProxy { addr, ctl, accept })
     }
 
+    /// The address it listens on (127.0.0.1 and a free port).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -97,14 +99,17 @@ impl FaultProxy {
     }
 
     /// Connections forwarding now.
+    /// Connections forwarding right now.
     pub fn live(&self) -> usize {
         self.ctl.live.load(Ordering::Relaxed)
     }
 
+    /// How many times [`cut_all`](Self::cut_all) was called so far.
     pub fn cuts(&self) -> u64 {
         self.ctl.cuts.load(Ordering::Relaxed)
     }
 
+    /// Connections refused so far (while refusing, or after the proxy stopped).
     pub fn refused(&self) -> u64 {
         self.ctl.refused.load(Ordering::Relaxed)
     }

@@ -39,13 +39,24 @@ pub enum PublishOutcome {
     Nacked,
     /// The broker closed the channel over it (`channel.close`, answered with close-ok). The
     /// next publish opens a new channel in confirm mode.
-    ChannelClosed { code: u16, text: String },
+    ChannelClosed {
+        /// The reply code of `channel.close`.
+        code: u16,
+        /// The reply text of `channel.close`.
+        text: String,
+    },
     /// The broker closed the whole connection over it (`connection.close`, answered with
     /// close-ok). Every later publish fails: connect again.
-    ConnectionClosed { code: u16, text: String },
+    ConnectionClosed {
+        /// The reply code of `connection.close`.
+        code: u16,
+        /// The reply text of `connection.close`.
+        text: String,
+    },
 }
 
 impl PublishOutcome {
+    /// Whether the broker acked the message.
     pub fn is_acked(&self) -> bool {
         matches!(self, PublishOutcome::Acked)
     }

@@ -170,26 +170,31 @@ impl RawDelivery {
         self
     }
 
+    /// The `redelivered` flag of `basic.deliver` (false by default).
     pub fn redelivered(mut self, yes: bool) -> Self {
         self.redelivered = yes;
         self
     }
 
+    /// The exchange name as raw bytes (any bytes, UTF-8 or not).
     pub fn exchange(mut self, b: impl AsRef<[u8]>) -> Self {
         self.exchange = b.as_ref().to_vec();
         self
     }
 
+    /// The routing key as raw bytes (any bytes, UTF-8 or not).
     pub fn routing_key(mut self, b: impl AsRef<[u8]>) -> Self {
         self.routing_key = b.as_ref().to_vec();
         self
     }
 
+    /// The `content_type` property as raw bytes.
     pub fn content_type(mut self, b: impl AsRef<[u8]>) -> Self {
         self.content_type = Some(b.as_ref().to_vec());
         self
     }
 
+    /// The `message_id` property as raw bytes (any bytes, UTF-8 or not).
     pub fn message_id(mut self, b: impl AsRef<[u8]>) -> Self {
         self.message_id = Some(b.as_ref().to_vec());
         self
@@ -201,6 +206,7 @@ impl RawDelivery {
         self
     }
 
+    /// The `app_id` property as raw bytes.
     pub fn app_id(mut self, b: impl AsRef<[u8]>) -> Self {
         self.app_id = Some(b.as_ref().to_vec());
         self
@@ -394,6 +400,7 @@ impl FieldBytes {
         FieldBytes(v)
     }
 
+    /// The encoded value: its type tag, then its bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -407,6 +414,7 @@ pub struct TableBytes {
 }
 
 impl TableBytes {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }

@@ -181,7 +181,39 @@ async fn foreign_case() {
         .unwrap();
     let (store, _db) = sqlite().await;
 
-    // --- What is published, and what the broker says. -------------------------------------
+    let m = foreign_messages(&q);
+    let published = publish_foreign(&q, &m).await;
+    let info = conn.queue_info(&q).await.unwrap();
+    assert_eq!(
+        info.messages as usize, published,
+        "all that was acked is queued"
+    );
+    consume_foreign(&conn, &store, &cfg, &q, &m, published).await;
+    check_applied(&store, &q, &m).await;
+    check_dead_letters(&conn, &cfg, &q, &m.too_deep).await;
+
+    cleanup(&conn, &cfg).await;
+    conn.close().await;
+}
+
+/// What [`foreign_case`] publishes, and the ids its checks look up.
+struct ForeignMessages {
+    /// Well-formed, each applied once: (id, message).
+    good: Vec<(String, RawDelivery)>,
+    /// Nested deeper than the library's limit of 128, each dead-lettered: (id, message).
+    too_deep: Vec<(String, RawDelivery)>,
+    /// A message_id that is not UTF-8, published twice (applied once).
+    non_utf8_id: Vec<u8>,
+    /// Ids in `good` checked one by one.
+    unicode: String,
+    key: String,
+    types: String,
+    big: String,
+    edge: String,
+}
+
+/// Step 1: the messages, one of each awkward kind.
+fn foreign_messages(q: &str) -> ForeignMessages {
     let id = |s: &str| format!("{q}-{s}");
     let mut non_utf8_id = vec![0xff, 0xfe, b'x'];
     non_utf8_id.extend_from_slice(q.as_bytes());
@@ -251,19 +283,40 @@ async fn foreign_case() {
             (id.clone(), deep(&id, depth, arrays))
         })
         .collect();
+    ForeignMessages {
+        good,
+        too_deep,
+        non_utf8_id,
+        unicode,
+        key,
+        types,
+        big,
+        edge,
+    }
+}
 
+/// Step 2: publishes them with the raw client, asserting what the broker says to each (it
+/// takes all but the content header over frame_max). Returns how many it took.
+async fn publish_foreign(q: &str, m: &ForeignMessages) -> usize {
+    let ForeignMessages {
+        good,
+        too_deep,
+        non_utf8_id,
+        ..
+    } = m;
+    let id = |s: &str| format!("{q}-{s}");
     let mut raw = raw_publisher().await;
     assert_eq!(
         raw.frame_max() as usize,
         FRAME_MAX,
         "the broker's frame_max"
     );
-    for (id, m) in good.iter().chain(&too_deep) {
+    for (id, m) in good.iter().chain(too_deep) {
         let r = raw.publish_raw(b"", q.as_bytes(), m).await.unwrap();
         assert_eq!(r, PublishOutcome::Acked, "the broker takes {id}");
     }
     // The non-UTF-8 id, twice (a producer that re-sent it).
-    let twice = RawDelivery::new("non-utf8 id").message_id(&non_utf8_id);
+    let twice = RawDelivery::new("non-utf8 id").message_id(non_utf8_id);
     for n in 1..=2 {
         let r = raw.publish_raw(b"", q.as_bytes(), &twice).await.unwrap();
         assert_eq!(r, PublishOutcome::Acked, "the non-UTF-8 id, publish {n}");
@@ -283,15 +336,21 @@ async fn foreign_case() {
         }
         other => panic!("expected connection.close 501 frame_too_large, got {other:?}"),
     }
-    let published = good.len() + too_deep.len() + 2;
-    let info = conn.queue_info(&q).await.unwrap();
-    assert_eq!(
-        info.messages as usize, published,
-        "all that was acked is queued"
-    );
 
-    // --- The idempotent consumer. ----------------------------------------------------------
-    let consumer = Consumer::start(&conn, store.clone(), Ledger, cfg.clone())
+    good.len() + too_deep.len() + 2
+}
+
+/// Step 3: the idempotent consumer settles every delivery; the counters add up.
+async fn consume_foreign(
+    conn: &Connection,
+    store: &SqliteStore,
+    cfg: &ConsumerConfig,
+    q: &str,
+    m: &ForeignMessages,
+    published: usize,
+) {
+    let ForeignMessages { good, too_deep, .. } = m;
+    let consumer = Consumer::start(conn, store.clone(), Ledger, cfg.clone())
         .await
         .unwrap();
     let s = wait_for(&consumer, "every delivery settled", |s| {
@@ -335,20 +394,33 @@ async fn foreign_case() {
     );
     assert_eq!(conn.reconnects(), 0, "no reconnect, let alone a loop");
     assert_eq!(
-        conn.queue_info(&q).await.unwrap().messages,
+        conn.queue_info(q).await.unwrap().messages,
         0,
         "everything acked"
     );
+}
 
-    // Applied exactly once each, keyed by the text id.
-    let rows = applied(&store).await;
+/// Step 4: applied exactly once each, keyed by the text id.
+async fn check_applied(store: &SqliteStore, q: &str, m: &ForeignMessages) {
+    let ForeignMessages {
+        good,
+        too_deep,
+        non_utf8_id,
+        unicode,
+        key,
+        types,
+        big,
+        edge,
+    } = m;
+    let want_applied = good.len() as u64 + 1; // + the non-UTF-8 id, once
+    let rows = applied(store).await;
     assert_eq!(
         rows.len() as u64,
         want_applied,
         "one key per message: {:?}",
         rows.keys()
     );
-    for (id, _) in &good {
+    for (id, _) in good {
         let a = rows
             .get(id)
             .unwrap_or_else(|| panic!("{id} was not applied"));
@@ -356,13 +428,13 @@ async fn foreign_case() {
         assert_eq!(a[0].raw_id, id.as_bytes(), "{id}: its octets");
     }
     assert_eq!(
-        rows[&key][0].headers, 2,
+        rows[key][0].headers, 2,
         "the non-UTF-8 key and its neighbour"
     );
-    assert_eq!(rows[&types][0].headers, 17, "every field type");
-    assert_eq!(rows[&big][0].headers, 1);
-    assert_eq!(rows[&edge][0].headers, 1);
-    assert_eq!(rows[&unicode][0].body, b"unicode");
+    assert_eq!(rows[types][0].headers, 17, "every field type");
+    assert_eq!(rows[big][0].headers, 1);
+    assert_eq!(rows[edge][0].headers, 1);
+    assert_eq!(rows[unicode][0].body, b"unicode");
     // The non-UTF-8 id: applied once, under a text view that gives the octets back.
     let known: HashSet<&str> = good.iter().map(|(id, _)| id.as_str()).collect();
     let (view, a) = rows
@@ -371,26 +443,30 @@ async fn foreign_case() {
         .expect("the non-UTF-8 id was applied");
     assert_eq!(a.len(), 1, "applied once, its second copy a duplicate");
     assert_eq!(
-        a[0].raw_id, non_utf8_id,
+        a[0].raw_id, *non_utf8_id,
         "the view {view:?} gives the octets back"
     );
-    assert!(
-        view.ends_with(q.as_str()),
-        "the view {view:?} keeps the UTF-8 part"
-    );
+    assert!(view.ends_with(q), "the view {view:?} keeps the UTF-8 part");
     assert_ne!(
         view.as_bytes(),
         non_utf8_id.as_slice(),
         "the view is text, not the raw octets"
     );
-    for (id, _) in &too_deep {
+    for (id, _) in too_deep {
         assert!(!rows.contains_key(id), "{id} must not be applied");
     }
+}
 
-    // The too-deep ones are in `<queue>.dead`, with a reason naming the nesting.
+/// Step 5: the too-deep ones are in `<queue>.dead`, with a reason naming the nesting.
+async fn check_dead_letters(
+    conn: &Connection,
+    cfg: &ConsumerConfig,
+    q: &str,
+    too_deep: &[(String, RawDelivery)],
+) {
     let dead = format!("{q}.dead");
     assert!(cfg.queues().contains(&dead));
-    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&dead)).unwrap();
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(&dead)).unwrap();
     let mut dead_bodies = HashSet::new();
     for _ in 0..too_deep.len() {
         let d = tokio::time::timeout(GUARD, sub.recv())
@@ -424,9 +500,6 @@ async fn foreign_case() {
         "nothing else was dead-lettered"
     );
     sub.close(Duration::from_secs(5)).await;
-
-    cleanup(&conn, &cfg).await;
-    conn.close().await;
 }
 
 async fn cleanup(conn: &Connection, cfg: &ConsumerConfig) {

@@ -1,113 +1,25 @@
-//! rabbit-once against a hostile fake broker (`rabbit_once_testkit::hostile`): things a real
-//! RabbitMQ never sends — a handshake cut short, non-UTF-8 short strings, every field type,
-//! garbage, a frame on a channel nobody opened, truncated frames, headers nested 12,000 deep, a
-//! body over the cap, a connection closed over one publish. Each test names its scenario,
-//! asserts the documented outcome, and checks that no task of the client panicked (an abort
-//! would take the whole test binary down, which shows too).
+//! rabbit-once against a hostile fake broker (`rabbit_once_testkit::hostile`), at the level of
+//! the connection: things a real RabbitMQ never sends — a handshake cut short, garbage, a frame
+//! on a channel nobody opened, truncated frames, a connection closed over one publish. Each test
+//! names its scenario, asserts the documented outcome, and checks that no task of the client
+//! panicked (an abort would take the whole test binary down, which shows too). Deliveries a real
+//! broker never sends are in `hostile_deliveries.rs`; the harness is `support/hostile.rs`.
 //!
 //! No RabbitMQ is needed: the fake broker listens on a free port of 127.0.0.1.
 
 mod support;
 
 use rabbit_once::{
-    Connection, Delivery, Error, Event, Events, Message, PublishError, Publisher, PublisherConfig,
-    Subscription, SubscriptionConfig,
+    Confirmation, Confirmed, Connection, Error, Event, Events, Message, PublishError, Publisher,
+    PublisherConfig,
 };
-use rabbit_once_testkit::{FieldBytes, HostileBroker, RawDelivery, Scenario, TableBytes};
-use std::future::Future;
-use std::sync::{Mutex, Once};
+use rabbit_once_testkit::{HostileBroker, Scenario};
 use std::time::Duration;
-use support::{config, unique};
-
-/// Bound of every single wait: a failing test fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
-/// How long a delivery may take to arrive.
-const DELIVERY_WAIT: Duration = Duration::from_secs(5);
-/// Bound of a whole test.
-const GUARD: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// Running a test on a runtime of its own, watching its threads for panics.
-
-/// (thread name, panic message) of every panic in the process.
-static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-
-fn record_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let thread = std::thread::current().name().unwrap_or("").to_string();
-            if let Ok(mut p) = PANICS.lock() {
-                p.push((thread, info.to_string()));
-            }
-            previous(info);
-        }));
-    });
-}
-
-/// Runs `test` on a runtime whose worker threads carry a name of their own, then fails if any
-/// of them panicked: the client's reader, writer and supervisor tasks run there, and a panic in
-/// one of them would otherwise only show as a lost connection.
-fn run<F: Future<Output = ()>>(name: &str, test: F) {
-    record_panics();
-    let threads = unique(name);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(threads.clone())
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        tokio::time::timeout(GUARD, test)
-            .await
-            .expect("the test finished within its guard")
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
-    let panics: Vec<_> = PANICS
-        .lock()
-        .expect("panics lock")
-        .iter()
-        .filter(|(t, _)| *t == threads)
-        .map(|(_, m)| m.clone())
-        .collect();
-    assert!(panics.is_empty(), "client tasks panicked: {panics:?}");
-}
+use support::config;
+use support::hostile::{WAIT, broker, good, next_delivery, run, subscribe};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-async fn broker(scenario: Scenario) -> HostileBroker {
-    HostileBroker::start(scenario)
-        .await
-        .expect("the fake broker listens")
-}
-
-/// Connects to the fake broker and subscribes; the events are taken before subscribing, so none
-/// of the subscription's is missed.
-async fn subscribe(broker: &HostileBroker) -> (Connection, Subscription, Events) {
-    let conn = tokio::time::timeout(WAIT, Connection::connect(config(&broker.uri())))
-        .await
-        .expect("connect returns in time")
-        .expect("the handshake succeeds");
-    let events = conn.events();
-    let sub = Subscription::start(&conn, SubscriptionConfig::new(unique("hostile")))
-        .expect("subscription starts");
-    (conn, sub, events)
-}
-
-/// The next delivery; a failure says how many connections the broker saw meanwhile (a client
-/// that dropped the connection over the delivery shows as more than one).
-async fn next_delivery(sub: &mut Subscription, what: &str, broker: &HostileBroker) -> Delivery {
-    match tokio::time::timeout(DELIVERY_WAIT, sub.recv()).await {
-        Ok(Some(d)) => d,
-        Ok(None) => panic!("{what}: the subscription ended"),
-        Err(_) => panic!(
-            "{what}: no delivery within {DELIVERY_WAIT:?} (the broker saw {} connections)",
-            broker.connections()
-        ),
-    }
-}
 
 /// The next `Disconnected` event's reason.
 async fn disconnected(events: &mut Events) -> Error {
@@ -122,52 +34,6 @@ async fn disconnected(events: &mut Events) -> Error {
     })
     .await
     .unwrap_or_else(|_| panic!("no Disconnected event within {WAIT:?}"))
-}
-
-/// A well-formed delivery that must still arrive after a hostile one.
-fn good(id: &str) -> RawDelivery {
-    RawDelivery::new(format!("good {id}")).message_id(id)
-}
-
-/// Sends `bad` then a good delivery; both must arrive on the first session. Returns `bad` as
-/// the client saw it.
-async fn survives_delivery(bad: RawDelivery) -> Delivery {
-    let broker = broker(Scenario::Deliver(vec![bad, good("after")])).await;
-    let (conn, mut sub, _events) = subscribe(&broker).await;
-    let first = next_delivery(&mut sub, "the hostile delivery", &broker).await;
-    assert_eq!(
-        &first.body()[..],
-        b"hostile",
-        "the hostile delivery comes first"
-    );
-    let second = next_delivery(&mut sub, "the good delivery after it", &broker).await;
-    assert_eq!(second.message_id(), Some("after"));
-    assert!(second.malformed().is_none(), "the good delivery is whole");
-    assert_eq!(conn.reconnects(), 0, "no reconnect");
-    assert_eq!(broker.connections(), 1, "one connection");
-    first
-}
-
-/// Like [`survives_delivery`] over a connection whose body cap is `max_body_size`; the
-/// hostile delivery's body is not checked (a capped body arrives empty).
-async fn survives_capped(bad: RawDelivery, max_body_size: u64) -> Delivery {
-    let broker = broker(Scenario::Deliver(vec![bad, good("after")])).await;
-    let conn = tokio::time::timeout(
-        WAIT,
-        Connection::connect(config(&broker.uri()).max_body_size(max_body_size)),
-    )
-    .await
-    .expect("connect returns in time")
-    .expect("the handshake succeeds");
-    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(unique("hostile")))
-        .expect("subscription starts");
-    let first = next_delivery(&mut sub, "the hostile delivery", &broker).await;
-    let second = next_delivery(&mut sub, "the good delivery after it", &broker).await;
-    assert_eq!(second.message_id(), Some("after"));
-    assert!(second.malformed().is_none(), "the good delivery is whole");
-    assert_eq!(conn.reconnects(), 0, "no reconnect");
-    assert_eq!(broker.connections(), 1, "one connection");
-    first
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,137 +123,6 @@ fn close_403_after_start_ok_is_fatal_and_hides_the_password() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Non-UTF-8 short strings in a delivery.
-
-const NOT_UTF8: [u8; 3] = [0xff, 0xfe, b'a'];
-
-fn hostile() -> RawDelivery {
-    RawDelivery::new("hostile")
-}
-
-#[test]
-fn non_utf8_message_id_is_delivered() {
-    run("non-utf8-message-id", async {
-        let d = survives_delivery(hostile().message_id(NOT_UTF8)).await;
-        assert!(d.message_id().is_some(), "message_id has a text view");
-    });
-}
-
-#[test]
-fn non_utf8_type_is_delivered() {
-    run("non-utf8-type", async {
-        let d = survives_delivery(hostile().kind(NOT_UTF8)).await;
-        assert!(d.properties().kind.is_some(), "type has a text view");
-    });
-}
-
-#[test]
-fn non_utf8_app_id_is_delivered() {
-    run("non-utf8-app-id", async {
-        let d = survives_delivery(hostile().app_id(NOT_UTF8)).await;
-        assert!(d.properties().app_id.is_some(), "app_id has a text view");
-    });
-}
-
-#[test]
-fn non_utf8_header_key_is_delivered() {
-    run("non-utf8-header-key", async {
-        let headers = TableBytes::new()
-            .entry(NOT_UTF8, FieldBytes::i32(1))
-            .entry("ok", FieldBytes::long_string("yes"));
-        let d = survives_delivery(hostile().headers(&headers)).await;
-        assert_eq!(
-            d.header("ok").and_then(|v| v.as_str()),
-            Some("yes"),
-            "the well-formed header next to it is kept"
-        );
-    });
-}
-
-#[test]
-fn non_utf8_routing_key_is_delivered() {
-    run("non-utf8-routing-key", async {
-        let d = survives_delivery(hostile().routing_key(NOT_UTF8)).await;
-        assert!(
-            !d.routing_key().is_empty(),
-            "the routing key has a text view"
-        );
-    });
-}
-
-/// The text view of a non-UTF-8 message_id must be usable as a dedup key: the same bytes give
-/// the same text, and different bytes different texts (a lossy conversion would merge
-/// [ff fe 61] and [fe ff 61], and the second message would be dropped as a duplicate).
-#[test]
-fn non_utf8_message_ids_map_to_stable_distinct_texts() {
-    run("non-utf8-ids-stable", async {
-        let other: [u8; 3] = [0xfe, 0xff, b'a'];
-        let broker = broker(Scenario::Deliver(vec![
-            hostile().message_id(NOT_UTF8),
-            hostile().message_id(NOT_UTF8),
-            hostile().message_id(other),
-            good("after"),
-        ]))
-        .await;
-        let (conn, mut sub, _events) = subscribe(&broker).await;
-        let mut ids = Vec::new();
-        for i in 0..3 {
-            let d = next_delivery(&mut sub, &format!("hostile delivery {i}"), &broker).await;
-            ids.push(d.message_id().map(str::to_owned));
-        }
-        assert!(
-            ids.iter().all(Option::is_some),
-            "every id has a text: {ids:?}"
-        );
-        assert_eq!(ids[0], ids[1], "same bytes, same text");
-        assert_ne!(ids[0], ids[2], "different bytes, different texts");
-        let after = next_delivery(&mut sub, "the good delivery", &broker).await;
-        assert_eq!(after.message_id(), Some("after"));
-        assert_eq!(conn.reconnects(), 0);
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Field tables.
-
-/// Every field type RabbitMQ uses (t b B s u I i l f d D S T F A V x) decodes.
-#[test]
-fn every_field_type_in_headers_is_decoded() {
-    run("every-field-type", async {
-        let d = survives_delivery(hostile().headers(&TableBytes::every_type())).await;
-        let h = |k: &str| {
-            d.header(k)
-                .unwrap_or_else(|| panic!("header {k:?} is missing"))
-                .clone()
-        };
-        assert_eq!(d.properties().headers.as_ref().map(|t| t.len()), Some(17));
-        assert_eq!(h("bool"), rabbit_once::FieldValue::Bool(true));
-        assert_eq!(h("i8").as_i64(), Some(-3));
-        assert_eq!(h("u8").as_i64(), Some(200));
-        assert_eq!(h("i16").as_i64(), Some(-300));
-        assert_eq!(h("u16").as_i64(), Some(60000));
-        assert_eq!(h("i32").as_i64(), Some(-70000));
-        assert_eq!(h("u32").as_i64(), Some(4_000_000_000));
-        assert_eq!(h("i64").as_i64(), Some(-5_000_000_000));
-        assert_eq!(h("f64"), rabbit_once::FieldValue::F64(-2.25));
-        assert_eq!(h("string").as_str(), Some("héllo"));
-        assert_eq!(h("timestamp").as_i64(), Some(1_700_000_000));
-        assert_eq!(h("void"), rabbit_once::FieldValue::Void);
-        assert_eq!(h("bytes"), rabbit_once::FieldValue::ByteArray(vec![0, 255]));
-        match h("table") {
-            rabbit_once::FieldValue::Table(t) => {
-                assert_eq!(t.get("inner").and_then(|v| v.as_i64()), Some(7))
-            }
-            other => panic!("table decoded as {other:?}"),
-        }
-        match h("array") {
-            rabbit_once::FieldValue::Array(a) => assert_eq!(a.len(), 2),
-            other => panic!("array decoded as {other:?}"),
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
 // Broken framing.
 
 /// Runs `scenario`, waits for the session to end, checks its reason with `is`, and that the
@@ -463,80 +198,56 @@ fn bad_frame_end_is_a_protocol_error_and_the_client_reconnects() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deliveries that cannot be decoded in full: handed up malformed, never fatal.
-
-/// Deep enough to overflow any stack a recursive decoder runs on.
-const DEPTH: usize = 12_000;
-
-fn malformed_reason(d: &Delivery) -> String {
-    d.malformed()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| panic!("the delivery is not marked malformed"))
-}
-
-fn mentions_depth(reason: &str) -> bool {
-    let r = reason.to_lowercase();
-    r.contains("nest") || r.contains("depth") || r.contains("deep")
-}
-
-#[test]
-fn headers_nested_12000_tables_deep_are_malformed_not_fatal() {
-    run("deep-tables", async {
-        let headers = TableBytes::new().entry("deep", FieldBytes::nested_tables(DEPTH));
-        let bad = RawDelivery::new("hostile").headers(&headers);
-        let d = survives_delivery(bad).await;
-        let reason = malformed_reason(&d);
-        assert!(
-            mentions_depth(&reason),
-            "the reason names the nesting: {reason}"
-        );
-    });
-}
-
-#[test]
-fn headers_nested_12000_arrays_deep_are_malformed_not_fatal() {
-    run("deep-arrays", async {
-        let headers = TableBytes::new().entry("deep", FieldBytes::nested_arrays(DEPTH));
-        let bad = RawDelivery::new("hostile").headers(&headers);
-        let d = survives_delivery(bad).await;
-        let reason = malformed_reason(&d);
-        assert!(
-            mentions_depth(&reason),
-            "the reason names the nesting: {reason}"
-        );
-    });
-}
-
-/// A body announced (and sent) larger than `max_body_size` is not buffered: the delivery
-/// arrives malformed, and the connection carries on.
-#[test]
-fn body_larger_than_max_body_size_is_malformed_not_fatal() {
-    run("body-too-large", async {
-        let mut body = b"hostile".to_vec();
-        body.resize(4096, b'.');
-        let bad = RawDelivery::new(body);
-        let d = survives_capped(bad, 1024).await;
-        let reason = malformed_reason(&d);
-        assert!(
-            reason.contains("size") || reason.contains("large") || reason.contains("1024"),
-            "the reason names the size: {reason}"
-        );
-    });
-}
-
-/// Every field type decodes, and such a delivery is not malformed.
-#[test]
-fn every_field_type_in_headers_is_not_malformed() {
-    run("every-type-not-malformed", async {
-        let bad = RawDelivery::new("hostile").headers(&TableBytes::every_type());
-        let d = survives_delivery(bad).await;
-        assert_eq!(d.malformed().map(|r| r.to_string()), None);
-        assert_eq!(d.header("i32").and_then(|v| v.as_i64()), Some(-70000));
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
 // A message the broker closes the whole connection over.
+
+/// How many messages the close-on-publish test publishes, one of them [`POISON`].
+const COUNT: usize = 20;
+/// The message_id over which the fake broker closes the connection.
+const POISON: &str = "poison";
+
+/// Publishes one message per id, in order, each accepted within [`WAIT`]; returns (id,
+/// confirmation) in the same order.
+async fn publish_each(publisher: &Publisher, ids: &[String]) -> Vec<(String, Confirmation)> {
+    let mut confirmations = Vec::new();
+    for id in ids {
+        let msg = Message::to_queue("hostile", format!("body of {id}")).with_message_id(id.clone());
+        let c = tokio::time::timeout(WAIT, publisher.publish(msg))
+            .await
+            .expect("publish accepts in time")
+            .expect("the message is accepted");
+        confirmations.push((id.clone(), c));
+    }
+    confirmations
+}
+
+/// [`POISON`] must fail alone with `Refused { code: 501 }` and be handed back; every other id
+/// must be confirmed with its own id.
+fn check_verdict(id: &str, verdict: Result<Confirmed, PublishError>) {
+    if id == POISON {
+        match verdict {
+            Err(PublishError {
+                error: Error::Refused {
+                    code, message_id, ..
+                },
+                message,
+            }) => {
+                assert_eq!(code, 501, "the broker's code");
+                assert_eq!(message_id, POISON);
+                assert_eq!(
+                    message.as_ref().and_then(|m| m.message_id()),
+                    Some(POISON),
+                    "the message is handed back"
+                );
+            }
+            other => panic!("{id}: expected Refused {{ code: 501 }}, got {other:?}"),
+        }
+    } else {
+        match verdict {
+            Ok(c) => assert_eq!(c.message_id, id, "confirmed with its own id"),
+            Err(e) => panic!("{id}: expected a confirm, got {e:?}"),
+        }
+    }
+}
 
 /// The fake broker closes the CONNECTION with 501 FRAME_ERROR whenever a publish carrying
 /// message_id "poison" arrives (RabbitMQ does that over a frame it cannot take). The publisher
@@ -547,8 +258,6 @@ fn every_field_type_in_headers_is_not_malformed() {
 #[test]
 fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
     run("close-on-publish", async {
-        const COUNT: usize = 20;
-        const POISON: &str = "poison";
         let broker = broker(Scenario::CloseOnPublish {
             message_id: POISON.as_bytes().to_vec(),
             code: 501,
@@ -569,16 +278,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
                 }
             })
             .collect();
-        let mut confirmations = Vec::new();
-        for id in &ids {
-            let msg =
-                Message::to_queue("hostile", format!("body of {id}")).with_message_id(id.clone());
-            let c = tokio::time::timeout(WAIT, publisher.publish(msg))
-                .await
-                .expect("publish accepts in time")
-                .expect("the message is accepted");
-            confirmations.push((id.clone(), c));
-        }
+        let confirmations = publish_each(&publisher, &ids).await;
         for (id, c) in confirmations {
             let verdict = tokio::time::timeout(WAIT, c).await.unwrap_or_else(|_| {
                 panic!(
@@ -588,31 +288,7 @@ fn a_message_that_makes_the_broker_close_the_connection_fails_alone() {
                     published_ids(&broker)
                 )
             });
-            if id == POISON {
-                match verdict {
-                    Err(PublishError {
-                        error:
-                            Error::Refused {
-                                code, message_id, ..
-                            },
-                        message,
-                    }) => {
-                        assert_eq!(code, 501, "the broker's code");
-                        assert_eq!(message_id, POISON);
-                        assert_eq!(
-                            message.as_ref().and_then(|m| m.message_id()),
-                            Some(POISON),
-                            "the message is handed back"
-                        );
-                    }
-                    other => panic!("{id}: expected Refused {{ code: 501 }}, got {other:?}"),
-                }
-            } else {
-                match verdict {
-                    Ok(c) => assert_eq!(c.message_id, id, "confirmed with its own id"),
-                    Err(e) => panic!("{id}: expected a confirm, got {e:?}"),
-                }
-            }
+            check_verdict(&id, verdict);
         }
         // The counters are bumped just after the verdicts are sent: wait for them to catch up.
         let settled = support::eventually(WAIT, || {

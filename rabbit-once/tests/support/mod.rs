@@ -1,6 +1,10 @@
 //! Shared helpers for the integration tests: the real broker, unique names, reading a queue
-//! back, sequence-numbered bodies.
+//! back, sequence-numbered bodies. [`consumer`] holds the idempotent consumer's fixtures, [`hostile`]
+//! the harness of the hostile-broker tests.
 #![allow(dead_code)]
+
+pub mod consumer;
+pub mod hostile;
 
 use rabbit_once::{
     Confirmation, Connection, ConnectionConfig, Message, Publisher, PublisherConfig, Subscription,

@@ -1,33 +1,18 @@
-//! A hostile fake AMQP 0-9-1 broker: it speaks just enough of the protocol to get a client
-//! through the handshake and a consumer subscribed, then misbehaves on purpose.
-//!
-//! A real RabbitMQ never sends a non-UTF-8 short string, a table nested 12,000 deep, a frame on
-//! a channel nobody opened or a frame that ends in the wrong octet, so tests against the real
-//! broker cannot show what the client does with them. This broker can: each [`Scenario`] is one
-//! kind of misbehaviour, played on every connection the client makes (it reconnects), while the
-//! broker counts connections and records every method it receives so tests can assert.
-//!
-//! Frames are encoded byte by byte by the testkit's `wire` module on purpose: the testkit does
-//! not depend on rabbit-once, so a bug in the client's codec cannot hide itself by being shared
-//! with the broker's.
+//! One connection to the hostile broker: the handshake, the answers a broker must give, and
+//! the scenario's misbehaviour once the consumer subscribed.
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
+use super::broker::{Ctl, Published, Received};
+use super::scenario::{Scenario, UNOPENED_CHANNEL};
 use crate::wire::{
-    BODY, FRAME_OVERHEAD, Frame, HEADER, HEARTBEAT, METHOD, content_message_id, frame, long,
-    method_frame, read_short, short, split_frame,
+    BODY, FRAME_OVERHEAD, FieldBytes, Frame, HEADER, HEARTBEAT, METHOD, RawDelivery, TableBytes,
+    content_message_id, frame, long, method_frame, read_short, short, split_frame,
 };
-pub use crate::wire::{FieldBytes, RawDelivery, TableBytes};
-
-/// The channel [`Scenario::FrameOnUnopenedChannel`] sends on (the client never opens it).
-pub const UNOPENED_CHANNEL: u16 = 999;
 
 /// What the broker offers in `connection.tune`; the client may ask for less.
 const FRAME_MAX: u32 = 131_072;
@@ -35,223 +20,6 @@ const CHANNEL_MAX: u16 = 2047;
 const HEARTBEAT_OFFER: u16 = 60;
 /// How long the broker waits for `connection.close-ok` after closing a connection itself.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// What the broker does to every connection once the client got far enough.
-#[derive(Debug, Clone)]
-pub enum Scenario {
-    /// No misbehaviour: a well-behaved broker with an empty queue (a baseline for the others).
-    Polite,
-    /// Sends `connection.start`, reads `start-ok`, then closes the socket cleanly: a node
-    /// shutting down, or a load balancer that lost its backend, mid-handshake.
-    EofAfterStartOk,
-    /// Answers `start-ok` with `connection.close(code, text)` instead of `tune` (403
-    /// ACCESS_REFUSED is what RabbitMQ sends for bad credentials).
-    CloseAfterStartOk(u16, String),
-    /// Once the consumer subscribed, sends these deliveries (method, content header, body
-    /// frames each), then behaves.
-    Deliver(Vec<RawDelivery>),
-    /// Once the consumer subscribed, writes these bytes raw, then keeps answering.
-    Garbage(Vec<u8>),
-    /// Once the consumer subscribed, sends a whole delivery on [`UNOPENED_CHANNEL`].
-    FrameOnUnopenedChannel,
-    /// Once the consumer subscribed, sends a frame whose size field promises more bytes than
-    /// follow, then closes the socket (clean EOF mid-frame).
-    TruncatedFrame,
-    /// Once the consumer subscribed, sends a frame that ends in 0xAB instead of 0xCE, then
-    /// keeps answering.
-    BadFrameEnd,
-    /// Behaves like [`Polite`](Self::Polite) — publishes on a channel in confirm mode are acked
-    /// once their content header arrives, delivery tags counting from 1 per channel — except
-    /// that a publish whose content header carries this `message_id` makes the broker close
-    /// the whole connection with `code` and `text` (RabbitMQ does that with 501 FRAME_ERROR,
-    /// 502 SYNTAX_ERROR or 505 UNEXPECTED_FRAME over a frame it could not take). It waits for
-    /// `close-ok` (for at most a second), then drops the connection.
-    CloseOnPublish {
-        message_id: Vec<u8>,
-        code: u16,
-        text: String,
-    },
-}
-
-/// One method frame the broker received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
-    /// Which connection it came on, counted from 1 in accept order.
-    pub connection: u64,
-    pub channel: u16,
-    pub class: u16,
-    pub method: u16,
-    /// The delivery tag of `basic.ack`, `basic.nack` and `basic.reject`.
-    pub delivery_tag: Option<u64>,
-}
-
-/// One message published to the broker (its content header arrived).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// Which connection it came on, counted from 1 in accept order.
-    pub connection: u64,
-    pub channel: u16,
-    /// Its `message_id` as raw bytes, if it has one.
-    pub message_id: Option<Vec<u8>>,
-    /// Whether the broker acked it (or closed the connection over it instead).
-    pub acked: bool,
-}
-
-#[derive(Debug)]
-struct Ctl {
-    scenario: Scenario,
-    connections: AtomicU64,
-    received: Mutex<Vec<Received>>,
-    published: Mutex<Vec<Published>>,
-}
-
-impl Ctl {
-    fn record(&self, r: Received) {
-        self.received.lock().expect("received lock").push(r);
-    }
-}
-
-/// A running hostile broker on `127.0.0.1`. Dropping it stops accepting and closes every
-/// connection.
-#[derive(Debug)]
-pub struct HostileBroker {
-    addr: SocketAddr,
-    ctl: Arc<Ctl>,
-    stop: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl HostileBroker {
-    /// Listens on a free port of 127.0.0.1 and plays `scenario` on every connection.
-    pub async fn start(scenario: Scenario) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let ctl = Arc::new(Ctl {
-            scenario,
-            connections: AtomicU64::new(0),
-            received: Mutex::new(Vec::new()),
-            published: Mutex::new(Vec::new()),
-        });
-        let (stop, _) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, ctl.clone(), stop.clone()));
-        Ok(HostileBroker {
-            addr,
-            ctl,
-            stop,
-            accept,
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f` (the broker accepts any credentials).
-    pub fn uri(&self) -> String {
-        self.uri_with("guest", "guest")
-    }
-
-    /// A URI with these credentials, e.g. to check that a password never shows in an error.
-    pub fn uri_with(&self, user: &str, password: &str) -> String {
-        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.port())
-    }
-
-    /// TCP connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.ctl.connections.load(Ordering::SeqCst)
-    }
-
-    /// Every method frame received so far, in order.
-    pub fn received(&self) -> Vec<Received> {
-        self.ctl.received.lock().expect("received lock").clone()
-    }
-
-    /// Every message published so far (content header received), in order.
-    pub fn published(&self) -> Vec<Published> {
-        self.ctl.published.lock().expect("published lock").clone()
-    }
-
-    /// How many `class.method` frames were received (e.g. `(60, 20)` for `basic.consume`).
-    pub fn count(&self, class: u16, method: u16) -> usize {
-        self.received()
-            .iter()
-            .filter(|r| (r.class, r.method) == (class, method))
-            .count()
-    }
-
-    /// Delivery tags of the `basic.ack`s received, in order.
-    pub fn acks(&self) -> Vec<u64> {
-        self.received()
-            .iter()
-            .filter(|r| (r.class, r.method) == (60, 80))
-            .filter_map(|r| r.delivery_tag)
-            .collect()
-    }
-
-    /// Waits until at least `n` connections were accepted, for at most `limit`.
-    pub async fn wait_connections(&self, n: u64, limit: Duration) -> bool {
-        self.wait_until(limit, || self.connections() >= n).await
-    }
-
-    /// Waits until at least `n` `class.method` frames were received, for at most `limit`.
-    pub async fn wait_received(&self, class: u16, method: u16, n: usize, limit: Duration) -> bool {
-        self.wait_until(limit, || self.count(class, method) >= n)
-            .await
-    }
-
-    async fn wait_until(&self, limit: Duration, f: impl Fn() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if f() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        f()
-    }
-}
-
-impl Drop for HostileBroker {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-        self.accept.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, ctl: Arc<Ctl>, stop: watch::Sender<bool>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::debug!(error = %e, "hostile broker accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let n = ctl.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let session = Session::new(stream, ctl.clone(), n);
-        let mut stopped = stop.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stopped.wait_for(|s| *s) => {}
-                r = session.run() => {
-                    if let Err(e) = r {
-                        tracing::debug!(connection = n, error = %e, "hostile broker connection ended");
-                    }
-                }
-            }
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// One connection.
 
 /// What to do after handling something: go on, or end the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +33,7 @@ enum Next {
     Beat,
 }
 
-struct Session {
+pub(super) struct Session {
     stream: TcpStream,
     buf: Vec<u8>,
     ctl: Arc<Ctl>,
@@ -278,7 +46,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: TcpStream, ctl: Arc<Ctl>, connection: u64) -> Self {
+    pub(super) fn new(stream: TcpStream, ctl: Arc<Ctl>, connection: u64) -> Self {
         Session {
             stream,
             buf: Vec::with_capacity(8192),
@@ -291,7 +59,7 @@ impl Session {
         }
     }
 
-    async fn run(mut self) -> io::Result<()> {
+    pub(super) async fn run(mut self) -> io::Result<()> {
         if self.handshake().await? == Flow::Close {
             return Ok(());
         }
