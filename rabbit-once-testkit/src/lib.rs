@@ -13,6 +13,8 @@
 //! Both the fake broker and the raw client encode frames with the testkit's own byte-by-byte
 //! encoder (`wire`), never rabbit-once's.
 
+#![deny(missing_docs)]
+
 pub mod hostile;
 pub mod names;
 pub mod node;
