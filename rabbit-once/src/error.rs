@@ -60,7 +60,7 @@ pub enum Error {
     /// The broker closed the connection with a reason (a restart gives 320 CONNECTION_FORCED).
     #[error("connection closed by the broker: {code} {text}")]
     ConnectionClosed {
-        /// The AMQP reply code (e.g. 320, 404, 406).
+        /// The AMQP reply code (320 CONNECTION_FORCED on a restart, 501–541 for frame errors, …).
         code: u16,
         /// The broker's reply text.
         text: String,
@@ -69,7 +69,7 @@ pub enum Error {
     /// The broker closed a channel because of something it was asked to do.
     #[error("channel closed by the broker: {code} {text}")]
     ChannelClosed {
-        /// The AMQP reply code (e.g. 320, 404, 406).
+        /// The AMQP reply code (404 NOT_FOUND, 406 PRECONDITION_FAILED, 403 ACCESS_REFUSED, …).
         code: u16,
         /// The broker's reply text.
         text: String,
@@ -92,7 +92,7 @@ pub enum Error {
     TopologyNotYet {
         /// What was being declared.
         what: String,
-        /// The AMQP reply code (e.g. 320, 404, 406).
+        /// The AMQP reply code (405 RESOURCE_LOCKED or 404 NOT_FOUND).
         code: u16,
         /// The broker's reply text.
         text: String,
@@ -133,7 +133,7 @@ pub enum Error {
     Refused {
         /// The message's `message_id`.
         message_id: String,
-        /// The AMQP reply code (e.g. 320, 404, 406).
+        /// The AMQP reply code (403 ACCESS_REFUSED, 406 PRECONDITION_FAILED, …).
         code: u16,
         /// The broker's reply text.
         text: String,
@@ -144,7 +144,8 @@ pub enum Error {
     MessageTooLarge {
         /// The body's size in bytes.
         size: usize,
-        /// The configured maximum in bytes.
+        /// The limit in bytes: the publisher's `max_message_size`, or its `max_buffered_bytes`
+        /// if that is smaller (a message must fit in the buffer).
         max: usize,
     },
 

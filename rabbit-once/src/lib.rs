@@ -91,7 +91,7 @@ pub use dedup::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use dedup::sqlite::{SqliteOptions, SqliteStore};
 #[cfg(feature = "dedup")]
-pub use dedup::{Store, StoreFailure};
+pub use dedup::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, new_message_id};

@@ -100,7 +100,9 @@ impl Message {
     }
 
     /// Per-message TTL: the broker drops (or dead-letters) the message once it has waited
-    /// this long in a queue. Sent in whole milliseconds.
+    /// this long in a queue. Sent in whole milliseconds, rounded down: under 1 ms is 0, which
+    /// means "deliver now or drop". At most `u32::MAX` ms (~49.7 days); more is refused at
+    /// `publish` with [`Error::InvalidMessage`].
     pub fn with_expiration(mut self, ttl: Duration) -> Self {
         self.properties.expiration = Some(ttl.as_millis().to_string());
         self
@@ -131,15 +133,25 @@ impl Message {
         self
     }
 
-    /// The AMQP `timestamp` property, sent in whole seconds since the Unix epoch.
+    /// The AMQP `timestamp` property, sent in whole seconds since the Unix epoch (a time before
+    /// the epoch is sent as 0).
     pub fn with_timestamp(mut self, at: SystemTime) -> Self {
         self.properties.timestamp = Some(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         self
     }
 
-    /// Replaces all properties at once. What `properties` leaves unset is kept: the message
-    /// id, and the delivery mode (so a `Properties::default()` does not silently make the
-    /// message transient).
+    /// Replaces every property set so far (headers, content type, …) with `properties`. Only
+    /// the message id and the delivery mode carry over when `properties` leaves them `None`, so
+    /// a `Properties::default()` neither drops the id nor silently makes the message transient.
+    ///
+    /// ```
+    /// use rabbit_once::{Message, Properties};
+    ///
+    /// let mut p = Properties::default(); // `Properties` is non-exhaustive: set fields one by one
+    /// p.app_id = Some("billing".into());
+    /// let m = Message::to_queue("orders", "{}").with_message_id("o-1").with_properties(p);
+    /// assert_eq!((m.message_id(), m.is_persistent()), (Some("o-1"), true));
+    /// ```
     pub fn with_properties(mut self, mut properties: Properties) -> Self {
         if properties.message_id.is_none() {
             properties.message_id = self.properties.message_id.take();

@@ -201,6 +201,7 @@ impl DeliveryBuilder {
     /// The producer's `message_id`.
     pub fn message_id(mut self, id: impl Into<String>) -> Self {
         self.raw.properties.message_id = Some(id.into());
+        self.raw.properties.message_id_octets = false;
         self
     }
 

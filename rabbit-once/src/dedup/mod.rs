@@ -22,10 +22,10 @@ use std::future::Future;
 use std::time::SystemTime;
 
 /// The processed-messages table's name (the same in every backend).
-pub(crate) const TABLE: &str = "rabbit_once_processed";
+pub const DEDUP_TABLE: &str = "rabbit_once_processed";
 
 /// The table of unfinished handler runs of redelivered messages (the crash-loop bound).
-pub(crate) const RUNS_TABLE: &str = "rabbit_once_runs";
+pub const RUNS_TABLE: &str = "rabbit_once_runs";
 
 /// How a failed database call should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! same order and never deadlock on each other.
 
 use super::sql::{self, Dialect};
-use super::{RUNS_TABLE, Store, StoreFailure, TABLE, classify_common, unix_seconds};
+use super::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashSet;
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 /// Each migration is a list of statements, applied in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
     &[
-        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -21,7 +21,7 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
     ],
-    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
+    &["CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_runs (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         runs           INTEGER NOT NULL,
@@ -162,7 +162,7 @@ impl Store for PostgresStore {
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
         let rows = sqlx::query(&format!(
-            "INSERT INTO {TABLE} (consumer_group, message_id)
+            "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
              SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
              ON CONFLICT DO NOTHING RETURNING message_id"
         ))
@@ -211,8 +211,8 @@ impl Store for PostgresStore {
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
         let r = sqlx::query(&format!(
-            "DELETE FROM {TABLE} WHERE ctid IN
-               (SELECT ctid FROM {TABLE}
+            "DELETE FROM {DEDUP_TABLE} WHERE ctid IN
+               (SELECT ctid FROM {DEDUP_TABLE}
                  WHERE consumer_group = $1 AND processed_at < to_timestamp($2) LIMIT $3)"
         ))
         .bind(group)

@@ -1,7 +1,7 @@
 //! The SQL both backends run, written once: the migration loop, and the statements that differ
 //! only in how a bind parameter is written (`?` in SQLite, `$1` in PostgreSQL).
 
-use super::{RUNS_TABLE, TABLE};
+use super::{DEDUP_TABLE, RUNS_TABLE};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 
 /// What the shared statements need to know about a backend's SQL.
@@ -31,9 +31,11 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)",
+    )
+    .execute(&mut **tx)
+    .await?;
     let done: DB::Version =
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
             .fetch_one(&mut **tx)
@@ -69,7 +71,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let n: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM {TABLE} WHERE consumer_group = {} AND message_id = {}",
+        "SELECT COUNT(*) FROM {DEDUP_TABLE} WHERE consumer_group = {} AND message_id = {}",
         DB::param(1),
         DB::param(2)
     ))

@@ -3,7 +3,7 @@
 //! writers never deadlock on a lock upgrade).
 
 use super::sql::{self, Dialect};
-use super::{RUNS_TABLE, Store, StoreFailure, TABLE, classify_common, unix_seconds};
+use super::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure, classify_common, unix_seconds};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -18,7 +18,7 @@ const CHUNK: usize = 500;
 /// Each migration is a list of statements, applied in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
     &[
-        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   INTEGER NOT NULL,
@@ -26,7 +26,7 @@ const MIGRATIONS: &[&[&str]] = &[
     ) WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
     ],
-    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
+    &["CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_runs (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         runs           INTEGER NOT NULL,
@@ -69,7 +69,7 @@ impl Default for SqliteOptions {
 ///
 /// # async fn run() -> Result<(), rabbit_once::sqlx::Error> {
 /// let store = SqliteStore::open_with("orders.db", SqliteOptions::default()).await?;
-/// rabbit_once::sqlx::query("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
+/// rabbit_once::sqlx::query("CREATE DEDUP_TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
 ///     .execute(store.pool())
 ///     .await?;
 /// # Ok(()) }
@@ -153,7 +153,7 @@ impl Store for SqliteStore {
         let mut fresh: HashSet<String> = HashSet::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {TABLE} (consumer_group, message_id, processed_at) "
+                "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id, processed_at) "
             ));
             q.push_values(chunk, |mut b, id| {
                 b.push_bind(group).push_bind(*id).push_bind(now);
@@ -204,8 +204,8 @@ impl Store for SqliteStore {
 
     async fn purge(&self, group: &str, before: SystemTime, limit: u32) -> Result<u64, sqlx::Error> {
         let r = sqlx::query(&format!(
-            "DELETE FROM {TABLE} WHERE consumer_group = ? AND message_id IN
-               (SELECT message_id FROM {TABLE} WHERE consumer_group = ? AND processed_at < ? LIMIT ?)"
+            "DELETE FROM {DEDUP_TABLE} WHERE consumer_group = ? AND message_id IN
+               (SELECT message_id FROM {DEDUP_TABLE} WHERE consumer_group = ? AND processed_at < ? LIMIT ?)"
         ))
         .bind(group)
         .bind(group)

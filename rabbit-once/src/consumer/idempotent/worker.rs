@@ -133,7 +133,8 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         for item in again {
             // One whose channel died while it waited in the prefetch buffer is not a run: the
             // broker delivers it again. Counting it would charge every connection cut to the
-            // messages that happened to be waiting, and dead-letter them as crash loops.
+            // messages that happened to be waiting, and dead-letter them as crash loops. (A cut
+            // during the count's own short transaction still charges that one message a run.)
             if !item.d.is_live() {
                 ConsumerCounters::add(&self.counters.abandoned, 1);
                 continue;
