@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 /// Each migration is a list of statements, applied in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
     &[
-        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_processed (
+        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -21,7 +21,7 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
     ],
-    &["CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_runs (
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         runs           INTEGER NOT NULL,

@@ -31,11 +31,9 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    sqlx::query(
-        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)",
-    )
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
+        .execute(&mut **tx)
+        .await?;
     let done: DB::Version =
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
             .fetch_one(&mut **tx)

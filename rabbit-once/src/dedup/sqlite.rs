@@ -18,7 +18,7 @@ const CHUNK: usize = 500;
 /// Each migration is a list of statements, applied in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
     &[
-        "CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_processed (
+        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   INTEGER NOT NULL,
@@ -26,7 +26,7 @@ const MIGRATIONS: &[&[&str]] = &[
     ) WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
     ],
-    &["CREATE DEDUP_TABLE IF NOT EXISTS rabbit_once_runs (
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         runs           INTEGER NOT NULL,
@@ -69,7 +69,7 @@ impl Default for SqliteOptions {
 ///
 /// # async fn run() -> Result<(), rabbit_once::sqlx::Error> {
 /// let store = SqliteStore::open_with("orders.db", SqliteOptions::default()).await?;
-/// rabbit_once::sqlx::query("CREATE DEDUP_TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
+/// rabbit_once::sqlx::query("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
 ///     .execute(store.pool())
 ///     .await?;
 /// # Ok(()) }
