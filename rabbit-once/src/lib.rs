@@ -56,6 +56,8 @@ mod dedup;
 mod error;
 mod event;
 mod message;
+#[cfg(feature = "dedup")]
+mod outbox;
 mod publisher;
 mod shutdown;
 mod topology;

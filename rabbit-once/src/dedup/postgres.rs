@@ -145,7 +145,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sql::migrate(&mut tx, MIGRATIONS).await?;
+        sql::migrate(&mut tx, sql::SCHEMA_TABLE, MIGRATIONS).await?;
         tx.commit().await
     }
 

@@ -17,11 +17,16 @@ pub(crate) trait Dialect: Database {
     fn version(n: usize) -> Self::Version;
 }
 
+/// The table that records which migrations of the dedup tables ran.
+pub(crate) const SCHEMA_TABLE: &str = "rabbit_once_schema";
+
 /// Applies the migrations `tx` has not recorded yet, each a list of statements followed by the
-/// row in `rabbit_once_schema` that records it. The caller begins `tx` (taking whatever lock
-/// keeps two processes from migrating at once) and commits it.
+/// row in `schema_table` that records it (each set of tables — dedup, outbox — keeps its own
+/// versions). The caller begins `tx` (taking whatever lock keeps two processes from migrating
+/// at once) and commits it.
 pub(crate) async fn migrate<DB>(
     tx: &mut Transaction<'static, DB>,
+    schema_table: &str,
     migrations: &[&[&str]],
 ) -> Result<(), sqlx::Error>
 where
@@ -31,15 +36,18 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    sqlx::query("CREATE TABLE IF NOT EXISTS rabbit_once_schema (version INTEGER PRIMARY KEY)")
-        .execute(&mut **tx)
-        .await?;
-    let done: DB::Version =
-        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM rabbit_once_schema")
-            .fetch_one(&mut **tx)
-            .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema_table} (version INTEGER PRIMARY KEY)"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    let done: DB::Version = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(MAX(version), 0) FROM {schema_table}"
+    ))
+    .fetch_one(&mut **tx)
+    .await?;
     let record = format!(
-        "INSERT INTO rabbit_once_schema (version) VALUES ({})",
+        "INSERT INTO {schema_table} (version) VALUES ({})",
         DB::param(1)
     );
     for (i, statements) in migrations.iter().enumerate().skip(done.into() as usize) {

@@ -135,7 +135,7 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sql::migrate(&mut tx, MIGRATIONS).await?;
+        sql::migrate(&mut tx, sql::SCHEMA_TABLE, MIGRATIONS).await?;
         tx.commit().await
     }
 

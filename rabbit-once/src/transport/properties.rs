@@ -157,6 +157,29 @@ impl Properties {
         out[at..at + 2].copy_from_slice(&flags.to_be_bytes());
     }
 
+    /// The property list as it goes on the wire (flags, then the fields set), for storing a
+    /// message losslessly — headers and non-UTF-8 ids included (the outbox's rows).
+    #[cfg_attr(not(feature = "dedup"), allow(dead_code))]
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(self.wire_size());
+        self.encode(&mut out);
+        out.to_vec()
+    }
+
+    /// Reads back what [`to_bytes`](Self::to_bytes) wrote; refuses trailing bytes.
+    #[cfg_attr(not(feature = "dedup"), allow(dead_code))]
+    pub(crate) fn from_bytes(bytes: &[u8]) -> DecodeResult<Self> {
+        let mut r = Reader::new(bytes);
+        let p = Self::decode(&mut r)?;
+        if r.remaining() != 0 {
+            return Err(crate::error::ProtocolError::new(format!(
+                "{} bytes after the property list",
+                r.remaining()
+            )));
+        }
+        Ok(p)
+    }
+
     pub(crate) fn decode(r: &mut Reader<'_>) -> DecodeResult<Self> {
         let flags = r.u16()?;
         let mut p = Properties::default();

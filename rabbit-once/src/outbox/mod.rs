@@ -1,0 +1,39 @@
+//! The transactional outbox (issue 10, being built): a message becomes a row written in the
+//! caller's own database transaction, so it is published if and only if that transaction
+//! commits, and a relay publishes committed rows through the [`Publisher`](crate::Publisher).
+//!
+//! The table is the set of messages not yet confirmed by the broker (no cursor: a row whose
+//! transaction commits late — id 7 after id 8 — is simply still there at the next read). A row is
+//! deleted only after its confirm.
+//!
+//! - `row`: a [`Message`](crate::Message) as a row and back (properties kept as their AMQP
+//!   encoding: lossless, headers and non-UTF-8 ids included);
+//! - `store`: the SQL, written once for both databases (insert in the caller's transaction, read
+//!   the pending set in id order, delete confirmed rows);
+//! - `sqlite`, `postgres`: the table and its migrations per database.
+//!
+//! Not public yet: the relay that publishes the rows is the next step, and a way to enqueue
+//! messages that nothing publishes would be a trap.
+#![allow(dead_code)] // used by its tests until the relay lands
+
+mod row;
+mod store;
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+pub(crate) use row::{OutboxRow, PendingRow};
+
+/// The table of messages waiting for the broker's confirm.
+pub(crate) const OUTBOX_TABLE: &str = "rabbit_once_outbox";
+
+/// The table that records which migrations of the outbox table ran.
+pub(crate) const OUTBOX_SCHEMA_TABLE: &str = "rabbit_once_outbox_schema";
+
+/// Rows per INSERT statement (8 bound values each: well under both databases' limits).
+const CHUNK: usize = 500;
+
+#[cfg(all(test, feature = "sqlite", feature = "postgres"))]
+mod tests;

@@ -1,0 +1,99 @@
+//! The outbox table in PostgreSQL. Ids are handed out at insert, not at commit: a transaction
+//! holding id 7 can commit after one holding id 8, which is why the relay reads the pending set
+//! and never a cursor.
+
+use super::{OUTBOX_SCHEMA_TABLE, OutboxRow, PendingRow, store};
+use crate::dedup::sql;
+use crate::error::Error;
+use crate::message::Message;
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+
+const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_id   TEXT NOT NULL UNIQUE,
+        ordering_key TEXT,
+        exchange     TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        mandatory    BOOLEAN NOT NULL,
+        properties   BYTEA NOT NULL,
+        body         BYTEA NOT NULL,
+        attempts     BIGINT NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+    )"]];
+
+/// Serializes the outbox's migrations across processes (the dedup tables use another lock).
+const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;
+
+/// The outbox in a PostgreSQL database (the pool of the [`PostgresStore`](crate::PostgresStore) whose
+/// transactions enqueue).
+#[derive(Debug, Clone)]
+pub(crate) struct PostgresOutbox {
+    pool: PgPool,
+    max_message_size: usize,
+}
+
+impl PostgresOutbox {
+    /// An outbox on `pool`; messages over `max_message_size` bytes are refused at enqueue.
+    pub(crate) fn new(pool: PgPool, max_message_size: usize) -> Self {
+        PostgresOutbox {
+            pool,
+            max_message_size,
+        }
+    }
+
+    /// Creates the table if missing (idempotent).
+    pub(crate) async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sql::migrate(&mut tx, OUTBOX_SCHEMA_TABLE, MIGRATIONS).await?;
+        tx.commit().await
+    }
+
+    /// Writes `message` into the caller's transaction; returns its `message_id`.
+    pub(crate) async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        message: Message,
+        ordering_key: Option<&str>,
+    ) -> Result<String, Error> {
+        let row = OutboxRow::new(message, ordering_key, self.max_message_size)?;
+        store::insert(tx, std::slice::from_ref(&row))
+            .await
+            .map_err(store_error)?;
+        Ok(row.message_id)
+    }
+
+    /// Writes every message into the caller's transaction (one statement per 500); returns
+    /// their ids in order. Nothing is written if one of them is refused.
+    pub(crate) async fn enqueue_all(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<String>, Error> {
+        let rows = messages
+            .into_iter()
+            .map(|m| OutboxRow::new(m, None, self.max_message_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        store::insert(tx, &rows).await.map_err(store_error)?;
+        Ok(rows.into_iter().map(|r| r.message_id).collect())
+    }
+
+    /// Up to `limit` committed rows, in id order.
+    pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
+        store::pending(&self.pool, limit).await
+    }
+
+    /// Deletes confirmed rows; returns how many there were.
+    pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
+        store::remove(&self.pool, ids).await.map_err(store_error)
+    }
+}
+
+fn store_error(e: sqlx::Error) -> Error {
+    Error::Store(std::sync::Arc::new(e))
+}

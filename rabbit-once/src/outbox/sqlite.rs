@@ -1,0 +1,91 @@
+//! The outbox table in SQLite. One writer at a time: ids are handed out in commit order here,
+//! but nothing relies on it (the relay reads the pending set, not past a cursor).
+
+use super::{OUTBOX_SCHEMA_TABLE, OutboxRow, PendingRow, store};
+use crate::dedup::sql;
+use crate::error::Error;
+use crate::message::Message;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Sqlite, Transaction};
+
+const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id   TEXT NOT NULL UNIQUE,
+        ordering_key TEXT,
+        exchange     TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        mandatory    INTEGER NOT NULL,
+        properties   BLOB NOT NULL,
+        body         BLOB NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        created_at   INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
+    )"]];
+
+/// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose
+/// transactions enqueue).
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteOutbox {
+    pool: SqlitePool,
+    max_message_size: usize,
+}
+
+impl SqliteOutbox {
+    /// An outbox on `pool`; messages over `max_message_size` bytes are refused at enqueue.
+    pub(crate) fn new(pool: SqlitePool, max_message_size: usize) -> Self {
+        SqliteOutbox {
+            pool,
+            max_message_size,
+        }
+    }
+
+    /// Creates the table if missing (idempotent).
+    pub(crate) async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sql::migrate(&mut tx, OUTBOX_SCHEMA_TABLE, MIGRATIONS).await?;
+        tx.commit().await
+    }
+
+    /// Writes `message` into the caller's transaction; returns its `message_id`.
+    pub(crate) async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        message: Message,
+        ordering_key: Option<&str>,
+    ) -> Result<String, Error> {
+        let row = OutboxRow::new(message, ordering_key, self.max_message_size)?;
+        store::insert(tx, std::slice::from_ref(&row))
+            .await
+            .map_err(store_error)?;
+        Ok(row.message_id)
+    }
+
+    /// Writes every message into the caller's transaction (one statement per 500); returns
+    /// their ids in order. Nothing is written if one of them is refused.
+    pub(crate) async fn enqueue_all(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<String>, Error> {
+        let rows = messages
+            .into_iter()
+            .map(|m| OutboxRow::new(m, None, self.max_message_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        store::insert(tx, &rows).await.map_err(store_error)?;
+        Ok(rows.into_iter().map(|r| r.message_id).collect())
+    }
+
+    /// Up to `limit` committed rows, in id order.
+    pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
+        store::pending(&self.pool, limit).await
+    }
+
+    /// Deletes confirmed rows; returns how many there were.
+    pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
+        store::remove(&self.pool, ids).await.map_err(store_error)
+    }
+}
+
+fn store_error(e: sqlx::Error) -> Error {
+    Error::Store(std::sync::Arc::new(e))
+}

@@ -1,0 +1,145 @@
+//! The outbox's SQL, written once for both databases ([`Dialect`] writes each one's bind
+//! parameters).
+
+use super::{CHUNK, OUTBOX_TABLE, OutboxRow, PendingRow};
+use crate::dedup::sql::Dialect;
+use crate::error::Error;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
+
+/// `(p1, p2, …), (…)`: `rows` groups of `per_row` bind parameters.
+fn values<DB: Dialect>(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=per_row).map(|c| DB::param(r * per_row + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts `rows` in the caller's transaction: they become visible, and publishable, only if it
+/// commits. One statement per [`CHUNK`] rows.
+pub(crate) async fn insert<DB>(
+    tx: &mut Transaction<'static, DB>,
+    rows: &[OutboxRow],
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO {OUTBOX_TABLE} \
+             (message_id, ordering_key, exchange, routing_key, mandatory, properties, body) \
+             VALUES {}",
+            values::<DB>(chunk.len(), 7)
+        );
+        let mut q = sqlx::query::<DB>(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.message_id.clone())
+                .bind(r.ordering_key.clone())
+                .bind(r.exchange.clone())
+                .bind(r.routing_key.clone())
+                .bind(r.mandatory)
+                .bind(r.properties.clone())
+                .bind(r.body.to_vec());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` committed rows in id order. The table holds only what is not yet confirmed, so
+/// a row whose transaction committed after a later id was read is still found here.
+pub(crate) async fn pending<'e, DB, E>(db: E, limit: i64) -> Result<Vec<PendingRow>, Error>
+where
+    DB: Dialect,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB> + Decode<'q, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Option<String>: Decode<'r, DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
+    let sql = format!(
+        "SELECT id, ordering_key, exchange, routing_key, mandatory, properties, body, attempts, \
+         last_error FROM {OUTBOX_TABLE} ORDER BY id LIMIT {}",
+        DB::param(1)
+    );
+    let rows = sqlx::query::<DB>(&sql)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .map_err(|e| Error::Store(std::sync::Arc::new(e)))?;
+    rows.into_iter()
+        .map(|r| {
+            let get = |e: sqlx::Error| Error::Store(std::sync::Arc::new(e));
+            let properties: Vec<u8> = r.try_get("properties").map_err(get)?;
+            Ok(PendingRow {
+                id: r.try_get("id").map_err(get)?,
+                ordering_key: r.try_get("ordering_key").map_err(get)?,
+                message: PendingRow::message(
+                    r.try_get("exchange").map_err(get)?,
+                    r.try_get("routing_key").map_err(get)?,
+                    r.try_get("mandatory").map_err(get)?,
+                    &properties,
+                    r.try_get("body").map_err(get)?,
+                )?,
+                attempts: r.try_get("attempts").map_err(get)?,
+                last_error: r.try_get("last_error").map_err(get)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes the rows `ids` (confirmed by the broker); returns how many were there.
+pub(crate) async fn remove<'e, DB, E>(db: E, ids: &[i64]) -> Result<u64, sqlx::Error>
+where
+    DB: Dialect,
+    E: Executor<'e, Database = DB> + Copy,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut n = 0;
+    for chunk in ids.chunks(CHUNK) {
+        let list: Vec<String> = (1..=chunk.len()).map(DB::param).collect();
+        let sql = format!(
+            "DELETE FROM {OUTBOX_TABLE} WHERE id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query::<DB>(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        n += q.execute(db).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// `rows_affected` of a statement's result, for both databases.
+pub(crate) trait RowsAffected {
+    fn rows_affected(&self) -> u64;
+}
+
+#[cfg(feature = "sqlite")]
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::sqlite::SqliteQueryResult::rows_affected(self)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::postgres::PgQueryResult::rows_affected(self)
+    }
+}
