@@ -10,12 +10,14 @@
 //!   encoding: lossless, headers and non-UTF-8 ids included);
 //! - `store`: the SQL, written once for both databases (insert in the caller's transaction, read
 //!   the pending set in id order, delete confirmed rows);
-//! - `sqlite`, `postgres`: the table and its migrations per database.
+//! - `sqlite`, `postgres`: the table and its migrations per database;
+//! - `relay`: the task that publishes committed rows and deletes them once confirmed.
 //!
 //! Not public yet: the relay that publishes the rows is the next step, and a way to enqueue
 //! messages that nothing publishes would be a trap.
 #![allow(dead_code)] // used by its tests until the relay lands
 
+pub(crate) mod relay;
 mod row;
 mod store;
 
@@ -24,6 +26,8 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+#[allow(unused_imports)] // the CLI and the public API use them once the relay is public
+pub(crate) use relay::{Relay, RelayConfig, RelayStats};
 pub(crate) use row::{OutboxRow, PendingRow};
 
 /// The table of messages waiting for the broker's confirm.

@@ -32,6 +32,8 @@ const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;
 pub(crate) struct PostgresOutbox {
     pool: PgPool,
     max_message_size: usize,
+    /// Signalled on every enqueue in this process: the relay reads again.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PostgresOutbox {
@@ -40,6 +42,7 @@ impl PostgresOutbox {
         PostgresOutbox {
             pool,
             max_message_size,
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -65,6 +68,7 @@ impl PostgresOutbox {
         store::insert(tx, std::slice::from_ref(&row))
             .await
             .map_err(store_error)?;
+        self.wake.notify_one();
         Ok(row.message_id)
     }
 
@@ -80,6 +84,7 @@ impl PostgresOutbox {
             .map(|m| OutboxRow::new(m, None, self.max_message_size))
             .collect::<Result<Vec<_>, _>>()?;
         store::insert(tx, &rows).await.map_err(store_error)?;
+        self.wake.notify_one();
         Ok(rows.into_iter().map(|r| r.message_id).collect())
     }
 
@@ -91,6 +96,31 @@ impl PostgresOutbox {
     /// Deletes confirmed rows; returns how many there were.
     pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
         store::remove(&self.pool, ids).await.map_err(store_error)
+    }
+
+    /// Records a failed publish of row `id`.
+    pub(crate) async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
+        store::record_failure(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
+    }
+}
+
+impl super::relay::Backend for PostgresOutbox {
+    async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
+        PostgresOutbox::pending(self, limit).await
+    }
+
+    async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
+        PostgresOutbox::remove(self, ids).await
+    }
+
+    async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
+        PostgresOutbox::record_failure(self, id, reason).await
+    }
+
+    fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 }
 

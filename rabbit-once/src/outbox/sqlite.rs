@@ -28,6 +28,8 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
 pub(crate) struct SqliteOutbox {
     pool: SqlitePool,
     max_message_size: usize,
+    /// Signalled on every enqueue in this process: the relay reads again.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteOutbox {
@@ -36,6 +38,7 @@ impl SqliteOutbox {
         SqliteOutbox {
             pool,
             max_message_size,
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -57,6 +60,7 @@ impl SqliteOutbox {
         store::insert(tx, std::slice::from_ref(&row))
             .await
             .map_err(store_error)?;
+        self.wake.notify_one();
         Ok(row.message_id)
     }
 
@@ -72,6 +76,7 @@ impl SqliteOutbox {
             .map(|m| OutboxRow::new(m, None, self.max_message_size))
             .collect::<Result<Vec<_>, _>>()?;
         store::insert(tx, &rows).await.map_err(store_error)?;
+        self.wake.notify_one();
         Ok(rows.into_iter().map(|r| r.message_id).collect())
     }
 
@@ -83,6 +88,31 @@ impl SqliteOutbox {
     /// Deletes confirmed rows; returns how many there were.
     pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
         store::remove(&self.pool, ids).await.map_err(store_error)
+    }
+
+    /// Records a failed publish of row `id`.
+    pub(crate) async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
+        store::record_failure(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
+    }
+}
+
+impl super::relay::Backend for SqliteOutbox {
+    async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
+        SqliteOutbox::pending(self, limit).await
+    }
+
+    async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
+        SqliteOutbox::remove(self, ids).await
+    }
+
+    async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
+        SqliteOutbox::record_failure(self, id, reason).await
+    }
+
+    fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 }
 

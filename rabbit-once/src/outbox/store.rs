@@ -143,3 +143,29 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
         sqlx::postgres::PgQueryResult::rows_affected(self)
     }
 }
+
+/// Records a failed publish of row `id`: one more attempt, and why.
+pub(crate) async fn record_failure<'e, DB, E>(
+    db: E,
+    id: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let sql = format!(
+        "UPDATE {OUTBOX_TABLE} SET attempts = attempts + 1, last_error = {} WHERE id = {}",
+        DB::param(1),
+        DB::param(2)
+    );
+    sqlx::query::<DB>(&sql)
+        .bind(reason)
+        .bind(id)
+        .execute(db)
+        .await
+        .map(|_| ())
+}

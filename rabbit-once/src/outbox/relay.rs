@@ -1,0 +1,256 @@
+//! The relay: publishes committed outbox rows through a [`Publisher`] in id order and deletes
+//! each row only after the broker confirmed it. A relay that dies between the confirm and the
+//! delete publishes that row again on its next start: same `message_id`, so consumers skip it.
+//!
+//! It reads the pending set (never a cursor), wakes when this process enqueues (and, since the
+//! wake comes before the caller's commit, reads again a few times over the next ~100 ms), and
+//! polls as the safety net for other processes' writes. A row the broker refuses (unroutable,
+//! missing exchange, …) is kept with its reason and attempt count and tried again later; the
+//! rows behind it go on.
+
+use super::PendingRow;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::publisher::{Confirmation, Publisher, PublisherConfig};
+use crate::shutdown::stopped;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// What the relay needs from an outbox table.
+pub(crate) trait Backend: Clone + Send + Sync + 'static {
+    /// Up to `limit` committed rows in id order.
+    fn pending(&self, limit: i64) -> impl Future<Output = Result<Vec<PendingRow>, Error>> + Send;
+    /// Deletes confirmed rows.
+    fn remove(&self, ids: &[i64]) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Records a failed publish of a row.
+    fn record_failure(
+        &self,
+        id: i64,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Signalled when this process enqueues.
+    fn wake(&self) -> Arc<Notify>;
+}
+
+/// How the relay reads and retries.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayConfig {
+    /// Rows read (and published before their confirms are awaited) at a time.
+    pub batch: i64,
+    /// How often to read when nothing wakes the relay (other processes' writes).
+    pub poll: Duration,
+    /// How long a row the broker refused waits before it is tried again.
+    pub retry_after: Duration,
+    /// The publisher's settings (window, buffer).
+    pub publisher: PublisherConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 500,
+            poll: Duration::from_secs(1),
+            retry_after: Duration::from_secs(5),
+            publisher: PublisherConfig::default(),
+        }
+    }
+}
+
+/// Counters of a relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RelayStats {
+    /// Rows confirmed by the broker and deleted.
+    pub relayed: u64,
+    /// Failed publishes recorded on their rows (a row can fail more than once).
+    pub failed: u64,
+    /// Reads of the pending set.
+    pub reads: u64,
+}
+
+#[derive(Debug, Default)]
+struct RelayCounters {
+    relayed: AtomicU64,
+    failed: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl RelayCounters {
+    fn snapshot(&self) -> RelayStats {
+        RelayStats {
+            relayed: self.relayed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running relay. Stop it with [`close`](Self::close).
+#[derive(Debug)]
+pub(crate) struct Relay {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    counters: Arc<RelayCounters>,
+}
+
+impl Relay {
+    /// Starts relaying `backend`'s rows over `conn`.
+    pub(crate) fn start<B: Backend>(
+        conn: &Connection,
+        backend: B,
+        config: RelayConfig,
+    ) -> Result<Relay, Error> {
+        let publisher = Publisher::new(conn, config.publisher.clone())?;
+        let counters = Arc::new(RelayCounters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(
+            Worker {
+                backend,
+                publisher,
+                config,
+                counters: counters.clone(),
+                held: HashMap::new(),
+            }
+            .run(stop_rx),
+        );
+        Ok(Relay {
+            stop,
+            task,
+            counters,
+        })
+    }
+
+    /// Counters since the start.
+    pub(crate) fn stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops reading, lets the batch in hand finish (up to `timeout` for its confirms), and
+    /// returns the final counters. Rows not deleted stay in the table for the next relay.
+    pub(crate) async fn close(mut self, timeout: Duration) -> RelayStats {
+        self.stop.send_replace(true);
+        if tokio::time::timeout(timeout * 2, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        self.counters.snapshot()
+    }
+}
+
+struct Worker<B> {
+    backend: B,
+    publisher: Publisher,
+    config: RelayConfig,
+    counters: Arc<RelayCounters>,
+    /// Rows the broker refused, and when they may be tried again.
+    held: HashMap<i64, Instant>,
+}
+
+/// Reads again this long after a wake that found nothing (the enqueue wakes the relay before
+/// the caller commits).
+const RESCANS: [u64; 6] = [1, 3, 8, 20, 50, 100];
+
+impl<B: Backend> Worker<B> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let wake = self.backend.wake();
+        let mut rescans = RESCANS.len();
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            // Registered before reading, so an enqueue during the read is not missed.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let moved = match self.relay_once().await {
+                Ok(n) => {
+                    failures = 0;
+                    n
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "outbox relay: reading or deleting failed; trying again");
+                    let delay = crate::backoff::Backoff::default().delay(failures);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut stop) => break,
+                    }
+                    continue;
+                }
+            };
+            if moved > 0 {
+                continue;
+            }
+            let wait = if rescans < RESCANS.len() {
+                rescans += 1;
+                Duration::from_millis(RESCANS[rescans - 1])
+            } else {
+                self.next_retry()
+                    .unwrap_or(self.config.poll)
+                    .min(self.config.poll)
+            };
+            tokio::select! {
+                _ = &mut notified => rescans = 0,
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        self.publisher.close(self.config.poll).await;
+    }
+
+    /// How long until the first held row may be tried again.
+    fn next_retry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.held
+            .values()
+            .map(|t| t.saturating_duration_since(now))
+            .min()
+    }
+
+    /// Reads a batch, publishes what is not held back, awaits the confirms, deletes the
+    /// confirmed rows. Returns how many rows it published.
+    async fn relay_once(&mut self) -> Result<usize, Error> {
+        let rows = self.backend.pending(self.config.batch).await?;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.held.retain(|_, t| *t > now);
+        let mut flying: Vec<(i64, Confirmation)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.held.contains_key(&row.id) {
+                continue;
+            }
+            match self.publisher.publish(row.message).await {
+                Ok(c) => flying.push((row.id, c)),
+                Err(e) => self.failed(row.id, &e.error).await?,
+            }
+        }
+        let published = flying.len();
+        let mut confirmed = Vec::with_capacity(published);
+        for (id, c) in flying {
+            match c.await {
+                Ok(_) => confirmed.push(id),
+                Err(e) => self.failed(id, &e.error).await?,
+            }
+        }
+        if !confirmed.is_empty() {
+            // If this fails the rows stay and are published again: duplicates, never loss.
+            self.backend.remove(&confirmed).await?;
+            self.counters
+                .relayed
+                .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
+        }
+        Ok(published)
+    }
+
+    async fn failed(&mut self, id: i64, error: &Error) -> Result<(), Error> {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(row = id, %error, "outbox relay: the broker refused a row; kept, tried again later");
+        self.held
+            .insert(id, Instant::now() + self.config.retry_after);
+        self.backend.record_failure(id, &error.to_string()).await
+    }
+}
