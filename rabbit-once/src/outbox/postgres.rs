@@ -68,6 +68,7 @@ impl PostgresOutbox {
         store::insert(tx, std::slice::from_ref(&row))
             .await
             .map_err(store_error)?;
+        notify(tx).await?;
         self.wake.notify_one();
         Ok(row.message_id)
     }
@@ -84,6 +85,7 @@ impl PostgresOutbox {
             .map(|m| OutboxRow::new(m, None, self.max_message_size))
             .collect::<Result<Vec<_>, _>>()?;
         store::insert(tx, &rows).await.map_err(store_error)?;
+        notify(tx).await?;
         self.wake.notify_one();
         Ok(rows.into_iter().map(|r| r.message_id).collect())
     }
@@ -122,6 +124,60 @@ impl super::relay::Backend for PostgresOutbox {
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.wake.clone()
     }
+
+    /// Wakes the relay on every commit that wrote rows, from any process. Notifications sent
+    /// while the listener is reconnecting are lost, so every reconnect and error wakes it too
+    /// (a full read), and the relay's poll stays as the safety net.
+    async fn listen(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            let session = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                wake.notify_one(); // anything committed while nobody listened
+                loop {
+                    // `try_recv` (not `recv`): `None` means the connection was lost and is back.
+                    if listener.try_recv().await?.is_none() {
+                        tracing::debug!("outbox listener reconnected");
+                    }
+                    wake.notify_one();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                r = session => if let Err(e) = r {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(error = %e, "outbox listener failed; polling until it is back");
+                },
+                _ = crate::shutdown::stopped(&mut stop) => return,
+            }
+            wake.notify_one();
+            let delay = crate::backoff::Backoff::default().delay(failures);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = crate::shutdown::stopped(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// The channel relays `LISTEN` on.
+const CHANNEL: &str = "rabbit_once_outbox";
+
+/// `NOTIFY` in the caller's transaction: PostgreSQL delivers it only if the transaction commits,
+/// once per transaction however many rows it wrote.
+async fn notify(tx: &mut Transaction<'static, Postgres>) -> Result<(), Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(store_error)
 }
 
 fn store_error(e: sqlx::Error) -> Error {

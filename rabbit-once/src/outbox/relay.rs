@@ -35,6 +35,16 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Signalled when this process enqueues.
     fn wake(&self) -> Arc<Notify>;
+    /// Signals `wake` when another process commits rows (PostgreSQL: `LISTEN`), until
+    /// `stop`. The default has no such signal: the relay's poll finds those rows.
+    fn listen(
+        &self,
+        wake: Arc<Notify>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (wake, stop);
+        std::future::ready(())
+    }
 }
 
 /// How the relay reads and retries.
@@ -159,6 +169,10 @@ const RESCANS: [u64; 6] = [1, 3, 8, 20, 50, 100];
 impl<B: Backend> Worker<B> {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let wake = self.backend.wake();
+        let listener = tokio::spawn({
+            let (backend, wake, stop) = (self.backend.clone(), wake.clone(), stop.clone());
+            async move { backend.listen(wake, stop).await }
+        });
         let mut rescans = RESCANS.len();
         let mut failures = 0u32;
         while !*stop.borrow() {
@@ -199,6 +213,7 @@ impl<B: Backend> Worker<B> {
                 _ = stopped(&mut stop) => break,
             }
         }
+        listener.abort();
         self.publisher.close(self.config.poll).await;
     }
 

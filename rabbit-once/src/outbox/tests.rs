@@ -330,4 +330,40 @@ mod relay {
         conn.close().await;
         drop_schema(store, &schema).await;
     }
+
+    /// Another process's commit wakes the relay through `LISTEN/NOTIFY`: the writer here is a
+    /// second outbox handle (its in-process signal reaches no relay) and the relay's poll is
+    /// longer than the test's guard, so only the notification can deliver the row in time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_relay_wakes_on_another_writers_commit() {
+        let q = unique("ro-outbox-notify");
+        let conn = connect(&q).await;
+        let (store, outbox, schema) = postgres().await;
+        let relay = Relay::start(
+            &conn,
+            outbox.clone(),
+            RelayConfig {
+                poll: Duration::from_secs(3600),
+                ..config()
+            },
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await; // the listener is up
+        let other_process = PostgresOutbox::new(store.pool().clone(), 1 << 20);
+        for n in 0..3 {
+            let mut tx = store.begin().await.unwrap();
+            other_process
+                .enqueue(&mut tx, to(&q, n), None)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(read(&conn, &q, 1).await, [format!("{q}-{n}")]);
+        }
+        until_empty(&outbox).await;
+        let stats = relay.close(Duration::from_secs(5)).await;
+        assert_eq!(stats.relayed, 3, "{stats:?}");
+        conn.delete_queue(&q).await.unwrap();
+        conn.close().await;
+        drop_schema(store, &schema).await;
+    }
 }
