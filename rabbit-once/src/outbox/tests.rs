@@ -366,4 +366,94 @@ mod relay {
         conn.close().await;
         drop_schema(store, &schema).await;
     }
+
+    /// Stage 1 consumes, and its handler emits a stage-2 message through the outbox in the very
+    /// transaction that records the stage-1 id: each stage-1 message yields exactly one stage-2
+    /// message, and a duplicate stage-1 delivery (the handler does not run) emits nothing. With
+    /// group commit on and off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_emits_through_the_outbox_in_its_own_transaction() {
+        for batch in [1usize, 50] {
+            pipeline_case(batch).await;
+        }
+    }
+
+    async fn pipeline_case(batch: usize) {
+        use crate::{Consumer, ConsumerConfig, Outcome, Publisher, PublisherConfig, handler_fn};
+        use sqlx::{Sqlite, Transaction};
+        const N: u64 = 200;
+        let stage1 = unique("ro-outbox-stage1");
+        let stage2 = unique("ro-outbox-stage2");
+        let conn = Connection::connect(
+            ConnectionConfig::new(&amqp_uri()).unwrap().topology(
+                Topology::new()
+                    .queue(Queue::new(&stage1))
+                    .queue(Queue::new(&stage2)),
+            ),
+        )
+        .await
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+        let store = SqliteStore::open(&path).await.unwrap();
+        let outbox = SqliteOutbox::new(store.pool().clone(), 1 << 20);
+        outbox.migrate().await.unwrap();
+        let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+        // Every stage-1 id published twice: the second copy is a duplicate.
+        let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+        for _copy in 0..2 {
+            for n in 0..N {
+                p.publish_confirmed(to(&stage1, n)).await.unwrap();
+            }
+        }
+        let emit = outbox.clone();
+        let next = stage2.clone();
+        let handler = handler_fn(move |msg, tx: &mut Transaction<'static, Sqlite>| {
+            let (emit, next) = (emit.clone(), next.clone());
+            Box::pin(async move {
+                let id = msg.message_id().unwrap_or_default();
+                let out = Message::to_queue(next, msg.body().clone())
+                    .with_message_id(format!("from-{id}"));
+                emit.enqueue(tx, out, None).await?;
+                Ok(Outcome::Done)
+            })
+        });
+        let consumer = Consumer::start(
+            &conn,
+            store.clone(),
+            handler,
+            ConsumerConfig::new(&stage1).group_commit(batch, Duration::from_millis(2)),
+        )
+        .await
+        .unwrap();
+        let mut got = read(&conn, &stage2, N as usize).await;
+        let end = tokio::time::Instant::now() + GUARD;
+        while consumer.stats().applied + consumer.stats().duplicates < 2 * N {
+            assert!(tokio::time::Instant::now() < end, "{:?}", consumer.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        until_empty(&outbox).await;
+        let stats = consumer.close(Duration::from_secs(5)).await;
+        assert_eq!((stats.applied, stats.duplicates), (N, N), "{stats:?}");
+        got.sort();
+        let mut want: Vec<String> = (0..N).map(|n| format!("from-{stage1}-{n}")).collect();
+        want.sort();
+        assert_eq!(got, want, "one stage-2 message per stage-1 message");
+        assert_eq!(
+            conn.queue_info(&stage2).await.unwrap().messages,
+            0,
+            "no second copy of any stage-2 message"
+        );
+        relay.close(Duration::from_secs(5)).await;
+        p.close(Duration::from_secs(5)).await;
+        for q in ConsumerConfig::new(&stage1).queues() {
+            let _ = conn.delete_queue(&q).await;
+        }
+        conn.delete_queue(&stage2).await.unwrap();
+        conn.close().await;
+        store.pool().close().await;
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
 }
