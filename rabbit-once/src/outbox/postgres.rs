@@ -125,6 +125,25 @@ impl super::relay::Backend for PostgresOutbox {
         self.wake.clone()
     }
 
+    /// One relay at a time per outbox table: `pg_try_advisory_lock` on a connection taken out
+    /// of the pool (so the lock lives exactly as long as that session: it ends when the relay
+    /// stops, dies, or loses the connection). Not through PgBouncer in transaction mode: a
+    /// session lock needs a session. `Err(Timeout)` means another relay holds it.
+    async fn claim(&self) -> Result<super::relay::Claim, Error> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?.detach();
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
+                .bind(RELAY_LOCK)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(store_error)?;
+        if got {
+            Ok(super::relay::Claim::Session(conn))
+        } else {
+            Err(Error::Timeout("another relay publishes this outbox".into()))
+        }
+    }
+
     /// Wakes the relay on every commit that wrote rows, from any process. Notifications sent
     /// while the listener is reconnecting are lost, so every reconnect and error wakes it too
     /// (a full read), and the relay's poll stays as the safety net.
@@ -165,6 +184,10 @@ impl super::relay::Backend for PostgresOutbox {
         }
     }
 }
+
+/// The advisory lock (with the schema's hash as its second key) that lets one relay at a time
+/// publish an outbox table.
+const RELAY_LOCK: i32 = 0x726f_6f62;
 
 /// The channel relays `LISTEN` on.
 const CHANNEL: &str = "rabbit_once_outbox";

@@ -35,6 +35,13 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Signalled when this process enqueues.
     fn wake(&self) -> Arc<Notify>;
+    /// Waits until this relay may publish, and returns the right to: on PostgreSQL a session
+    /// advisory lock held on a connection of its own, so one relay at a time publishes and a
+    /// standby takes over when the holder's session ends. The default: always (one process).
+    fn claim(&self) -> impl Future<Output = Result<Claim, Error>> + Send {
+        std::future::ready(Ok(Claim::Always))
+    }
+
     /// Signals `wake` when another process commits rows (PostgreSQL: `LISTEN`), until
     /// `stop`. The default has no such signal: the relay's poll finds those rows.
     fn listen(
@@ -44,6 +51,38 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send {
         let _ = (wake, stop);
         std::future::ready(())
+    }
+}
+
+/// The right to publish an outbox's rows.
+pub(crate) enum Claim {
+    /// No other relay can exist (SQLite: one process).
+    Always,
+    /// A PostgreSQL session that holds the outbox's advisory lock; the lock ends with it.
+    #[cfg(feature = "postgres")]
+    Session(sqlx::postgres::PgConnection),
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Always => f.write_str("Always"),
+            #[cfg(feature = "postgres")]
+            Claim::Session(_) => f.write_str("Session"),
+        }
+    }
+}
+
+impl Claim {
+    /// Whether the right still holds (the lock's session answers). Checked before every read,
+    /// so a relay whose session died stops publishing before a standby can have taken over
+    /// (which needs that session to be gone, and then its own retry interval).
+    async fn holds(&mut self) -> bool {
+        match self {
+            Claim::Always => true,
+            #[cfg(feature = "postgres")]
+            Claim::Session(c) => sqlx::Connection::ping(c).await.is_ok(),
+        }
     }
 }
 
@@ -175,7 +214,36 @@ impl<B: Backend> Worker<B> {
         });
         let mut rescans = RESCANS.len();
         let mut failures = 0u32;
+        let mut claim: Option<Claim> = None;
         while !*stop.borrow() {
+            // The right to publish: taken (or waited for), and checked before every read.
+            let held = match claim.as_mut() {
+                Some(c) => c.holds().await,
+                None => false,
+            };
+            if !held {
+                if claim.take().is_some() {
+                    tracing::warn!(
+                        "outbox relay: lost the right to publish; waiting to take it again"
+                    );
+                }
+                match self.backend.claim().await {
+                    Ok(c) => {
+                        tracing::info!("outbox relay: publishing");
+                        claim = Some(c);
+                    }
+                    Err(e) => {
+                        if !matches!(e, Error::Timeout(_)) {
+                            tracing::debug!(error = %e, "outbox relay: could not take the right to publish");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.config.poll) => {}
+                            _ = stopped(&mut stop) => break,
+                        }
+                        continue;
+                    }
+                }
+            }
             // Registered before reading, so an enqueue during the read is not missed.
             let notified = wake.notified();
             tokio::pin!(notified);

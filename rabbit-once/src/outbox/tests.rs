@@ -456,4 +456,50 @@ mod relay {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
         }
     }
+
+    /// Two relays on one PostgreSQL outbox: one publishes, the other stands by (every row once,
+    /// in order); when the active one dies, the standby takes over within its retry interval.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_two_relays_publish_each_row_once_and_a_standby_takes_over() {
+        let q = unique("ro-outbox-two");
+        let conn = connect(&q).await;
+        let (store, outbox, schema) = postgres().await;
+        let first = Relay::start(&conn, outbox.clone(), config()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the first one holds the lock
+        let second = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+        let enqueue = |from: u64, to_n: u64| {
+            let (store, outbox, q) = (store.clone(), outbox.clone(), q.clone());
+            async move {
+                for n in from..to_n {
+                    let mut tx = store.begin().await.unwrap();
+                    outbox.enqueue(&mut tx, to(&q, n), None).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }
+        };
+        enqueue(0, 100).await;
+        let want: Vec<String> = (0..100).map(|n| format!("{q}-{n}")).collect();
+        assert_eq!(read(&conn, &q, 100).await, want, "each row once, in order");
+        until_empty(&outbox).await;
+        assert_eq!(second.stats().relayed, 0, "the standby published nothing");
+
+        // The active relay dies (its task is aborted: no clean stop, its session just goes).
+        let a = first.close(Duration::ZERO).await;
+        enqueue(100, 200).await;
+        let want: Vec<String> = (100..200).map(|n| format!("{q}-{n}")).collect();
+        assert_eq!(read(&conn, &q, 100).await, want, "the standby took over");
+        until_empty(&outbox).await;
+        let b = second.close(Duration::from_secs(5)).await;
+        assert_eq!((a.relayed, b.relayed), (100, 100), "{a:?} {b:?}");
+        assert_eq!(
+            conn.queue_info(&q).await.unwrap().messages,
+            0,
+            "no row published twice"
+        );
+
+        conn.delete_queue(&q).await.unwrap();
+        conn.close().await;
+        drop_schema(store, &schema).await;
+    }
 }
