@@ -70,6 +70,17 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The outbox relay could not publish a row (unroutable, missing exchange, refused, …). The
+    /// row stays in the outbox with its reason and attempt count and is tried again later; the
+    /// later rows of its ordering key wait behind it, the others go on.
+    OutboxRowFailed {
+        /// The message's `message_id`.
+        message_id: String,
+        /// The row's ordering key, if it has one.
+        ordering_key: Option<String>,
+        /// Why.
+        reason: String,
+    },
     /// The supervisor stopped for good.
     GaveUp {
         /// Why.

@@ -19,7 +19,7 @@
 
 pub(crate) mod relay;
 mod row;
-mod store;
+pub(crate) mod store;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

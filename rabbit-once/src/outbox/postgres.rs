@@ -92,7 +92,7 @@ impl PostgresOutbox {
 
     /// Up to `limit` committed rows, in id order.
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        store::pending(&self.pool, limit).await
+        store::pending(&self.pool, limit, &store::Filter::default()).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
@@ -109,8 +109,12 @@ impl PostgresOutbox {
 }
 
 impl super::relay::Backend for PostgresOutbox {
-    async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        PostgresOutbox::pending(self, limit).await
+    async fn pending(
+        &self,
+        limit: i64,
+        filter: &store::Filter<'_>,
+    ) -> Result<Vec<PendingRow>, Error> {
+        store::pending(&self.pool, limit, filter).await
     }
 
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {

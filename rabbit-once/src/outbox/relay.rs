@@ -9,9 +9,10 @@
 //! rows behind it go on.
 
 use super::PendingRow;
+use super::store::Filter;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::publisher::{Confirmation, Publisher, PublisherConfig};
+use crate::publisher::{Publisher, PublisherConfig};
 use crate::shutdown::stopped;
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,8 +24,12 @@ use tokio::time::Instant;
 
 /// What the relay needs from an outbox table.
 pub(crate) trait Backend: Clone + Send + Sync + 'static {
-    /// Up to `limit` committed rows in id order.
-    fn pending(&self, limit: i64) -> impl Future<Output = Result<Vec<PendingRow>, Error>> + Send;
+    /// Up to `limit` committed rows in id order, as `filter` says.
+    fn pending(
+        &self,
+        limit: i64,
+        filter: &Filter<'_>,
+    ) -> impl Future<Output = Result<Vec<PendingRow>, Error>> + Send;
     /// Deletes confirmed rows.
     fn remove(&self, ids: &[i64]) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Records a failed publish of a row.
@@ -163,6 +168,7 @@ impl Relay {
                 config,
                 counters: counters.clone(),
                 held: HashMap::new(),
+                conn: conn.clone(),
             }
             .run(stop_rx),
         );
@@ -197,8 +203,10 @@ struct Worker<B> {
     publisher: Publisher,
     config: RelayConfig,
     counters: Arc<RelayCounters>,
-    /// Rows the broker refused, and when they may be tried again.
-    held: HashMap<i64, Instant>,
+    /// Rows the broker refused: when each may be tried again, and its ordering key (the later
+    /// rows of that key wait behind it).
+    held: HashMap<i64, (Instant, Option<String>)>,
+    conn: Connection,
 }
 
 /// Reads again this long after a wake that found nothing (the enqueue wakes the relay before
@@ -290,38 +298,75 @@ impl<B: Backend> Worker<B> {
         let now = Instant::now();
         self.held
             .values()
-            .map(|t| t.saturating_duration_since(now))
+            .map(|(t, _)| t.saturating_duration_since(now))
             .min()
     }
 
-    /// Reads a batch, publishes what is not held back, awaits the confirms, deletes the
-    /// confirmed rows. Returns how many rows it published.
+    /// Tries the held rows that are due (each alone: the rows of its key wait for it), then
+    /// reads a batch of the others — leaving out the rows behind a held one of the same key —
+    /// publishes it, awaits the confirms and deletes the confirmed rows. Returns how many rows
+    /// it published.
     async fn relay_once(&mut self) -> Result<usize, Error> {
-        let rows = self.backend.pending(self.config.batch).await?;
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        self.held.retain(|_, t| *t > now);
-        let mut flying: Vec<(i64, Confirmation)> = Vec::with_capacity(rows.len());
+        let due: Vec<i64> = self
+            .held
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut published = 0;
+        if !due.is_empty() {
+            let filter = Filter {
+                only_ids: Some(&due),
+                ..Filter::default()
+            };
+            let rows = self.backend.pending(due.len() as i64, &filter).await?;
+            published += self.publish(rows).await?;
+        }
+        let skip_ids: Vec<i64> = self.held.keys().copied().collect();
+        let mut skip_keys: Vec<String> =
+            self.held.values().filter_map(|(_, k)| k.clone()).collect();
+        skip_keys.sort_unstable();
+        skip_keys.dedup();
+        let filter = Filter {
+            only_ids: None,
+            skip_ids: &skip_ids,
+            skip_keys: &skip_keys,
+        };
+        let rows = self.backend.pending(self.config.batch, &filter).await?;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        published += self.publish(rows).await?;
+        Ok(published)
+    }
+
+    /// Publishes `rows` in order (pipelined), awaits their confirms, deletes the confirmed ones
+    /// and holds the refused ones.
+    async fn publish(&mut self, rows: Vec<PendingRow>) -> Result<usize, Error> {
+        let mut flying = Vec::with_capacity(rows.len());
         for row in rows {
-            if self.held.contains_key(&row.id) {
-                continue;
-            }
+            let message_id = row.message.message_id().unwrap_or_default().to_owned();
             match self.publisher.publish(row.message).await {
-                Ok(c) => flying.push((row.id, c)),
-                Err(e) => self.failed(row.id, &e.error).await?,
+                Ok(c) => flying.push((row.id, row.ordering_key, message_id, c)),
+                Err(e) => {
+                    self.failed(row.id, row.ordering_key, &message_id, &e.error)
+                        .await?
+                }
             }
         }
         let published = flying.len();
         let mut confirmed = Vec::with_capacity(published);
-        for (id, c) in flying {
+        for (id, key, message_id, c) in flying {
             match c.await {
                 Ok(_) => confirmed.push(id),
-                Err(e) => self.failed(id, &e.error).await?,
+                Err(e) => self.failed(id, key, &message_id, &e.error).await?,
             }
         }
         if !confirmed.is_empty() {
             // If this fails the rows stay and are published again: duplicates, never loss.
             self.backend.remove(&confirmed).await?;
+            for id in &confirmed {
+                self.held.remove(id);
+            }
             self.counters
                 .relayed
                 .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
@@ -329,11 +374,22 @@ impl<B: Backend> Worker<B> {
         Ok(published)
     }
 
-    async fn failed(&mut self, id: i64, error: &Error) -> Result<(), Error> {
+    async fn failed(
+        &mut self,
+        id: i64,
+        key: Option<String>,
+        message_id: &str,
+        error: &Error,
+    ) -> Result<(), Error> {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(row = id, %error, "outbox relay: the broker refused a row; kept, tried again later");
+        tracing::warn!(row = id, message_id, %error, "outbox relay: the broker refused a row; kept, tried again later");
+        self.conn.emit(crate::event::Event::OutboxRowFailed {
+            message_id: message_id.to_owned(),
+            ordering_key: key.clone(),
+            reason: error.to_string(),
+        });
         self.held
-            .insert(id, Instant::now() + self.config.retry_after);
+            .insert(id, (Instant::now() + self.config.retry_after, key));
         self.backend.record_failure(id, &error.to_string()).await
     }
 }

@@ -82,7 +82,7 @@ impl SqliteOutbox {
 
     /// Up to `limit` committed rows, in id order.
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        store::pending(&self.pool, limit).await
+        store::pending(&self.pool, limit, &store::Filter::default()).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
@@ -99,8 +99,12 @@ impl SqliteOutbox {
 }
 
 impl super::relay::Backend for SqliteOutbox {
-    async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        SqliteOutbox::pending(self, limit).await
+    async fn pending(
+        &self,
+        limit: i64,
+        filter: &store::Filter<'_>,
+    ) -> Result<Vec<PendingRow>, Error> {
+        store::pending(&self.pool, limit, filter).await
     }
 
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {

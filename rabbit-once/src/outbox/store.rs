@@ -57,24 +57,67 @@ where
 
 /// Up to `limit` committed rows in id order. The table holds only what is not yet confirmed, so
 /// a row whose transaction committed after a later id was read is still found here.
-pub(crate) async fn pending<'e, DB, E>(db: E, limit: i64) -> Result<Vec<PendingRow>, Error>
+pub(crate) async fn pending<'e, DB, E>(
+    db: E,
+    limit: i64,
+    filter: &Filter<'_>,
+) -> Result<Vec<PendingRow>, Error>
 where
     DB: Dialect,
     E: Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB> + Decode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'r> String: Decode<'r, DB> + Type<DB>,
     for<'r> Option<String>: Decode<'r, DB>,
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
     for<'r> bool: Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
+    let mut n = 0;
+    let mut list = |len: usize| {
+        let ps: Vec<String> = (0..len)
+            .map(|_| {
+                n += 1;
+                DB::param(n)
+            })
+            .collect();
+        ps.join(", ")
+    };
+    let mut clauses = Vec::new();
+    if let Some(ids) = filter.only_ids {
+        clauses.push(format!("id IN ({})", list(ids.len().max(1))));
+    }
+    if !filter.skip_ids.is_empty() {
+        clauses.push(format!("id NOT IN ({})", list(filter.skip_ids.len())));
+    }
+    if !filter.skip_keys.is_empty() {
+        clauses.push(format!(
+            "(ordering_key IS NULL OR ordering_key NOT IN ({}))",
+            list(filter.skip_keys.len())
+        ));
+    }
+    let limit_param = list(1);
     let sql = format!(
         "SELECT id, ordering_key, exchange, routing_key, mandatory, properties, body, attempts, \
-         last_error FROM {OUTBOX_TABLE} ORDER BY id LIMIT {}",
-        DB::param(1)
+         last_error FROM {OUTBOX_TABLE} {}{} ORDER BY id LIMIT {limit_param}",
+        if clauses.is_empty() { "" } else { "WHERE " },
+        clauses.join(" AND ")
     );
-    let rows = sqlx::query::<DB>(&sql)
+    let mut q = sqlx::query::<DB>(&sql);
+    if let Some(ids) = filter.only_ids {
+        // An empty list still needs one value: no row has id -1.
+        for id in ids.iter().copied().chain(ids.is_empty().then_some(-1)) {
+            q = q.bind(id);
+        }
+    }
+    for id in filter.skip_ids {
+        q = q.bind(*id);
+    }
+    for key in filter.skip_keys {
+        q = q.bind(key.as_str());
+    }
+    let rows = q
         .bind(limit)
         .fetch_all(db)
         .await
@@ -98,6 +141,17 @@ where
             })
         })
         .collect()
+}
+
+/// Which rows a read leaves out, or keeps to.
+#[derive(Debug, Default)]
+pub(crate) struct Filter<'a> {
+    /// Only these rows (the held rows due for another try).
+    pub only_ids: Option<&'a [i64]>,
+    /// Not these rows (held: waiting to be tried again).
+    pub skip_ids: &'a [i64],
+    /// Not the rows with these ordering keys (behind a held row of the same key).
+    pub skip_keys: &'a [String],
 }
 
 /// Deletes the rows `ids` (confirmed by the broker); returns how many were there.
