@@ -97,6 +97,12 @@ pub use dedup::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, new_message_id};
+#[cfg(feature = "postgres")]
+pub use outbox::PostgresOutbox;
+#[cfg(feature = "sqlite")]
+pub use outbox::SqliteOutbox;
+#[cfg(feature = "dedup")]
+pub use outbox::{Outbox, Relay, RelayConfig, RelayStats};
 pub use publisher::{
     Confirmation, Confirmed, PublishError, Publisher, PublisherConfig, PublisherStats,
 };

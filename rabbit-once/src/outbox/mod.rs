@@ -13,21 +13,21 @@
 //! - `sqlite`, `postgres`: the table and its migrations per database;
 //! - `relay`: the task that publishes committed rows and deletes them once confirmed.
 //!
-//! Not public yet: the relay that publishes the rows is the next step, and a way to enqueue
-//! messages that nothing publishes would be a trap.
-#![allow(dead_code)] // used by its tests until the relay lands
 
 pub(crate) mod relay;
 mod row;
 pub(crate) mod store;
 
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresOutbox;
 #[cfg(feature = "sqlite")]
-pub(crate) mod sqlite;
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteOutbox;
 
-#[allow(unused_imports)] // the CLI and the public API use them once the relay is public
-pub(crate) use relay::{Relay, RelayConfig, RelayStats};
+pub use relay::{Outbox, Relay, RelayConfig, RelayStats};
 pub(crate) use row::{OutboxRow, PendingRow};
 
 /// The table of messages waiting for the broker's confirm.

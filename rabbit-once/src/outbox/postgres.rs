@@ -29,7 +29,7 @@ const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;
 /// The outbox in a PostgreSQL database (the pool of the [`PostgresStore`](crate::PostgresStore) whose
 /// transactions enqueue).
 #[derive(Debug, Clone)]
-pub(crate) struct PostgresOutbox {
+pub struct PostgresOutbox {
     pool: PgPool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
@@ -37,17 +37,25 @@ pub(crate) struct PostgresOutbox {
 }
 
 impl PostgresOutbox {
-    /// An outbox on `pool`; messages over `max_message_size` bytes are refused at enqueue.
-    pub(crate) fn new(pool: PgPool, max_message_size: usize) -> Self {
+    /// An outbox on `pool` — the pool of the store whose transactions enqueue (e.g.
+    /// [`PostgresStore::pool`](crate::PostgresStore::pool)).
+    pub fn new(pool: PgPool) -> Self {
         PostgresOutbox {
             pool,
-            max_message_size,
+            max_message_size: 128 << 20,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// Creates the table if missing (idempotent).
-    pub(crate) async fn migrate(&self) -> Result<(), sqlx::Error> {
+    /// Messages with a body over `bytes` are refused at enqueue (default 128 MiB, the
+    /// publisher's default).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Creates the table if missing (idempotent; safe from several processes).
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
@@ -57,8 +65,30 @@ impl PostgresOutbox {
         tx.commit().await
     }
 
-    /// Writes `message` into the caller's transaction; returns its `message_id`.
-    pub(crate) async fn enqueue(
+    /// Writes `message` into the caller's transaction: it is published if and only if the
+    /// transaction commits. Gives it a UUIDv7 `message_id` unless it has one (returned; it
+    /// never changes) and refuses, in the transaction, what the broker would refuse.
+    pub async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        message: Message,
+    ) -> Result<String, Error> {
+        self.enqueue_with_key(tx, message, None).await
+    }
+
+    /// [`enqueue`](Self::enqueue) with an ordering key: rows of one key go out in the order
+    /// they were written, and a row the broker refuses holds back the later rows of its key
+    /// (and only those).
+    pub async fn enqueue_keyed(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        message: Message,
+        ordering_key: &str,
+    ) -> Result<String, Error> {
+        self.enqueue_with_key(tx, message, Some(ordering_key)).await
+    }
+
+    async fn enqueue_with_key(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         message: Message,
@@ -73,9 +103,9 @@ impl PostgresOutbox {
         Ok(row.message_id)
     }
 
-    /// Writes every message into the caller's transaction (one statement per 500); returns
-    /// their ids in order. Nothing is written if one of them is refused.
-    pub(crate) async fn enqueue_all(
+    /// Writes every message into the caller's transaction (one statement per 500 rows);
+    /// returns their ids in order. Nothing is written if one of them is refused.
+    pub async fn enqueue_all(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         messages: impl IntoIterator<Item = Message>,
@@ -91,20 +121,15 @@ impl PostgresOutbox {
     }
 
     /// Up to `limit` committed rows, in id order.
+    #[cfg(test)]
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
         store::pending(&self.pool, limit, &store::Filter::default()).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
+    #[cfg(test)]
     pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
         store::remove(&self.pool, ids).await.map_err(store_error)
-    }
-
-    /// Records a failed publish of row `id`.
-    pub(crate) async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        store::record_failure(&self.pool, id, reason)
-            .await
-            .map_err(store_error)
     }
 }
 
@@ -118,11 +143,13 @@ impl super::relay::Backend for PostgresOutbox {
     }
 
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        PostgresOutbox::remove(self, ids).await
+        store::remove(&self.pool, ids).await.map_err(store_error)
     }
 
     async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        PostgresOutbox::record_failure(self, id, reason).await
+        store::record_failure(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
     }
 
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {

@@ -91,17 +91,49 @@ impl Claim {
     }
 }
 
-/// How the relay reads and retries.
+/// An outbox a [`Relay`] publishes: [`SqliteOutbox`](crate::SqliteOutbox) or
+/// [`PostgresOutbox`](crate::PostgresOutbox). Sealed: the relay relies on how each one reads,
+/// locks and wakes.
+#[allow(private_bounds)] // the sealed-trait idiom: `Backend` is the crate's own
+pub trait Outbox: Backend {}
+
+impl<T: Backend> Outbox for T {}
+
+/// How the relay reads and retries. Owned builder; defaults in `Default`.
 #[derive(Debug, Clone)]
-pub(crate) struct RelayConfig {
-    /// Rows read (and published before their confirms are awaited) at a time.
-    pub batch: i64,
-    /// How often to read when nothing wakes the relay (other processes' writes).
-    pub poll: Duration,
-    /// How long a row the broker refused waits before it is tried again.
-    pub retry_after: Duration,
-    /// The publisher's settings (window, buffer).
-    pub publisher: PublisherConfig,
+pub struct RelayConfig {
+    pub(crate) batch: i64,
+    pub(crate) poll: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) publisher: PublisherConfig,
+}
+
+impl RelayConfig {
+    /// Rows read, and published before their confirms are awaited, at a time (default 500).
+    pub fn batch(mut self, rows: u32) -> Self {
+        self.batch = i64::from(rows.max(1));
+        self
+    }
+
+    /// How often to read when nothing wakes the relay (default 1 s). On SQLite this is how soon
+    /// rows written by *other processes* go out; this process's writes and, on PostgreSQL,
+    /// every commit wake the relay at once.
+    pub fn poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    /// How long a row the broker refused waits before it is tried again (default 5 s).
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    /// The settings of the relay's publisher (window, buffer, message size).
+    pub fn publisher(mut self, config: PublisherConfig) -> Self {
+        self.publisher = config;
+        self
+    }
 }
 
 impl Default for RelayConfig {
@@ -117,7 +149,7 @@ impl Default for RelayConfig {
 
 /// Counters of a relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct RelayStats {
+pub struct RelayStats {
     /// Rows confirmed by the broker and deleted.
     pub relayed: u64,
     /// Failed publishes recorded on their rows (a row can fail more than once).
@@ -143,21 +175,52 @@ impl RelayCounters {
     }
 }
 
-/// A running relay. Stop it with [`close`](Self::close).
+/// Publishes an outbox's committed rows through a [`Publisher`] and deletes each one once the
+/// broker confirmed it. Stop it with [`close`](Self::close).
+///
+/// Rows go out in id order (the order they were written); a row the broker refuses is kept with
+/// its reason, reported as [`Event::OutboxRowFailed`](crate::Event::OutboxRowFailed), tried
+/// again after [`RelayConfig::retry_after`], and holds back the later rows of its ordering key
+/// only. On PostgreSQL any number of relays may run: one publishes, the others stand by and take
+/// over when its session ends. A relay that dies after a confirm and before the delete
+/// publishes that row again: same `message_id`, so consumers skip it.
+///
+/// ```no_run
+/// use rabbit_once::sqlx::{self, Sqlite};
+/// use rabbit_once::{Connection, Message, Relay, RelayConfig, SqliteOutbox, SqliteStore, Store};
+/// use std::time::Duration;
+///
+/// # async fn run(conn: Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = SqliteStore::open("orders.db").await?;
+/// let outbox = SqliteOutbox::new(store.pool().clone());
+/// outbox.migrate().await?;
+/// let relay = Relay::start(&conn, outbox.clone(), RelayConfig::default())?;
+///
+/// // The order and its message commit together, or neither does.
+/// let mut tx = store.begin().await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(42).execute(&mut *tx).await?;
+/// outbox.enqueue(&mut tx, Message::to_queue("orders", r#"{"id":42}"#)).await?;
+/// tx.commit().await?;
+///
+/// let stats = relay.close(Duration::from_secs(5)).await;
+/// # let _ = stats; Ok(()) }
+/// ```
 #[derive(Debug)]
-pub(crate) struct Relay {
+pub struct Relay {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<RelayCounters>,
 }
 
 impl Relay {
-    /// Starts relaying `backend`'s rows over `conn`.
-    pub(crate) fn start<B: Backend>(
+    /// Starts relaying `outbox`'s rows over `conn` (it waits for a session like any
+    /// publisher). Fails only on an invalid publisher configuration.
+    pub fn start<O: Outbox>(
         conn: &Connection,
-        backend: B,
+        outbox: O,
         config: RelayConfig,
     ) -> Result<Relay, Error> {
+        let backend = outbox;
         let publisher = Publisher::new(conn, config.publisher.clone())?;
         let counters = Arc::new(RelayCounters::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -180,13 +243,13 @@ impl Relay {
     }
 
     /// Counters since the start.
-    pub(crate) fn stats(&self) -> RelayStats {
+    pub fn stats(&self) -> RelayStats {
         self.counters.snapshot()
     }
 
     /// Stops reading, lets the batch in hand finish (up to `timeout` for its confirms), and
     /// returns the final counters. Rows not deleted stay in the table for the next relay.
-    pub(crate) async fn close(mut self, timeout: Duration) -> RelayStats {
+    pub async fn close(mut self, timeout: Duration) -> RelayStats {
         self.stop.send_replace(true);
         if tokio::time::timeout(timeout * 2, &mut self.task)
             .await

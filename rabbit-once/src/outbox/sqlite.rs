@@ -25,7 +25,7 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
 /// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose
 /// transactions enqueue).
 #[derive(Debug, Clone)]
-pub(crate) struct SqliteOutbox {
+pub struct SqliteOutbox {
     pool: SqlitePool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
@@ -33,24 +33,54 @@ pub(crate) struct SqliteOutbox {
 }
 
 impl SqliteOutbox {
-    /// An outbox on `pool`; messages over `max_message_size` bytes are refused at enqueue.
-    pub(crate) fn new(pool: SqlitePool, max_message_size: usize) -> Self {
+    /// An outbox on `pool` — the pool of the store whose transactions enqueue (e.g.
+    /// [`SqliteStore::pool`](crate::SqliteStore::pool)).
+    pub fn new(pool: SqlitePool) -> Self {
         SqliteOutbox {
             pool,
-            max_message_size,
+            max_message_size: 128 << 20,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// Creates the table if missing (idempotent).
-    pub(crate) async fn migrate(&self) -> Result<(), sqlx::Error> {
+    /// Messages with a body over `bytes` are refused at enqueue (default 128 MiB, the
+    /// publisher's default).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Creates the table if missing (idempotent; safe from several processes).
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sql::migrate(&mut tx, OUTBOX_SCHEMA_TABLE, MIGRATIONS).await?;
         tx.commit().await
     }
 
-    /// Writes `message` into the caller's transaction; returns its `message_id`.
-    pub(crate) async fn enqueue(
+    /// Writes `message` into the caller's transaction: it is published if and only if the
+    /// transaction commits. Gives it a UUIDv7 `message_id` unless it has one (returned; it
+    /// never changes) and refuses, in the transaction, what the broker would refuse.
+    pub async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        message: Message,
+    ) -> Result<String, Error> {
+        self.enqueue_with_key(tx, message, None).await
+    }
+
+    /// [`enqueue`](Self::enqueue) with an ordering key: rows of one key go out in the order
+    /// they were written, and a row the broker refuses holds back the later rows of its key
+    /// (and only those).
+    pub async fn enqueue_keyed(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        message: Message,
+        ordering_key: &str,
+    ) -> Result<String, Error> {
+        self.enqueue_with_key(tx, message, Some(ordering_key)).await
+    }
+
+    async fn enqueue_with_key(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         message: Message,
@@ -64,9 +94,9 @@ impl SqliteOutbox {
         Ok(row.message_id)
     }
 
-    /// Writes every message into the caller's transaction (one statement per 500); returns
-    /// their ids in order. Nothing is written if one of them is refused.
-    pub(crate) async fn enqueue_all(
+    /// Writes every message into the caller's transaction (one statement per 500 rows);
+    /// returns their ids in order. Nothing is written if one of them is refused.
+    pub async fn enqueue_all(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         messages: impl IntoIterator<Item = Message>,
@@ -81,20 +111,15 @@ impl SqliteOutbox {
     }
 
     /// Up to `limit` committed rows, in id order.
+    #[cfg(test)]
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
         store::pending(&self.pool, limit, &store::Filter::default()).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
+    #[cfg(test)]
     pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
         store::remove(&self.pool, ids).await.map_err(store_error)
-    }
-
-    /// Records a failed publish of row `id`.
-    pub(crate) async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        store::record_failure(&self.pool, id, reason)
-            .await
-            .map_err(store_error)
     }
 }
 
@@ -108,11 +133,13 @@ impl super::relay::Backend for SqliteOutbox {
     }
 
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        SqliteOutbox::remove(self, ids).await
+        store::remove(&self.pool, ids).await.map_err(store_error)
     }
 
     async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        SqliteOutbox::record_failure(self, id, reason).await
+        store::record_failure(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
     }
 
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {

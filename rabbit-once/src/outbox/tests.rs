@@ -1,8 +1,7 @@
 //! The outbox table against the real databases: a row exists if and only if its transaction
 //! committed, every property survives, and the pending set finds a row that committed late.
 
-use super::postgres::PostgresOutbox;
-use super::sqlite::SqliteOutbox;
+use super::{PostgresOutbox, SqliteOutbox};
 use crate::dedup::Store;
 use crate::message::Message;
 use crate::{PostgresOptions, PostgresStore, SqliteStore};
@@ -29,7 +28,7 @@ async fn postgres() -> (PostgresStore, PostgresOutbox, String) {
     .await
     .unwrap();
     store.migrate().await.unwrap(); // creates the schema
-    let outbox = PostgresOutbox::new(store.pool().clone(), 1 << 20);
+    let outbox = PostgresOutbox::new(store.pool().clone()).max_message_size(1 << 20);
     outbox.migrate().await.unwrap();
     outbox.migrate().await.unwrap(); // idempotent
     (store, outbox, schema)
@@ -53,12 +52,12 @@ fn order(n: u64) -> Message {
 async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_property() {
     let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
     let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone(), 1 << 20);
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
     outbox.migrate().await.unwrap();
     outbox.migrate().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    outbox.enqueue(&mut tx, order(1), None).await.unwrap();
+    outbox.enqueue(&mut tx, order(1)).await.unwrap();
     tx.rollback().await.unwrap();
     assert!(
         outbox.pending(10).await.unwrap().is_empty(),
@@ -67,7 +66,7 @@ async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_proper
 
     let mut tx = store.begin().await.unwrap();
     let id = outbox
-        .enqueue(&mut tx, order(2), Some("customer-9"))
+        .enqueue_keyed(&mut tx, order(2), "customer-9")
         .await
         .unwrap();
     let ids = outbox
@@ -110,7 +109,7 @@ async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_proper
     let mut tx = store.begin().await.unwrap();
     let big = Message::to_queue("orders", vec![0u8; (1 << 20) + 1]);
     assert!(matches!(
-        outbox.enqueue(&mut tx, big, None).await,
+        outbox.enqueue(&mut tx, big).await,
         Err(crate::Error::MessageTooLarge { .. })
     ));
     tx.rollback().await.unwrap();
@@ -128,9 +127,9 @@ async fn postgres_a_row_that_commits_after_a_later_id_is_not_skipped() {
     let (store, outbox, schema) = postgres().await;
 
     let mut early = store.begin().await.unwrap(); // will hold the lower id…
-    outbox.enqueue(&mut early, order(7), None).await.unwrap();
+    outbox.enqueue(&mut early, order(7)).await.unwrap();
     let mut late = store.begin().await.unwrap();
-    outbox.enqueue(&mut late, order(8), None).await.unwrap();
+    outbox.enqueue(&mut late, order(8)).await.unwrap();
     late.commit().await.unwrap(); // …but commits second
 
     let seen = outbox.pending(100).await.unwrap();
@@ -149,10 +148,7 @@ async fn postgres_a_row_that_commits_after_a_later_id_is_not_skipped() {
     );
 
     let mut rolled_back = store.begin().await.unwrap();
-    outbox
-        .enqueue(&mut rolled_back, order(9), None)
-        .await
-        .unwrap();
+    outbox.enqueue(&mut rolled_back, order(9)).await.unwrap();
     rolled_back.rollback().await.unwrap();
     assert_eq!(
         outbox.pending(100).await.unwrap().len(),
@@ -187,11 +183,9 @@ mod relay {
     }
 
     fn config() -> RelayConfig {
-        RelayConfig {
-            poll: Duration::from_millis(100),
-            retry_after: Duration::from_millis(200),
-            ..RelayConfig::default()
-        }
+        RelayConfig::default()
+            .poll(Duration::from_millis(100))
+            .retry_after(Duration::from_millis(200))
     }
 
     fn to(queue: &str, n: u64) -> Message {
@@ -237,7 +231,7 @@ mod relay {
         let conn = connect(&q).await;
         let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
         let store = SqliteStore::open(&path).await.unwrap();
-        let outbox = SqliteOutbox::new(store.pool().clone(), 1 << 20);
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
         outbox.migrate().await.unwrap();
 
         // Written before any relay runs: one committed transaction, one rolled back.
@@ -248,18 +242,15 @@ mod relay {
             .unwrap();
         tx.commit().await.unwrap();
         let mut tx = store.begin().await.unwrap();
-        outbox.enqueue(&mut tx, to(&q, 99), None).await.unwrap();
+        outbox.enqueue(&mut tx, to(&q, 99)).await.unwrap();
         tx.rollback().await.unwrap();
 
         let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
         // Then a refused row (no queue takes it) between two good ones.
         let mut tx = store.begin().await.unwrap();
-        outbox.enqueue(&mut tx, to(&q, 3), None).await.unwrap();
-        outbox
-            .enqueue(&mut tx, to(&nowhere, 0), None)
-            .await
-            .unwrap();
-        outbox.enqueue(&mut tx, to(&q, 4), None).await.unwrap();
+        outbox.enqueue(&mut tx, to(&q, 3)).await.unwrap();
+        outbox.enqueue(&mut tx, to(&nowhere, 0)).await.unwrap();
+        outbox.enqueue(&mut tx, to(&q, 4)).await.unwrap();
         tx.commit().await.unwrap();
 
         let want: Vec<String> = (0..5).map(|n| format!("{q}-{n}")).collect();
@@ -318,9 +309,9 @@ mod relay {
         let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
 
         let mut early = store.begin().await.unwrap();
-        outbox.enqueue(&mut early, to(&q, 7), None).await.unwrap();
+        outbox.enqueue(&mut early, to(&q, 7)).await.unwrap();
         let mut late = store.begin().await.unwrap();
-        outbox.enqueue(&mut late, to(&q, 8), None).await.unwrap();
+        outbox.enqueue(&mut late, to(&q, 8)).await.unwrap();
         late.commit().await.unwrap();
         assert_eq!(read(&conn, &q, 1).await, [format!("{q}-8")]);
         until_empty(&outbox).await;
@@ -347,20 +338,14 @@ mod relay {
         let relay = Relay::start(
             &conn,
             outbox.clone(),
-            RelayConfig {
-                poll: Duration::from_secs(3600),
-                ..config()
-            },
+            config().poll(Duration::from_secs(3600)),
         )
         .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await; // the listener is up
-        let other_process = PostgresOutbox::new(store.pool().clone(), 1 << 20);
+        let other_process = PostgresOutbox::new(store.pool().clone()).max_message_size(1 << 20);
         for n in 0..3 {
             let mut tx = store.begin().await.unwrap();
-            other_process
-                .enqueue(&mut tx, to(&q, n), None)
-                .await
-                .unwrap();
+            other_process.enqueue(&mut tx, to(&q, n)).await.unwrap();
             tx.commit().await.unwrap();
             assert_eq!(read(&conn, &q, 1).await, [format!("{q}-{n}")]);
         }
@@ -400,7 +385,7 @@ mod relay {
         .unwrap();
         let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
         let store = SqliteStore::open(&path).await.unwrap();
-        let outbox = SqliteOutbox::new(store.pool().clone(), 1 << 20);
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
         outbox.migrate().await.unwrap();
         let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
 
@@ -419,7 +404,7 @@ mod relay {
                 let id = msg.message_id().unwrap_or_default();
                 let out = Message::to_queue(next, msg.body().clone())
                     .with_message_id(format!("from-{id}"));
-                emit.enqueue(tx, out, None).await?;
+                emit.enqueue(tx, out).await?;
                 Ok(Outcome::Done)
             })
         });
@@ -478,7 +463,7 @@ mod relay {
             async move {
                 for n in from..to_n {
                     let mut tx = store.begin().await.unwrap();
-                    outbox.enqueue(&mut tx, to(&q, n), None).await.unwrap();
+                    outbox.enqueue(&mut tx, to(&q, n)).await.unwrap();
                     tx.commit().await.unwrap();
                 }
             }
@@ -520,12 +505,12 @@ mod relay {
         let mut events = conn.events();
         let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
         let store = SqliteStore::open(&path).await.unwrap();
-        let outbox = SqliteOutbox::new(store.pool().clone(), 1 << 20);
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
         outbox.migrate().await.unwrap();
         let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
         let mut tx = store.begin().await.unwrap();
         outbox
-            .enqueue(&mut tx, to(&later, 0), Some("K"))
+            .enqueue_keyed(&mut tx, to(&later, 0), "K")
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -548,9 +533,9 @@ mod relay {
         assert!(failed.2.contains("unroutable"), "{}", failed.2);
 
         let mut tx = store.begin().await.unwrap();
-        outbox.enqueue(&mut tx, to(&q, 1), Some("K")).await.unwrap();
-        outbox.enqueue(&mut tx, to(&q, 2), Some("B")).await.unwrap();
-        outbox.enqueue(&mut tx, to(&q, 3), None).await.unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 1), "K").await.unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 2), "B").await.unwrap();
+        outbox.enqueue(&mut tx, to(&q, 3)).await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(
             read(&conn, &q, 2).await,
