@@ -3,7 +3,9 @@
 //! `EXTRA_CLIENT="rabbit-once=<binary> bench" ../shared/peers/run.sh` runs it among them.
 //!
 //! Workloads: publish_confirm_persistent, publish_confirm_transient, consume_ack,
-//! roundtrip_latency, idempotent_consume_sqlite, idempotent_consume_postgres.
+//! roundtrip_latency, idempotent_consume_sqlite, idempotent_consume_postgres; and the outbox's
+//! (`bench_outbox.rs`): outbox_sqlite, outbox_postgres, outbox_latency_sqlite,
+//! outbox_latency_postgres (not in the default list: the peers have no outbox).
 
 use crate::applied::{Applied, Db};
 use crate::common::await_confirmations;
@@ -62,9 +64,12 @@ pub struct Args {
     /// handles messages one at a time (at most 65,535 messages).
     #[arg(long)]
     pub redelivered: bool,
+    /// Outbox throughput workloads: messages committed per transaction.
+    #[arg(long = "outbox-tx", default_value_t = 100)]
+    pub outbox_tx: usize,
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -72,7 +77,7 @@ fn now_ns() -> u64 {
 }
 
 /// This process's user+system CPU time so far.
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command (which may contain spaces) start after the last ')'.
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
@@ -83,7 +88,13 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
 }
 
-fn report(workload: &str, count: usize, secs: f64, cpu: Duration, lat: Option<Vec<f64>>) {
+pub(crate) fn report(
+    workload: &str,
+    count: usize,
+    secs: f64,
+    cpu: Duration,
+    lat: Option<Vec<f64>>,
+) {
     let mut line = format!(
         "{{\"client\":\"{CLIENT}\",\"workload\":\"{workload}\",\"messages\":{count},\"seconds\":{secs:.4},\"msgs_per_s\":{:.1},\"cpu_us_per_msg\":{:.2}",
         count as f64 / secs,
@@ -100,11 +111,11 @@ fn report(workload: &str, count: usize, secs: f64, cpu: Duration, lat: Option<Ve
 /// Short like the Go peer's (`peers-go-…`): RabbitMQ 3.10 publishes persistent messages ~25%
 /// slower when the routing key is longer than 64 bytes (see docs/benchmarks.md), and the
 /// Rust peers' names (`peers-rust-amqprs-…`) are 71.
-fn queue_name(workload: &str) -> String {
+pub(crate) fn queue_name(workload: &str) -> String {
     format!("peers-ro-{}-{}-{workload}", std::process::id(), now_ns())
 }
 
-async fn connect(a: &Args, name: &str, topo: Topology) -> anyhow::Result<Connection> {
+pub(crate) async fn connect(a: &Args, name: &str, topo: Topology) -> anyhow::Result<Connection> {
     Ok(Connection::connect(ConnectionConfig::new(&a.uri)?.name(name).topology(topo)).await?)
 }
 
@@ -352,6 +363,28 @@ pub async fn run(a: Args) -> anyhow::Result<std::process::ExitCode> {
                 let schema = queue_name("bench").replace('-', "_");
                 let db = Db::open(&a.pg, Some(schema.clone())).await?;
                 let r = idempotent_workload(&a, w, db.clone()).await;
+                if let Db::Postgres(s) = &db {
+                    let _ = rabbit_once::sqlx::query(&format!(
+                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ))
+                    .execute(s.pool())
+                    .await;
+                }
+                r?;
+            }
+            "outbox_sqlite" | "outbox_latency_sqlite" => {
+                let dir = std::env::temp_dir().join(queue_name(w));
+                std::fs::create_dir_all(&dir)?;
+                let db =
+                    Db::open(&format!("sqlite:{}", dir.join("bench.db").display()), None).await?;
+                let r = crate::bench_outbox::run(&a, w, db, w.contains("latency")).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                r?;
+            }
+            "outbox_postgres" | "outbox_latency_postgres" => {
+                let schema = queue_name("bench").replace('-', "_");
+                let db = Db::open(&a.pg, Some(schema.clone())).await?;
+                let r = crate::bench_outbox::run(&a, w, db.clone(), w.contains("latency")).await;
                 if let Db::Postgres(s) = &db {
                     let _ = rabbit_once::sqlx::query(&format!(
                         "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"

@@ -2,6 +2,7 @@
 
 mod applied;
 mod bench;
+mod bench_outbox;
 mod chaos;
 mod common;
 mod consume;

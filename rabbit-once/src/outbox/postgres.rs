@@ -54,7 +54,9 @@ impl PostgresOutbox {
         self
     }
 
-    /// Creates the table if missing (idempotent; safe from several processes).
+    /// Creates the table if missing (idempotent; safe from several processes). The table goes
+    /// in the pool's `search_path`: on a [`PostgresStore`](crate::PostgresStore)'s pool with a
+    /// schema, migrate the store first (it creates the schema).
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
