@@ -232,6 +232,11 @@ impl Relay {
                 counters: counters.clone(),
                 held: HashMap::new(),
                 conn: conn.clone(),
+                flying: std::collections::VecDeque::new(),
+                cursor: 0,
+                last_full: Instant::now(),
+                confirmed: Vec::new(),
+                last_check: Instant::now(),
             }
             .run(stop_rx),
         );
@@ -270,7 +275,32 @@ struct Worker<B> {
     /// rows of that key wait behind it).
     held: HashMap<i64, (Instant, Option<String>)>,
     conn: Connection,
+    /// Published rows awaiting their confirms, oldest first.
+    flying: std::collections::VecDeque<Flight>,
+    /// The highest id published: the next read while rows fly starts above it.
+    cursor: i64,
+    /// When the whole pending set was last read.
+    last_full: Instant,
+    /// Confirmed rows not deleted yet.
+    confirmed: Vec<i64>,
+    /// When the right to publish was last checked.
+    last_check: Instant,
 }
+
+/// Confirmed rows are deleted once this many are in (or nothing else flies).
+const DELETE_AT_LEAST: usize = 200;
+
+/// A published row awaiting its confirm.
+struct Flight {
+    id: i64,
+    key: Option<String>,
+    message_id: String,
+    confirmation: crate::publisher::Confirmation,
+}
+
+/// How often the relay reads the whole pending set even while rows fly (a row whose
+/// transaction committed after higher ids were read is found by such a read).
+const FULL_READ_EVERY: Duration = Duration::from_millis(100);
 
 /// Reads again this long after a wake that found nothing (the enqueue wakes the relay before
 /// the caller commits).
@@ -287,9 +317,18 @@ impl<B: Backend> Worker<B> {
         let mut failures = 0u32;
         let mut claim: Option<Claim> = None;
         while !*stop.borrow() {
-            // The right to publish: taken (or waited for), and checked before every read.
+            // The right to publish: taken (or waited for), and checked whenever the pipeline is
+            // empty and at least every FULL_READ_EVERY while it is not.
             let held = match claim.as_mut() {
-                Some(c) => c.holds().await,
+                Some(_)
+                    if !self.flying.is_empty() && self.last_check.elapsed() < FULL_READ_EVERY =>
+                {
+                    true
+                }
+                Some(c) => {
+                    self.last_check = Instant::now();
+                    c.holds().await
+                }
                 None => false,
             };
             if !held {
@@ -319,7 +358,7 @@ impl<B: Backend> Worker<B> {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let moved = match self.relay_once().await {
+            let moved = match self.step().await {
                 Ok(n) => {
                     failures = 0;
                     n
@@ -365,68 +404,119 @@ impl<B: Backend> Worker<B> {
             .min()
     }
 
-    /// Tries the held rows that are due (each alone: the rows of its key wait for it), then
-    /// reads a batch of the others — leaving out the rows behind a held one of the same key —
-    /// publishes it, awaits the confirms and deletes the confirmed rows. Returns how many rows
-    /// it published.
-    async fn relay_once(&mut self) -> Result<usize, Error> {
+    /// One step of the pipeline: tries the held rows that are due (each alone, while nothing
+    /// else flies: the rows of its key wait for it), tops the window up with the next rows —
+    /// above the last one read while earlier ones fly, the whole pending set (less what flies)
+    /// when the pipeline is empty or a full read is due, so a row that committed late is never
+    /// skipped — then settles the confirmations that are in and deletes the confirmed rows.
+    /// Returns how many rows it published or settled.
+    async fn step(&mut self) -> Result<usize, Error> {
+        let mut progress = 0;
         let now = Instant::now();
-        let due: Vec<i64> = self
-            .held
-            .iter()
-            .filter(|(_, (t, _))| *t <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut published = 0;
-        if !due.is_empty() {
-            let filter = Filter {
-                only_ids: Some(&due),
-                ..Filter::default()
-            };
-            let rows = self.backend.pending(due.len() as i64, &filter).await?;
-            published += self.publish(rows).await?;
+        if self.flying.is_empty() {
+            let due: Vec<i64> = self
+                .held
+                .iter()
+                .filter(|(_, (t, _))| *t <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            if !due.is_empty() {
+                let filter = Filter {
+                    only_ids: Some(&due),
+                    ..Filter::default()
+                };
+                let rows = self.backend.pending(due.len() as i64, &filter).await?;
+                progress += self.launch(rows).await?;
+                progress += self.settle(true).await?;
+            }
         }
-        let skip_ids: Vec<i64> = self.held.keys().copied().collect();
-        let mut skip_keys: Vec<String> =
-            self.held.values().filter_map(|(_, k)| k.clone()).collect();
-        skip_keys.sort_unstable();
-        skip_keys.dedup();
-        let filter = Filter {
-            only_ids: None,
-            skip_ids: &skip_ids,
-            skip_keys: &skip_keys,
-        };
-        let rows = self.backend.pending(self.config.batch, &filter).await?;
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        published += self.publish(rows).await?;
-        Ok(published)
+        let room = self.config.batch - self.flying.len() as i64;
+        // Top up in chunks (half a window at least), not one row per confirm.
+        if room > 0 && (self.flying.is_empty() || room * 2 >= self.config.batch) {
+            let full = self.flying.is_empty() || self.last_full.elapsed() >= FULL_READ_EVERY;
+            let mut skip_ids: Vec<i64> = self.held.keys().copied().collect();
+            if full {
+                // Neither what flies nor what is confirmed and waiting for its delete.
+                skip_ids.extend(self.flying.iter().map(|f| f.id));
+                skip_ids.extend(self.confirmed.iter().copied());
+                self.last_full = Instant::now();
+            }
+            let mut skip_keys: Vec<String> =
+                self.held.values().filter_map(|(_, k)| k.clone()).collect();
+            skip_keys.sort_unstable();
+            skip_keys.dedup();
+            let filter = Filter {
+                only_ids: None,
+                after: (!full).then_some(self.cursor),
+                skip_ids: &skip_ids,
+                skip_keys: &skip_keys,
+            };
+            let rows = self.backend.pending(room, &filter).await?;
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            progress += self.launch(rows).await?;
+        }
+        progress += self.settle(false).await?;
+        Ok(progress)
     }
 
-    /// Publishes `rows` in order (pipelined), awaits their confirms, deletes the confirmed ones
-    /// and holds the refused ones.
-    async fn publish(&mut self, rows: Vec<PendingRow>) -> Result<usize, Error> {
-        let mut flying = Vec::with_capacity(rows.len());
+    /// Publishes `rows` in order; they fly until their confirms are settled.
+    async fn launch(&mut self, rows: Vec<PendingRow>) -> Result<usize, Error> {
+        let n = rows.len();
         for row in rows {
             let message_id = row.message.message_id().unwrap_or_default().to_owned();
+            self.cursor = self.cursor.max(row.id);
             match self.publisher.publish(row.message).await {
-                Ok(c) => flying.push((row.id, row.ordering_key, message_id, c)),
+                Ok(confirmation) => self.flying.push_back(Flight {
+                    id: row.id,
+                    key: row.ordering_key,
+                    message_id,
+                    confirmation,
+                }),
                 Err(e) => {
                     self.failed(row.id, row.ordering_key, &message_id, &e.error)
                         .await?
                 }
             }
         }
-        let published = flying.len();
-        let mut confirmed = Vec::with_capacity(published);
-        for (id, key, message_id, c) in flying {
-            match c.await {
-                Ok(_) => confirmed.push(id),
-                Err(e) => self.failed(id, key, &message_id, &e.error).await?,
+        Ok(n)
+    }
+
+    /// Awaits the oldest confirmation (all of them with `all`), takes every other one already
+    /// in, deletes the confirmed rows and holds the refused ones. Returns how many it settled.
+    async fn settle(&mut self, all: bool) -> Result<usize, Error> {
+        use futures_util::FutureExt;
+        let mut settled = 0;
+        let mut wait = true;
+        while let Some(front) = self.flying.front_mut() {
+            let outcome = if wait || all {
+                wait = false;
+                (&mut front.confirmation).await
+            } else {
+                match (&mut front.confirmation).now_or_never() {
+                    Some(outcome) => outcome,
+                    None => break,
+                }
+            };
+            let flight = self.flying.pop_front().expect("the front");
+            settled += 1;
+            match outcome {
+                Ok(_) => self.confirmed.push(flight.id),
+                Err(e) => {
+                    self.failed(flight.id, flight.key, &flight.message_id, &e.error)
+                        .await?
+                }
             }
         }
-        if !confirmed.is_empty() {
-            // If this fails the rows stay and are published again: duplicates, never loss.
-            self.backend.remove(&confirmed).await?;
+        // Deleted in chunks (or when nothing else flies). If the delete fails the rows stay and
+        // are published again: duplicates, never loss.
+        if self.confirmed.len() >= DELETE_AT_LEAST
+            || (self.flying.is_empty() && !self.confirmed.is_empty())
+        {
+            let confirmed = std::mem::take(&mut self.confirmed);
+            if let Err(e) = self.backend.remove(&confirmed).await {
+                self.confirmed = confirmed;
+                return Err(e);
+            }
             for id in &confirmed {
                 self.held.remove(id);
             }
@@ -434,7 +524,7 @@ impl<B: Backend> Worker<B> {
                 .relayed
                 .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
         }
-        Ok(published)
+        Ok(settled)
     }
 
     async fn failed(

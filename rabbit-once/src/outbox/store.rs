@@ -88,6 +88,9 @@ where
     if let Some(ids) = filter.only_ids {
         clauses.push(format!("id IN ({})", list(ids.len().max(1))));
     }
+    if filter.after.is_some() {
+        clauses.push(format!("id > {}", list(1)));
+    }
     if !filter.skip_ids.is_empty() {
         clauses.push(format!("id NOT IN ({})", list(filter.skip_ids.len())));
     }
@@ -110,6 +113,9 @@ where
         for id in ids.iter().copied().chain(ids.is_empty().then_some(-1)) {
             q = q.bind(id);
         }
+    }
+    if let Some(after) = filter.after {
+        q = q.bind(after);
     }
     for id in filter.skip_ids {
         q = q.bind(*id);
@@ -148,6 +154,9 @@ where
 pub(crate) struct Filter<'a> {
     /// Only these rows (the held rows due for another try).
     pub only_ids: Option<&'a [i64]>,
+    /// Only rows above this id: the relay's next read while earlier rows are in flight. Never
+    /// the only read: a full one follows whenever the pipeline drains, and every so often.
+    pub after: Option<i64>,
     /// Not these rows (held: waiting to be tried again).
     pub skip_ids: &'a [i64],
     /// Not the rows with these ordering keys (behind a held row of the same key).

@@ -570,4 +570,47 @@ mod relay {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
         }
     }
+
+    /// A row that commits late, with a low id, while the relay's pipeline is busy with a steady
+    /// stream of later rows: the periodic full read finds it, and every row goes out once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_late_row_is_found_while_the_pipeline_is_busy() {
+        const N: u64 = 3000;
+        let q = unique("ro-outbox-busy");
+        let conn = connect(&q).await;
+        let (store, outbox, schema) = postgres().await;
+        let relay = Relay::start(&conn, outbox.clone(), config().batch(200)).unwrap();
+
+        let mut early = store.begin().await.unwrap();
+        outbox.enqueue(&mut early, to(&q, N)).await.unwrap(); // the lowest id of all
+        let writer = {
+            let (store, outbox, q) = (store.clone(), outbox.clone(), q.clone());
+            tokio::spawn(async move {
+                for chunk in (0..N).collect::<Vec<_>>().chunks(20) {
+                    let mut tx = store.begin().await.unwrap();
+                    outbox
+                        .enqueue_all(&mut tx, chunk.iter().map(|n| to(&q, *n)))
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        early.commit().await.unwrap(); // while the stream goes on
+        writer.await.unwrap();
+
+        let mut got = read(&conn, &q, N as usize + 1).await;
+        until_empty(&outbox).await;
+        got.sort();
+        let mut want: Vec<String> = (0..=N).map(|n| format!("{q}-{n}")).collect();
+        want.sort();
+        assert_eq!(got, want, "every row, the late one included");
+        let stats = relay.close(Duration::from_secs(5)).await;
+        assert_eq!(stats.relayed, N + 1, "{stats:?}");
+        assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0, "none twice");
+        conn.delete_queue(&q).await.unwrap();
+        conn.close().await;
+        drop_schema(store, &schema).await;
+    }
 }
