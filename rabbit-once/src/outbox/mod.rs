@@ -36,7 +36,7 @@ pub(crate) const OUTBOX_TABLE: &str = "rabbit_once_outbox";
 /// The table that records which migrations of the outbox table ran.
 pub(crate) const OUTBOX_SCHEMA_TABLE: &str = "rabbit_once_outbox_schema";
 
-/// Rows per INSERT statement (8 bound values each: well under both databases' limits).
+/// Rows per INSERT statement (7 bound values each: well under both databases' limits).
 const CHUNK: usize = 500;
 
 #[cfg(all(test, feature = "sqlite", feature = "postgres"))]

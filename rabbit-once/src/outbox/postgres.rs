@@ -20,6 +20,7 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         body         BYTEA NOT NULL,
         attempts     BIGINT NOT NULL DEFAULT 0,
         last_error   TEXT,
+        retry_at     BIGINT,
         created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
     )"]];
 
@@ -42,13 +43,14 @@ impl PostgresOutbox {
     pub fn new(pool: PgPool) -> Self {
         PostgresOutbox {
             pool,
-            max_message_size: 128 << 20,
+            max_message_size: 64 << 20,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// Messages with a body over `bytes` are refused at enqueue (default 128 MiB, the
-    /// publisher's default).
+    /// Messages with a body over `bytes` are refused at enqueue (default 64 MiB: what the relay's
+    /// default publisher takes, its `max_buffered_bytes`). Keep it no larger than the relay's
+    /// publisher accepts, or such rows are refused by the relay on every try.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -125,7 +127,11 @@ impl PostgresOutbox {
     /// Up to `limit` committed rows, in id order.
     #[cfg(test)]
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        store::pending(&self.pool, limit, &store::Filter::default()).await
+        let all = store::Filter {
+            all: true,
+            ..store::Filter::default()
+        };
+        store::pending(&self.pool, limit, &all).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
@@ -148,10 +154,14 @@ impl super::relay::Backend for PostgresOutbox {
         store::remove(&self.pool, ids).await.map_err(store_error)
     }
 
-    async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        store::record_failure(&self.pool, id, reason)
+    async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {
+        store::record_failure(&self.pool, id, reason, retry_at)
             .await
             .map_err(store_error)
+    }
+
+    async fn next_retry(&self) -> Result<Option<i64>, Error> {
+        store::next_retry(&self.pool).await.map_err(store_error)
     }
 
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
@@ -163,15 +173,16 @@ impl super::relay::Backend for PostgresOutbox {
     /// stops, dies, or loses the connection). Not through PgBouncer in transaction mode: a
     /// session lock needs a session. `Err(Timeout)` means another relay holds it.
     async fn claim(&self) -> Result<super::relay::Claim, Error> {
-        let mut conn = self.pool.acquire().await.map_err(store_error)?.detach();
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
                 .bind(RELAY_LOCK)
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(store_error)?;
         if got {
-            Ok(super::relay::Claim::Session(conn))
+            // Out of the pool: the lock must end with this session, never be handed on.
+            Ok(super::relay::Claim::Session(conn.detach()))
         } else {
             Err(Error::Timeout("another relay publishes this outbox".into()))
         }

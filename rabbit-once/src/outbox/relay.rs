@@ -14,7 +14,6 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::publisher::{Publisher, PublisherConfig};
 use crate::shutdown::stopped;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,12 +31,15 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<PendingRow>, Error>> + Send;
     /// Deletes confirmed rows.
     fn remove(&self, ids: &[i64]) -> impl Future<Output = Result<u64, Error>> + Send;
-    /// Records a failed publish of a row.
+    /// Records a failed publish of a row and holds it until `retry_at` (Unix ms).
     fn record_failure(
         &self,
         id: i64,
         reason: &str,
+        retry_at: i64,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// When the first held row is due again (Unix ms).
+    fn next_retry(&self) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
     /// Signalled when this process enqueues.
     fn wake(&self) -> Arc<Notify>;
     /// Waits until this relay may publish, and returns the right to: on PostgreSQL a session
@@ -210,6 +212,7 @@ pub struct Relay {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<RelayCounters>,
+    close_timeout: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -223,6 +226,7 @@ impl Relay {
         let backend = outbox;
         let publisher = Publisher::new(conn, config.publisher.clone())?;
         let counters = Arc::new(RelayCounters::default());
+        let close_timeout = Arc::new(AtomicU64::new(5_000));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(
             Worker {
@@ -230,11 +234,10 @@ impl Relay {
                 publisher,
                 config,
                 counters: counters.clone(),
-                held: HashMap::new(),
                 conn: conn.clone(),
+                close_timeout: close_timeout.clone(),
                 flying: std::collections::VecDeque::new(),
-                cursor: 0,
-                last_full: Instant::now(),
+                last_retry: Instant::now(),
                 confirmed: Vec::new(),
                 last_check: Instant::now(),
             }
@@ -244,6 +247,7 @@ impl Relay {
             stop,
             task,
             counters,
+            close_timeout,
         })
     }
 
@@ -255,11 +259,15 @@ impl Relay {
     /// Stops reading, lets the batch in hand finish (up to `timeout` for its confirms), and
     /// returns the final counters. Rows not deleted stay in the table for the next relay.
     pub async fn close(mut self, timeout: Duration) -> RelayStats {
+        self.close_timeout.store(
+            timeout.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
         self.stop.send_replace(true);
-        if tokio::time::timeout(timeout * 2, &mut self.task)
-            .await
-            .is_err()
-        {
+        let limit = timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1));
+        if tokio::time::timeout(limit, &mut self.task).await.is_err() {
             self.task.abort();
         }
         self.counters.snapshot()
@@ -271,16 +279,13 @@ struct Worker<B> {
     publisher: Publisher,
     config: RelayConfig,
     counters: Arc<RelayCounters>,
-    /// Rows the broker refused: when each may be tried again, and its ordering key (the later
-    /// rows of that key wait behind it).
-    held: HashMap<i64, (Instant, Option<String>)>,
     conn: Connection,
+    /// How long a clean stop waits for the confirms in hand (ms), set by `close`.
+    close_timeout: Arc<AtomicU64>,
     /// Published rows awaiting their confirms, oldest first.
     flying: std::collections::VecDeque<Flight>,
-    /// The highest id published: the next read while rows fly starts above it.
-    cursor: i64,
-    /// When the whole pending set was last read.
-    last_full: Instant,
+    /// When held rows were last looked for.
+    last_retry: Instant,
     /// Confirmed rows not deleted yet.
     confirmed: Vec<i64>,
     /// When the right to publish was last checked.
@@ -298,9 +303,16 @@ struct Flight {
     confirmation: crate::publisher::Confirmation,
 }
 
-/// How often the relay reads the whole pending set even while rows fly (a row whose
-/// transaction committed after higher ids were read is found by such a read).
-const FULL_READ_EVERY: Duration = Duration::from_millis(100);
+/// Milliseconds since the Unix epoch (the clock `retry_at` is kept in).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How often the relay looks for held rows that are due while rows fly, and checks the
+/// PostgreSQL lock.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Reads again this long after a wake that found nothing (the enqueue wakes the relay before
 /// the caller commits).
@@ -318,11 +330,9 @@ impl<B: Backend> Worker<B> {
         let mut claim: Option<Claim> = None;
         while !*stop.borrow() {
             // The right to publish: taken (or waited for), and checked whenever the pipeline is
-            // empty and at least every FULL_READ_EVERY while it is not.
+            // empty and at least every CHECK_EVERY while it is not.
             let held = match claim.as_mut() {
-                Some(_)
-                    if !self.flying.is_empty() && self.last_check.elapsed() < FULL_READ_EVERY =>
-                {
+                Some(_) if !self.flying.is_empty() && self.last_check.elapsed() < CHECK_EVERY => {
                     true
                 }
                 Some(c) => {
@@ -382,6 +392,7 @@ impl<B: Backend> Worker<B> {
                 Duration::from_millis(RESCANS[rescans - 1])
             } else {
                 self.next_retry()
+                    .await
                     .unwrap_or(self.config.poll)
                     .min(self.config.poll)
             };
@@ -392,68 +403,63 @@ impl<B: Backend> Worker<B> {
             }
         }
         listener.abort();
-        self.publisher.close(self.config.poll).await;
+        // A clean stop settles what is in hand and deletes the confirmed rows, so the next
+        // relay publishes none of them again.
+        let timeout = Duration::from_millis(self.close_timeout.load(Ordering::Relaxed));
+        let _ = tokio::time::timeout(timeout, self.settle(true)).await;
+        self.publisher.close(timeout).await;
     }
 
-    /// How long until the first held row may be tried again.
-    fn next_retry(&self) -> Option<Duration> {
-        let now = Instant::now();
-        self.held
-            .values()
-            .map(|(t, _)| t.saturating_duration_since(now))
-            .min()
+    /// How long until the first held row may be tried again (at least 10 ms).
+    async fn next_retry(&self) -> Option<Duration> {
+        let at = self.backend.next_retry().await.ok()??;
+        Some(Duration::from_millis((at - unix_ms()).max(10) as u64))
     }
 
-    /// One step of the pipeline: tries the held rows that are due (each alone, while nothing
-    /// else flies: the rows of its key wait for it), tops the window up with the next rows —
-    /// above the last one read while earlier ones fly, the whole pending set (less what flies)
-    /// when the pipeline is empty or a full read is due, so a row that committed late is never
-    /// skipped — then settles the confirmations that are in and deletes the confirmed rows.
-    /// Returns how many rows it published or settled.
+    /// One step of the pipeline: tries the held rows that are due (the lowest of each key),
+    /// tops the window up with the next rows of the pending set — every read is of the whole
+    /// set, less what flies or awaits its delete, less the held rows and the rows behind them of
+    /// the same key, so a row that committed late is found at the next read and a key's rows go
+    /// out in id order — then settles the confirmations that are in and deletes the confirmed
+    /// rows. Returns how many rows it published or settled.
     async fn step(&mut self) -> Result<usize, Error> {
         let mut progress = 0;
-        let now = Instant::now();
-        if self.flying.is_empty() {
-            let due: Vec<i64> = self
-                .held
-                .iter()
-                .filter(|(_, (t, _))| *t <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            if !due.is_empty() {
-                let filter = Filter {
-                    only_ids: Some(&due),
-                    ..Filter::default()
-                };
-                let rows = self.backend.pending(due.len() as i64, &filter).await?;
-                progress += self.launch(rows).await?;
-                progress += self.settle(true).await?;
-            }
-        }
         let room = self.config.batch - self.flying.len() as i64;
         // Top up in chunks (half a window at least), not one row per confirm.
         if room > 0 && (self.flying.is_empty() || room * 2 >= self.config.batch) {
-            let full = self.flying.is_empty() || self.last_full.elapsed() >= FULL_READ_EVERY;
-            let mut skip_ids: Vec<i64> = self.held.keys().copied().collect();
-            if full {
-                // Neither what flies nor what is confirmed and waiting for its delete.
-                skip_ids.extend(self.flying.iter().map(|f| f.id));
-                skip_ids.extend(self.confirmed.iter().copied());
-                self.last_full = Instant::now();
+            let skip_ids: Vec<i64> = self
+                .flying
+                .iter()
+                .map(|f| f.id)
+                .chain(self.confirmed.iter().copied())
+                .collect();
+            if self.flying.is_empty() || self.last_retry.elapsed() >= CHECK_EVERY {
+                self.last_retry = Instant::now();
+                let filter = Filter {
+                    retry_due: Some(unix_ms()),
+                    skip_ids: &skip_ids,
+                    all: false,
+                };
+                let rows = self.backend.pending(room, &filter).await?;
+                progress += self.launch(rows).await?;
             }
-            let mut skip_keys: Vec<String> =
-                self.held.values().filter_map(|(_, k)| k.clone()).collect();
-            skip_keys.sort_unstable();
-            skip_keys.dedup();
-            let filter = Filter {
-                only_ids: None,
-                after: (!full).then_some(self.cursor),
-                skip_ids: &skip_ids,
-                skip_keys: &skip_keys,
-            };
-            let rows = self.backend.pending(room, &filter).await?;
-            self.counters.reads.fetch_add(1, Ordering::Relaxed);
-            progress += self.launch(rows).await?;
+            let room = self.config.batch - self.flying.len() as i64;
+            if room > 0 {
+                let skip_ids: Vec<i64> = self
+                    .flying
+                    .iter()
+                    .map(|f| f.id)
+                    .chain(self.confirmed.iter().copied())
+                    .collect();
+                let filter = Filter {
+                    retry_due: None,
+                    skip_ids: &skip_ids,
+                    all: false,
+                };
+                let rows = self.backend.pending(room, &filter).await?;
+                self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                progress += self.launch(rows).await?;
+            }
         }
         progress += self.settle(false).await?;
         Ok(progress)
@@ -464,7 +470,6 @@ impl<B: Backend> Worker<B> {
         let n = rows.len();
         for row in rows {
             let message_id = row.message.message_id().unwrap_or_default().to_owned();
-            self.cursor = self.cursor.max(row.id);
             match self.publisher.publish(row.message).await {
                 Ok(confirmation) => self.flying.push_back(Flight {
                     id: row.id,
@@ -517,9 +522,6 @@ impl<B: Backend> Worker<B> {
                 self.confirmed = confirmed;
                 return Err(e);
             }
-            for id in &confirmed {
-                self.held.remove(id);
-            }
             self.counters
                 .relayed
                 .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
@@ -538,11 +540,12 @@ impl<B: Backend> Worker<B> {
         tracing::warn!(row = id, message_id, %error, "outbox relay: the broker refused a row; kept, tried again later");
         self.conn.emit(crate::event::Event::OutboxRowFailed {
             message_id: message_id.to_owned(),
-            ordering_key: key.clone(),
+            ordering_key: key,
             reason: error.to_string(),
         });
-        self.held
-            .insert(id, (Instant::now() + self.config.retry_after, key));
-        self.backend.record_failure(id, &error.to_string()).await
+        let retry_at = unix_ms() + self.config.retry_after.as_millis() as i64;
+        self.backend
+            .record_failure(id, &error.to_string(), retry_at)
+            .await
     }
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         body         BLOB NOT NULL,
         attempts     INTEGER NOT NULL DEFAULT 0,
         last_error   TEXT,
+        retry_at     BIGINT,
         created_at   INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
     )"]];
 
@@ -38,13 +39,14 @@ impl SqliteOutbox {
     pub fn new(pool: SqlitePool) -> Self {
         SqliteOutbox {
             pool,
-            max_message_size: 128 << 20,
+            max_message_size: 64 << 20,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// Messages with a body over `bytes` are refused at enqueue (default 128 MiB, the
-    /// publisher's default).
+    /// Messages with a body over `bytes` are refused at enqueue (default 64 MiB: what the relay's
+    /// default publisher takes, its `max_buffered_bytes`). Keep it no larger than the relay's
+    /// publisher accepts, or such rows are refused by the relay on every try.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -113,7 +115,11 @@ impl SqliteOutbox {
     /// Up to `limit` committed rows, in id order.
     #[cfg(test)]
     pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        store::pending(&self.pool, limit, &store::Filter::default()).await
+        let all = store::Filter {
+            all: true,
+            ..store::Filter::default()
+        };
+        store::pending(&self.pool, limit, &all).await
     }
 
     /// Deletes confirmed rows; returns how many there were.
@@ -136,10 +142,14 @@ impl super::relay::Backend for SqliteOutbox {
         store::remove(&self.pool, ids).await.map_err(store_error)
     }
 
-    async fn record_failure(&self, id: i64, reason: &str) -> Result<(), Error> {
-        store::record_failure(&self.pool, id, reason)
+    async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {
+        store::record_failure(&self.pool, id, reason, retry_at)
             .await
             .map_err(store_error)
+    }
+
+    async fn next_retry(&self) -> Result<Option<i64>, Error> {
+        store::next_retry(&self.pool).await.map_err(store_error)
     }
 
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {

@@ -55,8 +55,12 @@ where
     Ok(())
 }
 
-/// Up to `limit` committed rows in id order. The table holds only what is not yet confirmed, so
-/// a row whose transaction committed after a later id was read is still found here.
+/// Up to `limit` committed rows in id order, as `filter` says. The table holds only what is not
+/// yet confirmed, so a row whose transaction committed after a later id was read is still here.
+///
+/// A normal read leaves out held rows (`retry_at` set: the broker refused them) and every row
+/// whose ordering key has a held row; a retry read (`retry_due`) takes the held rows due by then,
+/// only the lowest of each key.
 pub(crate) async fn pending<'e, DB, E>(
     db: E,
     limit: i64,
@@ -67,7 +71,6 @@ where
     E: Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB> + Decode<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'r> String: Decode<'r, DB> + Type<DB>,
     for<'r> Option<String>: Decode<'r, DB>,
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
@@ -75,53 +78,41 @@ where
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     let mut n = 0;
-    let mut list = |len: usize| {
-        let ps: Vec<String> = (0..len)
-            .map(|_| {
-                n += 1;
-                DB::param(n)
-            })
-            .collect();
-        ps.join(", ")
+    let mut next = || {
+        n += 1;
+        DB::param(n)
     };
-    let mut clauses = Vec::new();
-    if let Some(ids) = filter.only_ids {
-        clauses.push(format!("id IN ({})", list(ids.len().max(1))));
-    }
-    if filter.after.is_some() {
-        clauses.push(format!("id > {}", list(1)));
+    let mut sql = format!(
+        "SELECT o.id, o.ordering_key, o.exchange, o.routing_key, o.mandatory, o.properties, \
+         o.body, o.attempts, o.last_error FROM {OUTBOX_TABLE} o WHERE "
+    );
+    if filter.all {
+        sql += "1 = 1";
+    } else if filter.retry_due.is_some() {
+        sql += &format!(
+            "o.retry_at IS NOT NULL AND o.retry_at <= {} AND (o.ordering_key IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
+             AND h.retry_at IS NOT NULL AND h.id < o.id))",
+            next()
+        );
+    } else {
+        sql += &format!(
+            "o.retry_at IS NULL AND (o.ordering_key IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
+             AND h.retry_at IS NOT NULL))"
+        );
     }
     if !filter.skip_ids.is_empty() {
-        clauses.push(format!("id NOT IN ({})", list(filter.skip_ids.len())));
+        let ps: Vec<String> = filter.skip_ids.iter().map(|_| next()).collect();
+        sql += &format!(" AND o.id NOT IN ({})", ps.join(", "));
     }
-    if !filter.skip_keys.is_empty() {
-        clauses.push(format!(
-            "(ordering_key IS NULL OR ordering_key NOT IN ({}))",
-            list(filter.skip_keys.len())
-        ));
-    }
-    let limit_param = list(1);
-    let sql = format!(
-        "SELECT id, ordering_key, exchange, routing_key, mandatory, properties, body, attempts, \
-         last_error FROM {OUTBOX_TABLE} {}{} ORDER BY id LIMIT {limit_param}",
-        if clauses.is_empty() { "" } else { "WHERE " },
-        clauses.join(" AND ")
-    );
+    sql += &format!(" ORDER BY o.id LIMIT {}", next());
     let mut q = sqlx::query::<DB>(&sql);
-    if let Some(ids) = filter.only_ids {
-        // An empty list still needs one value: no row has id -1.
-        for id in ids.iter().copied().chain(ids.is_empty().then_some(-1)) {
-            q = q.bind(id);
-        }
-    }
-    if let Some(after) = filter.after {
-        q = q.bind(after);
+    if let Some(now) = filter.retry_due {
+        q = q.bind(now);
     }
     for id in filter.skip_ids {
         q = q.bind(*id);
-    }
-    for key in filter.skip_keys {
-        q = q.bind(key.as_str());
     }
     let rows = q
         .bind(limit)
@@ -149,18 +140,29 @@ where
         .collect()
 }
 
-/// Which rows a read leaves out, or keeps to.
+/// Which rows a read is for.
 #[derive(Debug, Default)]
 pub(crate) struct Filter<'a> {
-    /// Only these rows (the held rows due for another try).
-    pub only_ids: Option<&'a [i64]>,
-    /// Only rows above this id: the relay's next read while earlier rows are in flight. Never
-    /// the only read: a full one follows whenever the pipeline drains, and every so often.
-    pub after: Option<i64>,
-    /// Not these rows (held: waiting to be tried again).
+    /// A retry read: the held rows due by this time (Unix ms). `None`: a normal read.
+    pub retry_due: Option<i64>,
+    /// Not these rows (in flight, or confirmed and waiting for their delete).
     pub skip_ids: &'a [i64],
-    /// Not the rows with these ordering keys (behind a held row of the same key).
-    pub skip_keys: &'a [String],
+    /// Every row, held ones included (status and tests).
+    pub all: bool,
+}
+
+/// When the first held row is due again (Unix ms), if any row is held.
+pub(crate) async fn next_retry<'e, DB, E>(db: E) -> Result<Option<i64>, sqlx::Error>
+where
+    DB: Dialect,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> Option<i64>: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    sqlx::query_scalar::<DB, Option<i64>>(&format!("SELECT MIN(retry_at) FROM {OUTBOX_TABLE}"))
+        .fetch_one(db)
+        .await
 }
 
 /// Deletes the rows `ids` (confirmed by the broker); returns how many were there.
@@ -207,11 +209,13 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     }
 }
 
-/// Records a failed publish of row `id`: one more attempt, and why.
+/// Records a failed publish of row `id`: one more attempt, why, and when to try again (Unix ms).
+/// Until it goes through, the row is held and so are the later rows of its ordering key.
 pub(crate) async fn record_failure<'e, DB, E>(
     db: E,
     id: i64,
     reason: &str,
+    retry_at: i64,
 ) -> Result<(), sqlx::Error>
 where
     DB: Dialect,
@@ -221,12 +225,15 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     let sql = format!(
-        "UPDATE {OUTBOX_TABLE} SET attempts = attempts + 1, last_error = {} WHERE id = {}",
+        "UPDATE {OUTBOX_TABLE} SET attempts = attempts + 1, last_error = {}, retry_at = {} \
+         WHERE id = {}",
         DB::param(1),
-        DB::param(2)
+        DB::param(2),
+        DB::param(3)
     );
     sqlx::query::<DB>(&sql)
         .bind(reason)
+        .bind(retry_at)
         .bind(id)
         .execute(db)
         .await

@@ -211,7 +211,13 @@ mod relay {
     async fn until_empty<B: crate::outbox::relay::Backend>(backend: &B) {
         let end = tokio::time::Instant::now() + GUARD;
         while !backend
-            .pending(1, &crate::outbox::store::Filter::default())
+            .pending(
+                1,
+                &crate::outbox::store::Filter {
+                    all: true,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
             .is_empty()
@@ -448,7 +454,7 @@ mod relay {
     }
 
     /// Two relays on one PostgreSQL outbox: one publishes, the other stands by (every row once,
-    /// in order); when the active one dies, the standby takes over within its retry interval.
+    /// in order); when the active one stops, the standby takes over within its retry interval.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_two_relays_publish_each_row_once_and_a_standby_takes_over() {
         let q = unique("ro-outbox-two");
@@ -474,7 +480,7 @@ mod relay {
         until_empty(&outbox).await;
         assert_eq!(second.stats().relayed, 0, "the standby published nothing");
 
-        // The active relay dies (its task is aborted: no clean stop, its session just goes).
+        // The active relay stops at once (no wait for confirms); its lock session goes with it.
         let a = first.close(Duration::ZERO).await;
         enqueue(100, 200).await;
         let want: Vec<String> = (100..200).map(|n| format!("{q}-{n}")).collect();
@@ -612,5 +618,81 @@ mod relay {
         conn.delete_queue(&q).await.unwrap();
         conn.close().await;
         drop_schema(store, &schema).await;
+    }
+
+    /// A held row removed by an operator frees its key; many refused keyless rows hold back
+    /// nothing; a clean `close` settles what is in flight, so the next relay publishes no row
+    /// again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_rows_removed_or_many_never_jam_and_close_duplicates_nothing() {
+        let q = unique("ro-outbox-jam");
+        let nowhere = unique("ro-outbox-void");
+        let conn = connect(&q).await;
+        let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+        let store = SqliteStore::open(&path).await.unwrap();
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+        outbox.migrate().await.unwrap();
+        let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .enqueue_keyed(&mut tx, to(&nowhere, 0), "K")
+            .await
+            .unwrap();
+        outbox
+            .enqueue_all(&mut tx, (1..301).map(|n| to(&nowhere, n)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 0), "K").await.unwrap();
+        outbox
+            .enqueue_all(&mut tx, (1..200).map(|n| to(&q, n)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        // The 199 keyless rows flow past 301 refused rows; K's row waits behind its held one.
+        let got = read(&conn, &q, 199).await;
+        assert_eq!(
+            got,
+            (1..200).map(|n| format!("{q}-{n}")).collect::<Vec<_>>()
+        );
+        // The operator removes the poison row: K's next row goes out.
+        sqlx::query("DELETE FROM rabbit_once_outbox WHERE message_id = ?")
+            .bind(format!("{nowhere}-0"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(read(&conn, &q, 1).await, [format!("{q}-0")]);
+        sqlx::query("DELETE FROM rabbit_once_outbox")
+            .execute(store.pool())
+            .await
+            .unwrap();
+
+        // Rows in flight at a clean close are settled and deleted by it.
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .enqueue_all(&mut tx, (1000..3000).map(|n| to(&q, n)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let first = relay.close(Duration::from_secs(5)).await;
+        let second = Relay::start(&conn, outbox.clone(), config()).unwrap();
+        until_empty(&outbox).await;
+        let second = second.close(Duration::from_secs(5)).await;
+        assert_eq!(read(&conn, &q, 2000).await.len(), 2000);
+        assert_eq!(
+            conn.queue_info(&q).await.unwrap().messages,
+            0,
+            "no row published twice across the close ({first:?}, {second:?})"
+        );
+
+        conn.delete_queue(&q).await.unwrap();
+        conn.close().await;
+        store.pool().close().await;
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }
