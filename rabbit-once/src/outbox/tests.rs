@@ -15,8 +15,37 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), fastrand::u64(..))
 }
 
+/// A test's own PostgreSQL schema: dropped by `drop_schema`, or by `Drop` when a test fails
+/// before it gets there.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.0);
+        if name.is_empty() {
+            return;
+        }
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// A fresh PostgreSQL schema (the pool's search_path), dropped by `drop_schema`.
-async fn postgres() -> (PostgresStore, PostgresOutbox, String) {
+async fn postgres() -> (PostgresStore, PostgresOutbox, Schema) {
     let schema = unique("ro_outbox");
     let store = PostgresStore::connect_with(
         &pg_url(),
@@ -31,11 +60,12 @@ async fn postgres() -> (PostgresStore, PostgresOutbox, String) {
     let outbox = PostgresOutbox::new(store.pool().clone()).max_message_size(1 << 20);
     outbox.migrate().await.unwrap();
     outbox.migrate().await.unwrap(); // idempotent
-    (store, outbox, schema)
+    (store, outbox, Schema(schema))
 }
 
-async fn drop_schema(store: PostgresStore, schema: &str) {
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+async fn drop_schema(store: PostgresStore, mut schema: Schema) {
+    let name = std::mem::take(&mut schema.0);
+    sqlx::query(&format!("DROP SCHEMA \"{name}\" CASCADE"))
         .execute(store.pool())
         .await
         .unwrap();
@@ -156,7 +186,7 @@ async fn postgres_a_row_that_commits_after_a_later_id_is_not_skipped() {
         "a rollback leaves no row"
     );
 
-    drop_schema(store, &schema).await;
+    drop_schema(store, schema).await;
 }
 
 mod relay {
@@ -330,7 +360,7 @@ mod relay {
 
         conn.delete_queue(&q).await.unwrap();
         conn.close().await;
-        drop_schema(store, &schema).await;
+        drop_schema(store, schema).await;
     }
 
     /// Another process's commit wakes the relay through `LISTEN/NOTIFY`: the writer here is a
@@ -360,7 +390,7 @@ mod relay {
         assert_eq!(stats.relayed, 3, "{stats:?}");
         conn.delete_queue(&q).await.unwrap();
         conn.close().await;
-        drop_schema(store, &schema).await;
+        drop_schema(store, schema).await;
     }
 
     /// Stage 1 consumes, and its handler emits a stage-2 message through the outbox in the very
@@ -496,7 +526,7 @@ mod relay {
 
         conn.delete_queue(&q).await.unwrap();
         conn.close().await;
-        drop_schema(store, &schema).await;
+        drop_schema(store, schema).await;
     }
 
     /// A refused row holds back the later rows of its ordering key, not the others; once the
@@ -617,7 +647,7 @@ mod relay {
         assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0, "none twice");
         conn.delete_queue(&q).await.unwrap();
         conn.close().await;
-        drop_schema(store, &schema).await;
+        drop_schema(store, schema).await;
     }
 
     /// A held row removed by an operator frees its key; many refused keyless rows hold back
