@@ -4,35 +4,51 @@
 
 mod support;
 
-use rabbit_once::{Connection, Consumer, Event, Queue, Topology};
+use rabbit_once::{Connection, Consumer, Event, Handler, Queue, Topology};
 use std::time::Duration;
 use support::consumer::{
     GUARD, Ledger, TestDb, cleanup, config, ids, postgres, postgres_via, publish, sqlite, wait_for,
 };
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_connection_cut_five_times_applies_every_id_once() {
-    let (store, _s) = postgres().await;
-    let q = unique("con-cuts");
+/// A queue of `n` published messages, and an idempotent consumer on `store` (group commit of
+/// 50, `prefetch`) through a fault proxy: (queue, a direct connection, proxy, its connection,
+/// consumer).
+async fn cut_case<S: TestDb>(
+    store: &S,
+    prefix: &str,
+    n: u64,
+    prefetch: u16,
+) -> (String, Connection, FaultProxy, Connection, Consumer)
+where
+    Ledger: Handler<S::Db>,
+{
+    let q = unique(prefix);
     let setup = direct().await;
     setup
         .declare(&Topology::new().queue(Queue::new(&q)))
         .await
         .unwrap();
-    const N: u64 = 10_000;
-    publish(&setup, &q, ids(0..N, &q)).await;
+    publish(&setup, &q, ids(0..n, &q)).await;
     let (proxy, conn) = through_proxy(|c| c).await;
     let consumer = Consumer::start(
         &conn,
         store.clone(),
         Ledger::default(),
         config(&q)
-            .prefetch(200)
+            .prefetch(prefetch)
             .group_commit(50, Duration::from_millis(1)),
     )
     .await
     .unwrap();
+    (q, setup, proxy, conn, consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_connection_cut_five_times_applies_every_id_once() {
+    let (store, _s) = postgres().await;
+    const N: u64 = 10_000;
+    let (q, setup, proxy, conn, consumer) = cut_case(&store, "con-cuts", N, 200).await;
     for k in 1..=6u64 {
         wait_for(&consumer, "progress", |s| s.applied >= k * N / 8).await;
         let before = conn.reconnects();
@@ -73,25 +89,8 @@ async fn consumer_connection_cut_five_times_applies_every_id_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cuts_while_redeliveries_wait_never_count_as_crash_loops() {
     let (store, _db) = sqlite().await;
-    let q = unique("con-recuts");
-    let setup = direct().await;
-    setup
-        .declare(&Topology::new().queue(Queue::new(&q)))
-        .await
-        .unwrap();
     const N: u64 = 4_000;
-    publish(&setup, &q, ids(0..N, &q)).await;
-    let (proxy, conn) = through_proxy(|c| c).await;
-    let consumer = Consumer::start(
-        &conn,
-        store.clone(),
-        Ledger::default(),
-        config(&q)
-            .prefetch(500)
-            .group_commit(50, Duration::from_millis(1)),
-    )
-    .await
-    .unwrap();
+    let (q, setup, proxy, conn, consumer) = cut_case(&store, "con-recuts", N, 500).await;
     wait_for(&consumer, "progress", |s| s.applied >= 300).await;
     for _ in 0..5 {
         let before = conn.reconnects();

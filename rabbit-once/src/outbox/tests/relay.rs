@@ -1,0 +1,536 @@
+//! The relay against the real broker and databases.
+use super::*;
+use crate::outbox::{Relay, RelayConfig};
+use crate::{Connection, ConnectionConfig, Queue, Subscription, SubscriptionConfig, Topology};
+use std::time::Duration;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+fn amqp_uri() -> String {
+    std::env::var("RONCE_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn connect(queue: &str) -> Connection {
+    Connection::connect(
+        ConnectionConfig::new(&amqp_uri())
+            .unwrap()
+            .topology(Topology::new().queue(Queue::new(queue))),
+    )
+    .await
+    .unwrap()
+}
+
+fn config() -> RelayConfig {
+    RelayConfig::default()
+        .poll(Duration::from_millis(100))
+        .retry_after(Duration::from_millis(200))
+}
+
+fn to(queue: &str, n: u64) -> Message {
+    Message::to_queue(queue, format!("{n}")).with_message_id(format!("{queue}-{n}"))
+}
+
+/// The message ids on `queue`, in queue order, until `n` arrived (acked).
+async fn read(conn: &Connection, queue: &str, n: usize) -> Vec<String> {
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(queue)).unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let d = tokio::time::timeout(GUARD, sub.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("subscription open");
+        ids.push(d.message_id().unwrap_or_default().to_owned());
+        d.ack();
+    }
+    sub.close(Duration::from_secs(5)).await;
+    ids
+}
+
+async fn until_empty<B: crate::outbox::relay::Backend>(backend: &B) {
+    let end = tokio::time::Instant::now() + GUARD;
+    while !backend
+        .pending(
+            1,
+            &crate::outbox::store::Filter {
+                all: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < end, "rows left in the outbox");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Committed rows are published in order and deleted; a rolled-back one never is; rows
+/// written while no relay ran go out when one starts; a row the broker refuses stays, with
+/// its reason, and does not hold back the rows behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_relay_publishes_committed_rows_once_and_keeps_refused_ones() {
+    let q = unique("ro-outbox-relay");
+    let nowhere = unique("ro-outbox-nowhere");
+    let conn = connect(&q).await;
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+
+    // Written before any relay runs: one committed transaction, one rolled back.
+    let mut tx = store.begin().await.unwrap();
+    outbox
+        .enqueue_all(&mut tx, (0..3).map(|n| to(&q, n)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    outbox.enqueue(&mut tx, to(&q, 99)).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+    // Then a refused row (no queue takes it) between two good ones.
+    let mut tx = store.begin().await.unwrap();
+    outbox.enqueue(&mut tx, to(&q, 3)).await.unwrap();
+    outbox.enqueue(&mut tx, to(&nowhere, 0)).await.unwrap();
+    outbox.enqueue(&mut tx, to(&q, 4)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let want: Vec<String> = (0..5).map(|n| format!("{q}-{n}")).collect();
+    assert_eq!(
+        read(&conn, &q, 5).await,
+        want,
+        "committed rows, in order, once"
+    );
+    // The refused row is kept with its reason and is tried again.
+    let end = tokio::time::Instant::now() + GUARD;
+    let kept = loop {
+        let rows = outbox.pending(10).await.unwrap();
+        if rows.len() == 1 && rows[0].attempts >= 2 {
+            break rows;
+        }
+        assert!(tokio::time::Instant::now() < end, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        kept[0].message.message_id(),
+        Some(format!("{nowhere}-0").as_str())
+    );
+    assert!(
+        kept[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unroutable"),
+        "{:?}",
+        kept[0].last_error
+    );
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 5, "{stats:?}");
+    assert!(stats.failed >= 2, "{stats:?}");
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        0,
+        "nothing published twice"
+    );
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// The interleaving that loses messages in cursor-based relays, with a relay running: the
+/// row that commits last but holds the lower id is published too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_relay_publishes_a_row_that_commits_after_a_later_id() {
+    let q = unique("ro-outbox-late");
+    let conn = connect(&q).await;
+    let (store, outbox, schema) = postgres().await;
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+    let mut early = store.begin().await.unwrap();
+    outbox.enqueue(&mut early, to(&q, 7)).await.unwrap();
+    let mut late = store.begin().await.unwrap();
+    outbox.enqueue(&mut late, to(&q, 8)).await.unwrap();
+    late.commit().await.unwrap();
+    assert_eq!(read(&conn, &q, 1).await, [format!("{q}-8")]);
+    until_empty(&outbox).await;
+
+    early.commit().await.unwrap(); // no enqueue wakes the relay now: its poll finds the row
+    assert_eq!(read(&conn, &q, 1).await, [format!("{q}-7")]);
+    until_empty(&outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!((stats.relayed, stats.failed), (2, 0), "{stats:?}");
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    drop_schema(store, schema).await;
+}
+
+/// Another process's commit wakes the relay through `LISTEN/NOTIFY`: the writer here is a
+/// second outbox handle (its in-process signal reaches no relay) and the relay's poll is
+/// longer than the test's guard, so only the notification can deliver the row in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_relay_wakes_on_another_writers_commit() {
+    let q = unique("ro-outbox-notify");
+    let conn = connect(&q).await;
+    let (store, outbox, schema) = postgres().await;
+    let relay = Relay::start(
+        &conn,
+        outbox.clone(),
+        config().poll(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the listener is up
+    let other_process = PostgresOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    for n in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        other_process.enqueue(&mut tx, to(&q, n)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(read(&conn, &q, 1).await, [format!("{q}-{n}")]);
+    }
+    until_empty(&outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 3, "{stats:?}");
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    drop_schema(store, schema).await;
+}
+
+/// Stage 1 consumes, and its handler emits a stage-2 message through the outbox in the very
+/// transaction that records the stage-1 id: each stage-1 message yields exactly one stage-2
+/// message, and a duplicate stage-1 delivery (the handler does not run) emits nothing. With
+/// group commit on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_emits_through_the_outbox_in_its_own_transaction() {
+    for batch in [1usize, 50] {
+        pipeline_case(batch).await;
+    }
+}
+
+async fn pipeline_case(batch: usize) {
+    use crate::{Consumer, ConsumerConfig, Outcome, Publisher, PublisherConfig, handler_fn};
+    use sqlx::{Sqlite, Transaction};
+    const N: u64 = 200;
+    let stage1 = unique("ro-outbox-stage1");
+    let stage2 = unique("ro-outbox-stage2");
+    let conn = Connection::connect(
+        ConnectionConfig::new(&amqp_uri()).unwrap().topology(
+            Topology::new()
+                .queue(Queue::new(&stage1))
+                .queue(Queue::new(&stage2)),
+        ),
+    )
+    .await
+    .unwrap();
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+    // Every stage-1 id published twice: the second copy is a duplicate.
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    for _copy in 0..2 {
+        for n in 0..N {
+            p.publish_confirmed(to(&stage1, n)).await.unwrap();
+        }
+    }
+    let emit = outbox.clone();
+    let next = stage2.clone();
+    let handler = handler_fn(move |msg, tx: &mut Transaction<'static, Sqlite>| {
+        let (emit, next) = (emit.clone(), next.clone());
+        Box::pin(async move {
+            let id = msg.message_id().unwrap_or_default();
+            let out =
+                Message::to_queue(next, msg.body().clone()).with_message_id(format!("from-{id}"));
+            emit.enqueue(tx, out).await?;
+            Ok(Outcome::Done)
+        })
+    });
+    let consumer = Consumer::start(
+        &conn,
+        store.clone(),
+        handler,
+        ConsumerConfig::new(&stage1).group_commit(batch, Duration::from_millis(2)),
+    )
+    .await
+    .unwrap();
+    let mut got = read(&conn, &stage2, N as usize).await;
+    let end = tokio::time::Instant::now() + GUARD;
+    while consumer.stats().applied + consumer.stats().duplicates < 2 * N {
+        assert!(tokio::time::Instant::now() < end, "{:?}", consumer.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_empty(&outbox).await;
+    let stats = consumer.close(Duration::from_secs(5)).await;
+    assert_eq!((stats.applied, stats.duplicates), (N, N), "{stats:?}");
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|n| format!("from-{stage1}-{n}")).collect();
+    want.sort();
+    assert_eq!(got, want, "one stage-2 message per stage-1 message");
+    assert_eq!(
+        conn.queue_info(&stage2).await.unwrap().messages,
+        0,
+        "no second copy of any stage-2 message"
+    );
+    relay.close(Duration::from_secs(5)).await;
+    p.close(Duration::from_secs(5)).await;
+    for q in ConsumerConfig::new(&stage1).queues() {
+        let _ = conn.delete_queue(&q).await;
+    }
+    conn.delete_queue(&stage2).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// Two relays on one PostgreSQL outbox: one publishes, the other stands by (every row once,
+/// in order); when the active one stops, the standby takes over within its retry interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_relays_publish_each_row_once_and_a_standby_takes_over() {
+    let q = unique("ro-outbox-two");
+    let conn = connect(&q).await;
+    let (store, outbox, schema) = postgres().await;
+    let first = Relay::start(&conn, outbox.clone(), config()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the first one holds the lock
+    let second = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+    let enqueue = |from: u64, to_n: u64| {
+        let (store, outbox, q) = (store.clone(), outbox.clone(), q.clone());
+        async move {
+            for n in from..to_n {
+                let mut tx = store.begin().await.unwrap();
+                outbox.enqueue(&mut tx, to(&q, n)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    enqueue(0, 100).await;
+    let want: Vec<String> = (0..100).map(|n| format!("{q}-{n}")).collect();
+    assert_eq!(read(&conn, &q, 100).await, want, "each row once, in order");
+    until_empty(&outbox).await;
+    assert_eq!(second.stats().relayed, 0, "the standby published nothing");
+
+    // The active relay stops at once (no wait for confirms); its lock session goes with it.
+    let a = first.close(Duration::ZERO).await;
+    enqueue(100, 200).await;
+    let want: Vec<String> = (100..200).map(|n| format!("{q}-{n}")).collect();
+    assert_eq!(read(&conn, &q, 100).await, want, "the standby took over");
+    until_empty(&outbox).await;
+    let b = second.close(Duration::from_secs(5)).await;
+    assert_eq!((a.relayed, b.relayed), (100, 100), "{a:?} {b:?}");
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        0,
+        "no row published twice"
+    );
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    drop_schema(store, schema).await;
+}
+
+/// A refused row holds back the later rows of its ordering key, not the others; once the
+/// broker takes it (its queue now exists) it goes out, then the rows behind it, in order.
+/// The failure is an event. (Rows of its key already in flight with it — the same read —
+/// are not held: see docs/guarantees.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_holds_back_its_key_only() {
+    let q = unique("ro-outbox-keys");
+    let later = unique("ro-outbox-later");
+    let conn = connect(&q).await;
+    let mut events = conn.events();
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+    let mut tx = store.begin().await.unwrap();
+    outbox
+        .enqueue_keyed(&mut tx, to(&later, 0), "K")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let failed = tokio::time::timeout(GUARD, async {
+        loop {
+            if let Some(crate::Event::OutboxRowFailed {
+                message_id,
+                ordering_key,
+                reason,
+            }) = events.recv().await
+            {
+                break (message_id, ordering_key, reason);
+            }
+        }
+    })
+    .await
+    .expect("the failure is an event");
+    assert_eq!(failed.0, format!("{later}-0"));
+    assert_eq!(failed.1.as_deref(), Some("K"));
+    assert!(failed.2.contains("unroutable"), "{}", failed.2);
+
+    let mut tx = store.begin().await.unwrap();
+    outbox.enqueue_keyed(&mut tx, to(&q, 1), "K").await.unwrap();
+    outbox.enqueue_keyed(&mut tx, to(&q, 2), "B").await.unwrap();
+    outbox.enqueue(&mut tx, to(&q, 3)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        read(&conn, &q, 2).await,
+        [format!("{q}-2"), format!("{q}-3")]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // several retries of the held row
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        0,
+        "K's next row waits"
+    );
+    assert_eq!(outbox.pending(10).await.unwrap().len(), 2);
+
+    conn.declare(&Topology::new().queue(Queue::new(&later)))
+        .await
+        .unwrap();
+    assert_eq!(read(&conn, &later, 1).await, [format!("{later}-0")]);
+    assert_eq!(
+        read(&conn, &q, 1).await,
+        [format!("{q}-1")],
+        "then the row behind it"
+    );
+    until_empty(&outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 4, "{stats:?}");
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.delete_queue(&later).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// A row that commits late, with a low id, while the relay's pipeline is busy with a steady
+/// stream of later rows: the periodic full read finds it, and every row goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_late_row_is_found_while_the_pipeline_is_busy() {
+    const N: u64 = 3000;
+    let q = unique("ro-outbox-busy");
+    let conn = connect(&q).await;
+    let (store, outbox, schema) = postgres().await;
+    let relay = Relay::start(&conn, outbox.clone(), config().batch(200)).unwrap();
+
+    let mut early = store.begin().await.unwrap();
+    outbox.enqueue(&mut early, to(&q, N)).await.unwrap(); // the lowest id of all
+    let writer = {
+        let (store, outbox, q) = (store.clone(), outbox.clone(), q.clone());
+        tokio::spawn(async move {
+            for chunk in (0..N).collect::<Vec<_>>().chunks(20) {
+                let mut tx = store.begin().await.unwrap();
+                outbox
+                    .enqueue_all(&mut tx, chunk.iter().map(|n| to(&q, *n)))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    early.commit().await.unwrap(); // while the stream goes on
+    writer.await.unwrap();
+
+    let mut got = read(&conn, &q, N as usize + 1).await;
+    until_empty(&outbox).await;
+    got.sort();
+    let mut want: Vec<String> = (0..=N).map(|n| format!("{q}-{n}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every row, the late one included");
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, N + 1, "{stats:?}");
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0, "none twice");
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    drop_schema(store, schema).await;
+}
+
+/// A held row removed by an operator frees its key; many refused keyless rows hold back
+/// nothing; a clean `close` settles what is in flight, so the next relay publishes no row
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_rows_removed_or_many_never_jam_and_close_duplicates_nothing() {
+    let q = unique("ro-outbox-jam");
+    let nowhere = unique("ro-outbox-void");
+    let conn = connect(&q).await;
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    outbox
+        .enqueue_keyed(&mut tx, to(&nowhere, 0), "K")
+        .await
+        .unwrap();
+    outbox
+        .enqueue_all(&mut tx, (1..301).map(|n| to(&nowhere, n)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    outbox.enqueue_keyed(&mut tx, to(&q, 0), "K").await.unwrap();
+    outbox
+        .enqueue_all(&mut tx, (1..200).map(|n| to(&q, n)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The 199 keyless rows flow past 301 refused rows; K's row waits behind its held one.
+    let got = read(&conn, &q, 199).await;
+    assert_eq!(
+        got,
+        (1..200).map(|n| format!("{q}-{n}")).collect::<Vec<_>>()
+    );
+    // The operator removes the poison row: K's next row goes out.
+    sqlx::query("DELETE FROM rabbit_once_outbox WHERE message_id = ?")
+        .bind(format!("{nowhere}-0"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(read(&conn, &q, 1).await, [format!("{q}-0")]);
+    sqlx::query("DELETE FROM rabbit_once_outbox")
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // Rows in flight at a clean close are settled and deleted by it.
+    let mut tx = store.begin().await.unwrap();
+    outbox
+        .enqueue_all(&mut tx, (1000..3000).map(|n| to(&q, n)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let first = relay.close(Duration::from_secs(5)).await;
+    let second = Relay::start(&conn, outbox.clone(), config()).unwrap();
+    until_empty(&outbox).await;
+    let second = second.close(Duration::from_secs(5)).await;
+    assert_eq!(read(&conn, &q, 2000).await.len(), 2000);
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        0,
+        "no row published twice across the close ({first:?}, {second:?})"
+    );
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
