@@ -102,7 +102,9 @@ pub use outbox::PostgresOutbox;
 #[cfg(feature = "sqlite")]
 pub use outbox::SqliteOutbox;
 #[cfg(feature = "dedup")]
-pub use outbox::{Outbox, Relay, RelayConfig, RelayStats};
+pub use outbox::{
+    FAILED_ROWS_SHOWN, FailedRow, Outbox, OutboxStatus, Relay, RelayConfig, RelayStats,
+};
 pub use publisher::{
     Confirmation, Confirmed, PublishError, Publisher, PublisherConfig, PublisherStats,
 };

@@ -11,11 +11,13 @@
 //! - `store`: the SQL, written once for both databases (insert in the caller's transaction, read
 //!   the pending set in id order, delete confirmed rows);
 //! - `sqlite`, `postgres`: the table and its migrations per database;
+//! - `status`: what an operator sees (pending, oldest age, refused rows) and `discard`;
 //! - `relay`: the task that publishes committed rows and deletes them once confirmed.
 //!
 
 pub(crate) mod relay;
 mod row;
+mod status;
 pub(crate) mod store;
 
 #[cfg(feature = "postgres")]
@@ -29,6 +31,7 @@ pub use sqlite::SqliteOutbox;
 
 pub use relay::{Outbox, Relay, RelayConfig, RelayStats};
 pub(crate) use row::{OutboxRow, PendingRow};
+pub use status::{FAILED_ROWS_SHOWN, FailedRow, OutboxStatus};
 
 /// The table of messages waiting for the broker's confirm.
 pub(crate) const OUTBOX_TABLE: &str = "rabbit_once_outbox";

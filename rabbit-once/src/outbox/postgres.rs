@@ -31,7 +31,7 @@ const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;
 /// transactions enqueue).
 #[derive(Debug, Clone)]
 pub struct PostgresOutbox {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
     wake: std::sync::Arc<tokio::sync::Notify>,

@@ -27,7 +27,7 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
 /// transactions enqueue).
 #[derive(Debug, Clone)]
 pub struct SqliteOutbox {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
     wake: std::sync::Arc<tokio::sync::Notify>,

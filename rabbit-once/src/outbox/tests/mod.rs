@@ -189,4 +189,108 @@ async fn postgres_a_row_that_commits_after_a_later_id_is_not_skipped() {
     drop_schema(store, schema).await;
 }
 
+const REFUSED: &str = "NOT_FOUND - no exchange 'gone'";
+
+/// Three rows, the first keyed; none failed yet.
+async fn three_rows<DB: sqlx::Database>(
+    mut tx: sqlx::Transaction<'static, DB>,
+    enqueue: impl AsyncFn(&mut sqlx::Transaction<'static, DB>, Message, Option<&str>),
+) {
+    enqueue(&mut tx, order(1), Some("customer-1")).await;
+    enqueue(&mut tx, order(2), None).await;
+    enqueue(&mut tx, order(3), None).await;
+    tx.commit().await.unwrap();
+}
+
+/// After two refusals of `order-1`.
+fn assert_one_failed(s: &super::OutboxStatus) {
+    assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 1, 1));
+    assert!(s.oldest_pending_age.is_some());
+    let row = &s.failed_rows[0];
+    assert_eq!(row.message_id, "order-1");
+    assert_eq!(row.ordering_key.as_deref(), Some("customer-1"));
+    assert_eq!(
+        (row.exchange.as_str(), row.routing_key.as_str()),
+        ("", "orders")
+    );
+    assert_eq!(
+        (row.attempts, row.last_error.as_deref()),
+        (2, Some(REFUSED))
+    );
+    assert!(row.retry_at_unix_ms > 0);
+}
+
+/// What an operator sees: pending rows, the oldest one's age, the refused rows with their
+/// reasons; discarding a row removes it and only it.
+#[tokio::test]
+async fn sqlite_status_lists_refused_rows_and_discard_removes_one() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-status")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone());
+    outbox.migrate().await.unwrap();
+    let empty = outbox.status().await.unwrap();
+    assert_eq!(
+        (empty.pending, empty.failed, empty.oldest_pending_age),
+        (0, 0, None)
+    );
+    three_rows(store.begin().await.unwrap(), async |tx, m, key| {
+        match key {
+            Some(k) => outbox.enqueue_keyed(tx, m, k).await.unwrap(),
+            None => outbox.enqueue(tx, m).await.unwrap(),
+        };
+    })
+    .await;
+    let s = outbox.status().await.unwrap();
+    assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 0, 0));
+    let id = outbox.pending(1).await.unwrap()[0].id;
+    for _ in 0..2 {
+        super::store::record_failure(store.pool(), id, REFUSED, 1)
+            .await
+            .unwrap();
+    }
+    assert_one_failed(&outbox.status().await.unwrap());
+    assert!(
+        outbox.discard("order-1").await.unwrap(),
+        "the row was there"
+    );
+    assert!(!outbox.discard("order-1").await.unwrap(), "and is gone");
+    let s = outbox.status().await.unwrap();
+    assert_eq!((s.pending, s.failed), (2, 0));
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+#[tokio::test]
+async fn postgres_status_lists_refused_rows_and_discard_removes_one() {
+    let (store, outbox, schema) = postgres().await;
+    let empty = outbox.status().await.unwrap();
+    assert_eq!(
+        (empty.pending, empty.failed, empty.oldest_pending_age),
+        (0, 0, None)
+    );
+    three_rows(store.begin().await.unwrap(), async |tx, m, key| {
+        match key {
+            Some(k) => outbox.enqueue_keyed(tx, m, k).await.unwrap(),
+            None => outbox.enqueue(tx, m).await.unwrap(),
+        };
+    })
+    .await;
+    let id = outbox.pending(1).await.unwrap()[0].id;
+    for _ in 0..2 {
+        super::store::record_failure(store.pool(), id, REFUSED, 1)
+            .await
+            .unwrap();
+    }
+    assert_one_failed(&outbox.status().await.unwrap());
+    assert!(
+        outbox.discard("order-1").await.unwrap(),
+        "the row was there"
+    );
+    assert!(!outbox.discard("order-1").await.unwrap(), "and is gone");
+    assert_eq!(outbox.status().await.unwrap().pending, 2);
+    drop_schema(store, schema).await;
+}
+
 mod relay;
