@@ -7,6 +7,7 @@ mod chaos;
 mod common;
 mod consume;
 mod demo;
+mod outbox;
 mod publish;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,11 @@ enum Command {
     Consume(consume::Args),
     /// Publisher and consumer processes under a fault schedule; reconciles the ledger.
     Chaos(chaos::Args),
+    /// Publish a transactional outbox's committed rows (until Ctrl-C, or --until-empty).
+    Relay(outbox::relay::Args),
+    /// Look at a transactional outbox.
+    #[command(subcommand)]
+    Outbox(outbox::status::Command),
     /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
     Bench(bench::Args),
 }
@@ -68,6 +74,8 @@ fn main() -> std::process::ExitCode {
             Command::Publish(a) => publish::run(a).await,
             Command::Consume(a) => consume::run(a).await,
             Command::Chaos(a) => chaos::run(a).await,
+            Command::Relay(a) => outbox::relay::run(a).await,
+            Command::Outbox(c) => outbox::status::run(c).await,
             Command::Bench(a) => bench::run(a).await,
         }
     });

@@ -53,6 +53,23 @@ pub struct Args {
     /// failed. Used by `chaos`.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
+    /// Commit each message through the transactional outbox in this database (sqlite:PATH or
+    /// postgres://…), with a row (seq, message_id) in its table `sent`, and relay it from this
+    /// process; exit 0 once every committed row is confirmed.
+    #[arg(long, value_name = "DB")]
+    pub outbox: Option<String>,
+    /// With --outbox on PostgreSQL: the schema of the outbox and `sent` (created if missing).
+    #[arg(long, requires = "outbox")]
+    pub schema: Option<String>,
+    /// With --outbox: messages per transaction.
+    #[arg(long, default_value_t = 1, requires = "outbox")]
+    pub tx_size: u64,
+    /// With --outbox: go on after the highest seq committed in `sent` (after a crash or kill).
+    #[arg(long, requires = "outbox")]
+    pub resume: bool,
+    /// With --outbox: only commit; leave the publishing to `rabbit-once relay` processes.
+    #[arg(long, requires = "outbox")]
+    pub no_relay: bool,
 }
 
 /// An unbuffered line log: every line is one `write` system call.
@@ -108,6 +125,10 @@ pub struct Summary {
 /// Publishes the messages, waits for their confirms, and prints the summary; success only if
 /// every message was confirmed.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(spec) = a.outbox.clone() {
+        let schema = a.schema.clone();
+        return crate::outbox::publish::run(&a, crate::outbox::OutboxArgs { spec, schema }).await;
+    }
     let config = a
         .conn
         .config(&format!("rabbit-once publish {}", std::process::id()))?
@@ -194,7 +215,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Message `seq`: its body starts with `{"seq":seq}`; flags and id as the arguments say.
-fn message(a: &Args, seq: u64) -> Message {
+pub fn message(a: &Args, seq: u64) -> Message {
     let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
     if a.transient {
         m = m.transient();

@@ -1,0 +1,155 @@
+//! The outbox from the command line: `publish --outbox` (messages committed with a business row,
+//! relayed in the same process, resumable after a kill), `relay` (a relay process) and
+//! `outbox status` (what waits, what the broker refused).
+
+pub mod publish;
+pub mod relay;
+pub mod status;
+
+use crate::applied::Db;
+use rabbit_once::sqlx::{self, Postgres, Sqlite, Transaction};
+use rabbit_once::{
+    Connection, Message, OutboxStatus, PostgresOutbox, PostgresStore, Relay, RelayConfig,
+    SqliteOutbox, SqliteStore, Store,
+};
+
+/// Where an outbox lives, as the `--outbox` flag names it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutboxArgs {
+    /// The outbox's database: sqlite:PATH (or a path) or postgres://user@host:port/db.
+    #[arg(long = "outbox")]
+    pub spec: String,
+    /// PostgreSQL schema of the outbox (and of the `sent` table; created if missing).
+    #[arg(long)]
+    pub schema: Option<String>,
+}
+
+/// An outbox with the store whose transactions write to it, migrated.
+#[derive(Debug, Clone)]
+pub enum OutboxDb {
+    Sqlite(SqliteStore, SqliteOutbox),
+    Postgres(PostgresStore, PostgresOutbox),
+}
+
+/// The stand-in for a caller's own write: one row per message, in the same transaction.
+const CREATE_SENT: &str =
+    "CREATE TABLE IF NOT EXISTS sent (seq BIGINT PRIMARY KEY, message_id TEXT NOT NULL)";
+
+impl OutboxDb {
+    /// Opens the database `args` names and creates the outbox table (and the schema) if missing.
+    pub async fn open(args: &OutboxArgs) -> anyhow::Result<Self> {
+        Ok(match Db::open(&args.spec, args.schema.clone()).await? {
+            Db::Sqlite(s) => {
+                let o = SqliteOutbox::new(s.pool().clone());
+                o.migrate().await?;
+                OutboxDb::Sqlite(s, o)
+            }
+            Db::Postgres(s) => {
+                s.migrate().await?; // creates the schema the pool's search_path names
+                let o = PostgresOutbox::new(s.pool().clone());
+                o.migrate().await?;
+                OutboxDb::Postgres(s, o)
+            }
+        })
+    }
+
+    /// Starts a relay of this outbox over `conn`.
+    pub fn relay(&self, conn: &Connection, config: RelayConfig) -> anyhow::Result<Relay> {
+        Ok(match self {
+            OutboxDb::Sqlite(_, o) => Relay::start(conn, o.clone(), config)?,
+            OutboxDb::Postgres(_, o) => Relay::start(conn, o.clone(), config)?,
+        })
+    }
+
+    /// Pending rows, the oldest one's age, the refused ones.
+    pub async fn status(&self) -> anyhow::Result<OutboxStatus> {
+        Ok(match self {
+            OutboxDb::Sqlite(_, o) => o.status().await?,
+            OutboxDb::Postgres(_, o) => o.status().await?,
+        })
+    }
+
+    /// Creates the `sent` table if missing.
+    pub async fn create_sent(&self) -> anyhow::Result<()> {
+        match self {
+            OutboxDb::Sqlite(s, _) => {
+                sqlx::query(CREATE_SENT).execute(s.pool()).await?;
+            }
+            OutboxDb::Postgres(s, _) => {
+                sqlx::query(CREATE_SENT).execute(s.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The highest `seq` committed in `sent`, if any.
+    pub async fn last_sent(&self) -> anyhow::Result<Option<u64>> {
+        let sql = "SELECT MAX(seq) FROM sent";
+        let max: Option<i64> = match self {
+            OutboxDb::Sqlite(s, _) => sqlx::query_scalar(sql).fetch_one(s.pool()).await?,
+            OutboxDb::Postgres(s, _) => sqlx::query_scalar(sql).fetch_one(s.pool()).await?,
+        };
+        Ok(max.map(|m| m as u64))
+    }
+
+    /// Commits `messages` (their seqs in `seqs`) through the outbox in one transaction, with a
+    /// `sent` row each: both or neither.
+    pub async fn commit(&self, seqs: &[u64], messages: Vec<Message>) -> anyhow::Result<()> {
+        match self {
+            OutboxDb::Sqlite(s, o) => {
+                let mut tx = s.begin().await?;
+                let ids = o.enqueue_all(&mut tx, messages).await?;
+                insert_sent_sqlite(&mut tx, seqs, &ids).await?;
+                tx.commit().await?;
+            }
+            OutboxDb::Postgres(s, o) => {
+                let mut tx = s.begin().await?;
+                let ids = o.enqueue_all(&mut tx, messages).await?;
+                insert_sent_postgres(&mut tx, seqs, &ids).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the database's pool.
+    pub async fn close(&self) {
+        match self {
+            OutboxDb::Sqlite(s, _) => s.pool().close().await,
+            OutboxDb::Postgres(s, _) => s.pool().close().await,
+        }
+    }
+}
+
+/// `INSERT INTO sent` one row per message, in the caller's transaction (for each database).
+macro_rules! insert_sent {
+    ($name:ident, $db:ty) => {
+        async fn $name(
+            tx: &mut Transaction<'static, $db>,
+            seqs: &[u64],
+            ids: &[String],
+        ) -> anyhow::Result<()> {
+            let rows: Vec<(&u64, &String)> = seqs.iter().zip(ids).collect();
+            for chunk in rows.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$db>::new("INSERT INTO sent (seq, message_id) ");
+                q.push_values(chunk, |mut b, (seq, id)| {
+                    b.push_bind(**seq as i64).push_bind((*id).clone());
+                });
+                q.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+    };
+}
+insert_sent!(insert_sent_sqlite, Sqlite);
+insert_sent!(insert_sent_postgres, Postgres);
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn interrupted() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

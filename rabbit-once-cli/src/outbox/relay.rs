@@ -1,0 +1,110 @@
+//! `rabbit-once relay`: a relay process. It publishes an outbox's committed rows until Ctrl-C /
+//! SIGTERM, or with `--until-empty` until nothing is left to publish. On PostgreSQL any number
+//! may run: one publishes, the others stand by and take over when its session ends.
+
+use super::{OutboxArgs, OutboxDb, interrupted};
+use crate::common::Conn;
+use rabbit_once::{PublisherConfig, RelayConfig, RelayStats};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The flags of `rabbit-once relay`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Broker URIs and heartbeat.
+    #[command(flatten)]
+    pub conn: Conn,
+    /// The outbox to relay.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+    /// Exit once no row is left to publish: 0 when the outbox is empty, 1 when only rows the
+    /// broker refused remain (they are listed).
+    #[arg(long)]
+    pub until_empty: bool,
+    /// Rows in flight at a time.
+    #[arg(long, default_value_t = 500)]
+    pub batch: u32,
+    /// How often to look for rows when nothing wakes the relay, in milliseconds (rows written
+    /// by other processes to a SQLite outbox are found this way).
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// Seconds a row the broker refused waits before it is tried again.
+    #[arg(long, default_value_t = 5)]
+    pub retry_after: u64,
+    /// Print the final counters as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the relay until told to stop (or, with `--until-empty`, until nothing is left).
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let db = OutboxDb::open(&a.outbox).await?;
+    let conn = rabbit_once::Connection::start(
+        a.conn
+            .config(&format!("rabbit-once relay {}", std::process::id()))?,
+    )?;
+    let config = RelayConfig::default()
+        .batch(a.batch)
+        .poll(Duration::from_millis(a.poll_ms.max(1)))
+        .retry_after(Duration::from_secs(a.retry_after))
+        .publisher(PublisherConfig::default().window(a.batch as usize));
+    let relay = db.relay(&conn, config)?;
+    let mut refused_only = false;
+    if a.until_empty {
+        tokio::select! {
+            r = async {
+                loop {
+                    let s = db.status().await?;
+                    // Empty (whichever relay published the rows), or nothing but refused rows
+                    // once this relay publishes (they would wait for ever).
+                    if s.pending == 0 {
+                        return anyhow::Ok(false);
+                    }
+                    if s.pending == s.failed && relay.stats().reads > 0 {
+                        return anyhow::Ok(true);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } => refused_only = r?,
+            r = interrupted() => r?,
+        }
+    } else {
+        interrupted().await?;
+    }
+    let stats = relay.close(Duration::from_secs(5)).await;
+    let status = db.status().await?;
+    conn.close().await;
+    db.close().await;
+    print(&stats, status.pending, a.json)?;
+    for row in &status.failed_rows {
+        eprintln!(
+            "refused: {} ({} attempts): {}",
+            row.message_id,
+            row.attempts,
+            row.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(if refused_only {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print(stats: &RelayStats, pending: u64, json: bool) -> anyhow::Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "relayed": stats.relayed,
+            "failed_publishes": stats.failed,
+            "reads": stats.reads,
+            "pending": pending,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "relayed {}  failed publishes {}  reads {}  still pending {}",
+            stats.relayed, stats.failed, stats.reads, pending
+        );
+    }
+    Ok(())
+}
