@@ -64,7 +64,8 @@ pub struct Args {
     /// With --outbox: messages per transaction.
     #[arg(long, default_value_t = 1, requires = "outbox")]
     pub tx_size: u64,
-    /// With --outbox: go on after the highest seq committed in `sent` (after a crash or kill).
+    /// With --outbox: go on after the highest seq of --start..--start+--count committed in
+    /// `sent` (after a crash or a kill).
     #[arg(long, requires = "outbox")]
     pub resume: bool,
     /// With --outbox: only commit; leave the publishing to `rabbit-once relay` processes.

@@ -1,5 +1,7 @@
 //! The chaos run in CI: a private node, ≥ 20,000 messages, ≥ 10 cuts, a black hole, a broker
-//! restart and a kill -9, consumer and publisher SIGKILLs — and the ledger must balance.
+//! restart and a kill -9, consumer and publisher SIGKILLs — and the ledger must balance. Then
+//! the outbox mode on SQLite and PostgreSQL (publisher and relay processes killed), bounded to
+//! 3,000 messages on the shared broker.
 
 use std::time::Duration;
 
@@ -74,4 +76,93 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() {
         assert!(f(kind) >= 1, "{kind} did not fire: {faults}");
     }
     assert!(out.status.success(), "{stderr}");
+}
+
+/// `chaos --outbox`: publishers commit through the outbox and are SIGKILLed (PostgreSQL: relay
+/// processes too), connections are cut, a consumer is killed; every committed message is
+/// applied exactly once. Returns the ledger.
+async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(BIN)
+            .args([
+                "chaos",
+                "--outbox",
+                "--messages",
+                "3000",
+                "--publishers",
+                "2",
+                "--consumers",
+                "2",
+                "--cuts",
+                "3",
+                "--blackholes",
+                "0",
+                "--consumer-kills",
+                "1",
+                "--publisher-kills",
+                "2",
+                "--relays",
+                "2",
+                "--relay-kills",
+                "3",
+                "--heartbeat",
+                "2",
+                "--fault-interval",
+                "1.0",
+                "--timeout",
+                "240",
+                "--json",
+            ])
+            .args(store)
+            .output(),
+    )
+    .await
+    .expect("the chaos run ends")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no ledger:\n{stdout}\n{stderr}"));
+    let l: serde_json::Value = serde_json::from_str(line).unwrap();
+    for (k, want) in [
+        ("lost", 0),
+        ("applied_twice", 0),
+        ("missing", 0),
+        ("committed", 3000),
+        ("confirmed", 3000),
+        ("applied_once", 3000),
+    ] {
+        assert_eq!(l[k].as_u64(), Some(want), "{k}: {l}");
+    }
+    assert!(
+        l.get("unconfirmed_at_crash").is_none(),
+        "no such column with the outbox: {l}"
+    );
+    let f = |k: &str| l["faults"][k].as_u64().unwrap_or(0);
+    assert_eq!(f("cut"), 3, "{l}");
+    assert!(f("publisher_kill") >= 1, "{l}");
+    assert!(out.status.success(), "{stderr}");
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_outbox_on_sqlite_applies_every_committed_message_once() {
+    let l = outbox_chaos(&[]).await;
+    assert_eq!(
+        l["faults"]["relay_kill"].as_u64(),
+        None,
+        "no relay processes on SQLite"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_outbox_on_postgres_with_relays_killed_applies_every_committed_message_once() {
+    let pg = std::env::var("RONCE_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let l = outbox_chaos(&["--store", &pg]).await;
+    assert_eq!(l["faults"]["relay_kill"].as_u64(), Some(3), "{l}");
 }

@@ -58,6 +58,22 @@ fn publish_args<'a>(q: &'a str, outbox: &'a str, extra: &[&'a str]) -> Vec<&'a s
     v
 }
 
+/// Deletes `q` and the retry and dead-letter queues `consume` declared for it (its default
+/// policy: 5 attempts, retries after 200 ms, 1 s and 5 s).
+async fn delete_queues(conn: &rabbit_once::Connection, q: &str) {
+    let consumer = rabbit_once::ConsumerConfig::new(q).retry(rabbit_once::RetryPolicy::new(
+        5,
+        vec![
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ],
+    ));
+    for q in consumer.queues() {
+        let _ = conn.delete_queue(&q).await;
+    }
+}
+
 /// Starts `args`, lets it run for 150–600 ms, kills it with SIGKILL, `times` times over.
 async fn kill_repeatedly(args: &[&str], times: usize) {
     for _ in 0..times {
@@ -190,7 +206,7 @@ async fn postgres_relays_killed_publish_twice_and_the_consumer_applies_once() {
         "relays killed 6 times: {delivered} deliveries, {} published twice",
         delivered - N
     );
-    conn.delete_queue(&q).await.unwrap();
+    delete_queues(&conn, &q).await;
     conn.close().await;
 }
 
@@ -332,6 +348,6 @@ async fn postgres_relay_killed_between_confirm_and_delete_publishes_twice_applie
     );
     let delivered = consume_once(&pg, s, &q, &uri, ROWS).await;
     assert_eq!(delivered, 2 * ROWS, "and applied once");
-    conn.delete_queue(&q).await.unwrap();
+    delete_queues(&conn, &q).await;
     conn.close().await;
 }

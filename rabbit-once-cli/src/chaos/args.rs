@@ -50,6 +50,22 @@ pub struct Args {
     /// Publisher processes killed with SIGKILL (and started again from their first unconfirmed message).
     #[arg(long, default_value_t = 1)]
     pub publisher_kills: u32,
+    /// Publishers commit each message through a transactional outbox, with a row in a `sent`
+    /// table, and relay it from the same process; a killed publisher resumes after its last
+    /// commit. The ledger counts committed messages: lost = committed − applied. The outbox is
+    /// in the store's database (SQLite: a file per publisher; PostgreSQL: the run's schema).
+    #[arg(long)]
+    pub outbox: bool,
+    /// With --outbox: messages per transaction.
+    #[arg(long, default_value_t = 10)]
+    pub tx_size: u64,
+    /// With --outbox on PostgreSQL: relay processes besides the publishers' own relays (one
+    /// relay publishes at a time; the others stand by).
+    #[arg(long, default_value_t = 1)]
+    pub relays: u64,
+    /// With --outbox on PostgreSQL: relay processes killed with SIGKILL (and started again).
+    #[arg(long, default_value_t = 2)]
+    pub relay_kills: u32,
     /// Mean seconds between faults (each interval is jittered ±50%).
     #[arg(long, default_value_t = 1.5)]
     pub fault_interval: f64,

@@ -76,6 +76,7 @@ pub(super) async fn inject_all(
         // Children that ended: publishers done or crashed; consumers restarted.
         pool.reap_publishers(say)?;
         pool.restart_exited_consumers(say)?;
+        pool.restart_exited_relays(say)?;
         let publishing = pool.publishing();
         if Instant::now() >= next_fault {
             let Some(f) = faults.next() else {
@@ -124,6 +125,7 @@ async fn inject(
         Fault::BrokerKill9 => node().kill9_and_restart().await?,
         Fault::ConsumerKill => pool.kill_consumer().await?,
         Fault::PublisherKill => return pool.kill_publisher(say).await,
+        Fault::RelayKill => return pool.kill_relay().await,
     }
     Ok(true)
 }

@@ -5,6 +5,7 @@ use super::inject::FaultLog;
 use super::pool::Pool;
 use crate::applied::Db;
 use crate::consume::Summary as ConsumerSummary;
+use crate::outbox::{OutboxArgs, OutboxDb};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,8 +21,14 @@ pub struct Ledger {
     /// Distinct messages the broker confirmed to some publisher process.
     pub confirmed: u64,
     /// Accepted but not yet confirmed by a publisher process when it was killed: handed back to
-    /// the caller (the run resends them from a new process, with the same message_id).
-    pub unconfirmed_at_crash: u64,
+    /// the caller (the run resends them from a new process, with the same message_id). Not in
+    /// an `--outbox` run: what a killed publisher committed stays in its outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_at_crash: Option<u64>,
+    /// With `--outbox`: distinct messages committed (a `sent` row each); `published` and
+    /// `confirmed` then count the committed rows and those that left the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed: Option<u64>,
     /// Distinct messages applied exactly once.
     pub applied_once: u64,
     /// Messages applied more than once (rows beyond the first). Must be 0.
@@ -50,12 +57,14 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Counts the ledger from the publishers' reports (`published`), the `applied` table, the
+    /// Counts the ledger from the publishers' reports (`published`) or, with `--outbox`, from
+    /// the outboxes (what must be applied is what was committed), the `applied` table, the
     /// consumers' last reports and the faults. Call once the consumers have stopped.
     pub(super) async fn count(
         messages: u64,
         db: &Db,
         published: &PubReport,
+        outboxes: Option<&Outboxes>,
         pool: &Pool,
         faults: &FaultLog,
         started: Instant,
@@ -63,24 +72,32 @@ impl Ledger {
         let confirmed = &published.confirmed;
         let counts = db.seq_counts().await?;
         let applied: HashMap<u64, i64> = counts.iter().map(|(s, n)| (*s as u64, *n)).collect();
+        // What had to be applied: the confirmed messages, or with --outbox the committed ones.
+        let owed: HashSet<u64> = match outboxes {
+            Some(o) => o.committed.clone(),
+            None => confirmed.keys().copied().collect(),
+        };
         let mut l = Ledger {
             messages,
             published: published.accepted.len() as u64,
             confirmed: confirmed.len() as u64,
-            unconfirmed_at_crash: pool.unconfirmed_at_crash,
+            unconfirmed_at_crash: Some(pool.unconfirmed_at_crash),
             applied_once: applied.values().filter(|n| **n == 1).count() as u64,
             applied_twice: applied.values().map(|n| (*n - 1).max(0) as u64).sum(),
-            lost: confirmed
-                .keys()
-                .filter(|s| !applied.contains_key(s))
-                .count() as u64,
+            lost: owed.iter().filter(|s| !applied.contains_key(s)).count() as u64,
             missing: (0..messages)
-                .filter(|s| !confirmed.contains_key(s) && !applied.contains_key(s))
+                .filter(|s| !owed.contains(s) && !applied.contains_key(s))
                 .count() as u64,
             faults: faults.by_name(),
             seconds: started.elapsed().as_secs_f64(),
             ..Default::default()
         };
+        if let Some(o) = outboxes {
+            l.committed = Some(o.committed.len() as u64);
+            l.published = o.committed.len() as u64;
+            l.confirmed = (o.committed.len() as u64).saturating_sub(o.pending);
+            l.unconfirmed_at_crash = None;
+        }
         for r in pool.consumer_reports() {
             if let Some(s) = last_consumer_report(r) {
                 l.duplicates_skipped += s.duplicates;
@@ -127,14 +144,20 @@ impl Ledger {
         println!("  messages               {:>8}", self.messages);
         println!("  published              {:>8}", self.published);
         println!("  confirmed              {:>8}", self.confirmed);
-        println!(
-            "  unconfirmed at crash   {:>8}   handed back by killed publishers; resent with the same id",
-            self.unconfirmed_at_crash
-        );
+        if let Some(n) = self.committed {
+            println!(
+                "  committed              {n:>8}   through the outbox, with a `sent` row each"
+            );
+        }
+        if let Some(n) = self.unconfirmed_at_crash {
+            println!(
+                "  unconfirmed at crash   {n:>8}   handed back by killed publishers; resent with the same id"
+            );
+        }
         println!("  applied once           {:>8}", self.applied_once);
         println!("  applied twice          {:>8}", self.applied_twice);
         println!(
-            "  lost                   {:>8}   confirmed but never applied",
+            "  lost                   {:>8}   confirmed (--outbox: committed) but never applied",
             self.lost
         );
         println!(
@@ -160,6 +183,36 @@ pub(super) fn now_micros() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0)
+}
+
+/// With `--outbox`: what the publishers committed (their `sent` tables) and what their
+/// outboxes still hold.
+pub(super) struct Outboxes {
+    pub(super) committed: HashSet<u64>,
+    /// Rows not yet confirmed, in every outbox together.
+    pub(super) pending: u64,
+}
+
+impl Outboxes {
+    /// Reads every outbox; `None` for a run without `--outbox`.
+    pub(super) async fn read(outboxes: &[OutboxArgs]) -> anyhow::Result<Option<Outboxes>> {
+        if outboxes.is_empty() {
+            return Ok(None);
+        }
+        let mut o = Outboxes {
+            committed: HashSet::new(),
+            pending: 0,
+        };
+        for args in outboxes {
+            let db = OutboxDb::open(args).await?;
+            db.create_sent().await?; // a publisher killed before it made the table
+            o.committed
+                .extend(db.sent_seqs().await?.into_iter().map(|s| s as u64));
+            o.pending += db.status().await?.pending;
+            db.close().await;
+        }
+        Ok(Some(o))
+    }
 }
 
 /// Lines of a publisher report: accepted, confirmed (with time) seqs.

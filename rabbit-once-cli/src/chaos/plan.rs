@@ -14,6 +14,7 @@ pub(super) enum Fault {
     BrokerKill9,
     ConsumerKill,
     PublisherKill,
+    RelayKill,
 }
 
 impl Fault {
@@ -38,9 +39,9 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// Shuffles the requested faults (broker restarts and kills only with a node of our own),
-    /// with the publisher kills early, and picks a rate that lasts the whole schedule.
-    pub(super) fn new(a: &Args, own_node: bool, say: &dyn Fn(String)) -> Plan {
+    /// Shuffles the requested faults (broker restarts and kills only with a node of our own,
+    /// relay kills only with relay processes), with the publisher and relay kills early, and picks a rate that lasts the whole schedule.
+    pub(super) fn new(a: &Args, own_node: bool, relays: bool, say: &dyn Fn(String)) -> Plan {
         let mut plan = Vec::new();
         plan.extend(std::iter::repeat_n(Fault::Cut, a.cuts as usize));
         plan.extend(std::iter::repeat_n(Fault::Blackhole, a.blackholes as usize));
@@ -65,6 +66,19 @@ impl Plan {
         for i in 0..a.publisher_kills as usize {
             let at = (i * 2 + 1).min(plan.len());
             plan.insert(at, Fault::PublisherKill);
+        }
+        // Relay kills too, while rows are still being committed and relayed.
+        if relays {
+            for i in 0..a.relay_kills as usize {
+                let at = (i * 2 + 2).min(plan.len());
+                plan.insert(at, Fault::RelayKill);
+            }
+        } else if a.outbox && a.relay_kills > 0 {
+            say(
+                "  (relay processes run on a PostgreSQL outbox only; relay kills skipped — a \
+                 publisher kill kills its relay)"
+                    .into(),
+            );
         }
         let heartbeat = a.conn.heartbeat.max(1);
         let hole = Duration::from_secs(heartbeat * 2 + 2);

@@ -1,10 +1,11 @@
-//! The process pool: the publisher and consumer child processes (this binary's `publish` and
-//! `consume`), spawned, watched, killed and started again.
+//! The process pool: the publisher, consumer and relay child processes (this binary's
+//! `publish`, `consume` and `relay`), spawned, watched, killed and started again.
 
 use super::args::Args;
 use super::ledger::PubReport;
 use super::plan::Plan;
 use super::setup::Setup;
+use crate::outbox::OutboxArgs;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -45,6 +46,8 @@ pub(super) struct Launcher {
     size: usize,
     per_pub_rate: f64,
     heartbeat: u64,
+    /// With `--outbox`: messages per transaction.
+    outbox_tx: Option<u64>,
 }
 
 impl Launcher {
@@ -61,39 +64,95 @@ impl Launcher {
             size: a.size,
             per_pub_rate: plan.per_publisher_rate(a.publishers),
             heartbeat: plan.heartbeat,
+            outbox_tx: a.outbox.then_some(a.tx_size),
         })
     }
 
-    /// A new `publish` process for the slot, from seq `from` to the end of its range.
+    /// With `--outbox` on PostgreSQL: every publisher shares the run's schema, where relay
+    /// processes can help.
+    pub(super) fn shared_outbox(&self) -> bool {
+        self.outbox_tx.is_some() && self.store.starts_with("postgres")
+    }
+
+    /// The outbox of the publisher whose range starts at `lo`: the run's PostgreSQL schema, or a
+    /// SQLite file of its own.
+    pub(super) fn outbox_of(&self, lo: u64) -> OutboxArgs {
+        if self.shared_outbox() {
+            OutboxArgs {
+                spec: self.store.clone(),
+                schema: self.schema.clone(),
+            }
+        } else {
+            OutboxArgs {
+                spec: format!(
+                    "sqlite:{}",
+                    self.work.join(format!("outbox-{lo}.db")).display()
+                ),
+                schema: None,
+            }
+        }
+    }
+
+    /// The flags that make a `publish` child commit through its outbox and resume after its
+    /// last commit (so it always starts from the beginning of its range).
+    fn outbox_flags(&self, lo: u64, tx_size: u64) -> Vec<String> {
+        let o = self.outbox_of(lo);
+        let mut v = vec!["--outbox".into(), o.spec, "--resume".into()];
+        v.extend(["--tx-size".into(), tx_size.to_string()]);
+        if let Some(schema) = o.schema {
+            v.extend(["--schema".into(), schema]);
+        }
+        v
+    }
+
+    /// A `relay` process on the run's shared outbox.
+    fn spawn_relay(&self) -> anyhow::Result<Child> {
+        let o = self.outbox_of(0);
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["relay", "--uri", &self.via_uri, "--outbox", &o.spec])
+            .args([
+                "--heartbeat",
+                &self.heartbeat.to_string(),
+                "--poll-ms",
+                "200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(s) = &o.schema {
+            cmd.args(["--schema", s]);
+        }
+        Ok(cmd.spawn()?)
+    }
+
+    /// A new `publish` process for the slot, from seq `from` to the end of its range (with
+    /// `--outbox`: over the whole range, resuming after its last commit).
     fn spawn_publisher(&self, slot: &mut PublisherSlot, from: u64) -> anyhow::Result<()> {
         slot.generation += 1;
         slot.report = self
             .work
             .join(format!("pub-{}-{}.log", slot.lo, slot.generation));
         slot.reports.push(slot.report.clone());
-        let child = Command::new(&self.exe)
-            .args(["publish", "--uri", &self.via_uri, "--queue", &self.queue])
-            .args([
-                "--start",
-                &from.to_string(),
-                "--count",
-                &(slot.hi - from).to_string(),
-            ])
-            .args([
-                "--size",
-                &self.size.to_string(),
-                "--rate",
-                &(self.per_pub_rate as u64).max(1).to_string(),
-            ])
-            .args([
-                "--id-prefix",
-                &self.id_prefix,
-                "--heartbeat",
-                &self.heartbeat.to_string(),
-                "--json",
-            ])
-            .arg("--report")
-            .arg(&slot.report)
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["publish", "--uri", &self.via_uri, "--queue", &self.queue])
+            .args(["--size", &self.size.to_string()])
+            .args(["--rate", &(self.per_pub_rate as u64).max(1).to_string()])
+            .args(["--heartbeat", &self.heartbeat.to_string(), "--json"]);
+        if let Some(tx_size) = self.outbox_tx {
+            // Ids are given at enqueue and kept in the row: no prefix. No report: the `sent`
+            // table is the record of what was committed.
+            cmd.args(self.outbox_flags(slot.lo, tx_size))
+                .args(["--start", &slot.lo.to_string()])
+                .args(["--count", &(slot.hi - slot.lo).to_string()]);
+        } else {
+            cmd.args(["--start", &from.to_string()])
+                .args(["--count", &(slot.hi - from).to_string()])
+                .args(["--id-prefix", &self.id_prefix])
+                .arg("--report")
+                .arg(&slot.report);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,7 +197,10 @@ pub(super) struct Pool {
     launcher: Launcher,
     publishers: Vec<PublisherSlot>,
     consumers: Vec<ConsumerSlot>,
-    /// Messages accepted but not yet confirmed by publisher processes when they were killed.
+    /// With `--outbox` on PostgreSQL: the relay processes.
+    relays: Vec<Option<Child>>,
+    /// Messages accepted but not yet confirmed by publisher processes when they were killed
+    /// (not counted with `--outbox`: a killed publisher's commits stay in its outbox).
     pub(super) unconfirmed_at_crash: u64,
 }
 
@@ -174,10 +236,18 @@ impl Pool {
             let lo = slot.lo;
             launcher.spawn_publisher(slot, lo)?;
         }
+        let relays = if launcher.shared_outbox() {
+            (0..a.relays)
+                .map(|_| launcher.spawn_relay().map(Some))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Pool {
             launcher,
             publishers,
             consumers,
+            relays,
             unconfirmed_at_crash: 0,
         })
     }
@@ -239,8 +309,9 @@ impl Pool {
     }
 
     /// SIGKILLs a random publisher still publishing and starts it again from its first message
-    /// not yet confirmed, as a caller would resend what a crashed process handed back. False
-    /// when every publisher has finished.
+    /// not yet confirmed, as a caller would resend what a crashed process handed back (with
+    /// `--outbox`: after its last commit; what it committed is in its outbox). False when every
+    /// publisher has finished.
     pub(super) async fn kill_publisher(&mut self, say: &dyn Fn(String)) -> anyhow::Result<bool> {
         let live: Vec<usize> = (0..self.publishers.len())
             .filter(|&i| !self.publishers[i].done)
@@ -252,6 +323,14 @@ impl Pool {
         if let Some(c) = slot.child.take() {
             kill9(&c);
             let _ = c.wait_with_output().await;
+        }
+        if self.launcher.outbox_tx.is_some() {
+            say(format!(
+                "  publisher for {}..{} SIGKILLed; it resumes after its last commit",
+                slot.lo, slot.hi
+            ));
+            self.launcher.spawn_publisher(slot, slot.lo)?;
+            return Ok(true);
         }
         let r = PubReport::read(&slot.report);
         let lost_here = r
@@ -269,6 +348,53 @@ impl Pool {
         Ok(true)
     }
 
+    /// SIGKILLs a random relay process and starts it again; false when there is none.
+    pub(super) async fn kill_relay(&mut self) -> anyhow::Result<bool> {
+        if self.relays.is_empty() {
+            return Ok(false);
+        }
+        let i = fastrand::usize(..self.relays.len());
+        if let Some(c) = self.relays[i].take() {
+            kill9(&c);
+            let _ = c.wait_with_output().await;
+        }
+        self.relays[i] = Some(self.launcher.spawn_relay()?);
+        Ok(true)
+    }
+
+    /// Relay processes that exited are started again.
+    pub(super) fn restart_exited_relays(&mut self, say: &dyn Fn(String)) -> anyhow::Result<()> {
+        for (i, slot) in self.relays.iter_mut().enumerate() {
+            if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                say(format!("  relay {i} exited with {status}; restarting"));
+                *slot = Some(self.launcher.spawn_relay()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the relay processes (SIGTERM: each settles what it has in flight).
+    pub(super) async fn stop_relays(&mut self) {
+        for c in self.relays.iter_mut().filter_map(Option::take) {
+            term(&c);
+            let _ = tokio::time::timeout(Duration::from_secs(20), c.wait_with_output()).await;
+        }
+    }
+
+    /// With `--outbox`: every publisher's outbox (one, when they share PostgreSQL).
+    pub(super) fn outboxes(&self) -> Vec<OutboxArgs> {
+        if self.launcher.outbox_tx.is_none() {
+            return Vec::new();
+        }
+        if self.launcher.shared_outbox() {
+            return vec![self.launcher.outbox_of(0)];
+        }
+        self.publishers
+            .iter()
+            .map(|s| self.launcher.outbox_of(s.lo))
+            .collect()
+    }
+
     /// Waits for the publishers to finish their ranges (restarting any that fail); true if the
     /// deadline passed first.
     pub(super) async fn wait_for_publishers(
@@ -279,6 +405,7 @@ impl Pool {
         let mut timed_out = false;
         while !timed_out && self.publishing() {
             self.reap_publishers(say)?;
+            self.restart_exited_relays(say)?;
             timed_out = Instant::now() > deadline;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

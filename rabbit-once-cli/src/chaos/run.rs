@@ -2,7 +2,7 @@
 
 use super::args::Args;
 use super::inject::{FaultLog, inject_all};
-use super::ledger::{Ledger, PubReport};
+use super::ledger::{Ledger, Outboxes, PubReport};
 use super::plan::Plan;
 use super::pool::{Launcher, Pool};
 use super::setup::Setup;
@@ -27,7 +27,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // 1. The broker, a fault proxy in front of it, the store.
     let setup = Setup::start(&a, say).await?;
     // 2. The fault plan, and a publishing rate that spreads the messages over it.
-    let plan = Plan::new(&a, setup.node.is_some(), say);
+    let relays = a.outbox && setup.store.starts_with("postgres") && a.relays > 0;
+    let plan = Plan::new(&a, setup.node.is_some(), relays, say);
     // 3. The children, all through the proxy: consumers, then publishers.
     let mut pool = Pool::start(Launcher::new(&a, &setup, &plan)?, &a)?;
     say(format!(
@@ -45,25 +46,41 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if !timed_out {
         timed_out = pool.wait_for_publishers(deadline, say).await?;
     }
-    // 6. The consumers apply every confirmed message and empty the queue.
+    // 6. The consumers apply every confirmed message (with --outbox: every committed one) and
+    //    empty the queue.
     let published = PubReport::read_all(pool.publisher_reports());
+    let outboxes = Outboxes::read(&pool.outboxes()).await?;
+    let must_apply: HashSet<u64> = match &outboxes {
+        Some(o) => o.committed.clone(),
+        None => published.confirmed.keys().copied().collect(),
+    };
     let check = setup.check_connection().await?;
-    timed_out |= wait_until_applied(&setup, &check, &published, &mut pool, deadline).await?;
+    timed_out |= wait_until_applied(&setup, &check, &must_apply, &mut pool, deadline).await?;
     tokio::time::sleep(Duration::from_millis(500)).await; // redeliveries in flight land
     pool.stop_consumers().await;
-    // 7. The ledger, from the reports and the database.
-    let ledger = Ledger::count(a.messages, &setup.db, &published, &pool, &faults, started).await?;
+    pool.stop_relays().await;
+    // 7. The ledger, from the reports (or the outboxes) and the database.
+    let ledger = Ledger::count(
+        a.messages,
+        &setup.db,
+        &published,
+        outboxes.as_ref(),
+        &pool,
+        &faults,
+        started,
+    )
+    .await?;
     // 8. Queues, schema, work directory and node removed; the verdict.
     setup.clean_up(a.keep, check, say).await;
     ledger.report(a.json, timed_out)
 }
 
-/// Waits until every confirmed message is in the `applied` table and the queue is empty,
+/// Waits until every message of `must_apply` is in the `applied` table and the queue is empty,
 /// restarting consumers that exit; true if the deadline passed first.
 async fn wait_until_applied(
     setup: &Setup,
     check: &Connection,
-    published: &PubReport,
+    must_apply: &HashSet<u64>,
     pool: &mut Pool,
     deadline: Instant,
 ) -> anyhow::Result<bool> {
@@ -75,7 +92,7 @@ async fn wait_until_applied(
             .await
             .map(|i| i.messages)
             .unwrap_or(1);
-        if published.confirmed.keys().all(|s| applied.contains(s)) && ready == 0 {
+        if must_apply.iter().all(|s| applied.contains(s)) && ready == 0 {
             return Ok(false);
         }
         if Instant::now() > deadline {

@@ -82,14 +82,35 @@ impl OutboxDb {
         Ok(())
     }
 
-    /// The highest `seq` committed in `sent`, if any.
-    pub async fn last_sent(&self) -> anyhow::Result<Option<u64>> {
-        let sql = "SELECT MAX(seq) FROM sent";
+    /// The highest `seq` in `lo..hi` committed in `sent`, if any (publishers of other ranges
+    /// may share the table).
+    pub async fn last_sent(&self, lo: u64, hi: u64) -> anyhow::Result<Option<u64>> {
         let max: Option<i64> = match self {
-            OutboxDb::Sqlite(s, _) => sqlx::query_scalar(sql).fetch_one(s.pool()).await?,
-            OutboxDb::Postgres(s, _) => sqlx::query_scalar(sql).fetch_one(s.pool()).await?,
+            OutboxDb::Sqlite(s, _) => {
+                sqlx::query_scalar("SELECT MAX(seq) FROM sent WHERE seq >= ? AND seq < ?")
+                    .bind(lo as i64)
+                    .bind(hi as i64)
+                    .fetch_one(s.pool())
+                    .await?
+            }
+            OutboxDb::Postgres(s, _) => {
+                sqlx::query_scalar("SELECT MAX(seq) FROM sent WHERE seq >= $1 AND seq < $2")
+                    .bind(lo as i64)
+                    .bind(hi as i64)
+                    .fetch_one(s.pool())
+                    .await?
+            }
         };
         Ok(max.map(|m| m as u64))
+    }
+
+    /// How many seqs `sent` holds, and the seqs themselves.
+    pub async fn sent_seqs(&self) -> anyhow::Result<Vec<i64>> {
+        let sql = "SELECT seq FROM sent";
+        Ok(match self {
+            OutboxDb::Sqlite(s, _) => sqlx::query_scalar(sql).fetch_all(s.pool()).await?,
+            OutboxDb::Postgres(s, _) => sqlx::query_scalar(sql).fetch_all(s.pool()).await?,
+        })
     }
 
     /// Commits `messages` (their seqs in `seqs`) through the outbox in one transaction, with a

@@ -37,11 +37,11 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
     let db = OutboxDb::open(&spec).await?;
     db.create_sent().await?;
     let end = a.start + a.count;
-    let first = match (db.last_sent().await?, a.resume) {
-        (Some(last), true) => (last + 1).max(a.start),
-        (Some(last), false) if last >= a.start => anyhow::bail!(
+    let first = match (db.last_sent(a.start, end).await?, a.resume) {
+        (Some(last), true) => last + 1,
+        (Some(last), false) => anyhow::bail!(
             "seq {last} is already committed in this outbox's `sent` table: give --resume to go \
-             on after it, or another --start"
+             on after it"
         ),
         _ => a.start,
     };
