@@ -1,18 +1,37 @@
 //! The built-in handler: inside the consumer's transaction it inserts one row per message into
 //! `applied(message_id, seq, consumer_pid, applied_at)` — a table with **no** unique key, so a
-//! message applied twice would show as two rows. Also the ledger queries over that table.
+//! message applied twice would show as two rows — and, with `--emit-to`, enqueues a copy of
+//! each message for the next stage through the outbox in the same transaction. Also the ledger
+//! queries over that table.
 
 use crate::common::seq_of;
 use rabbit_once::sqlx::{self, Postgres, QueryBuilder, Sqlite, Transaction};
 use rabbit_once::{
-    Delivery, Handler, HandlerError, Outcome, PostgresOptions, PostgresStore, SqliteStore,
+    Delivery, Handler, HandlerError, Message, Outcome, PostgresOptions, PostgresOutbox,
+    PostgresStore, SqliteOutbox, SqliteStore,
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Inserts a row into `applied` per message.
+/// Inserts a row into `applied` per message (and, with an [`Emit`], enqueues its copy).
 #[derive(Debug, Clone)]
 pub struct Applied {
     pid: i64,
+    emit: Option<Emit>,
+}
+
+/// Where a pipeline stage's handler emits: a copy of each message's body to `queue`, through
+/// the outbox of the store the handler's transaction belongs to.
+#[derive(Debug, Clone)]
+pub struct Emit {
+    pub queue: String,
+    pub outbox: EmitOutbox,
+}
+
+/// The outbox an [`Emit`] writes to: the one on the consumer's own store.
+#[derive(Debug, Clone)]
+pub enum EmitOutbox {
+    Sqlite(SqliteOutbox),
+    Postgres(PostgresOutbox),
 }
 
 impl Applied {
@@ -20,6 +39,15 @@ impl Applied {
     pub fn new() -> Self {
         Applied {
             pid: std::process::id() as i64,
+            emit: None,
+        }
+    }
+
+    /// The handler of a pipeline stage: it also emits each message to the next stage.
+    pub fn emitting(emit: Emit) -> Self {
+        Applied {
+            emit: Some(emit),
+            ..Applied::new()
         }
     }
 }
@@ -39,7 +67,7 @@ fn row(d: &Delivery) -> (String, Option<i64>) {
 }
 
 macro_rules! applied_handler {
-    ($db:ty) => {
+    ($db:ty, $outbox:ident) => {
         impl Handler<$db> for Applied {
             async fn handle<'a>(
                 &'a self,
@@ -69,13 +97,22 @@ macro_rules! applied_handler {
                     });
                     q.build().execute(&mut **tx).await?;
                 }
+                if let Some(emit) = &self.emit {
+                    let EmitOutbox::$outbox(outbox) = &emit.outbox else {
+                        return Err("the outbox is not on the consumer's store".into());
+                    };
+                    let copies = msgs
+                        .iter()
+                        .map(|d| Message::to_queue(&emit.queue, d.body().clone()));
+                    outbox.enqueue_all(tx, copies).await?;
+                }
                 Ok(vec![Outcome::Done; msgs.len()])
             }
         }
     };
 }
-applied_handler!(Sqlite);
-applied_handler!(Postgres);
+applied_handler!(Sqlite, Sqlite);
+applied_handler!(Postgres, Postgres);
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS applied (
     message_id   TEXT NOT NULL,

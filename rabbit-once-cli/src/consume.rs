@@ -1,10 +1,11 @@
 //! `rabbit-once consume`: the idempotent consumer with the built-in `applied` handler.
 
-use crate::applied::{Applied, Db};
+use crate::applied::{Applied, Db, Emit, EmitOutbox};
 use crate::common::Conn;
 use indicatif::{ProgressBar, ProgressStyle};
 use rabbit_once::{
-    Connection, Consumer, ConsumerConfig, ConsumerStats, Queue, RetryPolicy, Topology,
+    Connection, Consumer, ConsumerConfig, ConsumerStats, PostgresOutbox, Queue, Relay, RelayConfig,
+    RetryPolicy, SqliteOutbox, Topology,
 };
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -48,6 +49,11 @@ pub struct Args {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A pipeline stage: emit a copy of each message to this queue through the transactional
+    /// outbox on the store, in the transaction that records the message as applied (a relay in
+    /// this process publishes it). A duplicate delivery emits nothing.
+    #[arg(long, value_name = "QUEUE")]
+    pub emit_to: Option<String>,
     /// Append the counters as a JSON line to this file every 500 ms and at the end (used by
     /// `chaos`, which may kill this process at any moment).
     #[arg(long)]
@@ -82,7 +88,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = a
         .conn
         .config(&format!("rabbit-once consume {}", std::process::id()))?
-        .topology(Topology::new().queue(Queue::new(&a.queue)));
+        .topology(
+            a.emit_to
+                .iter()
+                .fold(Topology::new().queue(Queue::new(&a.queue)), |t, q| {
+                    t.queue(Queue::new(q))
+                }),
+        );
     let conn = Connection::start(config)?;
     let (s, secs) = consume(&conn, &db, &a).await?;
     let summary = summary(&s, &conn, secs);
@@ -153,9 +165,20 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     if let Some(g) = &a.group {
         config = config.group(g);
     }
+    let (handler, relay) = match &a.emit_to {
+        None => (Applied::new(), None),
+        Some(queue) => {
+            let (outbox, relay) = emit_outbox(conn, db).await?;
+            let emit = Emit {
+                queue: queue.clone(),
+                outbox,
+            };
+            (Applied::emitting(emit), Some(relay))
+        }
+    };
     let consumer = match db {
-        Db::Sqlite(s) => Consumer::start(conn, s.clone(), Applied::new(), config).await?,
-        Db::Postgres(s) => Consumer::start(conn, s.clone(), Applied::new(), config).await?,
+        Db::Sqlite(s) => Consumer::start(conn, s.clone(), handler, config).await?,
+        Db::Postgres(s) => Consumer::start(conn, s.clone(), handler, config).await?,
     };
     let pb = ProgressBar::new_spinner();
     pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
@@ -208,5 +231,27 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let stats = consumer.close(Duration::from_secs(10)).await;
+    if let Some(relay) = relay {
+        // What it has not published stays in the outbox for the next relay.
+        relay.close(Duration::from_secs(10)).await;
+    }
     Ok((stats, secs))
+}
+
+/// The outbox on the consumer's own store (created if missing) and a relay publishing it.
+async fn emit_outbox(conn: &Connection, db: &Db) -> anyhow::Result<(EmitOutbox, Relay)> {
+    Ok(match db {
+        Db::Sqlite(s) => {
+            let o = SqliteOutbox::new(s.pool().clone());
+            o.migrate().await?;
+            let relay = Relay::start(conn, o.clone(), RelayConfig::default())?;
+            (EmitOutbox::Sqlite(o), relay)
+        }
+        Db::Postgres(s) => {
+            let o = PostgresOutbox::new(s.pool().clone());
+            o.migrate().await?;
+            let relay = Relay::start(conn, o.clone(), RelayConfig::default())?;
+            (EmitOutbox::Postgres(o), relay)
+        }
+    })
 }

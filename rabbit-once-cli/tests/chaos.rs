@@ -78,9 +78,11 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() {
     assert!(out.status.success(), "{stderr}");
 }
 
-/// `chaos --outbox`: publishers commit through the outbox and are SIGKILLed (PostgreSQL: relay
-/// processes too), connections are cut, a consumer is killed; every committed message is
-/// applied exactly once. Returns the ledger.
+/// `chaos --outbox --pipeline`: publishers commit through the outbox and are SIGKILLed
+/// (PostgreSQL: relay processes too), connections are cut, stage-1 consumers — which emit each
+/// message to stage 2 through the outbox in the transaction that applies it — are killed; every
+/// committed message is applied exactly once, and produces exactly one applied stage-2 message.
+/// Returns the ledger.
 async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
     let out = tokio::time::timeout(
         Duration::from_secs(300),
@@ -88,6 +90,7 @@ async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
             .args([
                 "chaos",
                 "--outbox",
+                "--pipeline",
                 "--messages",
                 "3000",
                 "--publishers",
@@ -99,7 +102,7 @@ async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
                 "--blackholes",
                 "0",
                 "--consumer-kills",
-                "1",
+                "2",
                 "--publisher-kills",
                 "2",
                 "--relays",
@@ -135,6 +138,9 @@ async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
         ("committed", 3000),
         ("confirmed", 3000),
         ("applied_once", 3000),
+        ("stage2_applied_once", 3000),
+        ("stage2_applied_twice", 0),
+        ("stage2_lost", 0),
     ] {
         assert_eq!(l[k].as_u64(), Some(want), "{k}: {l}");
     }
@@ -144,13 +150,13 @@ async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
     );
     let f = |k: &str| l["faults"][k].as_u64().unwrap_or(0);
     assert_eq!(f("cut"), 3, "{l}");
-    assert!(f("publisher_kill") >= 1, "{l}");
+    assert!(f("publisher_kill") >= 1 && f("consumer_kill") >= 1, "{l}");
     assert!(out.status.success(), "{stderr}");
     l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_outbox_on_sqlite_applies_every_committed_message_once() {
+async fn chaos_outbox_pipeline_on_sqlite_applies_every_committed_message_once_in_both_stages() {
     let l = outbox_chaos(&[]).await;
     assert_eq!(
         l["faults"]["relay_kill"].as_u64(),
@@ -160,7 +166,8 @@ async fn chaos_outbox_on_sqlite_applies_every_committed_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_outbox_on_postgres_with_relays_killed_applies_every_committed_message_once() {
+async fn chaos_outbox_pipeline_on_postgres_with_relays_killed_applies_every_message_once_in_both_stages()
+ {
     let pg = std::env::var("RONCE_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let l = outbox_chaos(&["--store", &pg]).await;

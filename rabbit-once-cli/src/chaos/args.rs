@@ -66,6 +66,15 @@ pub struct Args {
     /// With --outbox on PostgreSQL: relay processes killed with SIGKILL (and started again).
     #[arg(long, default_value_t = 2)]
     pub relay_kills: u32,
+    /// A two-stage pipeline: the consumers emit a copy of each message to a second queue
+    /// through the outbox, in the transaction that applies it; stage-2 consumers apply those into
+    /// a store of their own. Consumer kills hit the first stage. The ledger counts the second
+    /// stage too: each message applied in stage 1 must be applied exactly once in stage 2.
+    #[arg(long)]
+    pub pipeline: bool,
+    /// With --pipeline: stage-2 consumer processes.
+    #[arg(long, default_value_t = 1)]
+    pub stage2_consumers: u64,
     /// Mean seconds between faults (each interval is jittered ±50%).
     #[arg(long, default_value_t = 1.5)]
     pub fault_interval: f64,

@@ -37,6 +37,15 @@ pub struct Ledger {
     pub lost: u64,
     /// Messages neither confirmed nor applied (the run ran out of time).
     pub missing: u64,
+    /// With `--pipeline`: messages applied exactly once in stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage2_applied_once: Option<u64>,
+    /// With `--pipeline`: stage-2 rows beyond the first per message. Must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage2_applied_twice: Option<u64>,
+    /// With `--pipeline`: applied in stage 1, never in stage 2. Must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage2_lost: Option<u64>,
     /// Deliveries acked without running the handler, by the consumers' last reports (a consumer
     /// killed with SIGKILL reports up to 500 ms before its death).
     pub duplicates_skipped: u64,
@@ -113,10 +122,36 @@ impl Ledger {
         Ok(l)
     }
 
+    /// Counts stage 2 of a `--pipeline` run: each message applied in stage 1 (`stage1`) must be
+    /// applied exactly once in stage 2 (`stage2`).
+    pub(super) async fn count_stage2(&mut self, stage1: &Db, stage2: &Db) -> anyhow::Result<()> {
+        let first: HashSet<u64> = stage1
+            .seq_counts()
+            .await?
+            .into_iter()
+            .map(|(s, _)| s as u64)
+            .collect();
+        let second: HashMap<u64, i64> = stage2
+            .seq_counts()
+            .await?
+            .into_iter()
+            .map(|(s, n)| (s as u64, n))
+            .collect();
+        self.stage2_applied_once = Some(second.values().filter(|n| **n == 1).count() as u64);
+        self.stage2_applied_twice = Some(second.values().map(|n| (*n - 1).max(0) as u64).sum());
+        self.stage2_lost = Some(first.iter().filter(|s| !second.contains_key(s)).count() as u64);
+        Ok(())
+    }
+
     /// Prints the ledger (as one JSON line with `json`) and the verdict: success only when
     /// nothing was lost, applied twice or missing, in time.
     pub(super) fn report(&self, json: bool, timed_out: bool) -> anyhow::Result<ExitCode> {
-        let ok = self.lost == 0 && self.applied_twice == 0 && self.missing == 0 && !timed_out;
+        let ok = self.lost == 0
+            && self.applied_twice == 0
+            && self.missing == 0
+            && self.stage2_lost.unwrap_or(0) == 0
+            && self.stage2_applied_twice.unwrap_or(0) == 0
+            && !timed_out;
         if json {
             println!("{}", serde_json::to_string(self)?);
         } else {
@@ -164,6 +199,15 @@ impl Ledger {
             "  missing                {:>8}   neither confirmed nor applied",
             self.missing
         );
+        if let (Some(once), Some(twice), Some(lost)) = (
+            self.stage2_applied_once,
+            self.stage2_applied_twice,
+            self.stage2_lost,
+        ) {
+            println!("  stage 2 applied once   {once:>8}   emitted through the outbox by stage 1");
+            println!("  stage 2 applied twice  {twice:>8}");
+            println!("  stage 2 lost           {lost:>8}   applied in stage 1, never in stage 2");
+        }
         println!("  duplicates skipped     {:>8}", self.duplicates_skipped);
         println!("  retries                {:>8}", self.retried);
         println!("  dead-lettered          {:>8}", self.dead_lettered);

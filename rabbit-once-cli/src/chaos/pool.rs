@@ -27,6 +27,8 @@ pub(super) struct PublisherSlot {
 
 /// One consumer and the processes that have run it.
 pub(super) struct ConsumerSlot {
+    /// With `--pipeline`: a stage-2 consumer (else stage 1, which emits to stage 2).
+    stage2: bool,
     child: Option<Child>,
     report: PathBuf,
     generation: u32,
@@ -48,6 +50,8 @@ pub(super) struct Launcher {
     heartbeat: u64,
     /// With `--outbox`: messages per transaction.
     outbox_tx: Option<u64>,
+    /// With `--pipeline`: the second stage's queue, store and schema.
+    stage2: Option<(String, String, Option<String>)>,
 }
 
 impl Launcher {
@@ -65,6 +69,10 @@ impl Launcher {
             per_pub_rate: plan.per_publisher_rate(a.publishers),
             heartbeat: plan.heartbeat,
             outbox_tx: a.outbox.then_some(a.tx_size),
+            stage2: setup
+                .stage2
+                .as_ref()
+                .map(|s| (s.queue.clone(), s.store.clone(), s.schema.clone())),
         })
     }
 
@@ -163,30 +171,34 @@ impl Launcher {
     }
 
     /// A new `consume` process for consumer `j`.
+    /// (Stage 1 of a `--pipeline` run emits to stage 2; a stage-2 consumer applies stage 2.)
     fn spawn_consumer(&self, slot: &mut ConsumerSlot, j: u64) -> anyhow::Result<()> {
         slot.generation += 1;
-        slot.report = self.work.join(format!("con-{j}-{}.log", slot.generation));
+        let stage = if slot.stage2 { "s2-" } else { "" };
+        slot.report = self
+            .work
+            .join(format!("con-{stage}{j}-{}.log", slot.generation));
         slot.reports.push(slot.report.clone());
+        let (queue, store, schema) = match (&self.stage2, slot.stage2) {
+            (Some((queue, store, schema)), true) => (queue, store, schema),
+            _ => (&self.queue, &self.store, &self.schema),
+        };
         let mut cmd = Command::new(&self.exe);
-        cmd.args([
-            "consume",
-            "--uri",
-            &self.via_uri,
-            "--queue",
-            &self.queue,
-            "--store",
-            &self.store,
-        ])
-        .args(["--heartbeat", &self.heartbeat.to_string(), "--json"])
-        .arg("--report")
-        .arg(&slot.report)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        if let Some(s) = &self.schema {
+        cmd.args(["consume", "--uri", &self.via_uri, "--queue", queue])
+            .args(["--store", store]);
+        if let (Some((next, _, _)), false) = (&self.stage2, slot.stage2) {
+            cmd.args(["--emit-to", next]);
+        }
+        if let Some(s) = schema {
             cmd.args(["--schema", s]);
         }
+        cmd.args(["--heartbeat", &self.heartbeat.to_string(), "--json"])
+            .arg("--report")
+            .arg(&slot.report)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
         slot.child = Some(cmd.spawn()?);
         Ok(())
     }
@@ -208,8 +220,14 @@ impl Pool {
     /// Starts the consumers, then the publishers, each publisher with its share of the
     /// `a.messages` sequence numbers.
     pub(super) fn start(launcher: Launcher, a: &Args) -> anyhow::Result<Pool> {
-        let mut consumers: Vec<ConsumerSlot> = (0..a.consumers)
-            .map(|_| ConsumerSlot {
+        let stage2 = if launcher.stage2.is_some() {
+            a.stage2_consumers
+        } else {
+            0
+        };
+        let mut consumers: Vec<ConsumerSlot> = (0..a.consumers + stage2)
+            .map(|i| ConsumerSlot {
+                stage2: i >= a.consumers,
                 child: None,
                 report: PathBuf::new(),
                 generation: 0,
@@ -297,9 +315,10 @@ impl Pool {
         Ok(())
     }
 
-    /// SIGKILLs a random consumer and starts it again.
+    /// SIGKILLs a random (stage-1) consumer and starts it again.
     pub(super) async fn kill_consumer(&mut self) -> anyhow::Result<()> {
-        let j = fastrand::usize(..self.consumers.len());
+        let stage1 = self.consumers.iter().filter(|c| !c.stage2).count();
+        let j = fastrand::usize(..stage1.max(1));
         if let Some(c) = self.consumers[j].child.take() {
             kill9(&c);
             let _ = c.wait_with_output().await;

@@ -60,7 +60,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     pool.stop_consumers().await;
     pool.stop_relays().await;
     // 7. The ledger, from the reports (or the outboxes) and the database.
-    let ledger = Ledger::count(
+    let mut ledger = Ledger::count(
         a.messages,
         &setup.db,
         &published,
@@ -70,13 +70,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         started,
     )
     .await?;
+    if let Some(stage2) = &setup.stage2 {
+        ledger.count_stage2(&setup.db, &stage2.db).await?;
+    }
     // 8. Queues, schema, work directory and node removed; the verdict.
     setup.clean_up(a.keep, check, say).await;
     ledger.report(a.json, timed_out)
 }
 
-/// Waits until every message of `must_apply` is in the `applied` table and the queue is empty,
-/// restarting consumers that exit; true if the deadline passed first.
+/// Waits until every message of `must_apply` is in the `applied` table and the queue is empty
+/// (with `--pipeline`: in stage 2's too, and its queue empty), restarting consumers and relays
+/// that exit; true if the deadline passed first.
 async fn wait_until_applied(
     setup: &Setup,
     check: &Connection,
@@ -92,13 +96,25 @@ async fn wait_until_applied(
             .await
             .map(|i| i.messages)
             .unwrap_or(1);
-        if must_apply.iter().all(|s| applied.contains(s)) && ready == 0 {
+        let mut done = must_apply.iter().all(|s| applied.contains(s)) && ready == 0;
+        if let Some(stage2) = setup.stage2.as_ref().filter(|_| done) {
+            let counts = stage2.db.seq_counts().await?;
+            let applied: HashSet<u64> = counts.iter().map(|(s, _)| *s as u64).collect();
+            let ready = check
+                .queue_info(&stage2.queue)
+                .await
+                .map(|i| i.messages)
+                .unwrap_or(1);
+            done = must_apply.iter().all(|s| applied.contains(s)) && ready == 0;
+        }
+        if done {
             return Ok(false);
         }
         if Instant::now() > deadline {
             return Ok(true);
         }
         pool.restart_exited_consumers(&|_| {})?;
+        pool.restart_exited_relays(&|_| {})?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

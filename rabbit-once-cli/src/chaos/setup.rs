@@ -27,6 +27,18 @@ pub(super) struct Setup {
     own_schema: bool,
     pub(super) db: Db,
     pub(super) queue: String,
+    /// With `--pipeline`: the second stage's queue and store.
+    pub(super) stage2: Option<Stage2>,
+}
+
+/// The second stage of a `--pipeline` run: its queue, and the store its consumers apply into
+/// (its own `applied` table).
+pub(super) struct Stage2 {
+    pub(super) queue: String,
+    /// `sqlite:PATH` or `postgres://…`, as the stage-2 consumers' `--store`.
+    pub(super) store: String,
+    pub(super) schema: Option<String>,
+    pub(super) db: Db,
 }
 
 impl Setup {
@@ -61,6 +73,24 @@ impl Setup {
         let db = Db::open(&store, schema.clone()).await?;
         db.prepare().await?;
         let queue = run_id.clone();
+        let stage2 = if a.pipeline {
+            let store = if store.starts_with("postgres") {
+                store.clone()
+            } else {
+                format!("sqlite:{}", work.join("stage2.db").display())
+            };
+            let schema = schema.as_ref().map(|s| format!("{s}_2"));
+            let db = Db::open(&store, schema.clone()).await?;
+            db.prepare().await?;
+            Some(Stage2 {
+                queue: format!("{run_id}-2"),
+                store,
+                schema,
+                db,
+            })
+        } else {
+            None
+        };
         say(format!(
             "chaos run {run_id}: {} messages, {} publishers, {} consumers, via {via}, store {}",
             a.messages,
@@ -84,6 +114,7 @@ impl Setup {
             own_schema,
             db,
             queue,
+            stage2,
         })
     }
 
@@ -99,19 +130,26 @@ impl Setup {
     /// and stops the private node.
     pub(super) async fn clean_up(self, keep: bool, check: Connection, say: &dyn Fn(String)) {
         // The children run `consume` with its default retry policy.
-        let queues = rabbit_once::ConsumerConfig::new(&self.queue)
-            .retry(crate::consume::retry_policy(5))
-            .queues();
-        for q in &queues {
-            let _ = check.delete_queue(q).await;
+        let stage2 = self.stage2.as_ref().map(|s| s.queue.clone());
+        for queue in std::iter::once(self.queue.clone()).chain(stage2) {
+            let queues = rabbit_once::ConsumerConfig::new(&queue)
+                .retry(crate::consume::retry_policy(5))
+                .queues();
+            for q in &queues {
+                let _ = check.delete_queue(q).await;
+            }
         }
         check.close().await;
         if self.own_schema
             && let (Db::Postgres(s), Some(name)) = (&self.db, &self.schema)
         {
-            let _ = rabbit_once::sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                .execute(s.pool())
-                .await;
+            let stage2 = self.stage2.as_ref().and_then(|s| s.schema.clone());
+            for name in std::iter::once(name.clone()).chain(stage2) {
+                let _ =
+                    rabbit_once::sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .execute(s.pool())
+                        .await;
+            }
         }
         if keep {
             say(format!("  work directory kept: {}", self.work.display()));
