@@ -293,4 +293,5 @@ async fn postgres_status_lists_refused_rows_and_discard_removes_one() {
     drop_schema(store, schema).await;
 }
 
+mod faults;
 mod relay;
