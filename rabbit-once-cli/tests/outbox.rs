@@ -351,3 +351,69 @@ async fn postgres_relay_killed_between_confirm_and_delete_publishes_twice_applie
     delete_queues(&conn, &q).await;
     conn.close().await;
 }
+
+/// A row the broker refuses (its exchange does not exist) is shown by `outbox status` with its
+/// reason; `relay --until-empty` publishes the rest and exits 1 naming it; once an operator
+/// discards it, the outbox drains and the relay exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_until_empty_reports_a_refused_row_and_status_shows_why() {
+    let q = unique("cli-outbox-refused");
+    let db = TempDb::new();
+    let spec = format!("sqlite:{}", db.path.display());
+    let uri = broker_uri();
+    let store = rabbit_once::SqliteStore::open(&db.path).await.unwrap();
+    let outbox = rabbit_once::SqliteOutbox::new(store.pool().clone());
+    outbox.migrate().await.unwrap();
+    let conn = direct().await;
+    conn.declare(&rabbit_once::Topology::new().queue(rabbit_once::Queue::new(&q)))
+        .await
+        .unwrap();
+    let mut tx = rabbit_once::Store::begin(&store).await.unwrap();
+    let nowhere = rabbit_once::Message::new(format!("{q}-missing-exchange"), "k", "lost?")
+        .with_message_id("refused-1");
+    outbox.enqueue(&mut tx, nowhere).await.unwrap();
+    let good = (0..10).map(|i| rabbit_once::Message::to_queue(&q, format!("{i}")));
+    outbox.enqueue_all(&mut tx, good).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = [
+        "relay",
+        "--outbox",
+        &spec,
+        "--uri",
+        &uri,
+        "--until-empty",
+        "--json",
+        "--retry-after",
+        "1",
+    ];
+    let out = command(&relay).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "only a refused row is left");
+    assert_eq!(json(&out.stdout)["pending"], 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused-1"));
+    let status = run_to_end(&["outbox", "status", "--outbox", &spec, "--json"]).await;
+    assert_eq!(
+        (status["pending"].as_u64(), status["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let row = &status["failed_rows"][0];
+    assert_eq!(row["message_id"], "refused-1");
+    assert!(row["attempts"].as_u64() >= Some(1), "{row}");
+    let reason = row["last_error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("exchange") && reason.contains("does not exist"),
+        "{reason}"
+    );
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        10,
+        "the rest flowed"
+    );
+
+    assert!(outbox.discard("refused-1").await.unwrap());
+    let out = run_to_end(&relay).await;
+    assert_eq!(out["pending"], 0);
+    store.pool().close().await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
