@@ -61,6 +61,57 @@ impl OutboxDb {
         })
     }
 
+    /// Opens an outbox that must exist already (for looking at it: a mistyped path or schema is
+    /// an error, not a new empty outbox).
+    pub async fn open_existing(args: &OutboxArgs) -> anyhow::Result<Self> {
+        let is_pg = args.spec.starts_with("postgres://") || args.spec.starts_with("postgresql://");
+        if !is_pg {
+            let path = args
+                .spec
+                .strip_prefix("sqlite://")
+                .or_else(|| args.spec.strip_prefix("sqlite:"))
+                .unwrap_or(&args.spec);
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "no outbox database at {path}"
+            );
+        }
+        let db = Db::open(&args.spec, args.schema.clone()).await?;
+        let table: Option<String> = match &db {
+            Db::Sqlite(s) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'rabbit_once_outbox'",
+                )
+                .fetch_optional(s.pool())
+                .await?
+            }
+            Db::Postgres(s) => {
+                sqlx::query_scalar("SELECT to_regclass('rabbit_once_outbox')::text")
+                    .fetch_one(s.pool())
+                    .await?
+            }
+        };
+        anyhow::ensure!(
+            table.is_some(),
+            "no outbox table (rabbit_once_outbox) in {}",
+            match (&db, &args.schema) {
+                (Db::Postgres(_), Some(s)) => format!("schema {s}"),
+                (Db::Postgres(_), None) => "the database's search_path".to_string(),
+                (Db::Sqlite(_), _) => "that SQLite database".to_string(),
+            }
+        );
+        Ok(match db {
+            Db::Sqlite(s) => {
+                let o = SqliteOutbox::new(s.pool().clone());
+                OutboxDb::Sqlite(s, o)
+            }
+            Db::Postgres(s) => {
+                let o = PostgresOutbox::new(s.pool().clone());
+                OutboxDb::Postgres(s, o)
+            }
+        })
+    }
+
     /// Pending rows, the oldest one's age, the refused ones.
     pub async fn status(&self) -> anyhow::Result<OutboxStatus> {
         Ok(match self {

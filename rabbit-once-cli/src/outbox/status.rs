@@ -25,7 +25,7 @@ pub enum Command {
 /// Prints the status; exit 0 (an outbox with refused rows is still a readable outbox).
 pub async fn run(c: Command) -> anyhow::Result<ExitCode> {
     let Command::Status(a) = c;
-    let db = OutboxDb::open(&a.outbox).await?;
+    let db = OutboxDb::open_existing(&a.outbox).await?;
     let s = db.status().await?;
     db.close().await;
     if a.json {
