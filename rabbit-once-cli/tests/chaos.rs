@@ -3,6 +3,9 @@
 //! the outbox mode on SQLite and PostgreSQL (publisher and relay processes killed), bounded to
 //! 3,000 messages on the shared broker.
 
+mod common;
+
+use common::json;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
@@ -46,14 +49,8 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() {
     .await
     .expect("the chaos run ends")
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no ledger:\n{stdout}\n{stderr}"));
-    let l: serde_json::Value = serde_json::from_str(line).unwrap();
+    let l = json(&out);
     let n = |k: &str| {
         l[k].as_u64()
             .unwrap_or_else(|| panic!("{k} missing in {l}"))
@@ -123,14 +120,8 @@ async fn outbox_chaos(store: &[&str]) -> serde_json::Value {
     .await
     .expect("the chaos run ends")
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no ledger:\n{stdout}\n{stderr}"));
-    let l: serde_json::Value = serde_json::from_str(line).unwrap();
+    let l = json(&out);
     for (k, want) in [
         ("lost", 0),
         ("applied_twice", 0),

@@ -1,7 +1,10 @@
 //! The `rabbit-once` binary end to end: real processes against the real broker and databases.
 
+mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
+
+use common::json;
 
 use rabbit_once::sqlx;
 use rabbit_once::{Connection, Message, Publisher, PublisherConfig, Queue, Topology};
@@ -10,16 +13,6 @@ use std::time::Duration;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
-
-fn json(out: &[u8]) -> serde_json::Value {
-    let s = String::from_utf8_lossy(out);
-    let line = s
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {s}"));
-    serde_json::from_str(line).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_balances_its_ledger() {
@@ -66,7 +59,7 @@ async fn publish_reports_and_fails_clearly_on_bad_credentials() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s = json(&out.stdout);
+    let s = json(&out);
     assert_eq!(
         (s["published"].as_u64(), s["confirmed"].as_u64()),
         (Some(500), Some(500))
@@ -147,7 +140,7 @@ async fn two_consumer_processes_sharing_postgres_apply_each_id_once() {
         String::from_utf8_lossy(&a.stderr),
         String::from_utf8_lossy(&b.stderr)
     );
-    let (ja, jb) = (json(&a.stdout), json(&b.stdout));
+    let (ja, jb) = (json(&a), json(&b));
     let applied = ja["applied"].as_u64().unwrap() + jb["applied"].as_u64().unwrap();
     let dups = ja["duplicates"].as_u64().unwrap() + jb["duplicates"].as_u64().unwrap();
     assert_eq!((applied, dups), (N, N), "{ja} {jb}");

@@ -4,8 +4,11 @@
 //! processes killed between a confirm and the delete publish rows twice, and consumers apply them
 //! once.
 
+mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
+
+use common::json;
 
 use rabbit_once::sqlx;
 use std::collections::BTreeMap;
@@ -15,16 +18,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
 const N: u64 = 3000;
-
-fn json(out: &[u8]) -> serde_json::Value {
-    let s = String::from_utf8_lossy(out);
-    let line = s
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {s}"));
-    serde_json::from_str(line).unwrap()
-}
 
 fn command(args: &[&str]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(BIN);
@@ -93,7 +86,7 @@ async fn run_to_end(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    json(&out.stdout)
+    json(&out)
 }
 
 /// `sent` holds exactly the seqs 0..N, and the queue's messages cover them all, every copy of a
@@ -389,7 +382,7 @@ async fn relay_until_empty_reports_a_refused_row_and_status_shows_why() {
     ];
     let out = command(&relay).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1), "only a refused row is left");
-    assert_eq!(json(&out.stdout)["pending"], 1);
+    assert_eq!(json(&out)["pending"], 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused-1"));
     let status = run_to_end(&["outbox", "status", "--outbox", &spec, "--json"]).await;
     assert_eq!(

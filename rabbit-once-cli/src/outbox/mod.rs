@@ -216,6 +216,18 @@ macro_rules! insert_sent {
 insert_sent!(insert_sent_sqlite, Sqlite);
 insert_sent!(insert_sent_postgres, Postgres);
 
+/// Names the rows the broker refused, on stderr: id, attempts, why.
+pub fn report_refused(status: &OutboxStatus) {
+    for row in &status.failed_rows {
+        eprintln!(
+            "refused: {} ({} attempts): {}",
+            row.message_id,
+            row.attempts,
+            row.last_error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn interrupted() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -112,15 +112,8 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
             s.failed_rows,
             s.seconds
         );
-        for row in &status.failed_rows {
-            println!(
-                "refused: {} ({} attempts): {}",
-                row.message_id,
-                row.attempts,
-                row.last_error.as_deref().unwrap_or("?")
-            );
-        }
     }
+    super::report_refused(&status);
     Ok(if a.no_relay || s.pending == 0 {
         ExitCode::SUCCESS
     } else {

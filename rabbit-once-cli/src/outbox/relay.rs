@@ -76,14 +76,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     conn.close().await;
     db.close().await;
     print(&stats, status.pending, a.json)?;
-    for row in &status.failed_rows {
-        eprintln!(
-            "refused: {} ({} attempts): {}",
-            row.message_id,
-            row.attempts,
-            row.last_error.as_deref().unwrap_or("?")
-        );
-    }
+    super::report_refused(&status);
     Ok(if refused_only {
         ExitCode::FAILURE
     } else {

@@ -191,33 +191,59 @@ async fn postgres_a_row_that_commits_after_a_later_id_is_not_skipped() {
 
 const REFUSED: &str = "NOT_FOUND - no exchange 'gone'";
 
-/// Three rows, the first keyed; none failed yet.
-async fn three_rows<DB: sqlx::Database>(
-    mut tx: sqlx::Transaction<'static, DB>,
-    enqueue: impl AsyncFn(&mut sqlx::Transaction<'static, DB>, Message, Option<&str>),
-) {
-    enqueue(&mut tx, order(1), Some("customer-1")).await;
-    enqueue(&mut tx, order(2), None).await;
-    enqueue(&mut tx, order(3), None).await;
-    tx.commit().await.unwrap();
-}
+/// The status of an empty outbox, then of three rows (the first keyed) with the first refused
+/// twice; discarding that row removes it and only it. A macro: the two outboxes share no trait.
+macro_rules! status_and_discard {
+    ($store:expr, $outbox:expr) => {{
+        let (store, outbox) = (&$store, &$outbox);
+        let empty = outbox.status().await.unwrap();
+        assert_eq!(
+            (empty.pending, empty.failed, empty.oldest_pending_age),
+            (0, 0, None)
+        );
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .enqueue_keyed(&mut tx, order(1), "customer-1")
+            .await
+            .unwrap();
+        outbox
+            .enqueue_all(&mut tx, [order(2), order(3)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let s = outbox.status().await.unwrap();
+        assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 0, 0));
+        assert!(s.oldest_pending_age.is_some());
 
-/// After two refusals of `order-1`.
-fn assert_one_failed(s: &super::OutboxStatus) {
-    assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 1, 1));
-    assert!(s.oldest_pending_age.is_some());
-    let row = &s.failed_rows[0];
-    assert_eq!(row.message_id, "order-1");
-    assert_eq!(row.ordering_key.as_deref(), Some("customer-1"));
-    assert_eq!(
-        (row.exchange.as_str(), row.routing_key.as_str()),
-        ("", "orders")
-    );
-    assert_eq!(
-        (row.attempts, row.last_error.as_deref()),
-        (2, Some(REFUSED))
-    );
-    assert!(row.retry_at_unix_ms > 0);
+        let id = outbox.pending(1).await.unwrap()[0].id;
+        for _ in 0..2 {
+            super::store::record_failure(store.pool(), id, REFUSED, 1)
+                .await
+                .unwrap();
+        }
+        let s = outbox.status().await.unwrap();
+        assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 1, 1));
+        let row = &s.failed_rows[0];
+        assert_eq!(row.message_id, "order-1");
+        assert_eq!(row.ordering_key.as_deref(), Some("customer-1"));
+        assert_eq!(
+            (row.exchange.as_str(), row.routing_key.as_str()),
+            ("", "orders")
+        );
+        assert_eq!(
+            (row.attempts, row.last_error.as_deref()),
+            (2, Some(REFUSED))
+        );
+        assert!(row.retry_at_unix_ms > 0);
+
+        assert!(
+            outbox.discard("order-1").await.unwrap(),
+            "the row was there"
+        );
+        assert!(!outbox.discard("order-1").await.unwrap(), "and is gone");
+        let s = outbox.status().await.unwrap();
+        assert_eq!((s.pending, s.failed), (2, 0));
+    }};
 }
 
 /// What an operator sees: pending rows, the oldest one's age, the refused rows with their
@@ -228,34 +254,7 @@ async fn sqlite_status_lists_refused_rows_and_discard_removes_one() {
     let store = SqliteStore::open(&path).await.unwrap();
     let outbox = SqliteOutbox::new(store.pool().clone());
     outbox.migrate().await.unwrap();
-    let empty = outbox.status().await.unwrap();
-    assert_eq!(
-        (empty.pending, empty.failed, empty.oldest_pending_age),
-        (0, 0, None)
-    );
-    three_rows(store.begin().await.unwrap(), async |tx, m, key| {
-        match key {
-            Some(k) => outbox.enqueue_keyed(tx, m, k).await.unwrap(),
-            None => outbox.enqueue(tx, m).await.unwrap(),
-        };
-    })
-    .await;
-    let s = outbox.status().await.unwrap();
-    assert_eq!((s.pending, s.failed, s.failed_rows.len()), (3, 0, 0));
-    let id = outbox.pending(1).await.unwrap()[0].id;
-    for _ in 0..2 {
-        super::store::record_failure(store.pool(), id, REFUSED, 1)
-            .await
-            .unwrap();
-    }
-    assert_one_failed(&outbox.status().await.unwrap());
-    assert!(
-        outbox.discard("order-1").await.unwrap(),
-        "the row was there"
-    );
-    assert!(!outbox.discard("order-1").await.unwrap(), "and is gone");
-    let s = outbox.status().await.unwrap();
-    assert_eq!((s.pending, s.failed), (2, 0));
+    status_and_discard!(store, outbox);
     store.pool().close().await;
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
@@ -265,31 +264,7 @@ async fn sqlite_status_lists_refused_rows_and_discard_removes_one() {
 #[tokio::test]
 async fn postgres_status_lists_refused_rows_and_discard_removes_one() {
     let (store, outbox, schema) = postgres().await;
-    let empty = outbox.status().await.unwrap();
-    assert_eq!(
-        (empty.pending, empty.failed, empty.oldest_pending_age),
-        (0, 0, None)
-    );
-    three_rows(store.begin().await.unwrap(), async |tx, m, key| {
-        match key {
-            Some(k) => outbox.enqueue_keyed(tx, m, k).await.unwrap(),
-            None => outbox.enqueue(tx, m).await.unwrap(),
-        };
-    })
-    .await;
-    let id = outbox.pending(1).await.unwrap()[0].id;
-    for _ in 0..2 {
-        super::store::record_failure(store.pool(), id, REFUSED, 1)
-            .await
-            .unwrap();
-    }
-    assert_one_failed(&outbox.status().await.unwrap());
-    assert!(
-        outbox.discard("order-1").await.unwrap(),
-        "the row was there"
-    );
-    assert!(!outbox.discard("order-1").await.unwrap(), "and is gone");
-    assert_eq!(outbox.status().await.unwrap().pending, 2);
+    status_and_discard!(store, outbox);
     drop_schema(store, schema).await;
 }
 
