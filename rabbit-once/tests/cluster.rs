@@ -81,6 +81,87 @@ async fn quorum_queues_on_a_three_node_cluster_lose_nothing_when_nodes_fail() {
     ));
 }
 
+/// The single-node side of the publisher's answer to a stuck channel (scenario a), on the
+/// shared broker: a queue that holds one message and refuses more (`reject-publish`) nacks the
+/// rest; each nacked message goes out again on a fresh channel, and every one is confirmed
+/// once the queue makes room — read back, each seq under its confirmed id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_messages_go_out_again_on_a_fresh_channel() {
+    let q = unique("cl-nack");
+    let conn = Connection::connect(
+        support::config(&broker_uri()).topology(
+            Topology::new().queue(
+                Queue::new(&q)
+                    .max_length(1)
+                    .overflow(rabbit_once::Overflow::RejectPublish),
+            ),
+        ),
+    )
+    .await
+    .unwrap();
+    let p = Publisher::new(
+        &conn,
+        PublisherConfig::default()
+            .nack_retries(1000)
+            .nack_backoff(rabbit_once::Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(100),
+                0.5,
+            )),
+    )
+    .unwrap();
+    let first = p.publish_confirmed(seq_message(&q, 0, 10)).await.unwrap();
+    let mut cs = Vec::new();
+    for i in 1..6 {
+        cs.push((i, p.publish(seq_message(&q, i, 10)).await.unwrap()));
+    }
+    assert!(
+        eventually(GUARD, || p.stats().nacks >= 2 && p.stats().channels >= 2).await,
+        "the full queue nacks, the publisher takes a fresh channel: {:?}",
+        p.stats()
+    );
+    // Make room one message at a time: each nacked message gets in when its turn comes.
+    let mut got = Vec::new();
+    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&q).prefetch(1)).unwrap();
+    while got.len() < 6 {
+        let d = tokio::time::timeout(GUARD, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push((
+            d.message_id().unwrap_or_default().to_string(),
+            seq_of(d.body()),
+        ));
+        d.ack();
+    }
+    let mut ids = HashMap::from([(0, first.message_id)]);
+    for (i, c) in cs {
+        ids.insert(
+            i,
+            tokio::time::timeout(GUARD, c)
+                .await
+                .unwrap()
+                .unwrap()
+                .message_id,
+        );
+    }
+    sub.close(Duration::from_secs(1)).await;
+    let seqs: BTreeSet<u64> = got.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (0..6).collect::<BTreeSet<_>>(),
+        "every seq, once: {got:?}"
+    );
+    for (id, s) in &got {
+        assert_eq!(Some(id), ids.get(s), "seq {s} under its confirmed id");
+    }
+    let stats = p.stats();
+    assert_eq!((stats.confirmed, stats.failed), (6, 0), "{stats:?}");
+    p.close(Duration::from_secs(5)).await;
+    let _ = conn.delete_queue(&q).await;
+    conn.close().await;
+}
+
 /// What a burst ended with: seq → message_id of every confirmed message, and the seqs whose
 /// confirmation failed, with the error.
 #[derive(Debug, Default)]
