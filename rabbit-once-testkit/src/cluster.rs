@@ -255,6 +255,25 @@ impl Cluster {
         Ok(running)
     }
 
+    /// Waits until the cluster reports every node running (after a restart or `start_app`: the
+    /// node has rejoined). Errors after `timeout`.
+    pub async fn wait_all_running(&self, timeout: Duration) -> io::Result<()> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        let end = Instant::now() + timeout;
+        loop {
+            let seen = self.running_nodes().await;
+            if seen.as_ref().is_ok_and(|r| *r == all) {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(io::Error::other(format!(
+                    "not every node running after {timeout:?}: {seen:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The node that leads quorum queue `queue` (vhost `/`) as the cluster reports it
     /// (`list_queues name leader`, asked of a node that is up), as an index; `None` if the
     /// queue is not listed or has no leader the harness knows.

@@ -3,12 +3,13 @@
 //! publish burst, (b) consumers following a leader change, (c) a minority node's app stopped
 //! while publishing through it, (d) the majority down, then back.
 //!
-//! One `#[tokio::test]` runs every scenario in sequence on ONE cluster: a cluster costs ~12 s
-//! and ~450 MB to start on this 2-core machine, cargo runs a binary's tests in parallel, and a
+//! One `#[tokio::test]` runs every scenario in sequence on ONE cluster: three VMs take ~17 s
+//! to start and join on this 2-core machine, cargo runs a binary's tests in parallel, and a
 //! cluster shared between tests through a `static` would never be dropped (statics are not),
 //! so nodes would outlive a failed run. Owned by one test, the cluster is torn down by its
 //! `Drop` however the test ends (panic included). Each scenario prints what it does as
 //! `[cluster] …` (`cargo test --test cluster -- --nocapture`), so a failure says which step.
+//! The binary's other test needs no cluster (the shared broker): it runs alongside.
 
 mod support;
 
@@ -330,23 +331,11 @@ async fn leader_killed_mid_burst(cluster: &Cluster) {
     setup.close().await;
 
     cluster.restart(leader).await.unwrap();
-    assert!(
-        eventually_async(|| async { cluster.running_nodes().await.ok() == Some(vec![0, 1, 2]) })
-            .await,
-        "node {leader} rejoined"
-    );
+    cluster
+        .wait_all_running(GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("node {leader} rejoins: {e}"));
     step(format_args!("a. node {leader} restarted and rejoined"));
-}
-
-async fn eventually_async<F: Future<Output = bool>>(mut f: impl FnMut() -> F) -> bool {
-    let end = tokio::time::Instant::now() + GUARD;
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
 }
 
 /// A `Subscription` that records how often it received each seq, acking every delivery.
@@ -631,11 +620,10 @@ async fn consumers_follow_a_leader_change(cluster: &Cluster) {
         let _ = setup.delete_queue(&q).await;
     }
     setup.close().await;
-    assert!(
-        eventually_async(|| async { cluster.running_nodes().await.ok() == Some(vec![0, 1, 2]) })
-            .await,
-        "node {leader} rejoined"
-    );
+    cluster
+        .wait_all_running(GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("node {leader} rejoins: {e}"));
 }
 
 /// Scenario c: a minority node's app is stopped (`stop_app`) and started again while a
