@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+const QUEUES: &str = "/usr/lib/rabbitmq/bin/rabbitmq-queues";
 
 /// A RabbitMQ node of our own. Dropping it stops the node (kill -9 if it must) and removes
 /// its directory, also when the test failed.
@@ -22,6 +23,11 @@ pub struct BrokerNode {
     dist_port: u16,
     dir: PathBuf,
     keep_dir: bool,
+    /// `HOME` for the node and its `rabbitmqctl` calls (where `.erlang.cookie` is read), when
+    /// not the process's own: the nodes of a [`Cluster`](crate::Cluster) share one.
+    home: Option<PathBuf>,
+    /// Drop kills the VM at once instead of stopping it politely first.
+    kill_on_drop: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough between parallel tests).
@@ -51,9 +57,23 @@ impl BrokerNode {
     /// Like [`start`](Self::start), with lines for the node's `rabbitmq.conf` (for example a
     /// TLS listener).
     pub async fn start_with_config(conf: &str) -> io::Result<Self> {
+        let node = Self::unstarted(conf, None)?;
+        node.boot().await?;
+        Ok(node)
+    }
+
+    /// A node ready to [`boot`](Self::boot) but not started: its name, free ports and data
+    /// directory (with `conf` as its `rabbitmq.conf`) exist, its VM does not. `home`, if given,
+    /// is the `HOME` of the node and of every `rabbitmqctl` call made for it — the nodes of a
+    /// cluster share one, so they share an Erlang cookie whatever the user's own `HOME` holds.
+    ///
+    /// Dropping it before it was booted only removes its directory.
+    pub fn unstarted(conf: &str, home: Option<&Path>) -> io::Result<Self> {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let tag = format!(
-            "ronce-{}-{}",
+            "ronce-{}-{}-{}",
             std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
@@ -63,15 +83,22 @@ impl BrokerNode {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         std::fs::write(dir.join("rabbitmq.conf"), conf)?;
-        let node = BrokerNode {
+        Ok(BrokerNode {
             name: format!("{tag}@localhost"),
             port: free_port()?,
             dist_port: free_port()?,
             dir,
             keep_dir: std::env::var_os("RONCE_KEEP_NODE_DIR").is_some(),
-        };
-        node.launch().await?;
-        Ok(node)
+            home: home.map(Path::to_path_buf),
+            kill_on_drop: false,
+        })
+    }
+
+    /// Whether dropping the node kills its VM at once (`kill -9`) rather than asking it to
+    /// stop first (default: stop politely, kill after 15 s). A cluster torn down at the end of
+    /// a test has nothing to save.
+    pub fn set_kill_on_drop(&mut self, yes: bool) {
+        self.kill_on_drop = yes;
     }
 
     fn env(&self, cmd: &mut Command) {
@@ -84,13 +111,22 @@ impl BrokerNode {
             .env("RABBITMQ_PID_FILE", d.join("pid"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .envs(self.home.as_ref().map(|h| ("HOME", h)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     }
 
-    /// Starts the Erlang VM (first start, or after `kill`/`stop`) and waits until ready.
-    async fn launch(&self) -> io::Result<()> {
+    /// Starts the Erlang VM (first start of an [`unstarted`](Self::unstarted) node, or again
+    /// after `kill9`) and waits until it accepts AMQP connections.
+    pub async fn boot(&self) -> io::Result<()> {
+        self.launch_vm().await?;
+        self.wait_booted().await
+    }
+
+    /// The first half of [`boot`](Self::boot): launches the VM (`rabbitmq-server -detached`)
+    /// and returns without waiting for it to be ready — to boot several nodes side by side.
+    pub async fn launch_vm(&self) -> io::Result<()> {
         let _ = std::fs::remove_file(self.dir.join("pid"));
         let mut cmd = Command::new(SERVER);
         self.env(&mut cmd);
@@ -103,6 +139,12 @@ impl BrokerNode {
                 "rabbitmq-server -detached: {status}"
             )));
         }
+        Ok(())
+    }
+
+    /// The second half of [`boot`](Self::boot): waits until the launched VM has started
+    /// RabbitMQ and accepts AMQP connections.
+    pub async fn wait_booted(&self) -> io::Result<()> {
         let pid = self.dir.join("pid");
         self.ctl_timeout(
             &["wait", pid.to_str().unwrap_or_default()],
@@ -117,16 +159,38 @@ impl BrokerNode {
     }
 
     async fn ctl_timeout(&self, args: &[&str], timeout: Duration) -> io::Result<()> {
-        let mut cmd = tokio::process::Command::new(CTL);
+        self.ctl_output(args, timeout).await.map(drop)
+    }
+
+    /// Runs `rabbitmq-queues -n <node> <args…>` and returns its standard output, or an
+    /// error with its output.
+    pub async fn queues_output(&self, args: &[&str], timeout: Duration) -> io::Result<String> {
+        self.tool_output(QUEUES, args, timeout).await
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args…>` and returns its standard output, or an error
+    /// with its output if it failed or did not finish within `timeout`.
+    pub async fn ctl_output(&self, args: &[&str], timeout: Duration) -> io::Result<String> {
+        self.tool_output(CTL, args, timeout).await
+    }
+
+    async fn tool_output(
+        &self,
+        tool: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> io::Result<String> {
+        let mut cmd = tokio::process::Command::new(tool);
         cmd.arg("-n").arg(&self.name).args(args);
         cmd.env("RABBITMQ_NODENAME", &self.name)
+            .envs(self.home.as_ref().map(|h| ("HOME", h)))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| io::Error::other(format!("rabbitmqctl {args:?} timed out")))??;
         if out.status.success() {
-            Ok(())
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(ctl_err(&args.join(" "), &out))
         }
@@ -228,7 +292,7 @@ impl BrokerNode {
 
     /// Starts the node again after `kill9` (same name, ports and data).
     pub async fn start_again(&self) -> io::Result<()> {
-        self.launch().await
+        self.boot().await
     }
 
     /// `kill -9`, then start again and wait until ready.
@@ -239,14 +303,13 @@ impl BrokerNode {
 
     /// Queue depth (ready messages) as the broker reports it, via `rabbitmqctl list_queues`.
     pub async fn queue_messages(&self, queue: &str) -> io::Result<Option<u64>> {
-        let out = tokio::process::Command::new(CTL)
-            .args(["-n", &self.name, "-q", "list_queues", "name", "messages"])
-            .output()
+        let out = self
+            .ctl_output(
+                &["-q", "list_queues", "name", "messages"],
+                Duration::from_secs(60),
+            )
             .await?;
-        if !out.status.success() {
-            return Err(ctl_err("list_queues", &out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        Ok(out.lines().find_map(|l| {
             let mut it = l.split_whitespace();
             (it.next() == Some(queue)).then(|| it.next()?.parse().ok())?
         }))
@@ -270,14 +333,18 @@ fn alive(pid: i32) -> bool {
 
 impl Drop for BrokerNode {
     fn drop(&mut self) {
-        // Best effort, synchronous: stop politely for a few seconds, then kill.
+        // Best effort, synchronous: stop politely for a few seconds, then kill (at once with
+        // `kill_on_drop`, if the VM has written its pid; without a pid it may be booting).
         let mut cmd = Command::new(CTL);
         cmd.args(["-n", &self.name, "stop"])
+            .envs(self.home.as_ref().map(|h| ("HOME", h)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let stopped = match cmd.spawn() {
-            Ok(mut child) => {
+        let polite = !(self.kill_on_drop && self.pid().is_some());
+        let stopped = match polite.then(|| cmd.spawn()) {
+            None => false,
+            Some(Ok(mut child)) => {
                 let end = Instant::now() + Duration::from_secs(15);
                 loop {
                     match child.try_wait() {
@@ -292,12 +359,17 @@ impl Drop for BrokerNode {
                     }
                 }
             }
-            Err(_) => false,
+            Some(Err(_)) => false,
         };
         if let Some(pid) = self.pid()
             && (!stopped || alive(pid))
         {
             kill(pid, libc::SIGKILL);
+            // Its files must not be written while the directory is removed.
+            let end = Instant::now() + Duration::from_secs(10);
+            while alive(pid) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -85,9 +85,10 @@ pub enum Error {
 
     /// The broker refused part of the topology for a reason that clears by itself, so the
     /// session is tried again with backoff: 405 RESOURCE_LOCKED (an exclusive queue still held
-    /// by our own previous, half-open connection until the broker notices it is gone) or, when
-    /// declaring again on a new session, 404 NOT_FOUND for a binding whose exchange another
-    /// service has not declared yet.
+    /// by our own previous, half-open connection until the broker notices it is gone), 404
+    /// NOT_FOUND for a durable queue whose node is down or unreachable (a classic queue of a
+    /// cluster node that died: back with its node) or, when declaring again on a new session,
+    /// 404 NOT_FOUND for a binding whose exchange another service has not declared yet.
     #[error("topology not declarable yet: {what}: {code} {text} (will try again)")]
     TopologyNotYet {
         /// What was being declared.
@@ -204,8 +205,8 @@ impl Error {
     /// | `connection.close 320` (forced: node restart), 501/502/505/541/504, any close later | `ConnectionClosed` | transient |
     /// | missed heartbeats, read/write error, socket closed | `ConnectionLost` | transient |
     /// | a frame we cannot parse from the broker | `Protocol` | transient |
-    /// | 405 RESOURCE_LOCKED on a declare; 404 on a binding when declaring again | `TopologyNotYet` | transient |
-    /// | 406 PRECONDITION_FAILED (argument mismatch), 403, 404 on the first session | `Topology` | fatal |
+    /// | 405 RESOURCE_LOCKED on a declare; 404 on a queue declare (its node is down); 404 on a binding when declaring again | `TopologyNotYet` | transient |
+    /// | 406 PRECONDITION_FAILED (argument mismatch), 403, 404 on a binding on the first session | `Topology` | fatal |
     /// | bad URI, bad settings | `InvalidUri`, `Config` | fatal |
     pub fn is_recoverable(&self) -> bool {
         !matches!(

@@ -16,7 +16,8 @@ pub(crate) enum When {
 /// Declares everything in `t` on its own channel of `link`.
 ///
 /// A broker refusal becomes [`Error::TopologyNotYet`] if it clears by itself (405
-/// RESOURCE_LOCKED always; 404 NOT_FOUND on a binding when declaring `Again`) and
+/// RESOURCE_LOCKED always; 404 NOT_FOUND on a queue — a durable queue whose node is down or
+/// unreachable, in a cluster; 404 on a binding when declaring `Again`) and
 /// [`Error::Topology`] otherwise (406 PRECONDITION_FAILED for a queue that exists with other
 /// arguments, 403 ACCESS_REFUSED, …), which is not worth retrying; a lost connection stays
 /// what it is.
@@ -88,7 +89,11 @@ async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), (String, Error
 
 fn classify(what: String, code: u16, text: String, when: When) -> Error {
     let binding = what.starts_with("binding");
-    if code == 405 || (code == 404 && binding && when == When::Again) {
+    // `queue.declare` (not passive) answers 404 only for a durable queue that exists on a node
+    // that is down or unreachable ("home node … is down or inaccessible"): a classic queue of
+    // a cluster node that died. It is back when the node is.
+    let queue = what.starts_with("queue");
+    if code == 405 || (code == 404 && (queue || (binding && when == When::Again))) {
         Error::TopologyNotYet { what, code, text }
     } else {
         Error::Topology(format!("{what}: {code} {text}"))
@@ -112,6 +117,14 @@ mod tests {
         ));
         assert!(matches!(
             c("binding of queue \"q\" to \"x\"", 404, When::First),
+            Error::Topology(_)
+        ));
+        assert!(matches!(
+            c("queue \"q\"", 404, When::First),
+            Error::TopologyNotYet { code: 404, .. }
+        ));
+        assert!(matches!(
+            c("exchange \"x\"", 404, When::Again),
             Error::Topology(_)
         ));
         assert!(matches!(

@@ -15,6 +15,8 @@ impl Task {
             }
             Some(ChannelEvent::Nack { tag, multiple }) => {
                 self.shared.counters.nacks.fetch_add(1, Ordering::Relaxed);
+                // Nacked messages go out again on a fresh channel (see `Task::recycle`).
+                self.recycle = true;
                 let backoff = self.shared.config.nack_backoff;
                 self.buf.nack(
                     tag,

@@ -38,6 +38,7 @@ pub(in crate::publisher) async fn run(
         verified: HashSet::new(),
         probe: None,
         batch: Vec::new(),
+        recycle: false,
     }
     .run()
     .await;
@@ -70,6 +71,11 @@ pub(super) struct Task {
     /// A channel for passive declares, so a missing exchange never closes the publishing one.
     pub(super) probe: Option<Channel>,
     pub(super) batch: Vec<u64>,
+    /// The channel nacked a message: send nothing more on it, and once everything in flight on
+    /// it is settled, close it and go on with a fresh one. RabbitMQ 3.10 keeps nacking every
+    /// publish to a quorum queue on a channel that first published to it while the queue's
+    /// leader was being replaced, long after a new leader took over; a new channel is fine.
+    pub(super) recycle: bool,
 }
 
 impl Task {
@@ -130,6 +136,7 @@ impl Task {
     async fn open_channel(&mut self, session: &Session) -> Result<Channel, Error> {
         let mut ch = session.link.open_channel().await?;
         ch.confirm_select().await?;
+        self.recycle = false;
         self.shared
             .counters
             .channels
@@ -179,7 +186,14 @@ impl Task {
         let mut blocked = session.link.blocked();
         let mut outbox_full = false;
         loop {
-            if blocked.borrow().is_none() && !outbox_full {
+            if self.recycle {
+                if self.buf.in_flight() == 0 {
+                    // Nothing in flight: no confirm is lost with the channel.
+                    self.buf.channel_lost(false);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
+                    return Exit::Channel;
+                }
+            } else if blocked.borrow().is_none() && !outbox_full {
                 match self.send_ready(ch, session).await {
                     Ok(full) => outbox_full = full,
                     Err(exit) => return exit,
