@@ -9,7 +9,8 @@ use crate::message::Message;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+const MIGRATIONS: &[&[&str]] = &[
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
         id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         message_id   TEXT NOT NULL UNIQUE,
         ordering_key TEXT,
@@ -22,7 +23,17 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         last_error   TEXT,
         retry_at     BIGINT,
         created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-    )"]];
+    )"],
+    // 2: the held rows, by key and by due time (partial: only held rows are in them, so the
+    // writers' inserts never touch them). The relay's reads leave out the keys of held rows
+    // with an anti-join on the first; `next_retry` and the retry read use the second.
+    &[
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_key
+            ON rabbit_once_outbox (ordering_key, id) WHERE retry_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
+            ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
+    ],
+];
 
 /// Serializes the outbox's migrations across processes (the dedup tables use another lock).
 const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;

@@ -8,7 +8,8 @@ use crate::message::Message;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Sqlite, Transaction};
 
-const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+const MIGRATIONS: &[&[&str]] = &[
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         message_id   TEXT NOT NULL UNIQUE,
         ordering_key TEXT,
@@ -21,7 +22,17 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         last_error   TEXT,
         retry_at     BIGINT,
         created_at   INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
-    )"]];
+    )"],
+    // 2: the held rows, by key and by due time (partial: only held rows are in them, so the
+    // writers' inserts never touch them). The relay's reads leave out the keys of held rows
+    // with an anti-join on the first; `next_retry` and the retry read use the second.
+    &[
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_key
+            ON rabbit_once_outbox (ordering_key, id) WHERE retry_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
+            ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
+    ],
+];
 
 /// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose
 /// transactions enqueue).
