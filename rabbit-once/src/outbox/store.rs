@@ -284,3 +284,23 @@ where
         .await
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_runs_of_consecutive_ids_and_padding_repeats_the_last() {
+        assert_eq!(ranges([]), []);
+        assert_eq!(
+            ranges([8, 1, 3, 2, 3, 5, 7, i64::MAX]),
+            [(1, 3), (5, 5), (7, 8), (i64::MAX, i64::MAX)]
+        );
+        assert_eq!(padded(&[]), []);
+        assert_eq!(padded(&[(1, 3)]), [(1, 3)]);
+        assert_eq!(
+            padded(&[(1, 3), (5, 5), (7, 8)]),
+            [(1, 3), (5, 5), (7, 8), (7, 8)]
+        );
+    }
+}
