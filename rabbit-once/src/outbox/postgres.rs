@@ -193,7 +193,24 @@ impl super::relay::Backend for PostgresOutbox {
                 .map_err(store_error)?;
         if got {
             // Out of the pool: the lock must end with this session, never be handed on.
-            Ok(super::relay::Claim::Session(conn.detach()))
+            let mut conn = conn.detach();
+            // The server notices a vanished relay host within ~25 s (keepalive probes), or 30 s
+            // of unacknowledged data, and ends the session, which frees the lock for a standby.
+            // The relay itself gives the right up sooner: when a check of this session gets no
+            // answer within `Claim`'s 5 s (a standby cannot take over before the server ended
+            // the session). Ignored on a Unix socket (no TCP).
+            for set in [
+                "SET tcp_keepalives_idle = 10",
+                "SET tcp_keepalives_interval = 5",
+                "SET tcp_keepalives_count = 3",
+                "SET tcp_user_timeout = 30000",
+            ] {
+                sqlx::query(set)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Ok(super::relay::Claim::Session(conn))
         } else {
             Err(Error::Timeout("another relay publishes this outbox".into()))
         }
@@ -207,10 +224,17 @@ impl super::relay::Backend for PostgresOutbox {
         wake: std::sync::Arc<tokio::sync::Notify>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        // A pool of its own (one connection, the same options): a listener holds its connection
+        // for as long as it listens, which must not take one of the application's.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
         let mut failures = 0u32;
         loop {
             let session = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
                 listener.listen(CHANNEL).await?;
                 wake.notify_one(); // anything committed while nobody listened
                 loop {

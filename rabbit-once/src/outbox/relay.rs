@@ -88,10 +88,18 @@ impl Claim {
         match self {
             Claim::Always => true,
             #[cfg(feature = "postgres")]
-            Claim::Session(c) => sqlx::Connection::ping(c).await.is_ok(),
+            Claim::Session(c) => matches!(
+                tokio::time::timeout(HOLDS_TIMEOUT, sqlx::Connection::ping(c)).await,
+                Ok(Ok(()))
+            ),
         }
     }
 }
+
+/// How long a check of the lock's session may take before the relay gives the right up (the
+/// server ends a silent session only after ~25 s of keepalive probes: see `claim`).
+#[cfg(feature = "postgres")]
+const HOLDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An outbox a [`Relay`] publishes: [`SqliteOutbox`](crate::SqliteOutbox) or
 /// [`PostgresOutbox`](crate::PostgresOutbox). Sealed: the relay relies on how each one reads,
