@@ -61,6 +61,19 @@ where
 /// A normal read leaves out held rows (`retry_at` set: the broker refused them) and every row
 /// whose ordering key has a held row; a retry read (`retry_due`) takes the held rows due by then,
 /// only the lowest of each key.
+///
+/// Why this cannot skip a late row or reorder a key: the read is of every committed row still
+/// in the table, in id order, less exactly the ids in `filter.skip` (the relay's rows in flight,
+/// confirmed or being deleted: ranges built from those ids and nothing else, see [`ranges`]).
+/// There is no lower bound, so a row whose transaction committed after higher ids were read
+/// (PostgreSQL hands ids out at insert: id 7 can commit after id 8) is in the next read
+/// whatever its id; and since `LIMIT` cuts from the top, a row is never returned while a
+/// lower committed row of its key that nobody took is left behind (unless that one is held,
+/// and then its whole key is). No cursor is needed for speed: the ranges keep the statement
+/// one prepared statement and the scan passes over only the rows the relay holds. (On SQLite a
+/// cursor would even be safe from late commits — one writer at a time, and a writer's ids are
+/// allocated inside its write lock, so ids are committed in order — but the same read serves
+/// both databases.)
 pub(crate) async fn pending<'e, DB, E>(
     db: E,
     limit: i64,
