@@ -255,6 +255,7 @@ impl Relay {
                 confirmed: Vec::new(),
                 confirmed_since: None,
                 deleting: None,
+                deleted: Arc::new(Notify::new()),
                 last_moved: Instant::now(),
                 last_check: Instant::now(),
             }
@@ -309,6 +310,8 @@ struct Worker<B> {
     confirmed_since: Option<Instant>,
     /// The delete under way, if any (one at a time, off the pipeline's path).
     deleting: Option<Deleting>,
+    /// Signalled when that delete ended.
+    deleted: Arc<Notify>,
     /// When rows were last read, published or settled.
     last_moved: Instant,
     /// When the right to publish was last checked.
@@ -433,8 +436,11 @@ impl<B: Backend> Worker<B> {
                     .min(self.config.poll)
             };
             let wait = self.delete_due().map_or(wait, |due| due.min(wait));
+            let deleted = self.deleted.clone();
             tokio::select! {
                 _ = &mut notified => rescans = 0,
+                _ = deleted.notified() => {} // the delete under way ended: take it in
+
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(&mut stop) => break,
             }
@@ -508,7 +514,11 @@ impl<B: Backend> Worker<B> {
     }
 
     /// How long until the confirmed rows are to be deleted, if any wait.
+    /// (None while a delete runs: its end wakes the relay.)
     fn delete_due(&self) -> Option<Duration> {
+        if self.deleting.is_some() {
+            return None;
+        }
         let since = self.confirmed_since?;
         let due = DELETE_AFTER
             .saturating_sub(since.elapsed())
@@ -538,13 +548,15 @@ impl<B: Backend> Worker<B> {
         self.confirmed_since = None;
         let task = tokio::spawn({
             let (backend, counters) = (self.backend.clone(), self.counters.clone());
-            let ids = ids.clone();
+            let (ids, deleted) = (ids.clone(), self.deleted.clone());
             async move {
-                backend.remove(&ids).await?;
-                counters
-                    .relayed
-                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                Ok(())
+                let done = backend.remove(&ids).await.map(|_| {
+                    counters
+                        .relayed
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                });
+                deleted.notify_one();
+                done
             }
         });
         self.deleting = Some(Deleting { ids, task });
