@@ -326,6 +326,8 @@ const DELETE_AFTER: Duration = Duration::from_millis(100);
 /// the one write lock the callers' transactions need, and a caller that finds it taken sleeps in
 /// SQLite's busy handler (1, 2, 5, 10, … ms), which is where the latency tail came from.
 const DELETE_WHEN_IDLE: Duration = Duration::from_millis(5);
+/// … or once they make more than this many id ranges.
+const SCATTERED: usize = 64;
 
 /// A delete of confirmed rows, running in a task of its own so the pipeline goes on meanwhile.
 /// Its rows stay out of every read until it finished (and go back to `confirmed` if it failed).
@@ -439,8 +441,8 @@ impl<B: Backend> Worker<B> {
             let deleted = self.deleted.clone();
             tokio::select! {
                 _ = &mut notified => rescans = 0,
-                _ = deleted.notified() => {} // the delete under way ended: take it in
-
+                // The delete under way ended: take it in.
+                _ = deleted.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(&mut stop) => break,
             }
@@ -540,7 +542,11 @@ impl<B: Backend> Worker<B> {
             || self
                 .confirmed_since
                 .is_some_and(|t| t.elapsed() >= DELETE_AFTER)
-            || (self.flying.is_empty() && self.last_moved.elapsed() >= DELETE_WHEN_IDLE);
+            || (self.flying.is_empty() && self.last_moved.elapsed() >= DELETE_WHEN_IDLE)
+            // Scattered ids (rows of held keys between them) make many ranges, and every range
+            // is one more test per row a read passes: keep them few.
+            || (self.confirmed.len() > SCATTERED
+                && super::store::ranges(self.confirmed.iter().copied()).len() > SCATTERED);
         if !due {
             return Ok(());
         }

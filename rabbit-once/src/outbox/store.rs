@@ -70,10 +70,10 @@ where
 /// whatever its id; and since `LIMIT` cuts from the top, a row is never returned while a
 /// lower committed row of its key that nobody took is left behind (unless that one is held,
 /// and then its whole key is). No cursor is needed for speed: the ranges keep the statement
-/// one prepared statement, and the scan passes over only the rows the relay holds and held rows. (On SQLite a
-/// cursor would even be safe from late commits — one writer at a time, and a writer's ids are
-/// allocated inside its write lock, so ids are committed in order — but the same read serves
-/// both databases.)
+/// one prepared statement, and the scan passes over only the rows the relay holds and held
+/// rows. (On SQLite a cursor would even be safe from late commits — one writer at a time, and a
+/// writer's ids are allocated inside its write lock, so ids are committed in order — but the
+/// same read serves both databases.)
 pub(crate) async fn pending<'e, DB, E>(
     db: E,
     limit: i64,

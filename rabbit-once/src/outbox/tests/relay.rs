@@ -720,3 +720,81 @@ async fn postgres_relay_takes_no_pool_connection_and_its_lock_session_has_keepal
     conn.close().await;
     drop_schema(store, schema).await;
 }
+
+/// Rows of a held key interleaved with other rows (every other id): the others flow in order,
+/// though the relay's rows in flight then make hundreds of id ranges; once the held row goes
+/// out, its key's 500 rows follow it in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_rows_of_a_held_key_wait_and_then_go_in_order() {
+    let q = unique("ro-outbox-mixed");
+    let nowhere = unique("ro-outbox-later");
+    let conn = connect(&q).await;
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    outbox
+        .enqueue_keyed(&mut tx, to(&nowhere, 0), "K")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let end = tokio::time::Instant::now() + GUARD;
+    while outbox
+        .pending(1)
+        .await
+        .unwrap()
+        .first()
+        .is_none_or(|r| r.attempts == 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "K's first row is refused"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut tx = store.begin().await.unwrap();
+    for n in 0..1000 {
+        if n % 2 == 0 {
+            outbox.enqueue_keyed(&mut tx, to(&q, n), "K").await.unwrap();
+        } else {
+            outbox.enqueue(&mut tx, to(&q, n)).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let odd: Vec<String> = (0..1000)
+        .filter(|n| n % 2 == 1)
+        .map(|n| format!("{q}-{n}"))
+        .collect();
+    assert_eq!(
+        read(&conn, &q, 500).await,
+        odd,
+        "the keyless rows, in order"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // the held row is retried
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0, "K waits");
+
+    conn.declare(&Topology::new().queue(Queue::new(&nowhere)))
+        .await
+        .unwrap();
+    assert_eq!(read(&conn, &nowhere, 1).await, [format!("{nowhere}-0")]);
+    let even: Vec<String> = (0..1000)
+        .filter(|n| n % 2 == 0)
+        .map(|n| format!("{q}-{n}"))
+        .collect();
+    assert_eq!(read(&conn, &q, 500).await, even, "then K's rows, in order");
+    until_empty(&outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 1001, "{stats:?}");
+    assert_eq!(conn.queue_info(&q).await.unwrap().messages, 0, "none twice");
+
+    conn.delete_queue(&q).await.unwrap();
+    conn.delete_queue(&nowhere).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
