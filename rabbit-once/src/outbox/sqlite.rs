@@ -149,8 +149,41 @@ impl super::relay::Backend for SqliteOutbox {
         store::pending(&self.pool, limit, filter).await
     }
 
+    /// Deletes confirmed rows without waiting for the disk (`synchronous = NORMAL` for this
+    /// statement: in WAL mode the commit is then not synced; the next synced commit or
+    /// checkpoint makes it durable). Losing such a delete in a power cut only brings confirmed
+    /// rows back — published again, duplicates, never loss — and the relay holds SQLite's one
+    /// write lock, which the callers' transactions wait for, for far less time. The connection's
+    /// own setting is put back before it returns to the pool; if that fails (or the delete is
+    /// dropped halfway), the connection is closed instead.
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        store::remove(&self.pool, ids).await.map_err(store_error)
+        /// Closes the connection instead of giving it back unless its setting was put back
+        /// (also when the delete is dropped halfway).
+        struct Unsynced(Option<sqlx::pool::PoolConnection<Sqlite>>);
+        impl Drop for Unsynced {
+            fn drop(&mut self) {
+                if let Some(conn) = self.0.take() {
+                    drop(conn.detach());
+                }
+            }
+        }
+        let mut guard = Unsynced(Some(self.pool.acquire().await.map_err(store_error)?));
+        let conn = guard.0.as_mut().expect("the connection");
+        let before: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        let removed = store::remove_on::<Sqlite>(conn, ids).await;
+        sqlx::query(&format!("PRAGMA synchronous = {before}"))
+            .execute(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        guard.0.take(); // back to the pool, as it came
+        removed.map_err(store_error)
     }
 
     async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {

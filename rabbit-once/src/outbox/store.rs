@@ -196,20 +196,8 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     DB::QueryResult: RowsAffected,
 {
-    let ranges = ranges(ids.iter().copied());
     let mut n = 0;
-    for chunk in ranges.chunks(RANGES) {
-        let chunk = padded(chunk);
-        let list: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "id BETWEEN {} AND {}",
-                    DB::param(2 * i + 1),
-                    DB::param(2 * i + 2)
-                )
-            })
-            .collect();
-        let sql = format!("DELETE FROM {OUTBOX_TABLE} WHERE {}", list.join(" OR "));
+    for (sql, chunk) in deletes::<DB>(ids) {
         let mut q = sqlx::query::<DB>(&sql);
         for (low, high) in chunk {
             q = q.bind(low).bind(high);
@@ -217,6 +205,50 @@ where
         n += q.execute(db).await?.rows_affected();
     }
     Ok(n)
+}
+
+/// [`remove`] on one connection.
+pub(crate) async fn remove_on<DB>(
+    conn: &mut DB::Connection,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut n = 0;
+    for (sql, chunk) in deletes::<DB>(ids) {
+        let mut q = sqlx::query::<DB>(&sql);
+        for (low, high) in chunk {
+            q = q.bind(low).bind(high);
+        }
+        n += q.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// The DELETE statements for `ids`, with their ranges to bind (padded).
+fn deletes<DB: Dialect>(ids: &[i64]) -> Vec<(String, Vec<(i64, i64)>)> {
+    ranges(ids.iter().copied())
+        .chunks(RANGES)
+        .map(|chunk| {
+            let chunk = padded(chunk);
+            let list: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "id BETWEEN {} AND {}",
+                        DB::param(2 * i + 1),
+                        DB::param(2 * i + 2)
+                    )
+                })
+                .collect();
+            let sql = format!("DELETE FROM {OUTBOX_TABLE} WHERE {}", list.join(" OR "));
+            (sql, chunk)
+        })
+        .collect()
 }
 
 /// Ranges per DELETE statement.

@@ -798,3 +798,46 @@ async fn interleaved_rows_of_a_held_key_wait_and_then_go_in_order() {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
+
+/// The relay's deletes on SQLite do not wait for the disk, and leave every connection of the
+/// pool as it was (`synchronous = FULL`, the store's setting) for the application's commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deletes_leave_the_pools_connections_synced() {
+    let q = unique("ro-outbox-sync");
+    let conn = connect(&q).await;
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+    outbox.migrate().await.unwrap();
+    let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
+    for chunk in 0..5u64 {
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .enqueue_all(&mut tx, (chunk * 100..(chunk + 1) * 100).map(|n| to(&q, n)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(read(&conn, &q, 500).await.len(), 500);
+    until_empty(&outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 500, "{stats:?}");
+    // Every connection the pool has (the store opens at most 4), all at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = store.pool().acquire().await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL");
+        held.push(c);
+    }
+    drop(held);
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
