@@ -161,8 +161,20 @@ impl super::relay::Backend for PostgresOutbox {
         store::pending(&self.pool, limit, filter).await
     }
 
+    /// Deletes confirmed rows without waiting for the WAL flush (`synchronous_commit = off`,
+    /// for this transaction only): a delete lost in a crash only brings confirmed rows back —
+    /// published again, duplicates, never loss.
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        store::remove(&self.pool, ids).await.map_err(store_error)
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let n = store::remove_on::<Postgres>(&mut tx, ids)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(n)
     }
 
     async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {

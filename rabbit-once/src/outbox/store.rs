@@ -187,7 +187,9 @@ where
     .await
 }
 
-/// Deletes the rows `ids` (confirmed by the broker); returns how many were there.
+/// Deletes the rows `ids` (confirmed by the broker); returns how many were there. (The relay
+/// deletes with [`remove_on`], on a connection it set up for it.)
+#[cfg(test)]
 pub(crate) async fn remove<'e, DB, E>(db: E, ids: &[i64]) -> Result<u64, sqlx::Error>
 where
     DB: Dialect,
