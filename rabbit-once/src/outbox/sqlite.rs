@@ -149,11 +149,12 @@ impl super::relay::Backend for SqliteOutbox {
         store::pending(&self.pool, limit, filter).await
     }
 
-    /// Deletes confirmed rows without waiting for the disk (`synchronous = NORMAL` for this
-    /// statement: in WAL mode the commit is then not synced; the next synced commit or
-    /// checkpoint makes it durable). Losing such a delete in a power cut only brings confirmed
-    /// rows back — published again, duplicates, never loss — and the relay holds SQLite's one
-    /// write lock, which the callers' transactions wait for, for far less time. The connection's
+    /// Deletes confirmed rows without waiting for the disk, in WAL mode (`synchronous = NORMAL`
+    /// for this statement: the commit is then not synced; the next synced commit or checkpoint
+    /// makes it durable; with a rollback journal the delete stays synced). Losing such a delete
+    /// in a power cut only brings confirmed rows back — published again, duplicates, never
+    /// loss — and the relay holds SQLite's one write lock, which the callers' transactions wait
+    /// for, for far less time. The connection's
     /// own setting is put back before it returns to the pool; if that fails (or the delete is
     /// dropped halfway), the connection is closed instead.
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
@@ -167,7 +168,18 @@ impl super::relay::Backend for SqliteOutbox {
                 }
             }
         }
-        let mut guard = Unsynced(Some(self.pool.acquire().await.map_err(store_error)?));
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        // Only in WAL mode: with a rollback journal, `NORMAL` risks more than a lost delete.
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return store::remove_on::<Sqlite>(&mut conn, ids)
+                .await
+                .map_err(store_error);
+        }
+        let mut guard = Unsynced(Some(conn));
         let conn = guard.0.as_mut().expect("the connection");
         let before: i64 = sqlx::query_scalar("PRAGMA synchronous")
             .fetch_one(&mut **conn)

@@ -841,3 +841,50 @@ async fn sqlite_deletes_leave_the_pools_connections_synced() {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
+
+/// With a rollback journal (not WAL) the relay's delete stays synced and still deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deletes_with_a_rollback_journal_stay_synced() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Delete)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full),
+        )
+        .await
+        .unwrap();
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_all(&mut tx, (0..3).map(|n| to("q", n)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ids: Vec<i64> = outbox
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let removed = crate::outbox::relay::Backend::remove(&outbox, &ids)
+        .await
+        .unwrap();
+    assert_eq!(removed, 3);
+    assert!(outbox.pending(10).await.unwrap().is_empty());
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 2, "FULL");
+    pool.close().await;
+    for ext in ["", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
