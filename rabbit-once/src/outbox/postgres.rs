@@ -9,7 +9,8 @@ use crate::message::Message;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+const MIGRATIONS: &[&[&str]] = &[
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
         id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         message_id   TEXT NOT NULL UNIQUE,
         ordering_key TEXT,
@@ -22,7 +23,17 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         last_error   TEXT,
         retry_at     BIGINT,
         created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
-    )"]];
+    )"],
+    // 2: the held rows, by key and by due time (partial: only held rows are in them, so the
+    // writers' inserts never touch them). The relay's reads leave out the keys of held rows
+    // with an anti-join on the first; `next_retry` and the retry read use the second.
+    &[
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_key
+            ON rabbit_once_outbox (ordering_key, id) WHERE retry_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
+            ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
+    ],
+];
 
 /// Serializes the outbox's migrations across processes (the dedup tables use another lock).
 const MIGRATION_LOCK: i64 = 0x7261_6262_6974_6f75;
@@ -150,8 +161,20 @@ impl super::relay::Backend for PostgresOutbox {
         store::pending(&self.pool, limit, filter).await
     }
 
+    /// Deletes confirmed rows without waiting for the WAL flush (`synchronous_commit = off`,
+    /// for this transaction only): a delete lost in a crash only brings confirmed rows back —
+    /// published again, duplicates, never loss.
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        store::remove(&self.pool, ids).await.map_err(store_error)
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let n = store::remove_on::<Postgres>(&mut tx, ids)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(n)
     }
 
     async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {
@@ -182,7 +205,24 @@ impl super::relay::Backend for PostgresOutbox {
                 .map_err(store_error)?;
         if got {
             // Out of the pool: the lock must end with this session, never be handed on.
-            Ok(super::relay::Claim::Session(conn.detach()))
+            let mut conn = conn.detach();
+            // The server notices a vanished relay host within ~25 s (keepalive probes), or 30 s
+            // of unacknowledged data, and ends the session, which frees the lock for a standby.
+            // The relay itself gives the right up sooner: when a check of this session gets no
+            // answer within `Claim`'s 5 s (a standby cannot take over before the server ended
+            // the session). Ignored on a Unix socket (no TCP).
+            for set in [
+                "SET tcp_keepalives_idle = 10",
+                "SET tcp_keepalives_interval = 5",
+                "SET tcp_keepalives_count = 3",
+                "SET tcp_user_timeout = 30000",
+            ] {
+                sqlx::query(set)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Ok(super::relay::Claim::Session(conn))
         } else {
             Err(Error::Timeout("another relay publishes this outbox".into()))
         }
@@ -196,10 +236,17 @@ impl super::relay::Backend for PostgresOutbox {
         wake: std::sync::Arc<tokio::sync::Notify>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        // A pool of its own (one connection, the same options): a listener holds its connection
+        // for as long as it listens, which must not take one of the application's.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
         let mut failures = 0u32;
         loop {
             let session = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
                 listener.listen(CHANNEL).await?;
                 wake.notify_one(); // anything committed while nobody listened
                 loop {

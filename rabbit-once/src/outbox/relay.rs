@@ -7,6 +7,12 @@
 //! polls as the safety net for other processes' writes. A row the broker refuses (unroutable,
 //! missing exchange, …) is kept with its reason and attempt count and tried again later; the
 //! rows behind it go on.
+//!
+//! Confirmed rows are deleted in large batches (1,000 rows, or 100 ms after the oldest confirm,
+//! or 5 ms after the pipeline went quiet) by a task of their own, so the pipeline never waits for
+//! a delete, and on SQLite the callers' transactions meet the relay on the write lock ~10 times
+//! a second instead of after every few rows. Until their delete has committed, those rows stay
+//! out of every read.
 
 use super::PendingRow;
 use super::store::Filter;
@@ -88,10 +94,18 @@ impl Claim {
         match self {
             Claim::Always => true,
             #[cfg(feature = "postgres")]
-            Claim::Session(c) => sqlx::Connection::ping(c).await.is_ok(),
+            Claim::Session(c) => matches!(
+                tokio::time::timeout(HOLDS_TIMEOUT, sqlx::Connection::ping(c)).await,
+                Ok(Ok(()))
+            ),
         }
     }
 }
+
+/// How long a check of the lock's session may take before the relay gives the right up (the
+/// server ends a silent session only after ~25 s of keepalive probes: see `claim`).
+#[cfg(feature = "postgres")]
+const HOLDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An outbox a [`Relay`] publishes: [`SqliteOutbox`](crate::SqliteOutbox) or
 /// [`PostgresOutbox`](crate::PostgresOutbox). Sealed: the relay relies on how each one reads,
@@ -239,6 +253,10 @@ impl Relay {
                 flying: std::collections::VecDeque::new(),
                 last_retry: Instant::now(),
                 confirmed: Vec::new(),
+                confirmed_since: None,
+                deleting: None,
+                deleted: Arc::new(Notify::new()),
+                last_moved: Instant::now(),
                 last_check: Instant::now(),
             }
             .run(stop_rx),
@@ -286,14 +304,37 @@ struct Worker<B> {
     flying: std::collections::VecDeque<Flight>,
     /// When held rows were last looked for.
     last_retry: Instant,
-    /// Confirmed rows not deleted yet.
+    /// Confirmed rows not deleted yet (nor being deleted).
     confirmed: Vec<i64>,
+    /// When the oldest of `confirmed` was confirmed.
+    confirmed_since: Option<Instant>,
+    /// The delete under way, if any (one at a time, off the pipeline's path).
+    deleting: Option<Deleting>,
+    /// Signalled when that delete ended.
+    deleted: Arc<Notify>,
+    /// When rows were last read, published or settled.
+    last_moved: Instant,
     /// When the right to publish was last checked.
     last_check: Instant,
 }
 
-/// Confirmed rows are deleted once this many are in (or nothing else flies).
-const DELETE_AT_LEAST: usize = 200;
+/// Confirmed rows are deleted once this many are in, …
+const DELETE_AT_LEAST: usize = 1000;
+/// … or once the oldest of them waited this long, …
+const DELETE_AFTER: Duration = Duration::from_millis(100);
+/// … or once nothing moved for this long. Fewer, larger deletes: on SQLite every delete takes
+/// the one write lock the callers' transactions need, and a caller that finds it taken sleeps in
+/// SQLite's busy handler (1, 2, 5, 10, … ms), which is where the latency tail came from.
+const DELETE_WHEN_IDLE: Duration = Duration::from_millis(5);
+/// … or once they make more than this many id ranges.
+const SCATTERED: usize = 64;
+
+/// A delete of confirmed rows, running in a task of its own so the pipeline goes on meanwhile.
+/// Its rows stay out of every read until it finished (and go back to `confirmed` if it failed).
+struct Deleting {
+    ids: Vec<i64>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
 
 /// A published row awaiting its confirm.
 struct Flight {
@@ -396,8 +437,12 @@ impl<B: Backend> Worker<B> {
                     .unwrap_or(self.config.poll)
                     .min(self.config.poll)
             };
+            let wait = self.delete_due().map_or(wait, |due| due.min(wait));
+            let deleted = self.deleted.clone();
             tokio::select! {
                 _ = &mut notified => rescans = 0,
+                // The delete under way ended: take it in.
+                _ = deleted.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(&mut stop) => break,
             }
@@ -427,17 +472,12 @@ impl<B: Backend> Worker<B> {
         let room = self.config.batch - self.flying.len() as i64;
         // Top up in chunks (half a window at least), not one row per confirm.
         if room > 0 && (self.flying.is_empty() || room * 2 >= self.config.batch) {
-            let skip_ids: Vec<i64> = self
-                .flying
-                .iter()
-                .map(|f| f.id)
-                .chain(self.confirmed.iter().copied())
-                .collect();
             if self.flying.is_empty() || self.last_retry.elapsed() >= CHECK_EVERY {
                 self.last_retry = Instant::now();
+                let skip = self.skip();
                 let filter = Filter {
                     retry_due: Some(unix_ms()),
-                    skip_ids: &skip_ids,
+                    skip: &skip,
                     all: false,
                 };
                 let rows = self.backend.pending(room, &filter).await?;
@@ -445,15 +485,10 @@ impl<B: Backend> Worker<B> {
             }
             let room = self.config.batch - self.flying.len() as i64;
             if room > 0 {
-                let skip_ids: Vec<i64> = self
-                    .flying
-                    .iter()
-                    .map(|f| f.id)
-                    .chain(self.confirmed.iter().copied())
-                    .collect();
+                let skip = self.skip();
                 let filter = Filter {
                     retry_due: None,
-                    skip_ids: &skip_ids,
+                    skip: &skip,
                     all: false,
                 };
                 let rows = self.backend.pending(room, &filter).await?;
@@ -462,7 +497,96 @@ impl<B: Backend> Worker<B> {
             }
         }
         progress += self.settle(false).await?;
+        if progress > 0 {
+            self.last_moved = Instant::now();
+        }
+        self.delete(false).await?;
         Ok(progress)
+    }
+
+    /// The rows no read may return: in flight, confirmed and not deleted yet, being deleted.
+    fn skip(&self) -> Vec<(i64, i64)> {
+        super::store::ranges(
+            self.flying
+                .iter()
+                .map(|f| f.id)
+                .chain(self.confirmed.iter().copied())
+                .chain(self.deleting.iter().flat_map(|d| d.ids.iter().copied())),
+        )
+    }
+
+    /// How long until the confirmed rows are to be deleted, if any wait.
+    /// (None while a delete runs: its end wakes the relay.)
+    fn delete_due(&self) -> Option<Duration> {
+        if self.deleting.is_some() {
+            return None;
+        }
+        let since = self.confirmed_since?;
+        let due = DELETE_AFTER
+            .saturating_sub(since.elapsed())
+            .min(DELETE_WHEN_IDLE.saturating_sub(self.last_moved.elapsed()));
+        Some(due.max(Duration::from_millis(1)))
+    }
+
+    /// Takes in the delete under way if it finished, and starts the next one if it is due. With
+    /// `all` (a clean stop) deletes every confirmed row and waits for it. A failed delete puts
+    /// its rows back: they are deleted later, or published again by the next relay —
+    /// duplicates, never loss.
+    async fn delete(&mut self, all: bool) -> Result<(), Error> {
+        self.reap(all).await?;
+        if self.deleting.is_some() || self.confirmed.is_empty() {
+            return Ok(());
+        }
+        let due = all
+            || self.confirmed.len() >= DELETE_AT_LEAST
+            || self
+                .confirmed_since
+                .is_some_and(|t| t.elapsed() >= DELETE_AFTER)
+            || (self.flying.is_empty() && self.last_moved.elapsed() >= DELETE_WHEN_IDLE)
+            // Scattered ids (rows of held keys between them) make many ranges, and every range
+            // is one more test per row a read passes: keep them few.
+            || (self.confirmed.len() > SCATTERED
+                && super::store::ranges(self.confirmed.iter().copied()).len() > SCATTERED);
+        if !due {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.confirmed);
+        self.confirmed_since = None;
+        let task = tokio::spawn({
+            let (backend, counters) = (self.backend.clone(), self.counters.clone());
+            let (ids, deleted) = (ids.clone(), self.deleted.clone());
+            async move {
+                let done = backend.remove(&ids).await.map(|_| {
+                    counters
+                        .relayed
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                });
+                deleted.notify_one();
+                done
+            }
+        });
+        self.deleting = Some(Deleting { ids, task });
+        if all {
+            self.reap(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes in the delete under way if it finished (waits for it with `wait`).
+    async fn reap(&mut self, wait: bool) -> Result<(), Error> {
+        let Some(d) = self.deleting.take_if(|d| wait || d.task.is_finished()) else {
+            return Ok(());
+        };
+        let done = d.task.await.unwrap_or_else(|e| {
+            Err(Error::Store(Arc::new(sqlx::Error::Protocol(format!(
+                "the delete task failed: {e}"
+            )))))
+        });
+        if done.is_err() {
+            self.confirmed.extend(d.ids);
+            self.confirmed_since.get_or_insert_with(Instant::now);
+        }
+        done
     }
 
     /// Publishes `rows` in order; they fly until their confirms are settled.
@@ -487,7 +611,8 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Awaits the oldest confirmation (all of them with `all`), takes every other one already
-    /// in, deletes the confirmed rows and holds the refused ones. Returns how many it settled.
+    /// in, and holds the refused ones (with `all`, deletes every confirmed row and waits for
+    /// it). Returns how many it settled.
     async fn settle(&mut self, all: bool) -> Result<usize, Error> {
         use futures_util::FutureExt;
         let mut settled = 0;
@@ -505,26 +630,18 @@ impl<B: Backend> Worker<B> {
             let flight = self.flying.pop_front().expect("the front");
             settled += 1;
             match outcome {
-                Ok(_) => self.confirmed.push(flight.id),
+                Ok(_) => {
+                    self.confirmed.push(flight.id);
+                    self.confirmed_since.get_or_insert_with(Instant::now);
+                }
                 Err(e) => {
                     self.failed(flight.id, flight.key, &flight.message_id, &e.error)
                         .await?
                 }
             }
         }
-        // Deleted in chunks (or when nothing else flies). If the delete fails the rows stay and
-        // are published again: duplicates, never loss.
-        if self.confirmed.len() >= DELETE_AT_LEAST
-            || (self.flying.is_empty() && !self.confirmed.is_empty())
-        {
-            let confirmed = std::mem::take(&mut self.confirmed);
-            if let Err(e) = self.backend.remove(&confirmed).await {
-                self.confirmed = confirmed;
-                return Err(e);
-            }
-            self.counters
-                .relayed
-                .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
+        if all {
+            self.delete(true).await?;
         }
         Ok(settled)
     }

@@ -8,7 +8,8 @@ use crate::message::Message;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Sqlite, Transaction};
 
-const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
+const MIGRATIONS: &[&[&str]] = &[
+    &["CREATE TABLE IF NOT EXISTS rabbit_once_outbox (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         message_id   TEXT NOT NULL UNIQUE,
         ordering_key TEXT,
@@ -21,7 +22,17 @@ const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS rabbit_once_outbo
         last_error   TEXT,
         retry_at     BIGINT,
         created_at   INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
-    )"]];
+    )"],
+    // 2: the held rows, by key and by due time (partial: only held rows are in them, so the
+    // writers' inserts never touch them). The relay's reads leave out the keys of held rows
+    // with an anti-join on the first; `next_retry` and the retry read use the second.
+    &[
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_key
+            ON rabbit_once_outbox (ordering_key, id) WHERE retry_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
+            ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
+    ],
+];
 
 /// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose
 /// transactions enqueue).
@@ -138,8 +149,53 @@ impl super::relay::Backend for SqliteOutbox {
         store::pending(&self.pool, limit, filter).await
     }
 
+    /// Deletes confirmed rows without waiting for the disk, in WAL mode (`synchronous = NORMAL`
+    /// for this statement: the commit is then not synced; the next synced commit or checkpoint
+    /// makes it durable; with a rollback journal the delete stays synced). Losing such a delete
+    /// in a power cut only brings confirmed rows back — published again, duplicates, never
+    /// loss — and the relay holds SQLite's one write lock, which the callers' transactions wait
+    /// for, for far less time. The connection's
+    /// own setting is put back before it returns to the pool; if that fails (or the delete is
+    /// dropped halfway), the connection is closed instead.
     async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        store::remove(&self.pool, ids).await.map_err(store_error)
+        /// Closes the connection instead of giving it back unless its setting was put back
+        /// (also when the delete is dropped halfway).
+        struct Unsynced(Option<sqlx::pool::PoolConnection<Sqlite>>);
+        impl Drop for Unsynced {
+            fn drop(&mut self) {
+                if let Some(conn) = self.0.take() {
+                    drop(conn.detach());
+                }
+            }
+        }
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        // Only in WAL mode: with a rollback journal, `NORMAL` risks more than a lost delete.
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return store::remove_on::<Sqlite>(&mut conn, ids)
+                .await
+                .map_err(store_error);
+        }
+        let mut guard = Unsynced(Some(conn));
+        let conn = guard.0.as_mut().expect("the connection");
+        let before: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        let removed = store::remove_on::<Sqlite>(conn, ids).await;
+        sqlx::query(&format!("PRAGMA synchronous = {before}"))
+            .execute(&mut **conn)
+            .await
+            .map_err(store_error)?;
+        guard.0.take(); // back to the pool, as it came
+        removed.map_err(store_error)
     }
 
     async fn record_failure(&self, id: i64, reason: &str, retry_at: i64) -> Result<(), Error> {
