@@ -69,8 +69,12 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
 
 /// The right to publish an outbox's rows.
 pub(crate) enum Claim {
-    /// No other relay can exist (SQLite: one process).
+    /// No other relay can exist (an in-memory SQLite database: one process).
     Always,
+    /// An exclusive lock on a file beside a SQLite database, held while this file stays open:
+    /// the operating system releases it when the relay stops or its process dies.
+    #[cfg(feature = "sqlite")]
+    File(#[allow(dead_code)] std::fs::File),
     /// A PostgreSQL session that holds the outbox's advisory lock; the lock ends with it.
     #[cfg(feature = "postgres")]
     Session(sqlx::postgres::PgConnection),
@@ -80,6 +84,8 @@ impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Claim::Always => f.write_str("Always"),
+            #[cfg(feature = "sqlite")]
+            Claim::File(_) => f.write_str("File"),
             #[cfg(feature = "postgres")]
             Claim::Session(_) => f.write_str("Session"),
         }
@@ -93,6 +99,8 @@ impl Claim {
     async fn holds(&mut self) -> bool {
         match self {
             Claim::Always => true,
+            #[cfg(feature = "sqlite")]
+            Claim::File(_) => true,
             #[cfg(feature = "postgres")]
             Claim::Session(c) => matches!(
                 tokio::time::timeout(HOLDS_TIMEOUT, sqlx::Connection::ping(c)).await,

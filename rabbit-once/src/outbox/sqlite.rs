@@ -211,6 +211,35 @@ impl super::relay::Backend for SqliteOutbox {
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.wake.clone()
     }
+
+    /// One relay at a time per database file, across processes: an exclusive lock on
+    /// `<database>-relay.lock` (`flock`), kept while the relay runs and released by the
+    /// operating system when it stops or its process dies — a standby takes over at its next
+    /// try. `Err(Timeout)` means another relay holds it. An in-memory database has no file and
+    /// no other process: always.
+    async fn claim(&self) -> Result<super::relay::Claim, Error> {
+        let db = self.pool.connect_options().get_filename().to_owned();
+        let name = db.to_string_lossy();
+        if name.is_empty() || name == ":memory:" || name.starts_with("file::memory:") {
+            return Ok(super::relay::Claim::Always);
+        }
+        let mut lock = db.into_os_string();
+        lock.push("-relay.lock");
+        let lock = std::path::PathBuf::from(lock);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| Error::Store(std::sync::Arc::new(e)))?;
+        match file.try_lock() {
+            Ok(()) => Ok(super::relay::Claim::File(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(Error::Timeout("another relay publishes this outbox".into()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Store(std::sync::Arc::new(e))),
+        }
+    }
 }
 
 fn store_error(e: sqlx::Error) -> Error {

@@ -292,50 +292,71 @@ async fn pipeline_case(batch: usize) {
     }
 }
 
-/// Two relays on one PostgreSQL outbox: one publishes, the other stands by (every row once,
-/// in order); when the active one stops, the standby takes over within its retry interval.
+/// Two relays on one outbox: one publishes, the other stands by (PostgreSQL: the session
+/// advisory lock; SQLite: the lock file beside the database); when the active one stops at once
+/// (no wait for confirms), the standby takes over. Each row once, in order. A macro: the two
+/// outboxes share no trait for enqueueing.
+macro_rules! two_relays_case {
+    ($q:expr, $conn:expr, $store:expr, $outbox:expr) => {{
+        let (q, conn, store, outbox) = (&$q, &$conn, &$store, &$outbox);
+        let first = Relay::start(conn, outbox.clone(), config()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the first one holds the lock
+        let second = Relay::start(conn, outbox.clone(), config()).unwrap();
+        let enqueue = async |from: u64, to_n: u64| {
+            for n in from..to_n {
+                let mut tx = store.begin().await.unwrap();
+                outbox.enqueue(&mut tx, to(q, n)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        enqueue(0, 100).await;
+        let want: Vec<String> = (0..100).map(|n| format!("{q}-{n}")).collect();
+        assert_eq!(read(conn, q, 100).await, want, "each row once, in order");
+        until_empty(outbox).await;
+        assert_eq!(second.stats().relayed, 0, "the standby published nothing");
+
+        // The active relay stops at once (no wait for confirms); its lock goes with it.
+        let a = first.close(Duration::ZERO).await;
+        enqueue(100, 200).await;
+        let want: Vec<String> = (100..200).map(|n| format!("{q}-{n}")).collect();
+        assert_eq!(read(conn, q, 100).await, want, "the standby took over");
+        until_empty(outbox).await;
+        let b = second.close(Duration::from_secs(5)).await;
+        assert_eq!((a.relayed, b.relayed), (100, 100), "{a:?} {b:?}");
+        assert_eq!(
+            conn.queue_info(q).await.unwrap().messages,
+            0,
+            "no row published twice"
+        );
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_relays_publish_each_row_once_and_a_standby_takes_over() {
     let q = unique("ro-outbox-two");
     let conn = connect(&q).await;
     let (store, outbox, schema) = postgres().await;
-    let first = Relay::start(&conn, outbox.clone(), config()).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // the first one holds the lock
-    let second = Relay::start(&conn, outbox.clone(), config()).unwrap();
-
-    let enqueue = |from: u64, to_n: u64| {
-        let (store, outbox, q) = (store.clone(), outbox.clone(), q.clone());
-        async move {
-            for n in from..to_n {
-                let mut tx = store.begin().await.unwrap();
-                outbox.enqueue(&mut tx, to(&q, n)).await.unwrap();
-                tx.commit().await.unwrap();
-            }
-        }
-    };
-    enqueue(0, 100).await;
-    let want: Vec<String> = (0..100).map(|n| format!("{q}-{n}")).collect();
-    assert_eq!(read(&conn, &q, 100).await, want, "each row once, in order");
-    until_empty(&outbox).await;
-    assert_eq!(second.stats().relayed, 0, "the standby published nothing");
-
-    // The active relay stops at once (no wait for confirms); its lock session goes with it.
-    let a = first.close(Duration::ZERO).await;
-    enqueue(100, 200).await;
-    let want: Vec<String> = (100..200).map(|n| format!("{q}-{n}")).collect();
-    assert_eq!(read(&conn, &q, 100).await, want, "the standby took over");
-    until_empty(&outbox).await;
-    let b = second.close(Duration::from_secs(5)).await;
-    assert_eq!((a.relayed, b.relayed), (100, 100), "{a:?} {b:?}");
-    assert_eq!(
-        conn.queue_info(&q).await.unwrap().messages,
-        0,
-        "no row published twice"
-    );
-
+    two_relays_case!(q, conn, store, outbox);
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     drop_schema(store, schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_relays_publish_each_row_once_and_a_standby_takes_over() {
+    let q = unique("ro-outbox-two-sqlite");
+    let conn = connect(&q).await;
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-two")));
+    let store = SqliteStore::open(&path).await.unwrap();
+    let outbox = SqliteOutbox::new(store.pool().clone());
+    outbox.migrate().await.unwrap();
+    two_relays_case!(q, conn, store, outbox);
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+    store.pool().close().await;
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
 }
 
 /// A refused row holds back the later rows of its ordering key, not the others; once the
