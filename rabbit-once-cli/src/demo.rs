@@ -86,7 +86,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     pub_conn.close().await;
     con_conn.close().await;
     if temp_db {
-        for ext in ["", "-wal", "-shm"] {
+        for ext in ["", "-wal", "-shm", "-relay.lock"] {
             let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
         }
     }

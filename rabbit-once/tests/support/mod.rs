@@ -195,7 +195,7 @@ impl TempDb {
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        for ext in ["", "-wal", "-shm"] {
+        for ext in ["", "-wal", "-shm", "-relay.lock"] {
             let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
         }
     }

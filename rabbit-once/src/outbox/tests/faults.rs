@@ -126,7 +126,7 @@ async fn sqlite_relay_waits_out_a_broker_outage_and_publishes_everything_after()
     check.close().await;
     relay_conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }

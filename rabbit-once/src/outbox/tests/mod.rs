@@ -144,7 +144,7 @@ async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_proper
     ));
     tx.rollback().await.unwrap();
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -256,7 +256,7 @@ async fn sqlite_status_lists_refused_rows_and_discard_removes_one() {
     outbox.migrate().await.unwrap();
     status_and_discard!(store, outbox);
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }

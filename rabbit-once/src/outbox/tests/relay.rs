@@ -139,7 +139,7 @@ async fn sqlite_relay_publishes_committed_rows_once_and_keeps_refused_ones() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -287,7 +287,7 @@ async fn pipeline_case(batch: usize) {
     conn.delete_queue(&stage2).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -432,7 +432,7 @@ async fn a_refused_row_holds_back_its_key_only() {
     conn.delete_queue(&later).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -568,7 +568,7 @@ async fn held_rows_removed_or_many_never_jam_and_close_duplicates_nothing() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -631,7 +631,7 @@ async fn sqlite_reads_and_deletes_by_id_ranges_are_exact() {
         .collect();
     ranges_are_exact(&outbox, &ids).await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -815,7 +815,7 @@ async fn interleaved_rows_of_a_held_key_wait_and_then_go_in_order() {
     conn.delete_queue(&nowhere).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -858,7 +858,7 @@ async fn sqlite_deletes_leave_the_pools_connections_synced() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", "-relay.lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
