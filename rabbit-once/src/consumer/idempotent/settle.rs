@@ -24,6 +24,10 @@ enum CopyOutcome {
     Gone,
 }
 
+/// How long a failed message is held while the broker nacks its retry or dead-letter copy
+/// before it is requeued (see `Worker::publish_copy`).
+const COPY_HOLD: Duration = Duration::from_secs(30);
+
 /// Publish failures that the same copy would meet again however often it is sent.
 fn refused_for_good(e: &Error) -> bool {
     matches!(
@@ -133,12 +137,16 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// (`x-overflow: reject-publish`, what quorum retry queues are declared with), after the
     /// publisher's own retries — is published again after a growing pause while the original
     /// stays held, unacked, on its live channel (a full queue makes room: a retry queue as
-    /// its messages' TTLs run out). Requeueing the original instead would run its handler
+    /// its messages' TTLs run out). Requeueing the original at once would run its handler
     /// again, count a run against the crash-loop bound and a return against a quorum queue's
-    /// delivery limit, for a refusal that is not the message's fault.
+    /// delivery limit, for a refusal that is not the message's fault. Held, it holds up its
+    /// batch slot (with `concurrency(1)`, the consumer), so after [`COPY_HOLD`] the original is
+    /// requeued after all: a work queue that is full too could otherwise never drain into the
+    /// consumer, nor the retry queue into the work queue.
     async fn publish_copy(&self, item: &Item, m: crate::message::Message) -> CopyOutcome {
         let mut stop = self.stop.clone();
         let mut nacked = 0u32;
+        let held = std::time::Instant::now();
         loop {
             if !item.d.is_live() {
                 ConsumerCounters::add(&self.counters.abandoned, 1);
@@ -151,7 +159,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             match r {
                 Ok(_) => return CopyOutcome::Confirmed,
                 Err(e) if refused_for_good(&e.error) => return CopyOutcome::Refused(e.error),
-                Err(e) if matches!(e.error, Error::Nacked { .. }) => {
+                Err(e) if matches!(e.error, Error::Nacked { .. }) && held.elapsed() < COPY_HOLD => {
                     ConsumerCounters::add(&self.counters.copies_nacked, 1);
                     let pause = self.config.store_backoff.delay(nacked);
                     nacked = nacked.saturating_add(1);
