@@ -135,7 +135,8 @@ pub(crate) const UNCOUNTED_RETURNS: u32 = 1_000;
 /// The delivery limit of a dead-letter queue the consumer declares as a quorum queue: far out
 /// of reach of anyone reading and requeueing its messages (RabbitMQ 4.0 would otherwise apply
 /// its default of 20 and, the dead-letter queue having no dead-letter target itself, drop a
-/// dead letter returned 21 times). `-1`, "no limit" on 4.0, would mean 0 on 3.x.
+/// dead letter returned 21 times). `-1`, "no limit" on 4.0, drops a message at its first
+/// return on 3.10.
 pub(crate) const DEAD_QUEUE_DELIVERY_LIMIT: u32 = i32::MAX as u32;
 
 /// The `x-delivery-limit` of a quorum work queue consumed with `max_attempts` attempts: our

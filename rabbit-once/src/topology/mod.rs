@@ -338,8 +338,9 @@ impl Queue {
     /// requeue, or its consumer's channel closing) more than `n` times, the broker
     /// dead-letters it — or, without a dead-letter exchange, drops it (`x-delivery-limit`).
     /// RabbitMQ 4.0 applies a limit of 20 to every quorum queue that sets none; RabbitMQ 3.x
-    /// applies none. (`-1` means no limit on 4.0 but is taken as 0 by 3.x, so it is not
-    /// offered here: set a large `n` instead.)
+    /// applies none. Returns on a consumer's channel closing count too (RabbitMQ 3.10).
+    /// (`-1` means no limit on 4.0, but 3.10 accepts it and drops a message at its first
+    /// return: it is not offered here; set a large `n` instead.)
     pub fn delivery_limit(self, n: u32) -> Self {
         self.argument("x-delivery-limit", i64::from(n))
     }
