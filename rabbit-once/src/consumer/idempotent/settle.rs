@@ -165,7 +165,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     nacked = nacked.saturating_add(1);
                     tracing::warn!(
                         error = %e.error,
-                        queue = %m.routing_key,
+                        routing_key = %m.routing_key,
                         ?pause,
                         "the broker refuses the retry or dead-letter copy for now (a full queue?); \
                          holding the original and publishing the copy again"
