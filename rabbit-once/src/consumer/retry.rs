@@ -8,7 +8,7 @@
 
 use super::delivery::{ATTEMPT_HEADER, Delivery};
 use crate::message::Message;
-use crate::topology::{Queue, Topology};
+use crate::topology::{Overflow, Queue, QueueType, Topology};
 use crate::transport::FieldValue;
 use std::time::{Duration, SystemTime};
 
@@ -126,24 +126,85 @@ pub(crate) fn retry_queue(queue: &str, delay: Duration) -> String {
     format!("{queue}.retry.{}", delay.as_millis())
 }
 
-/// The retry queues and the dead-letter queue a consumer of `queue` needs.
-pub(crate) fn topology(queue: &str, policy: &RetryPolicy, dead: &DeadLetter) -> Topology {
+/// Returns of one message to a quorum work queue that the crash-loop bound does not count: a
+/// message that only waited in a prefetch buffer when its channel died, or was handed back by
+/// a consumer that stopped, never started a run. The broker counts every return, so its
+/// delivery limit is set this far above `max_attempts` (see [`delivery_limit`]).
+pub(crate) const UNCOUNTED_RETURNS: u32 = 1_000;
+
+/// The delivery limit of a dead-letter queue the consumer declares as a quorum queue: far out
+/// of reach of anyone reading and requeueing its messages (RabbitMQ 4.0 would otherwise apply
+/// its default of 20 and, the dead-letter queue having no dead-letter target itself, drop a
+/// dead letter returned 21 times). `-1`, "no limit" on 4.0, drops a message at its first
+/// return on 3.10.
+pub(crate) const DEAD_QUEUE_DELIVERY_LIMIT: u32 = i32::MAX as u32;
+
+/// The `x-delivery-limit` of a quorum work queue consumed with `max_attempts` attempts: our
+/// crash-loop bound dead-letters a message after `max_attempts` counted runs, each of which
+/// follows one return; the broker acts only after more than `limit` returns. The gap leaves
+/// room for the returns we do not count ([`UNCOUNTED_RETURNS`]), so the broker's limit never
+/// acts before our own policy; and if it ever does, the work queue's dead-letter target is
+/// ours: nothing is dropped.
+pub(crate) fn delivery_limit(max_attempts: u32) -> u32 {
+    max_attempts.saturating_add(UNCOUNTED_RETURNS)
+}
+
+/// The queues a consumer of `queue` declares: its retry queues and the dead-letter queue, and,
+/// for a quorum work queue, the work queue itself.
+///
+/// For [`QueueType::Quorum`] every one of them is a quorum queue (a classic queue lives on one
+/// node: a message parked in it is unavailable while that node is down, and lost with its
+/// disk), and each queue that dead-letters does so `at-least-once` (the message leaves the
+/// source only once the target confirmed it; RabbitMQ 3.10+, and it requires
+/// `x-overflow: reject-publish`, so a full queue refuses — nacks — a publish instead of
+/// dropping its oldest message): the retry queues into the work queue, and the work queue —
+/// past its `x-delivery-limit`, see [`delivery_limit`] — into the dead-letter target.
+pub(crate) fn topology(
+    queue: &str,
+    policy: &RetryPolicy,
+    dead: &DeadLetter,
+    queue_type: QueueType,
+) -> Topology {
+    let quorum = queue_type == QueueType::Quorum;
+    let at_least_once = |q: Queue| {
+        q.queue_type(QueueType::Quorum)
+            .argument("x-dead-letter-strategy", "at-least-once")
+            .overflow(Overflow::RejectPublish)
+    };
     let mut t = Topology::new();
     let mut delays = policy.delays.clone();
     delays.sort();
     delays.dedup();
     if policy.max_attempts > 1 {
         for d in delays {
-            t = t.queue(
-                Queue::new(retry_queue(queue, d))
-                    .message_ttl(d)
-                    .dead_letter_exchange("")
-                    .dead_letter_routing_key(queue),
-            );
+            let q = Queue::new(retry_queue(queue, d))
+                .message_ttl(d)
+                .dead_letter_exchange("")
+                .dead_letter_routing_key(queue);
+            t = t.queue(if quorum { at_least_once(q) } else { q });
         }
     }
     if let DeadLetter::Queue(q) = dead {
-        t = t.queue(Queue::new(q));
+        let q = Queue::new(q);
+        t = t.queue(if quorum {
+            q.queue_type(QueueType::Quorum)
+                .delivery_limit(DEAD_QUEUE_DELIVERY_LIMIT)
+        } else {
+            q
+        });
+    }
+    if quorum {
+        let work = Queue::new(queue).delivery_limit(delivery_limit(policy.max_attempts));
+        let work = match dead {
+            DeadLetter::Queue(q) => work.dead_letter_exchange("").dead_letter_routing_key(q),
+            DeadLetter::Exchange {
+                exchange,
+                routing_key,
+            } => work
+                .dead_letter_exchange(exchange)
+                .dead_letter_routing_key(routing_key),
+        };
+        t = t.queue(at_least_once(work));
     }
     t
 }
@@ -270,7 +331,12 @@ mod tests {
     #[test]
     fn topology_has_one_retry_queue_per_delay_and_the_dead_queue() {
         let p = RetryPolicy::new(3, vec![ms(200), ms(100), ms(200)]);
-        let t = topology("work", &p, &DeadLetter::Queue("work.dead".into()));
+        let t = topology(
+            "work",
+            &p,
+            &DeadLetter::Queue("work.dead".into()),
+            QueueType::Classic,
+        );
         let names: Vec<_> = t.queues.iter().map(|q| q.name().to_string()).collect();
         assert_eq!(names, ["work.retry.100", "work.retry.200", "work.dead"]);
         let r = &t.queues[0];
@@ -289,6 +355,125 @@ mod tests {
             r.arguments.get("x-dead-letter-exchange").unwrap().as_str(),
             Some("")
         );
+    }
+
+    #[test]
+    fn a_classic_consumer_declares_classic_queues_and_leaves_the_work_queue_alone() {
+        let p = RetryPolicy::new(3, vec![ms(100)]);
+        let t = topology(
+            "work",
+            &p,
+            &DeadLetter::Queue("work.dead".into()),
+            QueueType::Classic,
+        );
+        for q in &t.queues {
+            for k in [
+                "x-queue-type",
+                "x-delivery-limit",
+                "x-dead-letter-strategy",
+                "x-overflow",
+            ] {
+                assert!(q.arguments.get(k).is_none(), "{} has {k}", q.name());
+            }
+        }
+        assert!(t.queues.iter().all(|q| q.name() != "work"));
+    }
+
+    #[test]
+    fn a_quorum_consumer_declares_quorum_queues_that_dead_letter_at_least_once() {
+        let str_arg = |q: &Queue, k: &str| {
+            q.arguments
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let int_arg = |q: &Queue, k: &str| q.arguments.get(k).and_then(|v| v.as_i64());
+        let p = RetryPolicy::new(4, vec![ms(200), ms(100)]);
+        let t = topology(
+            "work",
+            &p,
+            &DeadLetter::Queue("work.dead".into()),
+            QueueType::Quorum,
+        );
+        let names: Vec<_> = t.queues.iter().map(|q| q.name().to_string()).collect();
+        assert_eq!(
+            names,
+            ["work.retry.100", "work.retry.200", "work.dead", "work"]
+        );
+        for q in &t.queues {
+            assert_eq!(
+                str_arg(q, "x-queue-type").as_deref(),
+                Some("quorum"),
+                "{}",
+                q.name()
+            );
+            assert!(q.durable, "a quorum queue is durable");
+        }
+        for (q, ttl) in [(&t.queues[0], 100), (&t.queues[1], 200)] {
+            assert_eq!(int_arg(q, "x-message-ttl"), Some(ttl));
+            assert_eq!(str_arg(q, "x-dead-letter-exchange").as_deref(), Some(""));
+            assert_eq!(
+                str_arg(q, "x-dead-letter-routing-key").as_deref(),
+                Some("work")
+            );
+            assert_eq!(
+                str_arg(q, "x-dead-letter-strategy").as_deref(),
+                Some("at-least-once")
+            );
+            assert_eq!(str_arg(q, "x-overflow").as_deref(), Some("reject-publish"));
+        }
+        let dead = &t.queues[2];
+        assert_eq!(int_arg(dead, "x-delivery-limit"), Some(i64::from(i32::MAX)));
+        assert!(dead.arguments.get("x-dead-letter-exchange").is_none());
+        let work = &t.queues[3];
+        assert_eq!(int_arg(work, "x-delivery-limit"), Some(4 + 1000));
+        assert_eq!(str_arg(work, "x-dead-letter-exchange").as_deref(), Some(""));
+        assert_eq!(
+            str_arg(work, "x-dead-letter-routing-key").as_deref(),
+            Some("work.dead")
+        );
+        assert_eq!(
+            str_arg(work, "x-dead-letter-strategy").as_deref(),
+            Some("at-least-once")
+        );
+        assert_eq!(
+            str_arg(work, "x-overflow").as_deref(),
+            Some("reject-publish")
+        );
+        assert!(t.validate().is_ok());
+
+        // Dead letters to an exchange: the work queue's limit dead-letters there too, and no
+        // dead-letter queue is declared.
+        let t = topology(
+            "work",
+            &RetryPolicy::new(1, vec![]),
+            &DeadLetter::Exchange {
+                exchange: "dlx".into(),
+                routing_key: "k".into(),
+            },
+            QueueType::Quorum,
+        );
+        assert_eq!(t.queues.len(), 1, "no retry queues for a single attempt");
+        let work = &t.queues[0];
+        assert_eq!(int_arg(work, "x-delivery-limit"), Some(1 + 1000));
+        assert_eq!(
+            str_arg(work, "x-dead-letter-exchange").as_deref(),
+            Some("dlx")
+        );
+        assert_eq!(
+            str_arg(work, "x-dead-letter-routing-key").as_deref(),
+            Some("k")
+        );
+    }
+
+    #[test]
+    fn the_brokers_delivery_limit_is_above_the_crash_loop_bound() {
+        // The bound dead-letters after `max_attempts` counted returns; the broker only after
+        // more than `delivery_limit` returns, counted or not.
+        for max in [1, 3, 5, 100, u32::MAX] {
+            assert!(delivery_limit(max) >= max);
+        }
+        assert_eq!(delivery_limit(5), 1005);
     }
 
     #[test]

@@ -5,12 +5,14 @@ use crate::backoff::Backoff;
 use crate::consumer::retry::{self, DeadLetter, MissingId, RetryPolicy};
 use crate::consumer::subscription::SubscriptionConfig;
 use crate::error::Error;
+use crate::topology::{QueueType, Topology};
 use std::time::Duration;
 
 /// Options of an idempotent consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     pub(crate) queue: String,
+    pub(crate) queue_type: QueueType,
     pub(crate) group: String,
     pub(crate) prefetch: u16,
     pub(crate) concurrency: usize,
@@ -39,6 +41,7 @@ impl ConsumerConfig {
             group: queue.clone(),
             dead_letter: DeadLetter::Queue(format!("{queue}.dead")),
             queue,
+            queue_type: QueueType::Classic,
             prefetch: 500,
             concurrency: 1,
             batch_size: 200,
@@ -50,6 +53,34 @@ impl ConsumerConfig {
             store_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5),
             handler_timeout: Duration::from_secs(300),
         }
+    }
+
+    /// The type of the work queue (default [`QueueType::Classic`]: the consumer declares its
+    /// retry and dead-letter queues as classic queues and leaves the work queue to the
+    /// application).
+    ///
+    /// With [`QueueType::Quorum`] the consumer declares, on every session, the work queue and
+    /// everything around it as quorum queues, replicated like the work queue, so a message
+    /// waiting out a retry delay or dead-lettered survives the loss of a node:
+    /// - the work queue: `x-queue-type: quorum`, `x-delivery-limit: max_attempts + 1000` (the
+    ///   broker's poison-message limit, set far enough above our own crash-loop bound that it
+    ///   never acts first — RabbitMQ 4.0 would otherwise apply its default of 20), and past
+    ///   that limit dead-letters to this consumer's dead-letter target (`x-dead-letter-exchange`
+    ///   and `x-dead-letter-routing-key`), never dropping;
+    /// - each retry queue `<queue>.retry.<ms>`: quorum, its TTL, dead-lettering back to the
+    ///   work queue;
+    /// - the dead-letter queue (if it is one): quorum, a delivery limit out of reach;
+    /// - every queue that dead-letters does so `x-dead-letter-strategy: at-least-once` with
+    ///   `x-overflow: reject-publish` (RabbitMQ 3.10 or later): a message moves only once its
+    ///   target confirmed it.
+    ///
+    /// A work queue that already exists with other arguments (declared by hand, or classic)
+    /// makes the declaration fail (406 PRECONDITION_FAILED) and the consumer stop with an
+    /// error: declare it with [`topology`](Self::topology) wherever else it is declared (with
+    /// its bindings, in [`ConnectionConfig::topology`](crate::ConnectionConfig::topology)).
+    pub fn queue_type(mut self, t: QueueType) -> Self {
+        self.queue_type = t;
+        self
     }
 
     /// How long one run of the handler over a batch may take (default 5 minutes, well under
@@ -135,10 +166,23 @@ impl ConsumerConfig {
     /// Every queue this consumer uses: the work queue, its retry queues and (if it is a queue)
     /// the dead-letter target — for tools that clean up after themselves.
     pub fn queues(&self) -> Vec<String> {
-        let extra = retry::topology(&self.queue, &self.retry, &self.dead_letter);
         std::iter::once(self.queue.clone())
-            .chain(extra.queues.iter().map(|q| q.name().to_string()))
+            .chain(
+                self.topology()
+                    .queues
+                    .iter()
+                    .map(|q| q.name().to_string())
+                    .filter(|q| *q != self.queue),
+            )
             .collect()
+    }
+
+    /// What the consumer declares on every session: its retry queues and (if it is a queue)
+    /// the dead-letter target, and for a [quorum](Self::queue_type) work queue the work queue
+    /// itself. Merge it into the connection's topology to bind the work queue to an exchange
+    /// there (a binding needs its queue declared first).
+    pub fn topology(&self) -> Topology {
+        retry::topology(&self.queue, &self.retry, &self.dead_letter, self.queue_type)
     }
 
     pub(super) fn validate(&self) -> Result<(), Error> {
@@ -155,7 +199,7 @@ impl ConsumerConfig {
         SubscriptionConfig::new(&self.queue)
             .prefetch(self.prefetch)
             .validate()?;
-        retry::topology(&self.queue, &self.retry, &self.dead_letter)
+        self.topology()
             .validate()
             .map_err(|e| Error::Config(format!("retry and dead-letter queues: {e}")))?;
         if (self.prefetch as usize) < self.batch_size {
@@ -198,5 +242,21 @@ mod tests {
             routing_key: "k".into(),
         });
         assert_eq!(c.queues(), ["work", "work.retry.200", "work.retry.1000"]);
+    }
+
+    #[test]
+    fn a_quorum_consumer_declares_its_work_queue_and_lists_it_once() {
+        let c = ConsumerConfig::new("work")
+            .retry(RetryPolicy::new(3, vec![Duration::from_millis(200)]));
+        assert!(c.topology().queues.iter().all(|q| q.name() != "work"));
+        let c = c.queue_type(QueueType::Quorum);
+        assert_eq!(c.queues(), ["work", "work.retry.200", "work.dead"]);
+        let t = c.topology();
+        let work = t.queues.iter().find(|q| q.name() == "work").unwrap();
+        assert_eq!(
+            work.arguments.get("x-delivery-limit").unwrap().as_i64(),
+            Some(1003)
+        );
+        assert!(c.validate().is_ok());
     }
 }

@@ -47,7 +47,8 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Creates the dedup table if needed, declares the retry and dead-letter queues (on every
+    /// Creates the dedup table if needed, declares the retry and dead-letter queues — and the
+    /// work queue too if it is a [quorum](ConsumerConfig::queue_type) queue — (on every
     /// session from now on) and starts consuming. Fails if the store cannot be migrated.
     pub async fn start<S, H>(
         conn: &Connection,

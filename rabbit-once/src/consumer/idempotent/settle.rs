@@ -18,11 +18,15 @@ enum CopyOutcome {
     Confirmed,
     /// The broker will never take this copy (see [`refused_for_good`]).
     Refused(Error),
-    /// Not now (connection trouble, nacks): try again later.
+    /// Not now (the publisher failed it for a reason that may clear): requeue it later.
     Failed,
     /// The original's channel is gone or the consumer is stopping: the broker redelivers it.
     Gone,
 }
+
+/// How long a failed message is held while the broker nacks its retry or dead-letter copy
+/// before it is requeued (see `Worker::publish_copy`).
+const COPY_HOLD: Duration = Duration::from_secs(30);
 
 /// Publish failures that the same copy would meet again however often it is sent.
 fn refused_for_good(e: &Error) -> bool {
@@ -128,22 +132,53 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
 
     /// Publishes a retry or dead-letter copy of `item` and waits for the broker's verdict. The
     /// original is acked by the caller only once the copy is confirmed.
+    ///
+    /// A copy the broker keeps nacking — its queue is full and refuses publishes
+    /// (`x-overflow: reject-publish`, what quorum retry queues are declared with), after the
+    /// publisher's own retries — is published again after a growing pause while the original
+    /// stays held, unacked, on its live channel (a full queue makes room: a retry queue as
+    /// its messages' TTLs run out). Requeueing the original at once would run its handler
+    /// again, count a run against the crash-loop bound and a return against a quorum queue's
+    /// delivery limit, for a refusal that is not the message's fault. Held, it holds up its
+    /// batch slot (with `concurrency(1)`, the consumer), so after [`COPY_HOLD`] the original is
+    /// requeued after all: a work queue that is full too could otherwise never drain into the
+    /// consumer, nor the retry queue into the work queue.
     async fn publish_copy(&self, item: &Item, m: crate::message::Message) -> CopyOutcome {
-        if !item.d.is_live() {
-            ConsumerCounters::add(&self.counters.abandoned, 1);
-            return CopyOutcome::Gone;
-        }
         let mut stop = self.stop.clone();
-        let r = tokio::select! {
-            r = self.publisher.publish_confirmed(m) => r,
-            _ = stopped(&mut stop) => return CopyOutcome::Gone,
-        };
-        match r {
-            Ok(_) => CopyOutcome::Confirmed,
-            Err(e) if refused_for_good(&e.error) => CopyOutcome::Refused(e.error),
-            Err(e) => {
-                tracing::error!(error = %e.error, "could not publish the retry or dead-letter copy; requeueing the original");
-                CopyOutcome::Failed
+        let mut nacked = 0u32;
+        let held = std::time::Instant::now();
+        loop {
+            if !item.d.is_live() {
+                ConsumerCounters::add(&self.counters.abandoned, 1);
+                return CopyOutcome::Gone;
+            }
+            let r = tokio::select! {
+                r = self.publisher.publish_confirmed(m.clone()) => r,
+                _ = stopped(&mut stop) => return CopyOutcome::Gone,
+            };
+            match r {
+                Ok(_) => return CopyOutcome::Confirmed,
+                Err(e) if refused_for_good(&e.error) => return CopyOutcome::Refused(e.error),
+                Err(e) if matches!(e.error, Error::Nacked { .. }) && held.elapsed() < COPY_HOLD => {
+                    ConsumerCounters::add(&self.counters.copies_nacked, 1);
+                    let pause = self.config.store_backoff.delay(nacked);
+                    nacked = nacked.saturating_add(1);
+                    tracing::warn!(
+                        error = %e.error,
+                        routing_key = %m.routing_key,
+                        ?pause,
+                        "the broker refuses the retry or dead-letter copy for now (a full queue?); \
+                         holding the original and publishing the copy again"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopped(&mut stop) => return CopyOutcome::Gone,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.error, "could not publish the retry or dead-letter copy; requeueing the original");
+                    return CopyOutcome::Failed;
+                }
             }
         }
     }

@@ -52,6 +52,9 @@ pub struct ConsumerStats {
     pub held: u64,
     /// Deliveries dropped unacked because their channel died first (the broker redelivers them).
     pub abandoned: u64,
+    /// Times the broker nacked a retry or dead-letter copy after the publisher's own retries
+    /// (its queue full, `reject-publish`): the original was held and the copy published again.
+    pub copies_nacked: u64,
     /// Dedup records deleted by the retention job.
     pub purged: u64,
 }
@@ -75,6 +78,7 @@ pub(super) struct ConsumerCounters {
     pub(super) store_conflicts: AtomicU64,
     pub(super) held: AtomicU64,
     pub(super) abandoned: AtomicU64,
+    pub(super) copies_nacked: AtomicU64,
     pub(super) purged: AtomicU64,
 }
 
@@ -105,6 +109,7 @@ impl ConsumerCounters {
             store_conflicts: g(&self.store_conflicts),
             held: g(&self.held),
             abandoned: g(&self.abandoned),
+            copies_nacked: g(&self.copies_nacked),
             purged: g(&self.purged),
         }
     }

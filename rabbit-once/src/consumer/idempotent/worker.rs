@@ -7,7 +7,6 @@ use super::stats::ConsumerCounters;
 use crate::connection::Connection;
 use crate::consumer::delivery::Delivery;
 use crate::consumer::handler::Handler;
-use crate::consumer::retry;
 use crate::consumer::subscription::{Subscription, SubscriptionConfig};
 use crate::dedup::Store;
 use crate::publisher::Publisher;
@@ -34,10 +33,10 @@ pub(super) struct Worker<S: Store, H> {
 impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let c = &self.config;
-        let topo = retry::topology(&c.queue, &c.retry, &c.dead_letter);
+        let topo = c.topology();
         tokio::select! {
             r = self.conn.declare(&topo) => if let Err(e) = r {
-                tracing::error!(error = %e, "could not declare the retry and dead-letter queues; consumer stopped");
+                tracing::error!(error = %e, "could not declare the consumer's queues; consumer stopped");
                 return;
             },
             _ = stopped(&mut stop) => return,
