@@ -346,10 +346,10 @@ async fn postgres_relay_killed_between_confirm_and_delete_publishes_twice_applie
 }
 
 /// A row the broker refuses (its exchange does not exist) is shown by `outbox status` with its
-/// reason; `relay --until-empty` publishes the rest and exits 1 naming it; once an operator
-/// discards it, the outbox drains and the relay exits 0.
+/// reason; `relay --until-empty` publishes the rest and exits 1 naming it; refused again it is
+/// parked; once the cause is fixed an operator requeues it, and it goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_until_empty_reports_a_refused_row_and_status_shows_why() {
+async fn a_refused_row_is_reported_parked_and_requeued_from_the_command_line() {
     let q = unique("cli-outbox-refused");
     let db = TempDb::new();
     let spec = format!("sqlite:{}", db.path.display());
@@ -403,10 +403,63 @@ async fn relay_until_empty_reports_a_refused_row_and_status_shows_why() {
         "the rest flowed"
     );
 
-    assert!(outbox.discard("refused-1").await.unwrap());
+    // Refused once more (once its retry is due), it is parked: out of the outbox, kept; the
+    // relay still exits 1.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let park = [&relay[..], &["--park-after", "1"]].concat();
+    let out = command(&park).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "a parked row is not published");
+    assert_eq!(
+        (
+            json(&out)["pending"].as_u64(),
+            json(&out)["parked"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let status = run_to_end(&["outbox", "status", "--outbox", &spec, "--json"]).await;
+    assert_eq!(
+        status["parked_rows"][0]["message_id"], "refused-1",
+        "{status}"
+    );
+
+    // The cause fixed (the exchange exists, bound to the queue), an operator requeues it.
+    let exchange = format!("{q}-missing-exchange");
+    conn.declare(
+        &rabbit_once::Topology::new()
+            .exchange(rabbit_once::Exchange::new(
+                &exchange,
+                rabbit_once::ExchangeKind::Direct,
+            ))
+            .binding(rabbit_once::Binding::queue(&q, &exchange, "k")),
+    )
+    .await
+    .unwrap();
+    let out = command(&["outbox", "requeue", "--outbox", &spec, "--id", "refused-1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(&["outbox", "discard", "--outbox", &spec, "--id", "no-such-id"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no such row");
     let out = run_to_end(&relay).await;
-    assert_eq!(out["pending"], 0);
+    assert_eq!(
+        (out["pending"].as_u64(), out["parked"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages,
+        11,
+        "and it went out"
+    );
     store.pool().close().await;
     conn.delete_queue(&q).await.unwrap();
+    conn.delete_exchange(&exchange).await.unwrap();
     conn.close().await;
 }

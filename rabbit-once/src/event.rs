@@ -81,6 +81,19 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The outbox relay parked a row the broker refused [`RelayConfig::park_after`](crate::RelayConfig::park_after)
+    /// times: it left the outbox for `rabbit_once_outbox_parked` (its key's later rows go on
+    /// without it) and waits there for an operator to requeue or discard it.
+    OutboxRowParked {
+        /// The message's `message_id`.
+        message_id: String,
+        /// The row's ordering key, if it has one.
+        ordering_key: Option<String>,
+        /// Why the last publish failed.
+        reason: String,
+        /// Failed publishes in all.
+        attempts: u64,
+    },
     /// The supervisor stopped for good.
     GaveUp {
         /// Why.

@@ -100,13 +100,16 @@ impl OutboxDb {
                 (Db::Sqlite(_), _) => "that SQLite database".to_string(),
             }
         );
+        // An outbox written by an older version gets the newer tables (the parked rows).
         Ok(match db {
             Db::Sqlite(s) => {
                 let o = SqliteOutbox::new(s.pool().clone());
+                o.migrate().await?;
                 OutboxDb::Sqlite(s, o)
             }
             Db::Postgres(s) => {
                 let o = PostgresOutbox::new(s.pool().clone());
+                o.migrate().await?;
                 OutboxDb::Postgres(s, o)
             }
         })
@@ -118,6 +121,22 @@ impl OutboxDb {
             OutboxDb::Sqlite(_, o) => o.status().await?,
             OutboxDb::Postgres(_, o) => o.status().await?,
         })
+    }
+
+    /// Moves the parked rows of `id` back into the outbox; how many.
+    pub async fn requeue(&self, id: &str) -> anyhow::Result<u64> {
+        Ok(match self {
+            OutboxDb::Sqlite(_, o) => o.requeue(id).await?,
+            OutboxDb::Postgres(_, o) => o.requeue(id).await?,
+        })
+    }
+
+    /// Deletes the rows of `id` (pending or parked); 1 if there were any, else 0.
+    pub async fn discard(&self, id: &str) -> anyhow::Result<u64> {
+        Ok(u64::from(match self {
+            OutboxDb::Sqlite(_, o) => o.discard(id).await?,
+            OutboxDb::Postgres(_, o) => o.discard(id).await?,
+        }))
     }
 
     /// Creates the `sent` table if missing.
@@ -216,11 +235,16 @@ macro_rules! insert_sent {
 insert_sent!(insert_sent_sqlite, Sqlite);
 insert_sent!(insert_sent_postgres, Postgres);
 
-/// Names the rows the broker refused, on stderr: id, attempts, why.
+/// Names the rows the broker refused and the parked ones, on stderr: id, attempts, why.
 pub fn report_refused(status: &OutboxStatus) {
-    for row in &status.failed_rows {
+    for (what, row) in status
+        .failed_rows
+        .iter()
+        .map(|r| ("refused", r))
+        .chain(status.parked_rows.iter().map(|r| ("parked", r)))
+    {
         eprintln!(
-            "refused: {} ({} attempts): {}",
+            "{what}: {} ({} attempts): {}",
             row.message_id,
             row.attempts,
             row.last_error.as_deref().unwrap_or("?")

@@ -27,6 +27,8 @@ struct Summary {
     pending: u64,
     /// Of those, rows the broker refused.
     failed_rows: u64,
+    /// Rows parked after too many refusals (not published; see `outbox status`).
+    parked_rows: u64,
     /// Seconds from the start to the end.
     seconds: f64,
 }
@@ -95,6 +97,7 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
     let status = db.status().await?;
     s.pending = status.pending;
     s.failed_rows = status.failed;
+    s.parked_rows = status.parked;
     s.seconds = started.elapsed().as_secs_f64();
     conn.close().await;
     db.close().await;
@@ -114,7 +117,7 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
         );
     }
     super::report_refused(&status);
-    Ok(if a.no_relay || s.pending == 0 {
+    Ok(if a.no_relay || (s.pending == 0 && s.parked_rows == 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -18,7 +18,7 @@ pub struct Args {
     #[command(flatten)]
     pub outbox: OutboxArgs,
     /// Exit once no row is left to publish: 0 when the outbox is empty, 1 when only rows the
-    /// broker refused remain (they are listed).
+    /// broker refused remain or rows are parked (they are listed).
     #[arg(long)]
     pub until_empty: bool,
     /// Rows in flight at a time.
@@ -31,6 +31,10 @@ pub struct Args {
     /// Seconds a row the broker refused waits before it is tried again.
     #[arg(long, default_value_t = 5)]
     pub retry_after: u64,
+    /// Refusals after which a row is parked (out of the outbox, its key freed, kept for
+    /// `outbox requeue` or `outbox discard`); 0: never park.
+    #[arg(long, default_value_t = 20)]
+    pub park_after: u32,
     /// Print the final counters as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +51,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .batch(a.batch)
         .poll(Duration::from_millis(a.poll_ms.max(1)))
         .retry_after(Duration::from_secs(a.retry_after))
+        .park_after(a.park_after)
         .publisher(PublisherConfig::default().window(a.batch as usize));
     let relay = db.relay(&conn, config)?;
     let mut refused_only = false;
@@ -60,7 +65,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     if s.pending == 0 {
                         return anyhow::Ok(false);
                     }
-                    if s.pending == s.failed && relay.stats().reads > 0 {
+                    // Held rows not due yet (a due one may be in flight right now).
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let waiting = s
+                        .failed_rows
+                        .iter()
+                        .all(|r| r.retry_at_unix_ms.is_some_and(|t| t > now));
+                    if s.pending == s.failed && waiting && relay.stats().reads > 0 {
                         return anyhow::Ok(true);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,28 +88,29 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let status = db.status().await?;
     conn.close().await;
     db.close().await;
-    print(&stats, status.pending, a.json)?;
+    print(&stats, status.pending, status.parked, a.json)?;
     super::report_refused(&status);
-    Ok(if refused_only {
+    Ok(if refused_only || (a.until_empty && status.parked > 0) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn print(stats: &RelayStats, pending: u64, json: bool) -> anyhow::Result<()> {
+fn print(stats: &RelayStats, pending: u64, parked: u64, json: bool) -> anyhow::Result<()> {
     if json {
         let v = serde_json::json!({
             "relayed": stats.relayed,
             "failed_publishes": stats.failed,
             "reads": stats.reads,
             "pending": pending,
+            "parked": parked,
         });
         println!("{v}");
     } else {
         println!(
-            "relayed {}  failed publishes {}  reads {}  still pending {}",
-            stats.relayed, stats.failed, stats.reads, pending
+            "relayed {}  failed publishes {}  reads {}  still pending {}  parked {}",
+            stats.relayed, stats.failed, stats.reads, pending, parked
         );
     }
     Ok(())

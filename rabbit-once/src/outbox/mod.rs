@@ -36,6 +36,9 @@ pub use status::{FAILED_ROWS_SHOWN, FailedRow, OutboxStatus};
 /// The table of messages waiting for the broker's confirm.
 pub(crate) const OUTBOX_TABLE: &str = "rabbit_once_outbox";
 
+/// Rows the relay gave up on after `RelayConfig::park_after` refusals.
+pub(crate) const PARKED_TABLE: &str = "rabbit_once_outbox_parked";
+
 /// The table that records which migrations of the outbox table ran.
 pub(crate) const OUTBOX_SCHEMA_TABLE: &str = "rabbit_once_outbox_schema";
 

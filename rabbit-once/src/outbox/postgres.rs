@@ -33,6 +33,28 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
             ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
     ],
+    // 3: rows refused `RelayConfig::park_after` times, out of the relay's way until an
+    // operator requeues or discards them.
+    // Not unique by message_id: a message with the id of a parked one may be enqueued, and
+    // be parked too; both are kept (requeue and discard take every row of an id).
+    &[
+        "CREATE TABLE IF NOT EXISTS rabbit_once_outbox_parked (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_id   TEXT NOT NULL,
+        ordering_key TEXT,
+        exchange     TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        mandatory    BOOLEAN NOT NULL,
+        properties   BYTEA NOT NULL,
+        body         BYTEA NOT NULL,
+        attempts     BIGINT NOT NULL,
+        last_error   TEXT,
+        created_at   TIMESTAMPTZ NOT NULL,
+        parked_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+    )",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_parked_message_id
+            ON rabbit_once_outbox_parked (message_id)",
+    ],
 ];
 
 /// Serializes the outbox's migrations across processes (the dedup tables use another lock).
@@ -45,7 +67,7 @@ pub struct PostgresOutbox {
     pub(super) pool: PgPool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
-    wake: std::sync::Arc<tokio::sync::Notify>,
+    pub(super) wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PostgresOutbox {
@@ -187,6 +209,12 @@ impl super::relay::Backend for PostgresOutbox {
         store::next_retry(&self.pool).await.map_err(store_error)
     }
 
+    async fn park(&self, id: i64, reason: &str) -> Result<(), Error> {
+        store::park(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
+    }
+
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.wake.clone()
     }
@@ -281,7 +309,7 @@ impl super::relay::Backend for PostgresOutbox {
 const RELAY_LOCK: i32 = 0x726f_6f62;
 
 /// The channel relays `LISTEN` on.
-const CHANNEL: &str = "rabbit_once_outbox";
+pub(super) const CHANNEL: &str = "rabbit_once_outbox";
 
 /// `NOTIFY` in the caller's transaction: PostgreSQL delivers it only if the transaction commits,
 /// once per transaction however many rows it wrote.

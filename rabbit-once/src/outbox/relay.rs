@@ -46,6 +46,8 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// When the first held row is due again (Unix ms).
     fn next_retry(&self) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
+    /// Moves a row refused once more (`reason`) to the parked table, in one transaction.
+    fn park(&self, id: i64, reason: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Signalled when this process enqueues.
     fn wake(&self) -> Arc<Notify>;
     /// Waits until this relay may publish, and returns the right to: on PostgreSQL a session
@@ -129,6 +131,7 @@ pub struct RelayConfig {
     pub(crate) batch: i64,
     pub(crate) poll: Duration,
     pub(crate) retry_after: Duration,
+    pub(crate) park_after: u32,
     pub(crate) publisher: PublisherConfig,
 }
 
@@ -153,6 +156,18 @@ impl RelayConfig {
         self
     }
 
+    /// After how many refusals a row is *parked* (default 20: with the default `retry_after`,
+    /// after ~100 s of retrying). A parked row leaves the outbox for the table
+    /// `rabbit_once_outbox_parked`, with its reason and attempts, and an
+    /// [`Event::OutboxRowParked`](crate::Event::OutboxRowParked): it no longer holds back the
+    /// later rows of its ordering key (they go on without it) and waits there — never dropped —
+    /// for an operator to `requeue` it (once the cause is fixed) or `discard` it. `0`: never
+    /// park; a refused row is retried for ever and holds its key for ever (strict order).
+    pub fn park_after(mut self, attempts: u32) -> Self {
+        self.park_after = attempts;
+        self
+    }
+
     /// The settings of the relay's publisher (window, buffer, message size).
     pub fn publisher(mut self, config: PublisherConfig) -> Self {
         self.publisher = config;
@@ -166,6 +181,7 @@ impl Default for RelayConfig {
             batch: 500,
             poll: Duration::from_secs(1),
             retry_after: Duration::from_secs(5),
+            park_after: 20,
             publisher: PublisherConfig::default(),
         }
     }
@@ -180,6 +196,8 @@ pub struct RelayStats {
     pub failed: u64,
     /// Reads of the pending set.
     pub reads: u64,
+    /// Rows parked after `park_after` refusals.
+    pub parked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +205,7 @@ struct RelayCounters {
     relayed: AtomicU64,
     failed: AtomicU64,
     reads: AtomicU64,
+    parked: AtomicU64,
 }
 
 impl RelayCounters {
@@ -195,6 +214,7 @@ impl RelayCounters {
             relayed: self.relayed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
         }
     }
 }
@@ -349,7 +369,18 @@ struct Flight {
     id: i64,
     key: Option<String>,
     message_id: String,
+    /// Failed publishes of the row before this one.
+    attempts: i64,
     confirmation: crate::publisher::Confirmation,
+}
+
+/// A row whose publish failed, as `Worker::failed` needs it.
+struct Failure<'a> {
+    id: i64,
+    key: Option<String>,
+    message_id: &'a str,
+    /// Failed publishes before this one.
+    attempts: i64,
 }
 
 /// Milliseconds since the Unix epoch (the clock `retry_at` is kept in).
@@ -607,11 +638,17 @@ impl<B: Backend> Worker<B> {
                     id: row.id,
                     key: row.ordering_key,
                     message_id,
+                    attempts: row.attempts,
                     confirmation,
                 }),
                 Err(e) => {
-                    self.failed(row.id, row.ordering_key, &message_id, &e.error)
-                        .await?
+                    let f = Failure {
+                        id: row.id,
+                        key: row.ordering_key,
+                        message_id: &message_id,
+                        attempts: row.attempts,
+                    };
+                    self.failed(f, &e.error).await?
                 }
             }
         }
@@ -643,8 +680,13 @@ impl<B: Backend> Worker<B> {
                     self.confirmed_since.get_or_insert_with(Instant::now);
                 }
                 Err(e) => {
-                    self.failed(flight.id, flight.key, &flight.message_id, &e.error)
-                        .await?
+                    let f = Failure {
+                        id: flight.id,
+                        key: flight.key,
+                        message_id: &flight.message_id,
+                        attempts: flight.attempts,
+                    };
+                    self.failed(f, &e.error).await?
                 }
             }
         }
@@ -654,23 +696,32 @@ impl<B: Backend> Worker<B> {
         Ok(settled)
     }
 
-    async fn failed(
-        &mut self,
-        id: i64,
-        key: Option<String>,
-        message_id: &str,
-        error: &Error,
-    ) -> Result<(), Error> {
+    /// A row the broker refused: held and tried again after `retry_after`, or, once refused
+    /// `park_after` times, parked (moved out of the outbox, freeing its key).
+    async fn failed(&mut self, f: Failure<'_>, error: &Error) -> Result<(), Error> {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(row = id, message_id, %error, "outbox relay: the broker refused a row; kept, tried again later");
+        let reason = error.to_string();
+        let attempts = f.attempts.saturating_add(1);
+        let park_after = i64::from(self.config.park_after);
+        if park_after > 0 && attempts >= park_after {
+            tracing::error!(row = f.id, message_id = f.message_id, attempts, %error, "outbox relay: the broker refused a row again and again; parked for an operator (requeue or discard)");
+            self.backend.park(f.id, &reason).await?;
+            self.counters.parked.fetch_add(1, Ordering::Relaxed);
+            self.conn.emit(crate::event::Event::OutboxRowParked {
+                message_id: f.message_id.to_owned(),
+                ordering_key: f.key,
+                reason,
+                attempts: attempts as u64,
+            });
+            return Ok(());
+        }
+        tracing::warn!(row = f.id, message_id = f.message_id, %error, "outbox relay: the broker refused a row; kept, tried again later");
         self.conn.emit(crate::event::Event::OutboxRowFailed {
-            message_id: message_id.to_owned(),
-            ordering_key: key,
-            reason: error.to_string(),
+            message_id: f.message_id.to_owned(),
+            ordering_key: f.key,
+            reason: reason.clone(),
         });
         let retry_at = unix_ms() + self.config.retry_after.as_millis() as i64;
-        self.backend
-            .record_failure(id, &error.to_string(), retry_at)
-            .await
+        self.backend.record_failure(f.id, &reason, retry_at).await
     }
 }

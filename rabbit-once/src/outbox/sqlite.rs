@@ -32,6 +32,28 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_held_at
             ON rabbit_once_outbox (retry_at) WHERE retry_at IS NOT NULL",
     ],
+    // 3: rows refused `RelayConfig::park_after` times, out of the relay's way until an
+    // operator requeues or discards them.
+    // Not unique by message_id: a message with the id of a parked one may be enqueued, and
+    // be parked too; both are kept (requeue and discard take every row of an id).
+    &[
+        "CREATE TABLE IF NOT EXISTS rabbit_once_outbox_parked (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id   TEXT NOT NULL,
+        ordering_key TEXT,
+        exchange     TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        mandatory    INTEGER NOT NULL,
+        properties   BLOB NOT NULL,
+        body         BLOB NOT NULL,
+        attempts     INTEGER NOT NULL,
+        last_error   TEXT,
+        created_at   INTEGER NOT NULL,
+        parked_at    INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
+    )",
+        "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_parked_message_id
+            ON rabbit_once_outbox_parked (message_id)",
+    ],
 ];
 
 /// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose
@@ -41,7 +63,7 @@ pub struct SqliteOutbox {
     pub(super) pool: SqlitePool,
     max_message_size: usize,
     /// Signalled on every enqueue in this process: the relay reads again.
-    wake: std::sync::Arc<tokio::sync::Notify>,
+    pub(super) wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteOutbox {
@@ -206,6 +228,12 @@ impl super::relay::Backend for SqliteOutbox {
 
     async fn next_retry(&self) -> Result<Option<i64>, Error> {
         store::next_retry(&self.pool).await.map_err(store_error)
+    }
+
+    async fn park(&self, id: i64, reason: &str) -> Result<(), Error> {
+        store::park(&self.pool, id, reason)
+            .await
+            .map_err(store_error)
     }
 
     fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {

@@ -1,7 +1,7 @@
 //! The outbox's SQL, written once for both databases ([`Dialect`] writes each one's bind
 //! parameters).
 
-use super::{CHUNK, OUTBOX_TABLE, OutboxRow, PendingRow};
+use super::{CHUNK, OUTBOX_TABLE, OutboxRow, PARKED_TABLE, PendingRow};
 use crate::dedup::sql::Dialect;
 use crate::error::Error;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
@@ -330,6 +330,45 @@ where
         .execute(db)
         .await
         .map(|_| ())
+}
+
+/// The columns a row keeps when it is parked or requeued.
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "message_id, ordering_key, exchange, routing_key, mandatory, properties, body";
+
+/// Moves row `id` to the parked table — one more attempt, `reason` — and out of the outbox, in
+/// one transaction (it then holds back no row of its key).
+pub(crate) async fn park<DB>(
+    pool: &sqlx::Pool<DB>,
+    id: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut tx = pool.begin().await?;
+    sqlx::query::<DB>(&format!(
+        "INSERT INTO {PARKED_TABLE} ({MESSAGE_COLUMNS}, attempts, last_error, created_at) \
+         SELECT {MESSAGE_COLUMNS}, attempts + 1, {}, created_at FROM {OUTBOX_TABLE} WHERE id = {}",
+        DB::param(1),
+        DB::param(2)
+    ))
+    .bind(reason)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query::<DB>(&format!(
+        "DELETE FROM {OUTBOX_TABLE} WHERE id = {}",
+        DB::param(1)
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 #[cfg(test)]

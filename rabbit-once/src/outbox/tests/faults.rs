@@ -3,21 +3,13 @@
 //! nothing, and publishes every row once they are back.
 
 use super::*;
-use crate::outbox::{Relay, RelayConfig};
-use crate::{Connection, ConnectionConfig, Queue, Subscription, SubscriptionConfig, Topology};
 use rabbit_once_testkit::FaultProxy;
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 const GUARD: Duration = Duration::from_secs(60);
 
-fn amqp_uri() -> String {
-    std::env::var("RONCE_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
 /// The broker, straight or through `proxy`, declaring `queue`; fast reconnects.
-async fn connect(queue: &str, proxy: Option<&FaultProxy>) -> Connection {
+async fn connect_via(queue: &str, proxy: Option<&FaultProxy>) -> Connection {
     let mut endpoint = crate::Endpoint::parse(&amqp_uri()).unwrap();
     if let Some(p) = proxy {
         endpoint = endpoint.with_address("127.0.0.1", p.port());
@@ -37,12 +29,6 @@ async fn connect(queue: &str, proxy: Option<&FaultProxy>) -> Connection {
         .expect("connected in time")
         .unwrap();
     conn
-}
-
-fn config() -> RelayConfig {
-    RelayConfig::default()
-        .poll(Duration::from_millis(100))
-        .retry_after(Duration::from_millis(200))
 }
 
 /// Messages `from..to` to `queue`, committed `per_tx` at a time.
@@ -83,7 +69,7 @@ async fn sqlite_relay_waits_out_a_broker_outage_and_publishes_everything_after()
     )
     .await
     .unwrap();
-    let relay_conn = connect(&q, Some(&proxy)).await;
+    let relay_conn = connect_via(&q, Some(&proxy)).await;
     let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-down")));
     let store = SqliteStore::open(&path).await.unwrap();
     let outbox = SqliteOutbox::new(store.pool().clone());
@@ -105,7 +91,7 @@ async fn sqlite_relay_waits_out_a_broker_outage_and_publishes_everything_after()
     for k in 0..5 {
         commit(1000 + k * 100, 1100 + k * 100).await; // committed while the broker is away
     }
-    let check = connect(&q, None).await;
+    let check = connect_via(&q, None).await;
     let deliveries = read_all(&check, &q, 1500).await;
     let end = tokio::time::Instant::now() + GUARD;
     while outbox.status().await.unwrap().pending > 0 {
@@ -158,7 +144,7 @@ async fn postgres_relay_waits_out_a_database_outage_and_publishes_everything_aft
     .await
     .unwrap();
     let relay_outbox = PostgresOutbox::new(relay_store.pool().clone());
-    let conn = connect(&q, None).await;
+    let conn = connect_via(&q, None).await;
     let relay = Relay::start(&conn, relay_outbox, config()).unwrap();
 
     let commit = async |from, to| {

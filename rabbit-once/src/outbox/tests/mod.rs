@@ -4,7 +4,12 @@
 use super::{PostgresOutbox, SqliteOutbox};
 use crate::dedup::Store;
 use crate::message::Message;
-use crate::{PostgresOptions, PostgresStore, SqliteStore};
+use crate::outbox::{Relay, RelayConfig};
+use crate::{
+    Connection, ConnectionConfig, PostgresOptions, PostgresStore, Queue, SqliteStore, Subscription,
+    SubscriptionConfig, Topology,
+};
+use std::time::Duration;
 
 fn pg_url() -> String {
     std::env::var("RONCE_PG_URL")
@@ -234,7 +239,7 @@ macro_rules! status_and_discard {
             (row.attempts, row.last_error.as_deref()),
             (2, Some(REFUSED))
         );
-        assert!(row.retry_at_unix_ms > 0);
+        assert!(row.retry_at_unix_ms.is_some_and(|t| t > 0));
 
         assert!(
             outbox.discard("order-1").await.unwrap(),
@@ -269,4 +274,74 @@ async fn postgres_status_lists_refused_rows_and_discard_removes_one() {
 }
 
 mod faults;
+mod keys;
+mod locks;
+mod park;
 mod relay;
+mod storage;
+
+// The relay tests' harness.
+
+const GUARD: Duration = Duration::from_secs(30);
+
+fn amqp_uri() -> String {
+    std::env::var("RONCE_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn connect(queue: &str) -> Connection {
+    Connection::connect(
+        ConnectionConfig::new(&amqp_uri())
+            .unwrap()
+            .topology(Topology::new().queue(Queue::new(queue))),
+    )
+    .await
+    .unwrap()
+}
+
+/// Fast polls and retries; never parks (tests of parking ask for it).
+fn config() -> RelayConfig {
+    RelayConfig::default()
+        .poll(Duration::from_millis(100))
+        .retry_after(Duration::from_millis(200))
+        .park_after(0)
+}
+
+fn to(queue: &str, n: u64) -> Message {
+    Message::to_queue(queue, format!("{n}")).with_message_id(format!("{queue}-{n}"))
+}
+
+/// The message ids on `queue`, in queue order, until `n` arrived (acked).
+async fn read(conn: &Connection, queue: &str, n: usize) -> Vec<String> {
+    let mut sub = Subscription::start(conn, SubscriptionConfig::new(queue)).unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let d = tokio::time::timeout(GUARD, sub.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("subscription open");
+        ids.push(d.message_id().unwrap_or_default().to_owned());
+        d.ack();
+    }
+    sub.close(Duration::from_secs(5)).await;
+    ids
+}
+
+async fn until_empty<B: crate::outbox::relay::Backend>(backend: &B) {
+    let end = tokio::time::Instant::now() + GUARD;
+    while !backend
+        .pending(
+            1,
+            &crate::outbox::store::Filter {
+                all: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < end, "rows left in the outbox");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
