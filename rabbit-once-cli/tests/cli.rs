@@ -4,7 +4,7 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::json;
+use common::{delete_queues, json};
 
 use rabbit_once::sqlx;
 use rabbit_once::{Connection, Message, Publisher, PublisherConfig, Queue, Topology};
@@ -166,17 +166,6 @@ async fn two_consumer_processes_sharing_postgres_apply_each_id_once() {
     assert_eq!(pids, 2, "both processes applied messages");
     pool.close().await;
     p.close(Duration::from_secs(5)).await;
-    // `consume` runs with the default 5 attempts: 200 ms, 1 s and 5 s retry queues.
-    let consumer = rabbit_once::ConsumerConfig::new(&q).retry(rabbit_once::RetryPolicy::new(
-        5,
-        vec![
-            Duration::from_millis(200),
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-        ],
-    ));
-    for q in consumer.queues() {
-        let _ = conn.delete_queue(&q).await;
-    }
+    delete_queues(&conn, &q).await;
     conn.close().await;
 }

@@ -8,7 +8,7 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::json;
+use common::{delete_queues, json};
 
 use rabbit_once::sqlx;
 use std::collections::BTreeMap;
@@ -49,22 +49,6 @@ fn publish_args<'a>(q: &'a str, outbox: &'a str, extra: &[&'a str]) -> Vec<&'a s
     ];
     v.extend_from_slice(extra);
     v
-}
-
-/// Deletes `q` and the retry and dead-letter queues `consume` declared for it (its default
-/// policy: 5 attempts, retries after 200 ms, 1 s and 5 s).
-async fn delete_queues(conn: &rabbit_once::Connection, q: &str) {
-    let consumer = rabbit_once::ConsumerConfig::new(q).retry(rabbit_once::RetryPolicy::new(
-        5,
-        vec![
-            Duration::from_millis(200),
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-        ],
-    ));
-    for q in consumer.queues() {
-        let _ = conn.delete_queue(&q).await;
-    }
 }
 
 /// Starts `args`, lets it run for 150–600 ms, kills it with SIGKILL, `times` times over.

@@ -238,6 +238,17 @@ pub(super) struct Outboxes {
 }
 
 impl Outboxes {
+    /// Rows not yet confirmed in these outboxes together.
+    pub(super) async fn pending(outboxes: &[OutboxArgs]) -> anyhow::Result<u64> {
+        let mut n = 0;
+        for args in outboxes {
+            let db = OutboxDb::open(args).await?;
+            n += db.status().await?.pending;
+            db.close().await;
+        }
+        Ok(n)
+    }
+
     /// Reads every outbox; `None` for a run without `--outbox`.
     pub(super) async fn read(outboxes: &[OutboxArgs]) -> anyhow::Result<Option<Outboxes>> {
         if outboxes.is_empty() {

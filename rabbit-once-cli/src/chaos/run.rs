@@ -59,6 +59,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tokio::time::sleep(Duration::from_millis(500)).await; // redeliveries in flight land
     pool.stop_consumers().await;
     pool.stop_relays().await;
+    // What the outboxes still hold now (stage-1 consumers of a PostgreSQL pipeline emit into
+    // the same table, so the count taken before the drain included their copies).
+    let outboxes = match outboxes {
+        Some(mut o) => {
+            o.pending = Outboxes::pending(&pool.outboxes()).await?;
+            Some(o)
+        }
+        None => None,
+    };
     // 7. The ledger, from the reports (or the outboxes) and the database.
     let mut ledger = Ledger::count(
         a.messages,

@@ -18,7 +18,7 @@ pub struct Args {
     #[command(flatten)]
     pub outbox: OutboxArgs,
     /// Exit once no row is left to publish: 0 when the outbox is empty, 1 when only rows the
-    /// broker refused remain or rows are parked (they are listed).
+    /// broker refused (and rows of their keys behind them) remain, or rows are parked (listed).
     #[arg(long)]
     pub until_empty: bool,
     /// Rows in flight at a time.
@@ -65,15 +65,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     if s.pending == 0 {
                         return anyhow::Ok(false);
                     }
-                    // Held rows not due yet (a due one may be in flight right now).
+                    // Nothing publishable: every row left is refused (and not due again yet:
+                    // a due one may be in flight right now) or waits behind one of its key.
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as i64);
-                    let waiting = s
-                        .failed_rows
-                        .iter()
-                        .all(|r| r.retry_at_unix_ms.is_some_and(|t| t > now));
-                    if s.pending == s.failed && waiting && relay.stats().reads > 0 {
+                    let waiting = s.next_retry_unix_ms.is_some_and(|t| t > now);
+                    if s.pending == s.failed + s.held_back && waiting {
                         return anyhow::Ok(true);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

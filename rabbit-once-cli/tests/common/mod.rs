@@ -1,3 +1,6 @@
+// Each test binary includes this module and uses a part of it.
+#![allow(dead_code)]
+
 //! What the command-line tests share.
 
 /// The last line of a process's stdout that is a JSON object (the commands' `--json` summary);
@@ -15,4 +18,20 @@ pub fn json(out: &std::process::Output) -> serde_json::Value {
             )
         });
     serde_json::from_str(line).unwrap()
+}
+
+/// Deletes `q` and the retry and dead-letter queues `rabbit-once consume` declares for it (its
+/// default policy: 5 attempts, retries after 200 ms, 1 s and 5 s; `consume::retry_policy`).
+pub async fn delete_queues(conn: &rabbit_once::Connection, q: &str) {
+    let consumer = rabbit_once::ConsumerConfig::new(q).retry(rabbit_once::RetryPolicy::new(
+        5,
+        vec![
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+        ],
+    ));
+    for q in consumer.queues() {
+        let _ = conn.delete_queue(&q).await;
+    }
 }

@@ -157,7 +157,9 @@ impl RelayConfig {
     }
 
     /// After how many refusals a row is *parked* (default 20: with the default `retry_after`,
-    /// after ~100 s of retrying). A parked row leaves the outbox for the table
+    /// after ~100 s of retrying). Only the broker's verdicts on the message park it
+    /// (unroutable, no such exchange, refused, too large); pushback that clears by itself
+    /// (nacks from a full queue, a closing publisher) is retried and never parks. A parked row leaves the outbox for the table
     /// `rabbit_once_outbox_parked`, with its reason and attempts, and an
     /// [`Event::OutboxRowParked`](crate::Event::OutboxRowParked): it no longer holds back the
     /// later rows of its ordering key (they go on without it) and waits there — never dropped —
@@ -372,6 +374,20 @@ struct Flight {
     /// Failed publishes of the row before this one.
     attempts: i64,
     confirmation: crate::publisher::Confirmation,
+}
+
+/// A verdict about the message itself (unroutable, no such exchange, refused, too large): only
+/// these park a row. Pushback that clears by itself — nacks from a full queue, a publisher
+/// closing, a timeout — is retried for ever and never parks.
+fn refused_by_the_broker(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unroutable { .. }
+            | Error::ExchangeNotFound { .. }
+            | Error::Refused { .. }
+            | Error::MessageTooLarge { .. }
+            | Error::InvalidMessage(_)
+    )
 }
 
 /// A row whose publish failed, as `Worker::failed` needs it.
@@ -703,7 +719,7 @@ impl<B: Backend> Worker<B> {
         let reason = error.to_string();
         let attempts = f.attempts.saturating_add(1);
         let park_after = i64::from(self.config.park_after);
-        if park_after > 0 && attempts >= park_after {
+        if park_after > 0 && attempts >= park_after && refused_by_the_broker(error) {
             tracing::error!(row = f.id, message_id = f.message_id, attempts, %error, "outbox relay: the broker refused a row again and again; parked for an operator (requeue or discard)");
             self.backend.park(f.id, &reason).await?;
             self.counters.parked.fetch_add(1, Ordering::Relaxed);

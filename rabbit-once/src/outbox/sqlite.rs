@@ -35,7 +35,7 @@ const MIGRATIONS: &[&[&str]] = &[
     // 3: rows refused `RelayConfig::park_after` times, out of the relay's way until an
     // operator requeues or discards them.
     // Not unique by message_id: a message with the id of a parked one may be enqueued, and
-    // be parked too; both are kept (requeue and discard take every row of an id).
+    // be parked too; both are kept (requeue takes the older first, discard takes both).
     &[
         "CREATE TABLE IF NOT EXISTS rabbit_once_outbox_parked (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -24,6 +24,10 @@ pub struct OutboxStatus {
     pub failed: u64,
     /// The first [`FAILED_ROWS_SHOWN`] of them, in the order they were written.
     pub failed_rows: Vec<FailedRow>,
+    /// When the first of them is tried again (Unix milliseconds).
+    pub next_retry_unix_ms: Option<i64>,
+    /// Pending rows held back behind a refused row of their ordering key.
+    pub held_back: u64,
     /// Rows parked after [`RelayConfig::park_after`](crate::RelayConfig::park_after) refusals:
     /// out of the outbox, waiting for `requeue` or `discard`.
     pub parked: u64,
@@ -67,7 +71,10 @@ where
 {
     let counts = sqlx::query::<DB>(&format!(
         "SELECT COUNT(*) AS pending, COUNT(retry_at) AS failed, {age_seconds} AS age, \
-         (SELECT COUNT(*) FROM {PARKED_TABLE}) AS parked FROM {OUTBOX_TABLE}"
+         MIN(retry_at) AS next_retry, (SELECT COUNT(*) FROM {PARKED_TABLE}) AS parked, \
+         (SELECT COUNT(*) FROM {OUTBOX_TABLE} o WHERE o.retry_at IS NULL AND EXISTS \
+         (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
+         AND h.retry_at IS NOT NULL)) AS held_back FROM {OUTBOX_TABLE}"
     ))
     .fetch_one(db)
     .await?;
@@ -75,6 +82,8 @@ where
     let failed: i64 = counts.try_get("failed")?;
     let age: Option<i64> = counts.try_get("age")?;
     let parked: i64 = counts.try_get("parked")?;
+    let next_retry: Option<i64> = counts.try_get("next_retry")?;
+    let held_back: i64 = counts.try_get("held_back")?;
     let failed_rows = rows_of(
         db,
         &format!(
@@ -97,6 +106,8 @@ where
         oldest_pending_age: age.map(|s| Duration::from_secs(s.max(0) as u64)),
         failed: failed.max(0) as u64,
         failed_rows,
+        next_retry_unix_ms: next_retry,
+        held_back: held_back.max(0) as u64,
         parked: parked.max(0) as u64,
         parked_rows,
     })
@@ -160,8 +171,9 @@ where
     Ok(n)
 }
 
-/// Moves the parked rows of `message_id` back into the outbox (new ids: they go out after the
-/// rows already there, attempts from zero); how many.
+/// Moves the oldest parked row of `message_id` back into the outbox (a new id: it goes out after
+/// the rows already there, attempts from zero); 1, or 0 when none is parked. The outbox holds one
+/// row per id, so a second parked row of the same id waits for the next requeue.
 pub(crate) async fn requeue<DB>(pool: &sqlx::Pool<DB>, message_id: &str) -> Result<u64, sqlx::Error>
 where
     DB: Dialect,
@@ -170,23 +182,23 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     DB::QueryResult: RowsAffected,
 {
+    let oldest = format!(
+        "(SELECT MIN(id) FROM {PARKED_TABLE} WHERE message_id = {})",
+        DB::param(1)
+    );
     let mut tx = pool.begin().await?;
     let n = sqlx::query::<DB>(&format!(
         "INSERT INTO {OUTBOX_TABLE} ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS} \
-         FROM {PARKED_TABLE} WHERE message_id = {} ORDER BY id",
-        DB::param(1)
+         FROM {PARKED_TABLE} WHERE id = {oldest}"
     ))
     .bind(message_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query::<DB>(&format!(
-        "DELETE FROM {PARKED_TABLE} WHERE message_id = {}",
-        DB::param(1)
-    ))
-    .bind(message_id)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query::<DB>(&format!("DELETE FROM {PARKED_TABLE} WHERE id = {oldest}"))
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(n)
 }
@@ -213,10 +225,11 @@ macro_rules! operator_methods {
             Ok(discard(&self.pool, message_id).await.map_err(store_error)? > 0)
         }
 
-        /// Moves the parked rows of `message_id` back into the outbox, once the cause of their
-        /// refusals is fixed: they are published after the rows already there, under the same
-        /// `message_id`, attempts from zero. Returns how many rows moved (0: nothing parked
-        /// under that id). Fails if a row with that id is pending in the outbox.
+        /// Moves the parked row of `message_id` back into the outbox, once the cause of its
+        /// refusals is fixed: it is published after the rows already there, under the same
+        /// `message_id`, attempts from zero. Returns 1, or 0 when nothing is parked under that
+        /// id (with two parked rows of one id, the older goes first: call again after it is
+        /// published). Fails if a row with that id is pending in the outbox.
         pub async fn requeue(&self, message_id: &str) -> Result<u64, crate::Error> {
             let n = requeue(&self.pool, message_id).await.map_err(store_error)?;
             if n > 0 {

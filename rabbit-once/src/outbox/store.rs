@@ -349,6 +349,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
 {
     let mut tx = pool.begin().await?;
     sqlx::query::<DB>(&format!(
@@ -361,13 +362,19 @@ where
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query::<DB>(&format!(
+    let deleted = sqlx::query::<DB>(&format!(
         "DELETE FROM {OUTBOX_TABLE} WHERE id = {}",
         DB::param(1)
     ))
     .bind(id)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        // Discarded (or deleted) by someone else after the copy was read, before this delete
+        // (PostgreSQL's READ COMMITTED): it stays gone, not parked.
+        return tx.rollback().await;
+    }
     tx.commit().await
 }
 

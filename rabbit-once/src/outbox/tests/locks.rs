@@ -10,7 +10,15 @@ macro_rules! two_relays_case {
     ($q:expr, $conn:expr, $store:expr, $outbox:expr) => {{
         let (q, conn, store, outbox) = (&$q, &$conn, &$store, &$outbox);
         let first = Relay::start(conn, outbox.clone(), config()).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await; // the first one holds the lock
+        // The first one holds the lock once it has read.
+        let end = tokio::time::Instant::now() + GUARD;
+        while first.stats().reads == 0 {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the first relay never read"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let second = Relay::start(conn, outbox.clone(), config()).unwrap();
         let enqueue = async |from: u64, to_n: u64| {
             for n in from..to_n {

@@ -21,6 +21,17 @@ async fn sqlite_a_row_refused_park_after_times_is_parked_frees_its_key_and_can_b
         .enqueue_keyed(&mut tx, to(&missing, 0), "K")
         .await
         .unwrap();
+    tx.commit().await.unwrap();
+    // Once it is held, K's next row waits behind it; a keyless row does not.
+    let end = tokio::time::Instant::now() + GUARD;
+    while outbox.status().await.unwrap().failed == 0 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the row was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut tx = store.begin().await.unwrap();
     outbox.enqueue_keyed(&mut tx, to(&q, 1), "K").await.unwrap();
     outbox.enqueue(&mut tx, to(&q, 2)).await.unwrap();
     tx.commit().await.unwrap();
@@ -42,9 +53,11 @@ async fn sqlite_a_row_refused_park_after_times_is_parked_frees_its_key_and_can_b
     .expect("the parking is an event");
     assert_eq!(parked.0, format!("{missing}-0"));
     assert_eq!((parked.1.as_deref(), parked.3), (Some("K"), 2));
-    let mut got = read(&conn, &q, 2).await;
-    got.sort();
-    assert_eq!(got, [format!("{q}-1"), format!("{q}-2")], "its key went on");
+    assert_eq!(
+        read(&conn, &q, 2).await,
+        [format!("{q}-2"), format!("{q}-1")],
+        "the keyless row at once; K's next row once K's refused row is parked (never without)"
+    );
     until_empty(&outbox).await;
 
     let s = outbox.status().await.unwrap();
