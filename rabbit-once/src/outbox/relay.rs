@@ -480,7 +480,9 @@ impl<B: Backend> Worker<B> {
                     continue;
                 }
             };
-            if moved > 0 {
+            // Rows in flight whose confirms did not come within CHECK_EVERY (the broker is slow
+            // or away): go round again — the lock is checked, a stop is seen — and wait anew.
+            if moved > 0 || !self.flying.is_empty() {
                 continue;
             }
             let wait = if rescans < RESCANS.len() {
@@ -671,7 +673,7 @@ impl<B: Backend> Worker<B> {
         Ok(n)
     }
 
-    /// Awaits the oldest confirmation (all of them with `all`), takes every other one already
+    /// Awaits the oldest confirmation (for at most `CHECK_EVERY`; all of them with `all`), takes every other one already
     /// in, and holds the refused ones (with `all`, deletes every confirmed row and waits for
     /// it). Returns how many it settled.
     async fn settle(&mut self, all: bool) -> Result<usize, Error> {
@@ -679,9 +681,16 @@ impl<B: Backend> Worker<B> {
         let mut settled = 0;
         let mut wait = true;
         while let Some(front) = self.flying.front_mut() {
-            let outcome = if wait || all {
-                wait = false;
+            let outcome = if all {
                 (&mut front.confirmation).await
+            } else if wait {
+                wait = false;
+                // At most CHECK_EVERY: a relay waiting on a broker that is away still checks
+                // its right to publish (PostgreSQL) and sees a stop.
+                match tokio::time::timeout(CHECK_EVERY, &mut front.confirmation).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => break,
+                }
             } else {
                 match (&mut front.confirmation).now_or_never() {
                     Some(outcome) => outcome,
