@@ -4,8 +4,8 @@ use crate::applied::{Applied, Db, Emit, EmitOutbox};
 use crate::common::Conn;
 use indicatif::{ProgressBar, ProgressStyle};
 use rabbit_once::{
-    Connection, Consumer, ConsumerConfig, ConsumerStats, PostgresOutbox, Queue, Relay, RelayConfig,
-    RetryPolicy, SqliteOutbox, Topology,
+    Connection, Consumer, ConsumerConfig, ConsumerStats, PostgresOutbox, Queue, QueueType, Relay,
+    RelayConfig, RetryPolicy, SqliteOutbox, Topology,
 };
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,11 +44,16 @@ pub struct Args {
     #[arg(long)]
     pub until_count: Option<u64>,
     /// Attempts before a failing message is dead-lettered.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = MAX_ATTEMPTS)]
     pub max_attempts: u32,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The queue is a quorum queue (RabbitMQ ≥ 3.10): the consumer declares it, its retry queues
+    /// and its dead-letter queue as quorum queues (at-least-once dead-lettering, a delivery limit
+    /// above `--max-attempts`); an existing classic queue of that name is refused (406).
+    #[arg(long)]
+    pub quorum: bool,
     /// A pipeline stage: emit a copy of each message to this queue through the transactional
     /// outbox on the store, in the transaction that records the message as applied (a relay in
     /// this process publishes it). A duplicate delivery emits nothing.
@@ -88,13 +93,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = a
         .conn
         .config(&format!("rabbit-once consume {}", std::process::id()))?
-        .topology(
-            a.emit_to
-                .iter()
-                .fold(Topology::new().queue(Queue::new(&a.queue)), |t, q| {
-                    t.queue(Queue::new(q))
-                }),
-        );
+        .topology(topology(&a));
     let conn = Connection::start(config)?;
     let (s, secs) = consume(&conn, &db, &a).await?;
     let summary = summary(&s, &conn, secs);
@@ -115,6 +114,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the connection declares: the work queue (a quorum consumer declares its own) and the
+/// queue it emits to, of the same type.
+fn topology(a: &Args) -> Topology {
+    let queue = |name: &str| {
+        let q = Queue::new(name);
+        if a.quorum {
+            q.queue_type(QueueType::Quorum)
+        } else {
+            q
+        }
+    };
+    let mut t = Topology::new();
+    if !a.quorum {
+        t = t.queue(queue(&a.queue));
+    }
+    if let Some(next) = &a.emit_to {
+        t = t.queue(queue(next));
+    }
+    t
 }
 
 fn summary(s: &ConsumerStats, conn: &Connection, secs: f64) -> Summary {
@@ -143,6 +163,20 @@ fn write_report(path: Option<&std::path::Path>, s: &Summary) {
     }
 }
 
+/// `--max-attempts` by default.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The consumer of `queue` as `consume` runs it: its retry policy, and with `quorum` quorum
+/// queues (what it declares depends on these, so `publish --quorum` asks here too).
+pub fn consumer_config(queue: &str, max_attempts: u32, quorum: bool) -> ConsumerConfig {
+    let config = ConsumerConfig::new(queue).retry(retry_policy(max_attempts));
+    if quorum {
+        config.queue_type(QueueType::Quorum)
+    } else {
+        config
+    }
+}
+
 /// The retry schedule of the built-in consumer: 200 ms, 1 s, then 5 s.
 pub fn retry_policy(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(
@@ -157,11 +191,10 @@ pub fn retry_policy(max_attempts: u32) -> RetryPolicy {
 
 /// Runs the consumer on `conn` until idle / count / Ctrl-C / SIGTERM; returns its counters.
 pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(ConsumerStats, f64)> {
-    let mut config = ConsumerConfig::new(&a.queue)
+    let mut config = consumer_config(&a.queue, a.max_attempts, a.quorum)
         .prefetch(a.prefetch)
         .concurrency(a.concurrency)
-        .group_commit(a.batch, Duration::from_millis(1))
-        .retry(retry_policy(a.max_attempts));
+        .group_commit(a.batch, Duration::from_millis(1));
     if let Some(g) = &a.group {
         config = config.group(g);
     }

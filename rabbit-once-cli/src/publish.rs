@@ -32,6 +32,11 @@ pub struct Args {
     /// message_id = <prefix>-<seq> (stable across runs) instead of a fresh UUIDv7.
     #[arg(long)]
     pub id_prefix: Option<String>,
+    /// The queue is a quorum queue (RabbitMQ ≥ 3.10): declared exactly as `consume --quorum`
+    /// declares it with its default `--max-attempts` (a work queue with other arguments would be
+    /// refused by the broker), with its retry and dead-letter queues.
+    #[arg(long)]
+    pub quorum: bool,
     /// Delivery mode 1 instead of persistent.
     #[arg(long)]
     pub transient: bool,
@@ -133,7 +138,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let config = a
         .conn
         .config(&format!("rabbit-once publish {}", std::process::id()))?
-        .topology(Topology::new().queue(Queue::new(&a.queue)));
+        .topology(a.topology());
     let conn = Connection::start(config)?;
     let publisher = Publisher::new(
         &conn,
@@ -213,6 +218,19 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+impl Args {
+    /// What publishing declares: the queue, durable; with `--quorum`, what `consume --quorum`
+    /// declares (the same arguments, or the second declare is refused).
+    pub fn topology(&self) -> Topology {
+        if self.quorum {
+            crate::consume::consumer_config(&self.queue, crate::consume::MAX_ATTEMPTS, true)
+                .topology()
+        } else {
+            Topology::new().queue(Queue::new(&self.queue))
+        }
+    }
 }
 
 /// Message `seq`: its body starts with `{"seq":seq}`; flags and id as the arguments say.

@@ -169,3 +169,49 @@ async fn two_consumer_processes_sharing_postgres_apply_each_id_once() {
     delete_queues(&conn, &q).await;
     conn.close().await;
 }
+
+/// `publish --quorum` and `consume --quorum` declare the same quorum work queue (the consumer's
+/// arguments: a delivery limit, at-least-once dead-lettering), so either may start first; the
+/// retry and dead-letter queues are quorum queues too; every message applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_consume_on_quorum_queues() {
+    let q = unique("cli-quorum");
+    let db = TempDb::new();
+    let store = format!("sqlite:{}", db.path.display());
+    let uri = broker_uri();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "publish", "--queue", &q, "--quorum", "--count", "300", "--size", "64",
+        ])
+        .args(["--json", "--uri", &uri])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(json(&out)["confirmed"], 300);
+    let out = tokio::process::Command::new(BIN)
+        .args(["consume", "--queue", &q, "--quorum", "--store", &store])
+        .args(["--until-idle", "2", "--json", "--uri", &uri])
+        .output()
+        .await
+        .unwrap();
+    let s = json(&out);
+    assert!(out.status.success(), "{s}");
+    assert_eq!(
+        (s["applied"].as_u64(), s["duplicates"].as_u64()),
+        (Some(300), Some(0))
+    );
+    let types = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type"])
+        .output()
+        .unwrap();
+    let types = String::from_utf8_lossy(&types.stdout);
+    for name in [q.clone(), format!("{q}.dead"), format!("{q}.retry.200")] {
+        assert!(
+            types.lines().any(|l| l == format!("{name}\tquorum")),
+            "{name} is a quorum queue:\n{types}"
+        );
+    }
+    let conn = direct().await;
+    delete_queues(&conn, &q).await;
+    conn.close().await;
+}

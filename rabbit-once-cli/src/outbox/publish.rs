@@ -7,7 +7,7 @@
 use super::{OutboxArgs, OutboxDb};
 use crate::common::bar;
 use crate::publish::{Args, message};
-use rabbit_once::{Connection, PublisherConfig, Queue, RelayConfig, Topology};
+use rabbit_once::{Connection, PublisherConfig, RelayConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
                 "rabbit-once publish --outbox {}",
                 std::process::id()
             ))?
-            .topology(Topology::new().queue(Queue::new(&a.queue))),
+            .topology(a.topology()),
     )?;
     let relay = if a.no_relay {
         None
