@@ -183,8 +183,8 @@ pub enum Error {
     #[error("timed out: {0}")]
     Timeout(String),
 
-    /// The dedup store (database) failed; what failed is in the message.
-    #[error("dedup store: {0}")]
+    /// The database failed — the dedup store's or the outbox's; what failed is in the message.
+    #[error("database: {0}")]
     Store(Arc<dyn std::error::Error + Send + Sync>),
 }
 
