@@ -12,9 +12,13 @@
 //!   the pending set in id order, delete confirmed rows);
 //! - `sqlite`, `postgres`: the table and its migrations per database;
 //! - `status`: what an operator sees (pending, oldest age, refused rows) and `discard`;
+//! - `backend`: what the relay needs of a table, the right to publish (`Claim`), the sealed
+//!   `Outbox` trait; `config`: `RelayConfig` and `RelayStats`;
 //! - `relay`: the task that publishes committed rows and deletes them once confirmed.
 //!
 
+pub(crate) mod backend;
+mod config;
 pub(crate) mod relay;
 mod row;
 mod status;
@@ -29,7 +33,9 @@ mod sqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteOutbox;
 
-pub use relay::{Outbox, Relay, RelayConfig, RelayStats};
+pub use backend::Outbox;
+pub use config::{RelayConfig, RelayStats};
+pub use relay::Relay;
 pub(crate) use row::{OutboxRow, PendingRow};
 pub use status::{FAILED_ROWS_SHOWN, FailedRow, OutboxStatus};
 

@@ -174,7 +174,7 @@ impl PostgresOutbox {
     }
 }
 
-impl super::relay::Backend for PostgresOutbox {
+impl super::backend::Backend for PostgresOutbox {
     async fn pending(
         &self,
         limit: i64,
@@ -223,7 +223,7 @@ impl super::relay::Backend for PostgresOutbox {
     /// of the pool (so the lock lives exactly as long as that session: it ends when the relay
     /// stops, dies, or loses the connection). Not through PgBouncer in transaction mode: a
     /// session lock needs a session. `Err(Timeout)` means another relay holds it.
-    async fn claim(&self) -> Result<super::relay::Claim, Error> {
+    async fn claim(&self) -> Result<super::backend::Claim, Error> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
@@ -250,7 +250,7 @@ impl super::relay::Backend for PostgresOutbox {
                     .await
                     .map_err(store_error)?;
             }
-            Ok(super::relay::Claim::Session(conn))
+            Ok(super::backend::Claim::Session(conn))
         } else {
             Err(Error::Timeout("another relay publishes this outbox".into()))
         }

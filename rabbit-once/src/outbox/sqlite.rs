@@ -162,7 +162,7 @@ impl SqliteOutbox {
     }
 }
 
-impl super::relay::Backend for SqliteOutbox {
+impl super::backend::Backend for SqliteOutbox {
     async fn pending(
         &self,
         limit: i64,
@@ -245,11 +245,11 @@ impl super::relay::Backend for SqliteOutbox {
     /// operating system when it stops or its process dies — a standby takes over at its next
     /// try. `Err(Timeout)` means another relay holds it. An in-memory database has no file and
     /// no other process: always.
-    async fn claim(&self) -> Result<super::relay::Claim, Error> {
+    async fn claim(&self) -> Result<super::backend::Claim, Error> {
         let db = self.pool.connect_options().get_filename().to_owned();
         let name = db.to_string_lossy();
         if name.is_empty() || name == ":memory:" || name.starts_with("file::memory:") {
-            return Ok(super::relay::Claim::Always);
+            return Ok(super::backend::Claim::Always);
         }
         let mut lock = db.into_os_string();
         lock.push("-relay.lock");
@@ -261,7 +261,7 @@ impl super::relay::Backend for SqliteOutbox {
             .open(&lock)
             .map_err(|e| Error::Store(std::sync::Arc::new(e)))?;
         match file.try_lock() {
-            Ok(()) => Ok(super::relay::Claim::File(file)),
+            Ok(()) => Ok(super::backend::Claim::File(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(Error::Timeout("another relay publishes this outbox".into()))
             }

@@ -102,8 +102,10 @@ async fn postgres_relay_takes_no_pool_connection_and_its_lock_session_has_keepal
     outbox.migrate().await.unwrap();
 
     // The lock's session, as a relay gets it.
-    let claim = crate::outbox::relay::Backend::claim(&outbox).await.unwrap();
-    let crate::outbox::relay::Claim::Session(mut lock) = claim else {
+    let claim = crate::outbox::backend::Backend::claim(&outbox)
+        .await
+        .unwrap();
+    let crate::outbox::backend::Claim::Session(mut lock) = claim else {
         panic!("{claim:?}")
     };
     for (setting, want) in [

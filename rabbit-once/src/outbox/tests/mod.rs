@@ -327,7 +327,7 @@ async fn read(conn: &Connection, queue: &str, n: usize) -> Vec<String> {
     ids
 }
 
-async fn until_empty<B: crate::outbox::relay::Backend>(backend: &B) {
+async fn until_empty<B: crate::outbox::backend::Backend>(backend: &B) {
     let end = tokio::time::Instant::now() + GUARD;
     while !backend
         .pending(

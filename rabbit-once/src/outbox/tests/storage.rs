@@ -6,7 +6,7 @@ use super::*;
 /// both are exact. A row inside the span of the ranges (between two runs of rows in flight,
 /// or below them: a row that committed late) is read; a delete takes exactly the ids given.
 /// `ids`: the ids of ten committed keyless rows, in order.
-async fn ranges_are_exact<B: crate::outbox::relay::Backend>(backend: &B, ids: &[i64]) {
+async fn ranges_are_exact<B: crate::outbox::backend::Backend>(backend: &B, ids: &[i64]) {
     use crate::outbox::store::{Filter, ranges};
     let read = |skip: Vec<(i64, i64)>, limit: i64| async move {
         let filter = Filter {
@@ -93,7 +93,7 @@ async fn postgres_reads_and_deletes_by_id_ranges_are_exact() {
         ..Default::default()
     };
     let relay_read = || async {
-        crate::outbox::relay::Backend::pending(&outbox, 100, &filter)
+        crate::outbox::backend::Backend::pending(&outbox, 100, &filter)
             .await
             .unwrap()
             .iter()
@@ -184,7 +184,7 @@ async fn sqlite_deletes_with_a_rollback_journal_stay_synced() {
         .iter()
         .map(|r| r.id)
         .collect();
-    let removed = crate::outbox::relay::Backend::remove(&outbox, &ids)
+    let removed = crate::outbox::backend::Backend::remove(&outbox, &ids)
         .await
         .unwrap();
     assert_eq!(removed, 3);
