@@ -101,7 +101,7 @@ impl Claim {
 #[cfg(feature = "postgres")]
 const HOLDS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An outbox a [`Relay`] publishes: [`SqliteOutbox`](crate::SqliteOutbox) or
+/// An outbox a [`Relay`](crate::Relay) publishes: [`SqliteOutbox`](crate::SqliteOutbox) or
 /// [`PostgresOutbox`](crate::PostgresOutbox). Sealed: the relay relies on how each one reads,
 /// locks and wakes.
 #[allow(private_bounds)] // the sealed-trait idiom: `Backend` is the crate's own
