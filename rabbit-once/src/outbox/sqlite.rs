@@ -77,14 +77,6 @@ impl SqliteOutbox {
         }
     }
 
-    /// Messages with a body over `bytes` are refused at enqueue (default 64 MiB: what the relay's
-    /// default publisher takes, its `max_buffered_bytes`). Keep it no larger than the relay's
-    /// publisher accepts, or such rows are refused by the relay on every try.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
-
     /// Creates the table if missing (idempotent; safe from several processes).
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -92,73 +84,11 @@ impl SqliteOutbox {
         tx.commit().await
     }
 
-    /// Writes `message` into the caller's transaction: it is published if and only if the
-    /// transaction commits. Gives it a UUIDv7 `message_id` unless it has one (returned; it
-    /// never changes) and refuses, in the transaction, what the broker would refuse.
-    pub async fn enqueue(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-        message: Message,
-    ) -> Result<String, Error> {
-        self.enqueue_with_key(tx, message, None).await
-    }
+    enqueue_methods!(Sqlite);
 
-    /// [`enqueue`](Self::enqueue) with an ordering key: rows of one key go out in the order
-    /// they were written, and a row the broker refuses holds back the later rows of its key
-    /// (and only those).
-    pub async fn enqueue_keyed(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-        message: Message,
-        ordering_key: &str,
-    ) -> Result<String, Error> {
-        self.enqueue_with_key(tx, message, Some(ordering_key)).await
-    }
-
-    async fn enqueue_with_key(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-        message: Message,
-        ordering_key: Option<&str>,
-    ) -> Result<String, Error> {
-        let row = OutboxRow::new(message, ordering_key, self.max_message_size)?;
-        store::insert(tx, std::slice::from_ref(&row))
-            .await
-            .map_err(store_error)?;
-        self.wake.notify_one();
-        Ok(row.message_id)
-    }
-
-    /// Writes every message into the caller's transaction (one statement per 500 rows);
-    /// returns their ids in order. Nothing is written if one of them is refused.
-    pub async fn enqueue_all(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-        messages: impl IntoIterator<Item = Message>,
-    ) -> Result<Vec<String>, Error> {
-        let rows = messages
-            .into_iter()
-            .map(|m| OutboxRow::new(m, None, self.max_message_size))
-            .collect::<Result<Vec<_>, _>>()?;
-        store::insert(tx, &rows).await.map_err(store_error)?;
-        self.wake.notify_one();
-        Ok(rows.into_iter().map(|r| r.message_id).collect())
-    }
-
-    /// Up to `limit` committed rows, in id order.
-    #[cfg(test)]
-    pub(crate) async fn pending(&self, limit: i64) -> Result<Vec<PendingRow>, Error> {
-        let all = store::Filter {
-            all: true,
-            ..store::Filter::default()
-        };
-        store::pending(&self.pool, limit, &all).await
-    }
-
-    /// Deletes confirmed rows; returns how many there were.
-    #[cfg(test)]
-    pub(crate) async fn remove(&self, ids: &[i64]) -> Result<u64, Error> {
-        store::remove(&self.pool, ids).await.map_err(store_error)
+    /// Nothing to add to the caller's transaction: the relay in this process is woken.
+    async fn after_insert(&self, _tx: &mut Transaction<'static, Sqlite>) -> Result<(), Error> {
+        Ok(())
     }
 }
 
