@@ -67,6 +67,14 @@ pub struct Args {
     /// Outbox throughput workloads: messages committed per transaction.
     #[arg(long = "outbox-tx", default_value_t = 100)]
     pub outbox_tx: usize,
+    /// Outbox throughput workloads: spread the rows round-robin over this many ordering keys
+    /// (0: no key).
+    #[arg(long = "outbox-keys", default_value_t = 0)]
+    pub outbox_keys: usize,
+    /// Outbox workloads: the relay keeps at most one row of each key in flight
+    /// (`RelayConfig::strict_key_order`).
+    #[arg(long = "strict-key-order")]
+    pub strict_key_order: bool,
 }
 
 pub(crate) fn now_ns() -> u64 {

@@ -36,30 +36,44 @@ impl Target {
     }
 
     fn relay(&self, conn: &rabbit_once::Connection, a: &Args) -> anyhow::Result<Relay> {
-        let config = RelayConfig::default().publisher(
-            rabbit_once::PublisherConfig::default()
-                .window(a.window)
-                .max_buffered((a.window * 2).max(10_000)),
-        );
+        let config = RelayConfig::default()
+            .strict_key_order(a.strict_key_order)
+            .publisher(
+                rabbit_once::PublisherConfig::default()
+                    .window(a.window)
+                    .max_buffered((a.window * 2).max(10_000)),
+            );
         Ok(match self {
             Target::Sqlite(_, o) => Relay::start(conn, o.clone(), config)?,
             Target::Postgres(_, o) => Relay::start(conn, o.clone(), config)?,
         })
     }
 
-    /// Commits `messages` in one transaction through the outbox.
-    async fn commit(&self, messages: Vec<Message>) -> anyhow::Result<()> {
+    /// Commits `messages` in one transaction through the outbox; with `keys`, message `i` of
+    /// the run under the ordering key `i % keys` (`first`: the run's index of the first one).
+    async fn commit(
+        &self,
+        messages: Vec<Message>,
+        first: usize,
+        keys: usize,
+    ) -> anyhow::Result<()> {
+        macro_rules! commit {
+            ($s:expr, $o:expr) => {{
+                let mut tx = $s.begin().await?;
+                if keys == 0 {
+                    $o.enqueue_all(&mut tx, messages).await?;
+                } else {
+                    for (i, m) in messages.into_iter().enumerate() {
+                        $o.enqueue_keyed(&mut tx, m, &format!("key-{}", (first + i) % keys))
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+            }};
+        }
         match self {
-            Target::Sqlite(s, o) => {
-                let mut tx = s.begin().await?;
-                o.enqueue_all(&mut tx, messages).await?;
-                tx.commit().await?;
-            }
-            Target::Postgres(s, o) => {
-                let mut tx = s.begin().await?;
-                o.enqueue_all(&mut tx, messages).await?;
-                tx.commit().await?;
-            }
+            Target::Sqlite(s, o) => commit!(s, o),
+            Target::Postgres(s, o) => commit!(s, o),
         }
         Ok(())
     }
@@ -93,7 +107,7 @@ pub async fn run(a: &Args, w: &str, db: Db, latency: bool) -> anyhow::Result<()>
             tokio::time::sleep_until((t0 + every * i as u32).into()).await;
             let mut b = body.clone();
             b[..8].copy_from_slice(&now_ns().to_be_bytes());
-            outbox.commit(vec![Message::to_queue(&q, b)]).await?;
+            outbox.commit(vec![Message::to_queue(&q, b)], i, 0).await?;
         }
         let lat = tokio::time::timeout(Duration::from_secs(120), reader).await??;
         report(
@@ -115,6 +129,8 @@ pub async fn run(a: &Args, w: &str, db: Db, latency: bool) -> anyhow::Result<()>
                     (0..k)
                         .map(|_| Message::to_queue(&q, body.clone()))
                         .collect(),
+                    sent,
+                    a.outbox_keys,
                 )
                 .await?;
             sent += k;

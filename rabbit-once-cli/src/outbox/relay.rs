@@ -21,8 +21,9 @@ pub struct Args {
     /// broker refused (and rows of their keys behind them) remain, or rows are parked (listed).
     #[arg(long)]
     pub until_empty: bool,
-    /// Rows in flight at a time.
-    #[arg(long, default_value_t = 500)]
+    /// Rows in hand at a time (read and not yet confirmed); twice the publisher's window keeps
+    /// the wire full while the next read runs.
+    #[arg(long, default_value_t = 2000)]
     pub batch: u32,
     /// How often to look for rows when nothing wakes the relay, in milliseconds (rows written
     /// by other processes to a SQLite outbox are found this way).
@@ -52,7 +53,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .poll(Duration::from_millis(a.poll_ms.max(1)))
         .retry_after(Duration::from_secs(a.retry_after))
         .park_after(a.park_after)
-        .publisher(PublisherConfig::default().window(a.batch as usize));
+        .publisher(PublisherConfig::default().window((a.batch as usize / 2).max(1)));
     let relay = db.relay(&conn, config)?;
     let mut refused_only = false;
     if a.until_empty {

@@ -338,22 +338,26 @@ impl<B: Backend> Worker<B> {
         if room > 0 && (self.flying.is_empty() || room * 2 >= self.config.batch) {
             if self.flying.is_empty() || self.last_retry.elapsed() >= CHECK_EVERY {
                 self.last_retry = Instant::now();
-                let skip = self.skip();
+                let (skip, done) = (self.skip(), self.done());
                 let filter = Filter {
                     retry_due: Some(unix_ms()),
                     skip: &skip,
                     all: false,
+                    strict: self.config.strict_key_order,
+                    done: &done,
                 };
                 let rows = self.backend.pending(room, &filter).await?;
                 progress += self.launch(rows).await?;
             }
             let room = self.config.batch - self.flying.len() as i64;
             if room > 0 {
-                let skip = self.skip();
+                let (skip, done) = (self.skip(), self.done());
                 let filter = Filter {
                     retry_due: None,
                     skip: &skip,
                     all: false,
+                    strict: self.config.strict_key_order,
+                    done: &done,
                 };
                 let rows = self.backend.pending(room, &filter).await?;
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -375,6 +379,20 @@ impl<B: Backend> Worker<B> {
                 .iter()
                 .map(|f| f.id)
                 .chain(self.confirmed.iter().copied())
+                .chain(self.deleting.iter().flat_map(|d| d.ids.iter().copied())),
+        )
+    }
+
+    /// The confirmed rows not deleted yet (confirmed, being deleted), for strict key order's
+    /// read; empty when that is off.
+    fn done(&self) -> Vec<(i64, i64)> {
+        if !self.config.strict_key_order {
+            return Vec::new();
+        }
+        super::store::ranges(
+            self.confirmed
+                .iter()
+                .copied()
                 .chain(self.deleting.iter().flat_map(|d| d.ids.iter().copied())),
         )
     }

@@ -54,6 +54,14 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX IF NOT EXISTS rabbit_once_outbox_parked_message_id
             ON rabbit_once_outbox_parked (message_id)",
     ],
+    // 4: the keyed rows that are not held, by key, for `RelayConfig::strict_key_order`'s read
+    // (is a row of the key before this one left?). Partial: rows without a key never touch it,
+    // and, not held rows only, it is of no use to the held-key test, whose plan stays on the
+    // small index of held rows (with the held rows in it, SQLite took it for that test and
+    // walked every row of the key: 70 msg/s with 100 keys).
+    &["CREATE INDEX IF NOT EXISTS rabbit_once_outbox_key
+            ON rabbit_once_outbox (ordering_key, id)
+            WHERE ordering_key IS NOT NULL AND retry_at IS NULL"],
 ];
 
 /// The outbox in a SQLite database (the pool of the [`SqliteStore`](crate::SqliteStore) whose

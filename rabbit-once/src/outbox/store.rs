@@ -119,6 +119,20 @@ where
              AND h.retry_at IS NOT NULL)"
         );
     }
+    // Strict key order: a keyed row only if no row of its key before it is left in the table
+    // but the confirmed ones (`done`) — none in flight, none not taken yet. (A held row holds
+    // its whole key back already, above.)
+    let done = padded(filter.done);
+    if filter.strict {
+        sql += &format!(
+            " AND NOT EXISTS (SELECT 1 FROM {OUTBOX_TABLE} e WHERE \
+             e.ordering_key = o.ordering_key AND e.retry_at IS NULL AND e.id < o.id"
+        );
+        for _ in &done {
+            sql += &format!(" AND e.id NOT BETWEEN {} AND {}", next(), next());
+        }
+        sql += ")";
+    }
     let skip = padded(filter.skip);
     for _ in &skip {
         sql += &format!(" AND o.id NOT BETWEEN {} AND {}", next(), next());
@@ -127,6 +141,11 @@ where
     let mut q = sqlx::query::<DB>(&sql);
     if let Some(now) = filter.retry_due {
         q = q.bind(now);
+    }
+    if filter.strict {
+        for (low, high) in done {
+            q = q.bind(low).bind(high);
+        }
     }
     for (low, high) in skip {
         q = q.bind(low).bind(high);
@@ -169,6 +188,11 @@ pub(crate) struct Filter<'a> {
     pub skip: &'a [(i64, i64)],
     /// Every row, held ones included (status and tests).
     pub all: bool,
+    /// Strict key order: only keyed rows with no row of their key before them left in the
+    /// table but the ones in `done`.
+    pub strict: bool,
+    /// The relay's confirmed rows not deleted yet (a subset of `skip`), as ranges.
+    pub done: &'a [(i64, i64)],
 }
 
 /// When the first held row is due again (Unix ms), if any row is held.

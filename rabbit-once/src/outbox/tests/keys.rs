@@ -250,3 +250,95 @@ async fn interleaved_rows_of_a_held_key_wait_and_then_go_in_order() {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
+
+/// One transaction: K's first row to a queue that does not exist yet (refused: unroutable), two
+/// more rows of K and one of J to `q`, one keyless row to `q`. Waits until K's first row was
+/// refused twice, then returns what `q` holds by then (read and acked), in queue order. With
+/// strict key order K's later rows must not be among them; then `later` is declared and the
+/// rows of K go out in order. A macro: the two outboxes share no trait.
+macro_rules! key_order {
+    ($store:expr, $outbox:expr, $strict:expr) => {{
+        let (store, outbox, strict) = (&$store, &$outbox, $strict);
+        let q = unique("ro-outbox-strict");
+        let later = unique("ro-outbox-strict-later");
+        let conn = connect(&q).await;
+        let mut events = conn.events();
+        let relay = Relay::start(&conn, outbox.clone(), config().strict_key_order(strict)).unwrap();
+        let mut tx = store.begin().await.unwrap();
+        outbox
+            .enqueue_keyed(&mut tx, to(&later, 0), "K")
+            .await
+            .unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 1), "K").await.unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 2), "K").await.unwrap();
+        outbox.enqueue_keyed(&mut tx, to(&q, 3), "J").await.unwrap();
+        outbox.enqueue(&mut tx, to(&q, 4)).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut refusals = 0;
+        tokio::time::timeout(GUARD, async {
+            while refusals < 2 {
+                if let Some(crate::Event::OutboxRowFailed { message_id, .. }) = events.recv().await
+                {
+                    assert_eq!(
+                        message_id,
+                        format!("{later}-0"),
+                        "only K's first row is refused"
+                    );
+                    refusals += 1;
+                }
+            }
+        })
+        .await
+        .expect("K's first row is refused twice");
+        let count = conn.queue_info(&q).await.unwrap().messages as usize;
+        let before = read(&conn, &q, count).await;
+        let expect: Vec<String> = if strict { vec![3, 4] } else { vec![1, 2, 3, 4] }
+            .into_iter()
+            .map(|n| format!("{q}-{n}"))
+            .collect();
+        assert_eq!(before, expect, "strict: {strict}");
+
+        conn.declare(&Topology::new().queue(Queue::new(&later)))
+            .await
+            .unwrap();
+        assert_eq!(read(&conn, &later, 1).await, [format!("{later}-0")]);
+        if strict {
+            assert_eq!(
+                read(&conn, &q, 2).await,
+                [format!("{q}-1"), format!("{q}-2")],
+                "then K's rows behind it, in order"
+            );
+        }
+        until_empty(outbox).await;
+        let stats = relay.close(Duration::from_secs(5)).await;
+        assert_eq!(stats.relayed, 5, "{stats:?}");
+        conn.delete_queue(&q).await.unwrap();
+        conn.delete_queue(&later).await.unwrap();
+        conn.close().await;
+    }};
+}
+
+/// Strict key order: no later row of a key reaches the broker while an earlier one is refused
+/// (K's rows wait; J's row and the keyless one go on). Without it, the rows of K read with the
+/// refused one go out ahead of it — the gap `strict_key_order` closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_strict_key_order_never_lets_a_later_row_overtake_a_refused_one() {
+    for strict in [false, true] {
+        let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
+        let store = SqliteStore::open(&path).await.unwrap();
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+        outbox.migrate().await.unwrap();
+        key_order!(store, outbox, strict);
+        store.pool().close().await;
+        for ext in ["", "-wal", "-shm", "-relay.lock"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_strict_key_order_never_lets_a_later_row_overtake_a_refused_one() {
+    let (store, outbox, schema) = postgres().await;
+    key_order!(store, outbox, true);
+    drop_schema(store, schema).await;
+}
