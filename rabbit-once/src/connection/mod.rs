@@ -4,10 +4,13 @@
 //!   (one live AMQP connection + its epoch) that publishers and consumers open channels on.
 //! - [`supervisor`]: the reconnect loop — endpoints in turn, backoff with jitter, fatal errors
 //!   end it at once, topology declared on every new session before the session is announced.
+//! - [`outage`]: how failed attempts are logged — a `warn` at the first, then at most one per
+//!   30 s, an `info` once connected again.
 //!
 //! [`Connection`] is the cheap `Clone` handle; when the last handle is dropped the
 //! supervisor closes the connection.
 
+mod outage;
 mod state;
 mod supervisor;
 
@@ -98,6 +101,13 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Starts the supervisor and returns at once; the connection comes up in the background
     /// (publishing waits for it). Fails only on invalid configuration.
+    ///
+    /// While no broker can be reached it keeps trying (unless
+    /// [`max_attempts`](ConnectionConfig::max_attempts) is set) and says so: a `warn` log naming
+    /// the endpoint (never its password) at the first failed attempt, then at most one every
+    /// 30 s with the number of attempts since; an `info` once connected again;
+    /// [`Event::ConnectFailed`] for every attempt; [`state`](Self::state) reads
+    /// `Connecting { attempt, .. }` with `attempt` above 1.
     pub fn start(config: ConnectionConfig) -> Result<Self, Error> {
         config.validate()?;
         let (state, _) = watch::channel(ConnectionState::Connecting {
@@ -123,7 +133,10 @@ impl Connection {
         })
     }
 
-    /// Starts the supervisor and waits for the first session (or a fatal error).
+    /// Starts the supervisor and waits for the first session (or a fatal error). While no broker
+    /// is reachable it waits — for good unless [`max_attempts`](ConnectionConfig::max_attempts)
+    /// is set (then [`Error::GaveUp`]) — so bound it with `tokio::time::timeout` if a caller
+    /// must not wait.
     pub async fn connect(config: ConnectionConfig) -> Result<Self, Error> {
         let c = Self::start(config)?;
         c.wait_connected().await?;
