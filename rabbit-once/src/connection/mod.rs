@@ -213,14 +213,16 @@ impl Connection {
     }
 
     /// Message and consumer counts of a queue (passive declare). Waits for a session.
+    /// [`Error::QueueNotFound`] if the broker has no such queue.
     pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
-        let queue = queue.to_string();
+        let name = queue.to_string();
         let (_, messages, consumers) = self
             .with_channel(async move |ch| {
-                ch.queue_declare(&queue, QueueFlags::PASSIVE, Default::default())
+                ch.queue_declare(&name, QueueFlags::PASSIVE, Default::default())
                     .await
             })
-            .await?;
+            .await
+            .map_err(|e| self.not_found(queue, e))?;
         Ok(QueueInfo {
             messages,
             consumers,
@@ -246,6 +248,28 @@ impl Connection {
         let exchange = exchange.to_string();
         self.with_channel(async move |ch| ch.exchange_delete(&exchange).await)
             .await
+    }
+
+    /// The broker's definite "no queue" (404 to a passive declare, reply text `NOT_FOUND - no
+    /// queue '…' in vhost '…'`) as [`Error::QueueNotFound`]. Another 404 — a durable queue whose
+    /// home node is down or unreachable, in a cluster — stays what it is: it clears by itself.
+    fn not_found(&self, queue: &str, e: Error) -> Error {
+        match e {
+            Error::ChannelClosed {
+                code: 404,
+                ref text,
+            } if text.contains("no queue") => {
+                let vhost = match self.inner.session.borrow().as_ref() {
+                    Some(s) => s.vhost.clone(),
+                    None => self.inner.config.endpoints[0].vhost().to_string(),
+                };
+                Error::QueueNotFound {
+                    queue: queue.to_string(),
+                    vhost,
+                }
+            }
+            e => e,
+        }
     }
 
     /// Runs `f` on a fresh channel of the current session, then closes the channel; retried on

@@ -168,6 +168,7 @@ fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
     inner.session.send_replace(Some(Session {
         epoch,
         link: link.clone(),
+        vhost: ep.vhost().to_string(),
     }));
     inner.state.send_replace(ConnectionState::Connected {
         epoch,
