@@ -125,7 +125,8 @@ impl Consumer {
         self.counters.snapshot()
     }
 
-    /// Whether the consumer stopped on its own (the connection gave up for good).
+    /// Whether the consumer stopped on its own: the connection gave up for good, or its first
+    /// session gave a fatal answer (see [`error`](Self::error)).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
