@@ -99,6 +99,19 @@ pub enum Error {
         text: String,
     },
 
+    /// The queue does not exist on the broker (its answer to a passive `queue.declare` was 404
+    /// "no queue …"), and nothing this process declares creates it. Declare it — in
+    /// [`ConnectionConfig::topology`](crate::ConnectionConfig::topology), or for a consumer's
+    /// quorum work queue with `ConsumerConfig::queue_type` — or, if another service declares it
+    /// later, let the consumer wait for it (`ConsumerConfig::wait_for_queue`).
+    #[error("queue {queue:?} does not exist in vhost {vhost:?}")]
+    QueueNotFound {
+        /// The queue.
+        queue: String,
+        /// The virtual host it was looked for in.
+        vhost: String,
+    },
+
     /// A `mandatory` message matched no queue; the broker returned it.
     #[error("message {message_id} was unroutable: {reply_code} {reply_text}")]
     Unroutable {
@@ -208,6 +221,7 @@ impl Error {
     /// | 405 RESOURCE_LOCKED on a declare; 404 on a queue declare (its node is down); 404 on a binding when declaring again | `TopologyNotYet` | transient |
     /// | 406 PRECONDITION_FAILED (argument mismatch), 403, 404 on a binding on the first session | `Topology` | fatal |
     /// | bad URI, bad settings | `InvalidUri`, `Config` | fatal |
+    /// | a consumer's queue does not exist (404 "no queue" to a passive declare) | `QueueNotFound` | fatal |
     pub fn is_recoverable(&self) -> bool {
         !matches!(
             self,
@@ -216,6 +230,7 @@ impl Error {
                 | Error::AuthenticationFailed { .. }
                 | Error::VhostRefused { .. }
                 | Error::Topology(_)
+                | Error::QueueNotFound { .. }
                 | Error::GaveUp { .. }
                 | Error::Closed
         )

@@ -4,10 +4,13 @@
 //!   (one live AMQP connection + its epoch) that publishers and consumers open channels on.
 //! - [`supervisor`]: the reconnect loop — endpoints in turn, backoff with jitter, fatal errors
 //!   end it at once, topology declared on every new session before the session is announced.
+//! - [`outage`]: how failed attempts are logged — a `warn` at the first, then at most one per
+//!   30 s, an `info` once connected again.
 //!
 //! [`Connection`] is the cheap `Clone` handle; when the last handle is dropped the
 //! supervisor closes the connection.
 
+mod outage;
 mod state;
 mod supervisor;
 
@@ -98,6 +101,13 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Starts the supervisor and returns at once; the connection comes up in the background
     /// (publishing waits for it). Fails only on invalid configuration.
+    ///
+    /// While no broker can be reached it keeps trying (unless
+    /// [`max_attempts`](ConnectionConfig::max_attempts) is set) and says so: a `warn` log naming
+    /// the endpoint (never its password) at the first failed attempt, then at most one every
+    /// 30 s with the number of attempts since; an `info` once connected again;
+    /// [`Event::ConnectFailed`] for every attempt; [`state`](Self::state) reads
+    /// `Connecting { attempt, .. }` with `attempt` above 1.
     pub fn start(config: ConnectionConfig) -> Result<Self, Error> {
         config.validate()?;
         let (state, _) = watch::channel(ConnectionState::Connecting {
@@ -123,7 +133,10 @@ impl Connection {
         })
     }
 
-    /// Starts the supervisor and waits for the first session (or a fatal error).
+    /// Starts the supervisor and waits for the first session (or a fatal error). While no broker
+    /// is reachable it waits — for good unless [`max_attempts`](ConnectionConfig::max_attempts)
+    /// is set (then [`Error::GaveUp`]) — so bound it with `tokio::time::timeout` if a caller
+    /// must not wait.
     pub async fn connect(config: ConnectionConfig) -> Result<Self, Error> {
         let c = Self::start(config)?;
         c.wait_connected().await?;
@@ -200,14 +213,16 @@ impl Connection {
     }
 
     /// Message and consumer counts of a queue (passive declare). Waits for a session.
+    /// [`Error::QueueNotFound`] if the broker has no such queue.
     pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
-        let queue = queue.to_string();
+        let name = queue.to_string();
         let (_, messages, consumers) = self
             .with_channel(async move |ch| {
-                ch.queue_declare(&queue, QueueFlags::PASSIVE, Default::default())
+                ch.queue_declare(&name, QueueFlags::PASSIVE, Default::default())
                     .await
             })
-            .await?;
+            .await
+            .map_err(|e| self.not_found(queue, e))?;
         Ok(QueueInfo {
             messages,
             consumers,
@@ -233,6 +248,28 @@ impl Connection {
         let exchange = exchange.to_string();
         self.with_channel(async move |ch| ch.exchange_delete(&exchange).await)
             .await
+    }
+
+    /// The broker's definite "no queue" (404 to a passive declare, reply text `NOT_FOUND - no
+    /// queue '…' in vhost '…'`) as [`Error::QueueNotFound`]. Another 404 — a durable queue whose
+    /// home node is down or unreachable, in a cluster — stays what it is: it clears by itself.
+    fn not_found(&self, queue: &str, e: Error) -> Error {
+        match e {
+            Error::ChannelClosed {
+                code: 404,
+                ref text,
+            } if text.contains("no queue") => {
+                let vhost = match self.inner.session.borrow().as_ref() {
+                    Some(s) => s.vhost.clone(),
+                    None => self.inner.config.endpoints[0].vhost().to_string(),
+                };
+                Error::QueueNotFound {
+                    queue: queue.to_string(),
+                    vhost,
+                }
+            }
+            e => e,
+        }
     }
 
     /// Runs `f` on a fresh channel of the current session, then closes the channel; retried on

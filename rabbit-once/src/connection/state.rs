@@ -57,4 +57,6 @@ impl ConnectionState {
 pub(crate) struct Session {
     pub epoch: u64,
     pub link: transport::Link,
+    /// The virtual host of the endpoint it is connected to.
+    pub vhost: String,
 }

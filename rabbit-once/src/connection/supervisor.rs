@@ -3,6 +3,7 @@
 //! and the state on watch channels, and emits events without ever blocking on a listener.
 
 use super::Inner;
+use super::outage::Outage;
 use super::state::{ConnectionState, Session};
 use crate::config::ConnectionConfig;
 use crate::error::Error;
@@ -27,6 +28,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut failures: u32 = 0;
     let mut epoch: u64 = 0;
     let mut next = 0usize;
+    let mut outage = Outage::default();
     let outcome: Option<Error> = loop {
         if *shutdown.borrow() {
             break None;
@@ -46,6 +48,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 let up_since = std::time::Instant::now();
                 if epoch > 1 {
                     inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(r) = outage.recovered(up_since) {
+                    tracing::info!(
+                        endpoint = %ep,
+                        failed_attempts = r.attempts,
+                        down_for = ?r.down_for,
+                        "connected again after failed attempts"
+                    );
                 }
                 announce(&inner, ep, &link, epoch);
                 let lost = watch_session(&inner, &link, &mut shutdown).await;
@@ -83,12 +93,29 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             Err(e) => {
                 failures += 1;
                 tracing::debug!(endpoint = %ep, attempt = failures, error = %e, "connect failed");
+                // Warned at once, then at a bounded rate; the endpoint shows no password.
+                if let Some(w) = outage.failed(std::time::Instant::now()) {
+                    tracing::warn!(
+                        endpoint = %ep,
+                        attempts = w.attempts,
+                        total_attempts = w.total,
+                        down_for = ?w.down_for,
+                        error = %e,
+                        "{}",
+                        if w.first {
+                            "cannot connect to the broker; retrying"
+                        } else {
+                            "still cannot connect to the broker; retrying"
+                        }
+                    );
+                }
                 let _ = inner.events.send(Event::ConnectFailed {
                     endpoint: ep.to_string(),
                     attempt: failures,
                     reason: e.clone(),
                 });
                 if cfg.max_attempts.is_some_and(|max| failures >= max) {
+                    tracing::error!(endpoint = %ep, attempts = failures, error = %e, "gave up connecting (max attempts reached)");
                     break Some(Error::GaveUp {
                         attempts: failures,
                         last: Box::new(e),
@@ -141,6 +168,7 @@ fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
     inner.session.send_replace(Some(Session {
         epoch,
         link: link.clone(),
+        vhost: ep.vhost().to_string(),
     }));
     inner.state.send_replace(ConnectionState::Connected {
         epoch,

@@ -25,6 +25,7 @@ pub struct ConsumerConfig {
     pub(crate) retention_interval: Duration,
     pub(crate) store_backoff: Backoff,
     pub(crate) handler_timeout: Duration,
+    pub(crate) wait_for_queue: bool,
 }
 
 impl ConsumerConfig {
@@ -52,6 +53,7 @@ impl ConsumerConfig {
             retention_interval: Duration::from_secs(3600),
             store_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5),
             handler_timeout: Duration::from_secs(300),
+            wait_for_queue: false,
         }
     }
 
@@ -90,6 +92,23 @@ impl ConsumerConfig {
     /// dead-lettered like any failure).
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.handler_timeout = d;
+        self
+    }
+
+    /// Whether a work queue that does not exist is waited for (default `false`).
+    ///
+    /// By default a consumer whose work queue the broker does not have — and that nothing
+    /// this process declares — fails with [`Error::QueueNotFound`]: from
+    /// [`Consumer::start`](crate::Consumer::start) if a session is up (or comes up on the
+    /// connection attempt in progress), else, on the first session, the consumer stops with
+    /// that error ([`Consumer::error`](crate::Consumer::error)). With `true` it subscribes
+    /// anyway and keeps trying (a `warn` each time, with backoff) until the queue exists —
+    /// for a queue another service declares.
+    ///
+    /// Only the first subscription is checked: a queue that goes away later (deleted, or its
+    /// node down in a cluster) is subscribed to again once it is back, whatever this says.
+    pub fn wait_for_queue(mut self, yes: bool) -> Self {
+        self.wait_for_queue = yes;
         self
     }
 

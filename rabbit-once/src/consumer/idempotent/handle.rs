@@ -2,6 +2,7 @@
 //! close it.
 
 use super::config::ConsumerConfig;
+use super::prepare;
 use super::stats::{ConsumerCounters, ConsumerStats};
 use super::worker::Worker;
 use crate::connection::Connection;
@@ -9,8 +10,8 @@ use crate::consumer::handler::Handler;
 use crate::dedup::Store;
 use crate::error::Error;
 use crate::publisher::{Publisher, PublisherConfig};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -44,12 +45,23 @@ pub struct Consumer {
     task: tokio::task::JoinHandle<()>,
     counters: Arc<ConsumerCounters>,
     close_timeout: Arc<AtomicU64>,
+    failure: Arc<OnceLock<Error>>,
 }
 
 impl Consumer {
     /// Creates the dedup table if needed, declares the retry and dead-letter queues — and the
     /// work queue too if it is a [quorum](ConsumerConfig::queue_type) queue — (on every
-    /// session from now on) and starts consuming. Fails if the store cannot be migrated.
+    /// session from now on), checks that the work queue exists, and starts consuming.
+    ///
+    /// Fails if the store cannot be migrated, if the broker refuses the declarations for good
+    /// ([`Error::Topology`]: a queue that exists with other arguments, …), if the work queue
+    /// does not exist ([`Error::QueueNotFound`]; unless
+    /// [`wait_for_queue`](ConsumerConfig::wait_for_queue)), or if the connection has ended.
+    ///
+    /// The broker is asked only if a session is up, or comes up on the connection attempt in
+    /// progress (`start` waits for at most that one attempt). With no broker reachable, `start`
+    /// does not fail: the consumer declares and checks on the first session, and stops there
+    /// on a fatal answer — see [`error`](Self::error).
     pub async fn start<S, H>(
         conn: &Connection,
         store: S,
@@ -65,9 +77,11 @@ impl Consumer {
             .migrate()
             .await
             .map_err(|e| Error::Store(Arc::new(e)))?;
+        let prepared = prepare::at_start(conn, &config).await?;
         let counters = Arc::new(ConsumerCounters::default());
         let (stop, stop_rx) = watch::channel(false);
         let close_timeout = Arc::new(AtomicU64::new(5000));
+        let failure = Arc::new(OnceLock::new());
         // Retry and dead-letter copies are as large as what the broker delivered: up to its own
         // hard maximum, whatever the default for an application's publisher is.
         let publisher = Publisher::new(
@@ -87,14 +101,23 @@ impl Consumer {
             stop: stop_rx.clone(),
             close_timeout: close_timeout.clone(),
             held: std::sync::Mutex::new(Vec::new()),
+            failure: failure.clone(),
         });
-        let task = tokio::spawn(worker.run(stop_rx));
+        let task = tokio::spawn(worker.run(stop_rx, prepared));
         Ok(Consumer {
             stop,
             task,
             counters,
             close_timeout,
+            failure,
         })
+    }
+
+    /// Why the consumer stopped on its own, if it did ([`is_finished`](Self::is_finished)):
+    /// the connection gave up, or — when `start` found no session to ask — the broker's first
+    /// answer was fatal (the work queue does not exist, the topology contradicts the broker's).
+    pub fn error(&self) -> Option<Error> {
+        self.failure.get().cloned()
     }
 
     /// The counters right now.
@@ -102,7 +125,8 @@ impl Consumer {
         self.counters.snapshot()
     }
 
-    /// Whether the consumer stopped on its own (the connection gave up for good).
+    /// Whether the consumer stopped on its own: the connection gave up for good, or its first
+    /// session gave a fatal answer (see [`error`](Self::error)).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }

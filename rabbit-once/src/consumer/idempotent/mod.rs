@@ -14,6 +14,8 @@
 //! - [`handle`]: the [`Consumer`] handle — start, stats, close;
 //! - [`worker`]: the task: receive, batch, take out malformed and id-less deliveries, count the
 //!   runs of redeliveries (the crash-loop bound);
+//! - [`prepare`]: before the first subscription, the consumer's own queues declared and its work
+//!   queue checked — in `start` if a session is up, else on the first session;
 //! - [`key`]: a delivery's dedup key (its message id, octets in hex, or a hash of the body);
 //! - [`split`]: running a batch to the end, splitting it around the message that failed;
 //! - [`transaction`]: one batch's transaction, held through outages and conflicts, and how its
@@ -24,6 +26,7 @@
 mod config;
 mod handle;
 mod key;
+mod prepare;
 mod retention;
 mod settle;
 mod split;

@@ -3,16 +3,18 @@
 
 use super::config::ConsumerConfig;
 use super::key::{Item, key_of};
+use super::prepare;
 use super::stats::ConsumerCounters;
 use crate::connection::Connection;
 use crate::consumer::delivery::Delivery;
 use crate::consumer::handler::Handler;
 use crate::consumer::subscription::{Subscription, SubscriptionConfig};
 use crate::dedup::Store;
+use crate::error::Error;
 use crate::publisher::Publisher;
 use crate::shutdown::stopped;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -28,18 +30,25 @@ pub(super) struct Worker<S: Store, H> {
     pub(super) close_timeout: Arc<AtomicU64>,
     /// Deliveries the dead-letter target refuses: held unacked until the worker stops.
     pub(super) held: std::sync::Mutex<Vec<Delivery>>,
+    /// Why it stopped on its own, if it did.
+    pub(super) failure: Arc<OnceLock<Error>>,
 }
 
 impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
-    pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Runs until stopped or the connection gave up. `prepared`: `start` has declared the
+    /// consumer's queues and checked the work queue; if not, that is done on the first session.
+    pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, prepared: bool) {
         let c = &self.config;
-        let topo = c.topology();
-        tokio::select! {
-            r = self.conn.declare(&topo) => if let Err(e) = r {
-                tracing::error!(error = %e, "could not declare the consumer's queues; consumer stopped");
-                return;
-            },
-            _ = stopped(&mut stop) => return,
+        if !prepared {
+            match prepare::on_first_session(&self.conn, c, &mut stop).await {
+                Ok(()) => {}
+                Err(None) => return,
+                Err(Some(e)) => {
+                    tracing::error!(queue = %c.queue, error = %e, "consumer stopped");
+                    let _ = self.failure.set(e);
+                    return;
+                }
+            }
         }
         let retention = tokio::spawn(self.clone().retention(stop.clone()));
         let mut sub = match Subscription::start(
@@ -61,7 +70,13 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 d = sub.recv() => d,
             };
             let Some(first) = first else {
-                tracing::warn!("subscription ended (the connection gave up); consumer stopped");
+                let e = self.conn.state().terminal_error().unwrap_or(Error::Closed);
+                if matches!(e, Error::Closed) {
+                    tracing::warn!(queue = %c.queue, "the connection was closed; consumer stopped");
+                } else {
+                    tracing::error!(queue = %c.queue, error = %e, "the connection gave up; consumer stopped");
+                }
+                let _ = self.failure.set(e);
                 break;
             };
             let mut batch = vec![first];
