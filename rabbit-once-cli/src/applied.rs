@@ -121,6 +121,22 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS applied (
     applied_at   BIGINT NOT NULL
 )";
 
+/// `spec` with the password of a `scheme://user:password@host…` URL left out.
+pub fn without_password(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else {
+        return spec.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => spec.to_string(),
+    }
+}
+
 /// Where the dedup records and the `applied` table live.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -129,8 +145,16 @@ pub enum Db {
 }
 
 impl Db {
-    /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only.
+    /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only. An error
+    /// names the database without its password.
     pub async fn open(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
+        use anyhow::Context;
+        Self::open_unnamed(spec, schema)
+            .await
+            .with_context(|| format!("could not open the database {}", without_password(spec)))
+    }
+
+    async fn open_unnamed(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             let store = PostgresStore::connect_with(
                 spec,
@@ -146,10 +170,11 @@ impl Db {
             .strip_prefix("sqlite://")
             .or_else(|| spec.strip_prefix("sqlite:"))
             .unwrap_or(spec);
-        anyhow::ensure!(
-            !path.is_empty(),
-            "--store: give sqlite:PATH or postgres://…"
-        );
+        if path.is_empty() {
+            return Err(crate::exit::usage(
+                "--store: give sqlite:PATH or postgres://…",
+            ));
+        }
         Ok(Db::Sqlite(SqliteStore::open(path).await?))
     }
 
@@ -192,5 +217,24 @@ impl Db {
             Db::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
             Db::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("postgres://app:s3cret@db:5432/orders?sslmode=require"),
+            "postgres://app@db:5432/orders?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://app@db/orders"),
+            "postgres://app@db/orders"
+        );
+        assert_eq!(without_password("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(without_password("/tmp/x.db"), "/tmp/x.db");
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::applied::{Applied, Db, Emit, EmitOutbox};
 use crate::common::Conn;
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, ConsumerStats, PostgresOutbox, Queue, QueueType, Relay,
@@ -89,12 +90,17 @@ pub struct Summary {
 /// Consumes until idle, a count, or Ctrl-C, and prints the summary.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let db = Db::open(&a.store, a.schema.clone()).await?;
-    db.prepare().await?;
+    db.prepare().await.with_context(|| {
+        format!(
+            "could not prepare the database {}",
+            crate::applied::without_password(&a.store)
+        )
+    })?;
     let config = a
         .conn
         .config(&format!("rabbit-once consume {}", std::process::id()))?
         .topology(topology(&a));
-    let conn = Connection::start(config)?;
+    let conn = crate::common::connect(&a.conn, config).await?;
     let (s, secs) = consume(&conn, &db, &a).await?;
     let summary = summary(&s, &conn, secs);
     write_report(a.report.as_deref(), &summary);

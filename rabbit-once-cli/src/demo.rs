@@ -2,7 +2,7 @@
 //! purpose, consume idempotently into SQLite while connections are cut, then print the ledger.
 
 use crate::applied::{Applied, Db};
-use crate::common::{Conn, seq_body};
+use crate::common::{Conn, connect, seq_body};
 use rabbit_once::Endpoint;
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, ConsumerStats, Message, Publisher, PublisherConfig,
@@ -150,14 +150,16 @@ struct Parts {
 impl Parts {
     async fn start(a: &Args, via: Endpoint, queue: &str, db_path: &Path) -> anyhow::Result<Parts> {
         let topology = Topology::new().queue(Queue::new(queue));
-        let pub_conn = Connection::connect(
+        let pub_conn = connect(
+            &a.conn,
             a.conn
                 .config("rabbit-once demo publisher")?
                 .endpoints(vec![via.clone()])
                 .topology(topology.clone()),
         )
         .await?;
-        let con_conn = Connection::connect(
+        let con_conn = connect(
+            &a.conn,
             a.conn
                 .config("rabbit-once demo consumer")?
                 .endpoints(vec![via])
