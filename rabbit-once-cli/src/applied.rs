@@ -1,8 +1,9 @@
 //! The built-in handler: inside the consumer's transaction it inserts one row per message into
 //! `applied(message_id, seq, consumer_pid, applied_at)` — a table with **no** unique key, so a
 //! message applied twice would show as two rows — and, with `--emit-to`, enqueues a copy of
-//! each message for the next stage through the outbox in the same transaction. Also the ledger
-//! queries over that table.
+//! each message for the next stage through the outbox in the same transaction. With
+//! `--reject-every K` it rejects every K-th seq instead (dead-lettered at once, with a reason),
+//! to show and test the dead-letter path. Also the ledger queries over that table.
 
 use crate::common::seq_of;
 use rabbit_once::sqlx::{self, Postgres, QueryBuilder, Sqlite, Transaction};
@@ -17,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Applied {
     pid: i64,
     emit: Option<Emit>,
+    reject_every: Option<u64>,
 }
 
 /// Where a pipeline stage's handler emits: a copy of each message's body to `queue`, through
@@ -40,7 +42,28 @@ impl Applied {
         Applied {
             pid: std::process::id() as i64,
             emit: None,
+            reject_every: None,
         }
+    }
+
+    /// Rejects every message whose body's seq satisfies `seq % k == k - 1` (the k-th, 2k-th, …
+    /// counting seqs from 0): it is dead-lettered at once with a reason naming the seq, and
+    /// nothing is written for it. With `k` 1 every message is rejected; 0 (or `None`) rejects
+    /// none.
+    pub fn reject_every(mut self, k: Option<u64>) -> Self {
+        self.reject_every = k.filter(|k| *k > 0);
+        self
+    }
+
+    /// The rejection of `d`, if `--reject-every` picks it.
+    fn rejection(&self, d: &Delivery) -> Option<Outcome> {
+        let k = self.reject_every?;
+        let seq = seq_of(d.body())?;
+        (seq % k == k - 1).then(|| {
+            Outcome::reject(format!(
+                "rejected on purpose: --reject-every {k} picks seq {seq}"
+            ))
+        })
     }
 
     /// The handler of a pipeline stage: it also emits each message to the next stage.
@@ -74,6 +97,9 @@ macro_rules! applied_handler {
                 msg: &'a Delivery,
                 tx: &'a mut Transaction<'static, $db>,
             ) -> Result<Outcome, HandlerError> {
+                if let Some(rejected) = self.rejection(msg) {
+                    return Ok(rejected);
+                }
                 self.handle_batch(&[msg], tx).await?;
                 Ok(Outcome::Done)
             }
@@ -83,6 +109,16 @@ macro_rules! applied_handler {
                 msgs: &'a [&'a Delivery],
                 tx: &'a mut Transaction<'static, $db>,
             ) -> Result<Vec<Outcome>, HandlerError> {
+                // A batch with a message to reject writes nothing: the consumer rolls it back
+                // and runs its messages one at a time through `handle`.
+                let rejections: Vec<Option<Outcome>> =
+                    msgs.iter().map(|d| self.rejection(d)).collect();
+                if rejections.iter().any(Option::is_some) {
+                    return Ok(rejections
+                        .into_iter()
+                        .map(|r| r.unwrap_or(Outcome::Done))
+                        .collect());
+                }
                 let now = now_micros();
                 for chunk in msgs.chunks(200) {
                     let mut q = QueryBuilder::<$db>::new(

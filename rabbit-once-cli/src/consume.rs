@@ -60,6 +60,11 @@ pub struct Args {
     /// this process publishes it). A duplicate delivery emits nothing.
     #[arg(long, value_name = "QUEUE")]
     pub emit_to: Option<String>,
+    /// Reject every K-th message (seq % K == K - 1, seqs counted from 0: with K = 3 the seqs 2,
+    /// 5, 8, …): the built-in handler dead-letters it at once with a reason instead of applying
+    /// it, to show (and test) the dead-letter path. Messages without a seq body are applied.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reject_every: Option<u64>,
     /// Append the counters as a JSON line to this file every 500 ms and at the end (used by
     /// `chaos`, which may kill this process at any moment).
     #[arg(long)]
@@ -205,14 +210,17 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
         config = config.group(g);
     }
     let (handler, relay) = match &a.emit_to {
-        None => (Applied::new(), None),
+        None => (Applied::new().reject_every(a.reject_every), None),
         Some(queue) => {
             let (outbox, relay) = emit_outbox(conn, db).await?;
             let emit = Emit {
                 queue: queue.clone(),
                 outbox,
             };
-            (Applied::emitting(emit), Some(relay))
+            (
+                Applied::emitting(emit).reject_every(a.reject_every),
+                Some(relay),
+            )
         }
     };
     let consumer = match db {
