@@ -515,3 +515,66 @@ async fn reject_every_k_dead_letters_exactly_those_seqs() {
     delete_queues(&conn, &q).await;
     conn.close().await;
 }
+
+/// Ctrl-C on `demo` in the middle of its run: it deletes its queues and its temporary database
+/// before it exits (status 1: the run is incomplete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_demo_removes_its_queues_and_files() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["demo", "--count", "1000000", "--cuts", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next_line().await.unwrap().unwrap();
+    let queue = first.rsplit("queue ").next().unwrap().trim().to_string();
+    assert!(queue.starts_with("rabbit-once-demo"), "{first}");
+    let db = std::env::temp_dir().join(format!("{queue}.db"));
+    let conn = direct().await;
+    // Interrupt once its queue holds messages (it runs, its signal handler is in place).
+    let mut running = false;
+    for _ in 0..500 {
+        if conn.queue_info(&queue).await.is_ok_and(|i| i.messages > 0) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running, "the demo started publishing");
+    assert!(db.exists());
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = Vec::new();
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stops within 30 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    let consumer = rabbit_once::ConsumerConfig::new(&queue).retry(rabbit_once::RetryPolicy::new(
+        5,
+        vec![
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ],
+    ));
+    for q in consumer.queues() {
+        assert!(conn.queue_info(&q).await.is_err(), "{q} was deleted");
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let f = format!("{}{ext}", db.display());
+        assert!(!std::path::Path::new(&f).exists(), "{f} was removed");
+    }
+    conn.close().await;
+}
