@@ -1,8 +1,9 @@
 //! The built-in handler: inside the consumer's transaction it inserts one row per message into
 //! `applied(message_id, seq, consumer_pid, applied_at)` — a table with **no** unique key, so a
 //! message applied twice would show as two rows — and, with `--emit-to`, enqueues a copy of
-//! each message for the next stage through the outbox in the same transaction. Also the ledger
-//! queries over that table.
+//! each message for the next stage through the outbox in the same transaction. With
+//! `--reject-every K` it rejects every K-th seq instead (dead-lettered at once, with a reason),
+//! to show and test the dead-letter path. Also the ledger queries over that table.
 
 use crate::common::seq_of;
 use rabbit_once::sqlx::{self, Postgres, QueryBuilder, Sqlite, Transaction};
@@ -17,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Applied {
     pid: i64,
     emit: Option<Emit>,
+    reject_every: Option<u64>,
 }
 
 /// Where a pipeline stage's handler emits: a copy of each message's body to `queue`, through
@@ -40,7 +42,28 @@ impl Applied {
         Applied {
             pid: std::process::id() as i64,
             emit: None,
+            reject_every: None,
         }
+    }
+
+    /// Rejects every message whose body's seq satisfies `seq % k == k - 1` (the k-th, 2k-th, …
+    /// counting seqs from 0): it is dead-lettered at once with a reason naming the seq, and
+    /// nothing is written for it. With `k` 1 every message is rejected; 0 (or `None`) rejects
+    /// none.
+    pub fn reject_every(mut self, k: Option<u64>) -> Self {
+        self.reject_every = k.filter(|k| *k > 0);
+        self
+    }
+
+    /// The rejection of `d`, if `--reject-every` picks it.
+    fn rejection(&self, d: &Delivery) -> Option<Outcome> {
+        let k = self.reject_every?;
+        let seq = seq_of(d.body())?;
+        (seq % k == k - 1).then(|| {
+            Outcome::reject(format!(
+                "rejected on purpose: --reject-every {k} picks seq {seq}"
+            ))
+        })
     }
 
     /// The handler of a pipeline stage: it also emits each message to the next stage.
@@ -74,6 +97,9 @@ macro_rules! applied_handler {
                 msg: &'a Delivery,
                 tx: &'a mut Transaction<'static, $db>,
             ) -> Result<Outcome, HandlerError> {
+                if let Some(rejected) = self.rejection(msg) {
+                    return Ok(rejected);
+                }
                 self.handle_batch(&[msg], tx).await?;
                 Ok(Outcome::Done)
             }
@@ -83,6 +109,16 @@ macro_rules! applied_handler {
                 msgs: &'a [&'a Delivery],
                 tx: &'a mut Transaction<'static, $db>,
             ) -> Result<Vec<Outcome>, HandlerError> {
+                // A batch with a message to reject writes nothing: the consumer rolls it back
+                // and runs its messages one at a time through `handle`.
+                let rejections: Vec<Option<Outcome>> =
+                    msgs.iter().map(|d| self.rejection(d)).collect();
+                if rejections.iter().any(Option::is_some) {
+                    return Ok(rejections
+                        .into_iter()
+                        .map(|r| r.unwrap_or(Outcome::Done))
+                        .collect());
+                }
                 let now = now_micros();
                 for chunk in msgs.chunks(200) {
                     let mut q = QueryBuilder::<$db>::new(
@@ -121,6 +157,22 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS applied (
     applied_at   BIGINT NOT NULL
 )";
 
+/// `spec` with the password of a `scheme://user:password@host…` URL left out.
+pub fn without_password(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else {
+        return spec.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => spec.to_string(),
+    }
+}
+
 /// Where the dedup records and the `applied` table live.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -129,8 +181,16 @@ pub enum Db {
 }
 
 impl Db {
-    /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only.
+    /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only. An error
+    /// names the database without its password.
     pub async fn open(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
+        use anyhow::Context;
+        Self::open_unnamed(spec, schema)
+            .await
+            .with_context(|| format!("could not open the database {}", without_password(spec)))
+    }
+
+    async fn open_unnamed(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             let store = PostgresStore::connect_with(
                 spec,
@@ -146,10 +206,11 @@ impl Db {
             .strip_prefix("sqlite://")
             .or_else(|| spec.strip_prefix("sqlite:"))
             .unwrap_or(spec);
-        anyhow::ensure!(
-            !path.is_empty(),
-            "--store: give sqlite:PATH or postgres://…"
-        );
+        if path.is_empty() {
+            return Err(crate::exit::usage(
+                "--store: give sqlite:PATH or postgres://…",
+            ));
+        }
         Ok(Db::Sqlite(SqliteStore::open(path).await?))
     }
 
@@ -192,5 +253,24 @@ impl Db {
             Db::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
             Db::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("postgres://app:s3cret@db:5432/orders?sslmode=require"),
+            "postgres://app@db:5432/orders?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://app@db/orders"),
+            "postgres://app@db/orders"
+        );
+        assert_eq!(without_password("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(without_password("/tmp/x.db"), "/tmp/x.db");
     }
 }

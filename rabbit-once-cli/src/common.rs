@@ -2,7 +2,9 @@
 //! task that awaits confirmations.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rabbit_once::{Backoff, Confirmation, Confirmed, ConnectionConfig, PublishError};
+use rabbit_once::{
+    Backoff, Confirmation, Confirmed, Connection, ConnectionConfig, Event, PublishError,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -13,12 +15,16 @@ pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Flags every command that talks to a broker takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
-    /// Broker URI; repeat for several endpoints, tried in turn.
-    #[arg(long = "uri", default_value = DEFAULT_URI)]
+    /// Broker URI; repeat (or separate with commas) for several endpoints, tried in turn.
+    #[arg(long = "uri", default_value = DEFAULT_URI, value_delimiter = ',')]
     pub uris: Vec<String>,
     /// Heartbeat interval in seconds (0 disables).
     #[arg(long, default_value_t = 5)]
     pub heartbeat: u64,
+    /// Seconds to wait for the first session with the broker before giving up (exit 3); 0 waits
+    /// for ever. Wrong credentials or an unknown vhost end the wait at once.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub connect_wait: u64,
 }
 
 impl Conn {
@@ -33,6 +39,78 @@ impl Conn {
                 Duration::from_secs(2),
                 0.5,
             )))
+    }
+}
+
+/// Starts a connection with `config` and waits for its first session, at most `--connect-wait`
+/// seconds. From the first failed attempt on it says on stderr what it is waiting for (the
+/// endpoint, never a password). Exit status 3 for what ends the wait.
+pub async fn connect(conn: &Conn, config: ConnectionConfig) -> anyhow::Result<Connection> {
+    let connection = Connection::start(config)?;
+    let mut events = connection.events();
+    let wait = Duration::from_secs(conn.connect_wait);
+    let deadline = (conn.connect_wait > 0).then(|| tokio::time::Instant::now() + wait);
+    let waiter = connection.clone();
+    let mut first = std::pin::pin!(async move { waiter.wait_connected().await });
+    let mut last_failure: Option<String> = None;
+    loop {
+        tokio::select! {
+            up = &mut first => {
+                return match up {
+                    Ok(_) => Ok(connection),
+                    Err(e) => {
+                        connection.close().await;
+                        Err(e.into())
+                    }
+                };
+            }
+            Some(event) = events.recv() => {
+                if let Event::ConnectFailed { endpoint, reason, .. } = event {
+                    // A fatal reason (credentials, vhost) ends the wait: `first` reports it.
+                    if last_failure.is_none() && reason.is_recoverable() {
+                        let until = match deadline {
+                            Some(_) => format!("for up to {}s (--connect-wait)", wait.as_secs()),
+                            None => "until it answers".to_string(),
+                        };
+                        eprintln!("cannot reach {endpoint} yet: {reason}; retrying {until}");
+                    }
+                    last_failure = Some(format!("{endpoint}: {reason}"));
+                }
+            }
+            _ = sleep_until(deadline) => {
+                connection.close().await;
+                return Err(crate::exit::connect(format!(
+                    "no broker reachable within {}s (--connect-wait); last attempt: {}",
+                    wait.as_secs(),
+                    last_failure.as_deref().unwrap_or("still connecting")
+                )));
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Until it is first polled, either signal ends the
+/// process at once.
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

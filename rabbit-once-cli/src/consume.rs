@@ -2,6 +2,7 @@
 
 use crate::applied::{Applied, Db, Emit, EmitOutbox};
 use crate::common::Conn;
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, ConsumerStats, PostgresOutbox, Queue, QueueType, Relay,
@@ -59,6 +60,11 @@ pub struct Args {
     /// this process publishes it). A duplicate delivery emits nothing.
     #[arg(long, value_name = "QUEUE")]
     pub emit_to: Option<String>,
+    /// Reject every K-th message (seq % K == K - 1, seqs counted from 0: with K = 3 the seqs 2,
+    /// 5, 8, …): the built-in handler dead-letters it at once with a reason instead of applying
+    /// it, to show (and test) the dead-letter path. Messages without a seq body are applied.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reject_every: Option<u64>,
     /// Append the counters as a JSON line to this file every 500 ms and at the end (used by
     /// `chaos`, which may kill this process at any moment).
     #[arg(long)]
@@ -89,12 +95,17 @@ pub struct Summary {
 /// Consumes until idle, a count, or Ctrl-C, and prints the summary.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let db = Db::open(&a.store, a.schema.clone()).await?;
-    db.prepare().await?;
+    db.prepare().await.with_context(|| {
+        format!(
+            "could not prepare the database {}",
+            crate::applied::without_password(&a.store)
+        )
+    })?;
     let config = a
         .conn
         .config(&format!("rabbit-once consume {}", std::process::id()))?
         .topology(topology(&a));
-    let conn = Connection::start(config)?;
+    let conn = crate::common::connect(&a.conn, config).await?;
     let (s, secs) = consume(&conn, &db, &a).await?;
     let summary = summary(&s, &conn, secs);
     write_report(a.report.as_deref(), &summary);
@@ -199,14 +210,17 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
         config = config.group(g);
     }
     let (handler, relay) = match &a.emit_to {
-        None => (Applied::new(), None),
+        None => (Applied::new().reject_every(a.reject_every), None),
         Some(queue) => {
             let (outbox, relay) = emit_outbox(conn, db).await?;
             let emit = Emit {
                 queue: queue.clone(),
                 outbox,
             };
-            (Applied::emitting(emit), Some(relay))
+            (
+                Applied::emitting(emit).reject_every(a.reject_every),
+                Some(relay),
+            )
         }
     };
     let consumer = match db {

@@ -1,8 +1,9 @@
 //! `rabbit-once demo`: the whole path against a local broker — publish with connections cut on
 //! purpose, consume idempotently into SQLite while connections are cut, then print the ledger.
+//! Its queues and temporary files are removed at the end, also after an error or Ctrl-C.
 
 use crate::applied::{Applied, Db};
-use crate::common::{Conn, seq_body};
+use crate::common::{Conn, connect, seq_body, stop_signal};
 use rabbit_once::Endpoint;
 use rabbit_once::{
     Connection, Consumer, ConsumerConfig, ConsumerStats, Message, Publisher, PublisherConfig,
@@ -48,48 +49,84 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         a.db.clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("{queue}.db")));
     print_intro(&a, &target, &queue, proxy.port(), &db_path);
+    let outcome = tokio::select! {
+        r = demo(&a, via, &queue, &proxy, &db_path) => Some(r),
+        _ = stop_signal() => None,
+    };
+    // The demo's queues and (unless --db was given) its database go, whatever happened.
+    clean_up(&a, &queue, temp_db.then_some(db_path.as_path())).await;
+    match outcome {
+        Some(r) => r,
+        None => {
+            println!("\n  interrupted: the demo's queues and temporary files are removed");
+            Ok(crate::exit::Status::Incomplete.into())
+        }
+    }
+}
 
+/// Deletes the demo's queue with its retry and dead-letter queues (over a connection of its
+/// own, straight to the broker) and the temporary database with its side files.
+async fn clean_up(a: &Args, queue: &str, temp_db: Option<&Path>) {
+    if let Ok(config) = a.conn.config("rabbit-once demo clean-up")
+        && let Ok(conn) = connect(&a.conn, config).await
+    {
+        for q in consumer_config(queue).queues() {
+            let _ = conn.delete_queue(&q).await;
+        }
+        conn.close().await;
+    }
+    if let Some(path) = temp_db {
+        for ext in ["", "-wal", "-shm", "-relay.lock"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+}
+
+/// The consumer's configuration: the queues it declares follow from it.
+fn consumer_config(queue: &str) -> ConsumerConfig {
+    ConsumerConfig::new(queue).retry(crate::consume::retry_policy(5))
+}
+
+/// Steps 2 to 8: the run, its ledger printed; success if it balances.
+async fn demo(
+    a: &Args,
+    via: Endpoint,
+    queue: &str,
+    proxy: &Arc<FaultProxy>,
+    db_path: &Path,
+) -> anyhow::Result<ExitCode> {
     // 2. A publisher and an idempotent consumer, each on its own connection through the proxy.
-    let parts = Parts::start(&a, via, &queue, &db_path).await?;
+    let parts = Parts::start(a, via, queue, db_path).await?;
     let Parts {
         pub_conn,
         con_conn,
         db,
         consumer,
-        queues,
         publisher,
     } = parts;
 
     // 3. A cutter cuts every connection each time count/(cuts+1) more are confirmed.
     let started = Instant::now();
-    let cutter = spawn_cutter(&publisher, &pub_conn, &proxy, a.count, a.cuts);
+    let cutter = spawn_cutter(&publisher, &pub_conn, proxy, a.count, a.cuts);
 
     // 4. Publish everything, then await every confirm.
-    let (confirmed_ids, failed) = publish_all(&publisher, &queue, a.count, a.size).await?;
+    let (confirmed_ids, failed) = publish_all(&publisher, queue, a.count, a.size).await?;
     let cuts = cutter.await?;
     let pstats = publisher.stats();
     publisher.close(Duration::from_secs(10)).await;
 
     // 5. Let the consumer finish: everything applied or skipped, the queue empty.
-    wait_for_consumer(&consumer, &con_conn, &queue, confirmed_ids.len() as u64).await;
+    wait_for_consumer(&consumer, &con_conn, queue, confirmed_ids.len() as u64).await;
     let cstats = consumer.close(Duration::from_secs(10)).await;
     let secs = started.elapsed().as_secs_f64();
 
     // 6. The ledger, from the database.
     let (once, twice, lost) = count_applied(&db, &confirmed_ids).await?;
 
-    // 7. Clean up: the queues, the connections, a temporary database.
-    for q in &queues {
-        let _ = con_conn.delete_queue(q).await;
-    }
+    // 7. Close the connections (the caller removes the queues and a temporary database).
     let (pub_reconnects, con_reconnects) = (pub_conn.reconnects(), con_conn.reconnects());
     pub_conn.close().await;
     con_conn.close().await;
-    if temp_db {
-        for ext in ["", "-wal", "-shm", "-relay.lock"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
-        }
-    }
 
     // 8. Print the ledger and the verdict.
     let ledger = Ledger {
@@ -142,22 +179,22 @@ struct Parts {
     con_conn: Connection,
     db: Db,
     consumer: Consumer,
-    /// The queue and the consumer's retry and dead-letter queues, to delete at the end.
-    queues: Vec<String>,
     publisher: Publisher,
 }
 
 impl Parts {
     async fn start(a: &Args, via: Endpoint, queue: &str, db_path: &Path) -> anyhow::Result<Parts> {
         let topology = Topology::new().queue(Queue::new(queue));
-        let pub_conn = Connection::connect(
+        let pub_conn = connect(
+            &a.conn,
             a.conn
                 .config("rabbit-once demo publisher")?
                 .endpoints(vec![via.clone()])
                 .topology(topology.clone()),
         )
         .await?;
-        let con_conn = Connection::connect(
+        let con_conn = connect(
+            &a.conn,
             a.conn
                 .config("rabbit-once demo consumer")?
                 .endpoints(vec![via])
@@ -167,16 +204,14 @@ impl Parts {
         let store = SqliteStore::open(db_path).await?;
         let db = Db::Sqlite(store.clone());
         db.prepare().await?;
-        let consumer_config = ConsumerConfig::new(queue).retry(crate::consume::retry_policy(5));
-        let queues = consumer_config.queues();
-        let consumer = Consumer::start(&con_conn, store, Applied::new(), consumer_config).await?;
+        let consumer =
+            Consumer::start(&con_conn, store, Applied::new(), consumer_config(queue)).await?;
         let publisher = Publisher::new(&pub_conn, PublisherConfig::default())?;
         Ok(Parts {
             pub_conn,
             con_conn,
             db,
             consumer,
-            queues,
             publisher,
         })
     }

@@ -7,16 +7,20 @@ mod chaos;
 mod common;
 mod consume;
 mod demo;
+mod exit;
 mod outbox;
 mod publish;
 
-use clap::{Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::io::IsTerminal;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "rabbit-once",
     version,
-    about = "RabbitMQ messaging that loses nothing and applies nothing twice"
+    about = "RabbitMQ messaging that loses nothing and applies nothing twice",
+    after_help = exit::HELP
 )]
 struct Cli {
     /// Runtime threads (1: everything on the main thread).
@@ -43,6 +47,48 @@ enum Command {
     Outbox(outbox::status::Command),
     /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
     Bench(bench::Args),
+    /// Print a completion script for a shell to stdout, e.g.
+    /// `rabbit-once completions bash > /etc/bash_completion.d/rabbit-once`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The command line as clap sees it: [`Cli`] with every flag also read from the environment.
+fn command() -> clap::Command {
+    with_env(Cli::command())
+}
+
+/// Every long flag of `cmd` and of its subcommands also comes from `RABBIT_ONCE_<FLAG>`
+/// (`--connect-wait`: `RABBIT_ONCE_CONNECT_WAIT`); a switch takes true/false, yes/no, on/off,
+/// 1/0 there. The values are never shown in `--help` (a URI holds a password).
+fn with_env(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long() else {
+            return arg; // positional: only on the command line
+        };
+        let name = format!("RABBIT_ONCE_{}", long.replace('-', "_").to_uppercase());
+        let switch = matches!(arg.get_action(), ArgAction::SetTrue);
+        let arg = arg.env(name).hide_env_values(true);
+        if switch {
+            arg.value_parser(BoolishValueParser::new())
+        } else {
+            arg
+        }
+    });
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    subcommands
+        .iter()
+        .fold(cmd, |cmd, name| cmd.mut_subcommand(name, with_env))
+}
+
+/// Colour only to a terminal, and never when `NO_COLOR` is set (and not empty).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,8 +98,13 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut command(), "rabbit-once", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     // One thread by default: the work is I/O-bound, and on a runtime of one thread a message
     // crosses no thread on its way from a task to the socket (measured: 40% less CPU per
     // message, same or better throughput; docs/benchmarks.md).
@@ -77,13 +128,14 @@ fn main() -> std::process::ExitCode {
             Command::Relay(a) => outbox::relay::run(a).await,
             Command::Outbox(c) => outbox::status::run(c).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            exit::classify(&e).into()
         }
     }
 }

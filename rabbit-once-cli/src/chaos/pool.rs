@@ -113,11 +113,28 @@ impl Launcher {
         v
     }
 
+    /// A child process running `rabbit-once <subcommand>` against the broker through the
+    /// proxy. Its configuration is its command line alone: no `RABBIT_ONCE_*` variable of ours
+    /// reaches it, but for the URI (in the environment, not in `ps`) and a connect wait without
+    /// end (a child started while the broker is down waits for it, as the run expects).
+    fn child(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RABBIT_ONCE_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.env("RABBIT_ONCE_URI", &self.via_uri)
+            .env("RABBIT_ONCE_CONNECT_WAIT", "0")
+            .arg(subcommand);
+        cmd
+    }
+
     /// A `relay` process on the run's shared outbox.
     fn spawn_relay(&self) -> anyhow::Result<Child> {
         let o = self.outbox_of(0);
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["relay", "--uri", &self.via_uri, "--outbox", &o.spec])
+        let mut cmd = self.child("relay");
+        cmd.args(["--outbox", &o.spec])
             .args([
                 "--heartbeat",
                 &self.heartbeat.to_string(),
@@ -142,8 +159,8 @@ impl Launcher {
             .work
             .join(format!("pub-{}-{}.log", slot.lo, slot.generation));
         slot.reports.push(slot.report.clone());
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["publish", "--uri", &self.via_uri, "--queue", &self.queue])
+        let mut cmd = self.child("publish");
+        cmd.args(["--queue", &self.queue])
             .args(["--size", &self.size.to_string()])
             .args(["--rate", &(self.per_pub_rate as u64).max(1).to_string()])
             .args(["--heartbeat", &self.heartbeat.to_string(), "--json"]);
@@ -183,9 +200,8 @@ impl Launcher {
             (Some((queue, store, schema)), true) => (queue, store, schema),
             _ => (&self.queue, &self.store, &self.schema),
         };
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(["consume", "--uri", &self.via_uri, "--queue", queue])
-            .args(["--store", store]);
+        let mut cmd = self.child("consume");
+        cmd.args(["--queue", queue]).args(["--store", store]);
         if let (Some((next, _, _)), false) = (&self.stage2, slot.stage2) {
             cmd.args(["--emit-to", next]);
         }

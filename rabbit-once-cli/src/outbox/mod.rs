@@ -71,10 +71,9 @@ impl OutboxDb {
                 .strip_prefix("sqlite://")
                 .or_else(|| args.spec.strip_prefix("sqlite:"))
                 .unwrap_or(&args.spec);
-            anyhow::ensure!(
-                std::path::Path::new(path).exists(),
-                "no outbox database at {path}"
-            );
+            if !std::path::Path::new(path).exists() {
+                return Err(crate::exit::store(format!("no outbox database at {path}")));
+            }
         }
         let db = Db::open(&args.spec, args.schema.clone()).await?;
         let table: Option<String> = match &db {
@@ -91,15 +90,16 @@ impl OutboxDb {
                     .await?
             }
         };
-        anyhow::ensure!(
-            table.is_some(),
-            "no outbox table (rabbit_once_outbox) in {}",
-            match (&db, &args.schema) {
-                (Db::Postgres(_), Some(s)) => format!("schema {s}"),
-                (Db::Postgres(_), None) => "the database's search_path".to_string(),
-                (Db::Sqlite(_), _) => "that SQLite database".to_string(),
-            }
-        );
+        if table.is_none() {
+            return Err(crate::exit::store(format!(
+                "no outbox table (rabbit_once_outbox) in {}",
+                match (&db, &args.schema) {
+                    (Db::Postgres(_), Some(s)) => format!("schema {s}"),
+                    (Db::Postgres(_), None) => "the database's search_path".to_string(),
+                    (Db::Sqlite(_), _) => "that SQLite database".to_string(),
+                }
+            )));
+        }
         // An outbox written by an older version gets the newer tables (the parked rows).
         Ok(match db {
             Db::Sqlite(s) => {

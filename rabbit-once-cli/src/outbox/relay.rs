@@ -44,10 +44,12 @@ pub struct Args {
 /// Runs the relay until told to stop (or, with `--until-empty`, until nothing is left).
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let db = OutboxDb::open(&a.outbox).await?;
-    let conn = rabbit_once::Connection::start(
+    let conn = crate::common::connect(
+        &a.conn,
         a.conn
             .config(&format!("rabbit-once relay {}", std::process::id()))?,
-    )?;
+    )
+    .await?;
     let config = RelayConfig::default()
         .batch(a.batch)
         .poll(Duration::from_millis(a.poll_ms.max(1)))

@@ -1,9 +1,15 @@
-//! `rabbit-once publish`: N sequence-numbered messages with confirms, across any faults.
+//! `rabbit-once publish`: N sequence-numbered messages, or the lines of a file (`--from`), with
+//! confirms, across any faults. Ctrl-C or SIGTERM stops publishing, waits for what is in flight,
+//! and prints the summary.
+//!
+//! Layout: `mod.rs` the flags and numbered messages, `from.rs` publishing the lines of a file,
+//! `lines.rs` how a line becomes a message.
 
-use crate::common::{Conn, await_confirmations, bar, seq_body};
-use rabbit_once::{
-    Connection, ConnectionState, Message, Publisher, PublisherConfig, Queue, Topology,
-};
+mod from;
+mod lines;
+
+use crate::common::{Conn, await_confirmations, bar, seq_body, stop_signal};
+use rabbit_once::{ConnectionState, Message, Publisher, PublisherConfig, Queue, Topology};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,9 +20,32 @@ pub struct Args {
     /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
-    /// Queue to publish to (declared durable).
+    /// Queue to publish to (declared durable). With --from: the default routing key, and
+    /// optional when --exchange or --routing-key is given.
+    #[arg(long, required_unless_present_any = ["from", "exchange", "routing_key"])]
+    pub queue: Option<String>,
+    /// Publish one message per line of FILE (`-`: stdin) instead of numbered messages. A
+    /// malformed line stops the run before it (exit 2, naming the line); blank lines are
+    /// skipped.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<String>,
+    /// With --from: each line is the body (raw) or a JSON object with the optional fields id
+    /// (the message_id), exchange, routing_key, headers (an object of strings, numbers and
+    /// booleans) and body (a string, or any JSON value sent as its text).
+    #[arg(long, value_enum, default_value_t = lines::Format::Raw)]
+    pub format: lines::Format,
+    /// With --from: the exchange a line goes to unless it names one (default: the default
+    /// exchange, which routes to the queue named by the routing key).
     #[arg(long)]
-    pub queue: String,
+    pub exchange: Option<String>,
+    /// With --from: the routing key of a line that names none (default: --queue).
+    #[arg(long)]
+    pub routing_key: Option<String>,
+    /// With --from: write every line that did not end confirmed — refused, unroutable, handed
+    /// back, and after a malformed line or an interruption the rest of FILE — to this file,
+    /// verbatim, to retry with `--from` (it may be FILE itself: it is written at the end).
+    #[arg(long, value_name = "FILE")]
+    pub failed: Option<std::path::PathBuf>,
     /// How many messages.
     #[arg(long, default_value_t = 10_000)]
     pub count: u64,
@@ -64,10 +93,11 @@ pub struct Args {
     #[arg(long, value_name = "DB")]
     pub outbox: Option<String>,
     /// With --outbox on PostgreSQL: the schema of the outbox and `sent` (created if missing).
-    #[arg(long, requires = "outbox")]
+    /// Ignored without --outbox (so one RABBIT_ONCE_SCHEMA serves `consume` too).
+    #[arg(long)]
     pub schema: Option<String>,
-    /// With --outbox: messages per transaction.
-    #[arg(long, default_value_t = 1, requires = "outbox")]
+    /// With --outbox: messages per transaction (ignored without).
+    #[arg(long, default_value_t = 1)]
     pub tx_size: u64,
     /// With --outbox: go on after the highest seq of --start..--start+--count committed in
     /// `sent` (after a crash or a kill).
@@ -126,20 +156,37 @@ pub struct Summary {
     pub handed_back: u64,
     /// Seconds from the first publish to the end.
     pub seconds: f64,
+    /// Stopped early by Ctrl-C or SIGTERM.
+    pub interrupted: bool,
+    /// Messages (or lines) never published: after an interruption or a malformed line.
+    pub not_published: u64,
 }
 
 /// Publishes the messages, waits for their confirms, and prints the summary; success only if
 /// every message was confirmed.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.queue.is_none() && a.from.is_none() {
+        return Err(crate::exit::usage(
+            "numbered messages go to --queue: give it (or --from FILE)",
+        ));
+    }
     if let Some(spec) = a.outbox.clone() {
         let schema = a.schema.clone();
+        if a.from.is_some() {
+            return Err(crate::exit::usage(
+                "--from publishes directly: it does not go through --outbox",
+            ));
+        }
         return crate::outbox::publish::run(&a, crate::outbox::OutboxArgs { spec, schema }).await;
+    }
+    if let Some(from) = a.from.clone() {
+        return from::run(&a, &from).await;
     }
     let config = a
         .conn
         .config(&format!("rabbit-once publish {}", std::process::id()))?
         .topology(a.topology());
-    let conn = Connection::start(config)?;
+    let conn = crate::common::connect(&a.conn, config).await?;
     let publisher = Publisher::new(
         &conn,
         PublisherConfig::default()
@@ -168,13 +215,25 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         })
     };
     let started = Instant::now();
+    let mut stop = std::pin::pin!(stop_signal());
+    let mut interrupted = false;
     for i in 0..a.count {
-        if let Some(rate) = a.rate.filter(|r| *r > 0) {
-            let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
         let seq = a.start + i;
-        match publisher.publish(message(&a, seq)).await {
+        let publish = async {
+            if let Some(rate) = a.rate.filter(|r| *r > 0) {
+                let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            publisher.publish(message(&a, seq)).await
+        };
+        let published = tokio::select! {
+            p = publish => p,
+            _ = &mut stop => {
+                interrupted = true;
+                break;
+            }
+        };
+        match published {
             Ok(c) => {
                 accepted_log.line(format_args!("a {seq}"));
                 let _ = tx.send((seq, c));
@@ -187,10 +246,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let handed_back = publisher
-        .close(Duration::from_secs(a.close_timeout))
-        .await
-        .len() as u64;
+    let Some(handed_back) = close(&publisher, a.close_timeout, interrupted).await else {
+        // Stopped a second time: no time to wait for the confirms.
+        pb.finish_and_clear();
+        let stats = publisher.stats();
+        eprintln!(
+            "stopped: {} published, {} confirmed, {} failed, {} unconfirmed (not known to have \
+             arrived)",
+            stats.accepted,
+            stats.confirmed,
+            stats.failed,
+            stats.accepted - stats.confirmed - stats.failed
+        );
+        return Ok(crate::exit::Status::Incomplete.into());
+    };
     drop(tx);
     let (confirmed, failed) = collector.await?;
     pb.finish_and_clear();
@@ -203,6 +272,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         reconnects: conn.reconnects(),
         handed_back,
         seconds: started.elapsed().as_secs_f64(),
+        interrupted,
+        not_published: a.count - stats.accepted,
     };
     if let ConnectionState::Failed(err) = conn.state() {
         eprintln!("the connection gave up: {err}");
@@ -213,29 +284,58 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         s.print();
     }
-    Ok(if s.confirmed == a.count {
+    // Stopped on purpose, everything published so far is confirmed: success.
+    let all = if interrupted { s.published } else { a.count };
+    Ok(if s.confirmed == all {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
+/// Closes `publisher`: waits at most `timeout_secs` for the outstanding confirms and hands
+/// back the rest, returning how many. After an interruption it says what it waits for, and a
+/// second Ctrl-C or SIGTERM gives up waiting (`None`).
+pub async fn close(publisher: &Publisher, timeout_secs: u64, interrupted: bool) -> Option<u64> {
+    let timeout = Duration::from_secs(timeout_secs);
+    if !interrupted {
+        return Some(publisher.close(timeout).await.len() as u64);
+    }
+    let s = publisher.stats();
+    eprintln!(
+        "interrupted: publishing stopped; waiting up to {timeout_secs}s for {} outstanding \
+         confirms (Ctrl-C again to stop at once)",
+        s.accepted - s.confirmed - s.failed
+    );
+    tokio::select! {
+        handed_back = publisher.close(timeout) => Some(handed_back.len() as u64),
+        _ = stop_signal() => None,
+    }
+}
+
 impl Args {
+    /// The queue, which numbered messages need.
+    fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or_default()
+    }
+
     /// What publishing declares: the queue, durable; with `--quorum`, what `consume --quorum`
     /// declares (the same arguments, or the second declare is refused).
     pub fn topology(&self) -> Topology {
         if self.quorum {
-            crate::consume::consumer_config(&self.queue, crate::consume::MAX_ATTEMPTS, true)
+            crate::consume::consumer_config(self.queue(), crate::consume::MAX_ATTEMPTS, true)
                 .topology()
+        } else if let Some(q) = &self.queue {
+            Topology::new().queue(Queue::new(q))
         } else {
-            Topology::new().queue(Queue::new(&self.queue))
+            Topology::new()
         }
     }
 }
 
 /// Message `seq`: its body starts with `{"seq":seq}`; flags and id as the arguments say.
 pub fn message(a: &Args, seq: u64) -> Message {
-    let mut m = Message::to_queue(&a.queue, seq_body(seq, a.size));
+    let mut m = Message::to_queue(a.queue(), seq_body(seq, a.size));
     if a.transient {
         m = m.transient();
     }
@@ -263,6 +363,12 @@ impl Summary {
         );
         for (k, n) in &self.failed {
             println!("failed: {n} {k}");
+        }
+        if self.interrupted {
+            println!(
+                "interrupted: {} not published, {} handed back unconfirmed",
+                self.not_published, self.handed_back
+            );
         }
     }
 }
