@@ -258,7 +258,7 @@ impl Connection {
             Error::ChannelClosed {
                 code: 404,
                 ref text,
-            } if text.contains("no queue") => {
+            } if text.starts_with("NOT_FOUND - no queue") => {
                 let vhost = match self.inner.session.borrow().as_ref() {
                     Some(s) => s.vhost.clone(),
                     None => self.inner.config.endpoints[0].vhost().to_string(),

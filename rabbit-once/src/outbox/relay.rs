@@ -95,6 +95,8 @@ impl Relay {
                 deleted: Arc::new(Notify::new()),
                 last_moved: Instant::now(),
                 last_check: Instant::now(),
+                flying_bytes: 0,
+                row_bytes: 0,
             }
             .run(stop_rx),
         );
@@ -153,6 +155,10 @@ struct Worker<B> {
     last_moved: Instant,
     /// When the right to publish was last checked.
     last_check: Instant,
+    /// The bodies' bytes of the rows in `flying`.
+    flying_bytes: usize,
+    /// The mean body size of the rows last read (0: nothing read yet).
+    row_bytes: usize,
 }
 
 /// Confirmed rows are deleted once this many are in, …
@@ -180,6 +186,8 @@ struct Flight {
     message_id: String,
     /// Failed publishes of the row before this one.
     attempts: i64,
+    /// Its body's size.
+    bytes: usize,
     confirmation: crate::publisher::Confirmation,
 }
 
@@ -220,6 +228,18 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Reads again this long after a wake that found nothing (the enqueue wakes the relay before
 /// the caller commits).
 const RESCANS: [u64; 6] = [1, 3, 8, 20, 50, 100];
+
+/// How many of `room` rows to read: as many as fit in `budget` bytes beside the `flying` bytes
+/// in flight, judged by the mean body size of the rows last read (`each`; 0: nothing read yet,
+/// then 64 rows). A read holds its rows in memory at once: 2,000 rows of 1 MiB would be 2 GiB.
+/// At least one row when nothing flies, so a row larger than the budget still goes.
+fn fit(room: i64, budget: usize, flying: usize, each: usize, idle: bool) -> i64 {
+    let rows = match each {
+        0 => 64,
+        each => (budget.saturating_sub(flying) / each).min(i64::MAX as usize) as i64,
+    };
+    room.min(rows.max(i64::from(idle)))
+}
 
 impl<B: Backend> Worker<B> {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -346,10 +366,10 @@ impl<B: Backend> Worker<B> {
                     strict: self.config.strict_key_order,
                     done: &done,
                 };
-                let rows = self.backend.pending(room, &filter).await?;
+                let rows = self.backend.pending(self.fit(room), &filter).await?;
                 progress += self.launch(rows).await?;
             }
-            let room = self.config.batch - self.flying.len() as i64;
+            let room = self.fit(self.config.batch - self.flying.len() as i64);
             if room > 0 {
                 let (skip, done) = (self.skip(), self.done());
                 let filter = Filter {
@@ -370,6 +390,18 @@ impl<B: Backend> Worker<B> {
         }
         self.delete(false).await?;
         Ok(progress)
+    }
+
+    /// `room` rows, fewer if their bodies would not fit in the publisher's buffer beside the
+    /// rows in flight (see [`fit`]).
+    fn fit(&self, room: i64) -> i64 {
+        fit(
+            room,
+            self.config.publisher.max_buffered_bytes,
+            self.flying_bytes,
+            self.row_bytes,
+            self.flying.is_empty(),
+        )
     }
 
     /// The rows no read may return: in flight, confirmed and not deleted yet, being deleted.
@@ -474,16 +506,25 @@ impl<B: Backend> Worker<B> {
     /// Publishes `rows` in order; they fly until their confirms are settled.
     async fn launch(&mut self, rows: Vec<PendingRow>) -> Result<usize, Error> {
         let n = rows.len();
+        let total: usize = rows.iter().map(|r| r.message.body().len()).sum();
+        if let Some(each) = total.checked_div(n) {
+            self.row_bytes = each.max(1);
+        }
         for row in rows {
             let message_id = row.message.message_id().unwrap_or_default().to_owned();
+            let bytes = row.message.body().len();
             match self.publisher.publish(row.message).await {
-                Ok(confirmation) => self.flying.push_back(Flight {
-                    id: row.id,
-                    key: row.ordering_key,
-                    message_id,
-                    attempts: row.attempts,
-                    confirmation,
-                }),
+                Ok(confirmation) => {
+                    self.flying_bytes += bytes;
+                    self.flying.push_back(Flight {
+                        id: row.id,
+                        key: row.ordering_key,
+                        message_id,
+                        attempts: row.attempts,
+                        bytes,
+                        confirmation,
+                    })
+                }
                 Err(e) => {
                     let f = Failure {
                         id: row.id,
@@ -523,6 +564,7 @@ impl<B: Backend> Worker<B> {
                 }
             };
             let flight = self.flying.pop_front().expect("the front");
+            self.flying_bytes -= flight.bytes;
             settled += 1;
             match outcome {
                 Ok(_) => {
@@ -573,5 +615,34 @@ impl<B: Backend> Worker<B> {
         });
         let retry_at = unix_ms() + self.config.retry_after.as_millis() as i64;
         self.backend.record_failure(f.id, &reason, retry_at).await
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::fit;
+
+    #[test]
+    fn reads_what_fits_in_the_buffer() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(fit(2000, 64 * MIB, 0, 0, true), 64, "size unknown yet");
+        assert_eq!(
+            fit(2000, 64 * MIB, 0, 512, true),
+            2000,
+            "small rows: the room"
+        );
+        assert_eq!(fit(2000, 64 * MIB, 0, MIB, true), 64, "1 MiB rows: 64");
+        assert_eq!(
+            fit(2000, 64 * MIB, 60 * MIB, MIB, false),
+            4,
+            "beside those in flight"
+        );
+        assert_eq!(fit(2000, 64 * MIB, 64 * MIB, MIB, false), 0, "full: none");
+        assert_eq!(
+            fit(2000, MIB, 0, 8 * MIB, true),
+            1,
+            "one too large row still goes"
+        );
+        assert_eq!(fit(3, 64 * MIB, 0, 1, true), 3);
     }
 }

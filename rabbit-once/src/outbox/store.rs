@@ -113,10 +113,18 @@ where
             next()
         );
     } else {
+        // Strict: only the rows *after* a held row of their key wait; a row before it (one that
+        // committed late, or left by a pipelined run) goes first, and the held row's retry
+        // waits for it (the clause below). Holding the whole key there would block it for good.
+        let before = if filter.strict {
+            " AND h.id < o.id"
+        } else {
+            ""
+        };
         sql += &format!(
             "o.retry_at IS NULL AND NOT EXISTS \
              (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
-             AND h.retry_at IS NOT NULL)"
+             AND h.retry_at IS NOT NULL{before})"
         );
     }
     // Strict key order: a keyed row only if no row of its key before it is left in the table

@@ -70,10 +70,8 @@ async fn sqlite_relay_waits_out_a_broker_outage_and_publishes_everything_after()
     .await
     .unwrap();
     let relay_conn = connect_via(&q, Some(&proxy)).await;
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-down")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone());
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox-down").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     let relay = Relay::start(&relay_conn, outbox.clone(), config()).unwrap();
 
     let commit = async |from, to| {
@@ -112,9 +110,6 @@ async fn sqlite_relay_waits_out_a_broker_outage_and_publishes_everything_after()
     check.close().await;
     relay_conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// The relay's database goes away for 3 s (its connections, the lock's session included, cut;

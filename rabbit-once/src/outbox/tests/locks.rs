@@ -64,17 +64,12 @@ async fn postgres_two_relays_publish_each_row_once_and_a_standby_takes_over() {
 async fn sqlite_two_relays_publish_each_row_once_and_a_standby_takes_over() {
     let q = unique("ro-outbox-two-sqlite");
     let conn = connect(&q).await;
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-two")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone());
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox-two").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     two_relays_case!(q, conn, store, outbox);
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// A running relay keeps no connection of the application's pool for itself: its lock session

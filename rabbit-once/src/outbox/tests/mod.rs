@@ -68,6 +68,36 @@ async fn postgres() -> (PostgresStore, PostgresOutbox, Schema) {
     (store, outbox, Schema(schema))
 }
 
+/// A test's own SQLite outbox on a fresh file (migrated, messages up to 1 MiB); `Drop` removes
+/// the file and its WAL, shared memory and relay lock, also when a test fails.
+struct Lite {
+    path: std::path::PathBuf,
+    store: SqliteStore,
+    outbox: SqliteOutbox,
+}
+
+impl Lite {
+    async fn new(prefix: &str) -> Lite {
+        let path = std::env::temp_dir().join(format!("{}.db", unique(prefix)));
+        let store = SqliteStore::open(&path).await.unwrap();
+        let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
+        outbox.migrate().await.unwrap();
+        Lite {
+            path,
+            store,
+            outbox,
+        }
+    }
+}
+
+impl Drop for Lite {
+    fn drop(&mut self) {
+        for ext in ["", "-wal", "-shm", "-relay.lock"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+        }
+    }
+}
+
 async fn drop_schema(store: PostgresStore, mut schema: Schema) {
     let name = std::mem::take(&mut schema.0);
     sqlx::query(&format!("DROP SCHEMA \"{name}\" CASCADE"))
@@ -85,10 +115,8 @@ fn order(n: u64) -> Message {
 
 #[tokio::test]
 async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_property() {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     outbox.migrate().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
@@ -149,9 +177,6 @@ async fn sqlite_rows_exist_only_for_committed_transactions_and_keep_every_proper
     ));
     tx.rollback().await.unwrap();
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// Ids are allocated at insert, not at commit: the transaction holding the lower id commits
@@ -255,15 +280,10 @@ macro_rules! status_and_discard {
 /// reasons; discarding a row removes it and only it.
 #[tokio::test]
 async fn sqlite_status_lists_refused_rows_and_discard_removes_one() {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-status")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone());
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox-status").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     status_and_discard!(store, outbox);
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 #[tokio::test]

@@ -10,10 +10,8 @@ async fn sqlite_a_row_refused_park_after_times_is_parked_frees_its_key_and_can_b
     let missing = unique("ro-outbox-park-missing"); // no such queue yet: unroutable
     let conn = connect(&q).await;
     let mut events = conn.events();
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox-park")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone());
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox-park").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     let relay = Relay::start(&conn, outbox.clone(), config().park_after(2)).unwrap();
 
     let mut tx = store.begin().await.unwrap();
@@ -100,9 +98,6 @@ async fn sqlite_a_row_refused_park_after_times_is_parked_frees_its_key_and_can_b
     }
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// The parked table on PostgreSQL: park moves a row out of the outbox in one transaction, status

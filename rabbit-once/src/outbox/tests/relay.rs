@@ -10,10 +10,8 @@ async fn sqlite_relay_publishes_committed_rows_once_and_keeps_refused_ones() {
     let q = unique("ro-outbox-relay");
     let nowhere = unique("ro-outbox-nowhere");
     let conn = connect(&q).await;
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
 
     // Written before any relay runs: one committed transaction, one rolled back.
     let mut tx = store.begin().await.unwrap();
@@ -75,9 +73,6 @@ async fn sqlite_relay_publishes_committed_rows_once_and_keeps_refused_ones() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// The interleaving that loses messages in cursor-based relays, with a relay running: the
@@ -164,10 +159,8 @@ async fn pipeline_case(batch: usize) {
     )
     .await
     .unwrap();
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
 
     // Every stage-1 id published twice: the second copy is a duplicate.
@@ -223,9 +216,6 @@ async fn pipeline_case(batch: usize) {
     conn.delete_queue(&stage2).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// A row that commits late, with a low id, while the relay's pipeline is busy with a steady
@@ -269,4 +259,33 @@ async fn postgres_a_late_row_is_found_while_the_pipeline_is_busy() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     drop_schema(store, schema).await;
+}
+
+/// Rows larger than a third of the publisher's buffer (reads take what fits beside the rows in
+/// flight, `relay::fit`): every row still goes once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_are_read_a_buffer_at_a_time() {
+    let q = unique("ro-outbox-large");
+    let conn = connect(&q).await;
+    let db = Lite::new("ro-outbox-large").await;
+    let body = vec![b'x'; 300 << 10];
+    let mut tx = db.store.begin().await.unwrap();
+    db.outbox
+        .enqueue_all(
+            &mut tx,
+            (0..20)
+                .map(|n| Message::to_queue(&q, body.clone()).with_message_id(format!("{q}-{n}"))),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let config = config().publisher(crate::PublisherConfig::default().max_buffered_bytes(1 << 20));
+    let relay = Relay::start(&conn, db.outbox.clone(), config).unwrap();
+    let want: Vec<String> = (0..20).map(|n| format!("{q}-{n}")).collect();
+    assert_eq!(read(&conn, &q, 20).await, want);
+    until_empty(&db.outbox).await;
+    let stats = relay.close(Duration::from_secs(5)).await;
+    assert_eq!(stats.relayed, 20, "{stats:?}");
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
 }

@@ -40,10 +40,8 @@ async fn ranges_are_exact<B: crate::outbox::backend::Backend>(backend: &B, ids: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_reads_and_deletes_by_id_ranges_are_exact() {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     outbox.migrate().await.unwrap(); // idempotent, the second migration too
     let mut tx = store.begin().await.unwrap();
     outbox
@@ -60,9 +58,6 @@ async fn sqlite_reads_and_deletes_by_id_ranges_are_exact() {
         .collect();
     ranges_are_exact(&outbox, &ids).await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// On PostgreSQL also with a row that commits late: its id is below every range left out,
@@ -116,10 +111,8 @@ async fn postgres_reads_and_deletes_by_id_ranges_are_exact() {
 async fn sqlite_deletes_leave_the_pools_connections_synced() {
     let q = unique("ro-outbox-sync");
     let conn = connect(&q).await;
-    let path = std::env::temp_dir().join(format!("{}.db", unique("ro-outbox")));
-    let store = SqliteStore::open(&path).await.unwrap();
-    let outbox = SqliteOutbox::new(store.pool().clone()).max_message_size(1 << 20);
-    outbox.migrate().await.unwrap();
+    let db = Lite::new("ro-outbox").await;
+    let (store, outbox) = (db.store.clone(), db.outbox.clone());
     let relay = Relay::start(&conn, outbox.clone(), config()).unwrap();
     for chunk in 0..5u64 {
         let mut tx = store.begin().await.unwrap();
@@ -148,9 +141,6 @@ async fn sqlite_deletes_leave_the_pools_connections_synced() {
     conn.delete_queue(&q).await.unwrap();
     conn.close().await;
     store.pool().close().await;
-    for ext in ["", "-wal", "-shm", "-relay.lock"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
 }
 
 /// With a rollback journal (not WAL) the relay's delete stays synced and still deletes.
