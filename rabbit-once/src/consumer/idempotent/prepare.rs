@@ -59,25 +59,41 @@ pub(super) async fn at_start(conn: &Connection, config: &ConsumerConfig) -> Resu
     }
 }
 
+/// How often a consumer waiting for its work queue to appear says so again.
+const MISSING_QUEUE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// In the worker, when `start` could not prepare: on the first session, retrying what clears by
-/// itself with the connection's backoff. `Err(None)` if stopped meanwhile, `Err(Some(e))` on a
-/// fatal error (the queue does not exist, the topology contradicts the broker's, the
-/// connection gave up).
+/// itself with the connection's backoff. A work queue that does not exist is waited for here
+/// (warned about at once, then every 30 s): `start` returned before any broker answered, so
+/// nobody would see a failure, and the queue is often declared by another service that starts
+/// at the same time. `Err(None)` if stopped meanwhile, `Err(Some(e))` on a fatal error (the
+/// topology contradicts the broker's, the connection gave up).
 pub(super) async fn on_first_session(
     conn: &Connection,
     config: &ConsumerConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Option<Error>> {
     let mut failures = 0u32;
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let r = tokio::select! {
             r = prepare(conn, config) => r,
             _ = stopped(stop) => return Err(None),
         };
         match r {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_recoverable() => {
-                tracing::warn!(queue = %config.queue, error = %e, "could not declare or check the consumer's queues; retrying");
+            Ok(()) => {
+                if warned.is_some() {
+                    tracing::info!(queue = %config.queue, "the consumer's work queue exists now; consuming");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_recoverable() || matches!(e, Error::QueueNotFound { .. }) => {
+                if !matches!(e, Error::QueueNotFound { .. }) {
+                    tracing::warn!(queue = %config.queue, error = %e, "could not declare or check the consumer's queues; retrying");
+                } else if warned.is_none_or(|t| t.elapsed() >= MISSING_QUEUE_WARN_EVERY) {
+                    warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(queue = %config.queue, error = %e, "the consumer's work queue does not exist; waiting for it to be declared");
+                }
                 let delay = conn.config().backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tokio::select! {
