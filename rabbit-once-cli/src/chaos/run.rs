@@ -26,9 +26,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     // 1. The broker (a node or a cluster), fault proxies in front of it, the store.
     let setup = Setup::start(&a, say).await?;
-    // 2–7, then 8 however they end: queues, schema, work directory and nodes removed.
+    // 2–7, then 8 however they end (an error, Ctrl-C, SIGTERM): children killed, queues,
+    // schema, work directory and nodes removed.
     let mut check = None;
-    let ledger = drive(&a, &setup, &mut check, started, deadline, say).await;
+    let ledger = tokio::select! {
+        l = drive(&a, &setup, &mut check, started, deadline, say) => l,
+        _ = crate::common::stop_signal() => {
+            say("  interrupted: stopping the children and removing what the run made…".into());
+            Err(anyhow::anyhow!("the chaos run was interrupted"))
+        }
+    };
     setup.clean_up(a.keep, check, say).await;
     let (ledger, timed_out) = ledger?;
     // The verdict.
