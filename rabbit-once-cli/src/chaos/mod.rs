@@ -15,8 +15,8 @@
 //!
 //! - `run.rs`: the run, step by step — start with it.
 //! - `args.rs`: the command's flags.
-//! - `setup.rs`: the broker (a private node or cluster, or the one given), the fault proxies, the store,
-//!   the work directory, and their clean-up.
+//! - `setup.rs`: the broker (a private node or cluster, or the one given), the fault proxies,
+//!   the store, the work directory, and their clean-up.
 //! - `plan.rs`: the fault plan — which faults, in what order, how far apart, at what rate.
 //! - `pool.rs`: the process pool — spawning, watching, killing and restarting the children
 //!   (publishers, consumers, relays).
