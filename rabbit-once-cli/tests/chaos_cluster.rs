@@ -238,14 +238,26 @@ fn nodes_of(pid: u32) -> Vec<u32> {
     })
 }
 
-/// If the test fails before the run removed its cluster (the chaos process killed at the
-/// test's timeout has no chance to), the run's nodes and children are killed when the test
-/// ends.
+/// If the test fails while the run goes on, the chaos process is asked to stop (SIGINT: it
+/// removes its cluster, children, schema and work directory) and given a minute; whatever of it
+/// is left then (or when the chaos process was already killed, at the test's timeout) — nodes
+/// and children — is killed.
 struct Leftovers(u32);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for p in nodes_of(self.0).into_iter().chain(children_of(self.0)) {
+        let pid = self.0;
+        let gone = || nodes_of(pid).is_empty() && children_of(pid).is_empty();
+        if !gone() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            while !gone() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        for p in nodes_of(pid).into_iter().chain(children_of(pid)) {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &p.to_string()])
                 .status();
