@@ -9,8 +9,22 @@ pub struct Args {
     #[command(flatten)]
     pub conn: Conn,
     /// Start a private RabbitMQ node for the run (needed for broker restarts and kills).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     pub own_broker: bool,
+    /// Start a private RabbitMQ cluster of N nodes (at least 3) for the run, each node behind a
+    /// fault proxy of its own; the work queue (and its retry and dead-letter queues) are quorum
+    /// queues. Every child is given every node's endpoint, in an order of its own. Faults:
+    /// `kill -9` of the work queue's leader node and its restart (`--broker-kills`),
+    /// `stop_app`/`start_app` of a follower node (`--restarts`), cuts and black holes on one
+    /// node's proxy, and the process kills. The store defaults to PostgreSQL (the consumers share
+    /// it). Not with --outbox or --pipeline.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(3..=7),
+        conflicts_with_all = ["outbox", "pipeline"]
+    )]
+    pub cluster: Option<u64>,
     /// Messages in all (split between the publishers).
     #[arg(long, default_value_t = 20_000)]
     pub messages: u64,
@@ -20,10 +34,11 @@ pub struct Args {
     /// Publisher processes.
     #[arg(long, default_value_t = 2)]
     pub publishers: u64,
-    /// Consumer processes.
-    #[arg(long, default_value_t = 2)]
-    pub consumers: u64,
-    /// Dedup store: sqlite:PATH or postgres://… (default: a SQLite file in the work directory).
+    /// Consumer processes (default: 2; with --cluster, 3).
+    #[arg(long)]
+    pub consumers: Option<u64>,
+    /// Dedup store: sqlite:PATH or postgres://… (default: a SQLite file in the work directory;
+    /// with --cluster, the database at postgres://postgres@127.0.0.1:5432/test).
     #[arg(long)]
     pub store: Option<String>,
     /// PostgreSQL schema (default: a fresh one per run, dropped at the end).
@@ -38,10 +53,12 @@ pub struct Args {
     /// Black holes (nothing forwarded, nothing closed) longer than the heartbeat timeout.
     #[arg(long, default_value_t = 1)]
     pub blackholes: u32,
-    /// Broker restarts with stop_app/start_app (--own-broker only).
+    /// Broker restarts with stop_app/start_app (--own-broker; with --cluster, of a node that
+    /// does not lead the work queue).
     #[arg(long, default_value_t = 1)]
     pub restarts: u32,
-    /// Broker kill -9 and start again (--own-broker only).
+    /// Broker kill -9 and start again (--own-broker; with --cluster, of the node that leads the
+    /// work queue, started again once a new leader is elected, and awaited back in the cluster).
     #[arg(long, default_value_t = 1)]
     pub broker_kills: u32,
     /// Consumer processes killed with SIGKILL (and started again).
@@ -87,4 +104,15 @@ pub struct Args {
     /// Keep the work directory (reports, SQLite file) for inspection.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// The store a `--cluster` run uses when `--store` is not given: the consumer processes share it.
+pub(super) const CLUSTER_STORE: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Args {
+    /// Consumer processes: `--consumers`, or 2 (3 with `--cluster`).
+    pub(super) fn consumers(&self) -> u64 {
+        self.consumers
+            .unwrap_or(if self.cluster.is_some() { 3 } else { 2 })
+    }
 }

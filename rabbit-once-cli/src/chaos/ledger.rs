@@ -1,12 +1,13 @@
 //! The ledger: what the children reported and the database holds, counted into lost, applied
 //! twice and missing.
 
-use super::inject::FaultLog;
+use super::inject::{FaultLog, LeaderKill};
+use super::plan::Fault;
 use super::pool::Pool;
 use crate::applied::Db;
 use crate::consume::Summary as ConsumerSummary;
 use crate::outbox::{OutboxArgs, OutboxDb};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -55,8 +56,15 @@ pub struct Ledger {
     pub dead_lettered: u64,
     /// Consumer reconnects, by the consumers' last reports.
     pub reconnects: u64,
-    /// Faults injected, by kind (`cut`, `blackhole`, `broker_restart`, …).
+    /// Faults injected, by kind (`cut`, `blackhole`, `broker_restart`, `leader_kill9`, …).
     pub faults: BTreeMap<String, u32>,
+    /// Kinds of fault planned that never fired (a publisher kill after every publisher
+    /// finished, …). Must be empty: a run that did not inject what it planned proves less.
+    pub faults_not_fired: Vec<String>,
+    /// With `--cluster`: each kill of the work queue's leader node — which node led, which led
+    /// next, how long until the killed node was back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leader_kills: Vec<LeaderKill>,
     /// From a network or broker fault to the next confirm anywhere, median (ms).
     pub recovery_p50_ms: Option<f64>,
     /// The same, 99th percentile (ms).
@@ -68,7 +76,9 @@ pub struct Ledger {
 impl Ledger {
     /// Counts the ledger from the publishers' reports (`published`) or, with `--outbox`, from
     /// the outboxes (what must be applied is what was committed), the `applied` table, the
-    /// consumers' last reports and the faults. Call once the consumers have stopped.
+    /// consumers' last reports and the faults (against the kinds `planned`). Call once the
+    /// consumers have stopped.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn count(
         messages: u64,
         db: &Db,
@@ -76,6 +86,7 @@ impl Ledger {
         outboxes: Option<&Outboxes>,
         pool: &Pool,
         faults: &FaultLog,
+        planned: &BTreeSet<Fault>,
         started: Instant,
     ) -> anyhow::Result<Ledger> {
         let confirmed = &published.confirmed;
@@ -98,6 +109,8 @@ impl Ledger {
                 .filter(|s| !owed.contains(s) && !applied.contains_key(s))
                 .count() as u64,
             faults: faults.by_name(),
+            faults_not_fired: faults.not_fired(planned),
+            leader_kills: faults.leader_kills.clone(),
             seconds: started.elapsed().as_secs_f64(),
             ..Default::default()
         };
@@ -144,14 +157,15 @@ impl Ledger {
     }
 
     /// Prints the ledger (as one JSON line with `json`) and the verdict: success only when
-    /// nothing was lost, applied twice or missing, in time.
+    /// nothing was lost, applied twice or missing, in time, and every kind of fault planned
+    /// fired.
     pub(super) fn report(&self, json: bool, timed_out: bool) -> anyhow::Result<ExitCode> {
-        let ok = self.lost == 0
+        let balanced = self.lost == 0
             && self.applied_twice == 0
             && self.missing == 0
             && self.stage2_lost.unwrap_or(0) == 0
-            && self.stage2_applied_twice.unwrap_or(0) == 0
-            && !timed_out;
+            && self.stage2_applied_twice.unwrap_or(0) == 0;
+        let ok = balanced && !timed_out && self.faults_not_fired.is_empty();
         if json {
             println!("{}", serde_json::to_string(self)?);
         } else {
@@ -162,8 +176,10 @@ impl Ledger {
                     "OK: lost 0, applied twice 0"
                 } else if timed_out {
                     "FAILED: the run timed out before everything was applied"
-                } else {
+                } else if !balanced {
                     "FAILED: the ledger does not balance"
+                } else {
+                    "FAILED: a kind of fault planned never fired"
                 }
             );
         }
@@ -214,6 +230,21 @@ impl Ledger {
         println!("  consumer reconnects    {:>8}", self.reconnects);
         for (k, v) in &self.faults {
             println!("  fault {k:<16} {v:>8}");
+        }
+        if !self.faults_not_fired.is_empty() {
+            println!(
+                "  planned, never fired    {}",
+                self.faults_not_fired.join(", ")
+            );
+        }
+        for k in &self.leader_kills {
+            println!(
+                "  leader {} killed: new leader {} after {:.1} s; back in the cluster after {:.1} s",
+                k.killed,
+                k.new_leader,
+                k.new_leader_after_ms as f64 / 1000.0,
+                k.rejoined_after_ms as f64 / 1000.0
+            );
         }
         if let (Some(p50), Some(p99)) = (self.recovery_p50_ms, self.recovery_p99_ms) {
             println!("  recovery to next confirm: p50 {p50:.0} ms, p99 {p99:.0} ms");

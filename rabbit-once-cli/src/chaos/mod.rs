@@ -3,14 +3,20 @@
 //! network, restarts or kills the broker, and SIGKILLs consumers and publishers. At the end the
 //! ledger is reconciled from the publishers' reports and the `applied` table.
 //!
+//! With `--cluster N` the run starts a private N-node cluster (a fault proxy per node), the
+//! queues are quorum queues, every child is given every node's endpoint (each in an order of its
+//! own, so they spread over the nodes), the consumers share one PostgreSQL store, and the faults
+//! include `kill -9` of the work queue's leader node (then its restart) and `stop_app`/`start_app`
+//! of a follower; cuts and black holes hit one node's proxy at a time.
+//!
 //! With `--outbox` the publishers commit through a transactional outbox (`publish --outbox
 //! --resume`), relay processes share a PostgreSQL outbox and are SIGKILLed too, and the ledger
 //! owes what was committed (the `sent` tables) instead of what was confirmed.
 //!
 //! - `run.rs`: the run, step by step — start with it.
 //! - `args.rs`: the command's flags.
-//! - `setup.rs`: the broker (a private node or the one given), the fault proxy, the store,
-//!   the work directory, and their clean-up.
+//! - `setup.rs`: the broker (a private node or cluster, or the one given), the fault proxies,
+//!   the store, the work directory, and their clean-up.
 //! - `plan.rs`: the fault plan — which faults, in what order, how far apart, at what rate.
 //! - `pool.rs`: the process pool — spawning, watching, killing and restarting the children
 //!   (publishers, consumers, relays).

@@ -15,6 +15,10 @@ pub(super) enum Fault {
     ConsumerKill,
     PublisherKill,
     RelayKill,
+    /// `--cluster`: `kill -9` of the node leading the work queue, then its restart.
+    LeaderKill9,
+    /// `--cluster`: `stop_app`, then `start_app`, of a node not leading the work queue.
+    NodeStopApp,
 }
 
 impl Fault {
@@ -22,7 +26,12 @@ impl Fault {
     pub(super) fn measures_recovery(self) -> bool {
         matches!(
             self,
-            Fault::Cut | Fault::Blackhole | Fault::BrokerRestart | Fault::BrokerKill9
+            Fault::Cut
+                | Fault::Blackhole
+                | Fault::BrokerRestart
+                | Fault::BrokerKill9
+                | Fault::LeaderKill9
+                | Fault::NodeStopApp
         )
     }
 }
@@ -39,9 +48,17 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// Shuffles the requested faults (broker restarts and kills only with a node of our own,
-    /// relay kills only with relay processes), with the publisher and relay kills early, and picks a rate that lasts the whole schedule.
-    pub(super) fn new(a: &Args, own_node: bool, relays: bool, say: &dyn Fn(String)) -> Plan {
+    /// Shuffles the requested faults (broker restarts and kills only with a node or a cluster
+    /// of our own — on a cluster, of a follower and of the leader —, relay kills only with relay
+    /// processes), with the publisher and relay kills early, and picks a rate that lasts the
+    /// whole schedule.
+    pub(super) fn new(
+        a: &Args,
+        own_node: bool,
+        cluster: bool,
+        relays: bool,
+        say: &dyn Fn(String),
+    ) -> Plan {
         let mut plan = Vec::new();
         plan.extend(std::iter::repeat_n(Fault::Cut, a.cuts as usize));
         plan.extend(std::iter::repeat_n(Fault::Blackhole, a.blackholes as usize));
@@ -49,7 +66,13 @@ impl Plan {
             Fault::ConsumerKill,
             a.consumer_kills as usize,
         ));
-        if own_node {
+        if cluster {
+            plan.extend(std::iter::repeat_n(Fault::NodeStopApp, a.restarts as usize));
+            plan.extend(std::iter::repeat_n(
+                Fault::LeaderKill9,
+                a.broker_kills as usize,
+            ));
+        } else if own_node {
             plan.extend(std::iter::repeat_n(
                 Fault::BrokerRestart,
                 a.restarts as usize,
@@ -59,7 +82,7 @@ impl Plan {
                 a.broker_kills as usize,
             ));
         } else if a.restarts + a.broker_kills > 0 {
-            say("  (broker restarts and kills need --own-broker; skipped)".into());
+            say("  (broker restarts and kills need --own-broker or --cluster; skipped)".into());
         }
         fastrand::shuffle(&mut plan);
         // Publisher kills go early, while the publishers certainly still run.
@@ -90,6 +113,9 @@ impl Plan {
                         Fault::Blackhole => hole.as_secs_f64(),
                         Fault::BrokerRestart => 3.0,
                         Fault::BrokerKill9 => 8.0,
+                        // Until a new leader is elected, the node is back and has rejoined.
+                        Fault::LeaderKill9 => 25.0,
+                        Fault::NodeStopApp => 8.0,
                         _ => 0.0,
                     }
             })
@@ -103,6 +129,11 @@ impl Plan {
             hole,
             rate,
         }
+    }
+
+    /// The kinds of fault planned.
+    pub(super) fn kinds(&self) -> std::collections::BTreeSet<Fault> {
+        self.faults.iter().copied().collect()
     }
 
     /// Messages per second for each of `publishers` processes (at least 1).

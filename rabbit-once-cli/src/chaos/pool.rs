@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 
 /// One publisher's range of sequence numbers and the processes that have published it.
 pub(super) struct PublisherSlot {
+    /// The publisher's number, from 0.
+    index: u64,
     lo: u64,
     hi: u64,
     child: Option<Child>,
@@ -35,12 +37,17 @@ pub(super) struct ConsumerSlot {
     reports: Vec<PathBuf>,
 }
 
-/// What every child is started with: the binary, the proxy's URI, the queue, the store.
+/// What every child is started with: the binary, the proxies' URIs, the queue, the store.
 pub(super) struct Launcher {
     exe: PathBuf,
     work: PathBuf,
-    /// Holds the password: never print it.
-    via_uri: String,
+    /// The broker through each proxy (one per node of a cluster). Holds the password: never
+    /// print it.
+    via_uris: Vec<String>,
+    /// With `--cluster`: the queues are quorum queues (`--quorum` for every child).
+    quorum: bool,
+    /// Publisher processes (consumer `j` is child `publishers + j` in the endpoint rotation).
+    publishers: u64,
     queue: String,
     store: String,
     schema: Option<String>,
@@ -60,7 +67,9 @@ impl Launcher {
         Ok(Launcher {
             exe: std::env::current_exe()?,
             work: setup.work.clone(),
-            via_uri: setup.via.to_uri(),
+            via_uris: setup.via.iter().map(|e| e.to_uri()).collect(),
+            quorum: setup.cluster.is_some(),
+            publishers: a.publishers,
             queue: setup.queue.clone(),
             store: setup.store.clone(),
             schema: setup.schema.clone(),
@@ -114,26 +123,37 @@ impl Launcher {
     }
 
     /// A child process running `rabbit-once <subcommand>` against the broker through the
-    /// proxy. Its configuration is its command line alone: no `RABBIT_ONCE_*` variable of ours
-    /// reaches it, but for the URI (in the environment, not in `ps`) and a connect wait without
+    /// proxies. Its configuration is its command line alone: no `RABBIT_ONCE_*` variable of ours
+    /// reaches it, but for the URIs (in the environment, not in `ps`) and a connect wait without
     /// end (a child started while the broker is down waits for it, as the run expects).
-    fn child(&self, subcommand: &str) -> Command {
+    ///
+    /// Child `k` is given every endpoint, starting with endpoint `k` and going round: on a
+    /// cluster the children spread over the nodes, and each moves on to the next node when its
+    /// own fails.
+    fn child(&self, subcommand: &str, k: u64) -> Command {
         let mut cmd = Command::new(&self.exe);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("RABBIT_ONCE_") {
                 cmd.env_remove(name);
             }
         }
-        cmd.env("RABBIT_ONCE_URI", &self.via_uri)
+        let n = self.via_uris.len();
+        let uris: Vec<&str> = (0..n)
+            .map(|i| self.via_uris[(k as usize + i) % n].as_str())
+            .collect();
+        cmd.env("RABBIT_ONCE_URI", uris.join(","))
             .env("RABBIT_ONCE_CONNECT_WAIT", "0")
             .arg(subcommand);
+        if self.quorum && subcommand != "relay" {
+            cmd.arg("--quorum");
+        }
         cmd
     }
 
     /// A `relay` process on the run's shared outbox.
     fn spawn_relay(&self) -> anyhow::Result<Child> {
         let o = self.outbox_of(0);
-        let mut cmd = self.child("relay");
+        let mut cmd = self.child("relay", 0);
         cmd.args(["--outbox", &o.spec])
             .args([
                 "--heartbeat",
@@ -159,7 +179,7 @@ impl Launcher {
             .work
             .join(format!("pub-{}-{}.log", slot.lo, slot.generation));
         slot.reports.push(slot.report.clone());
-        let mut cmd = self.child("publish");
+        let mut cmd = self.child("publish", slot.index);
         cmd.args(["--queue", &self.queue])
             .args(["--size", &self.size.to_string()])
             .args(["--rate", &(self.per_pub_rate as u64).max(1).to_string()])
@@ -200,7 +220,7 @@ impl Launcher {
             (Some((queue, store, schema)), true) => (queue, store, schema),
             _ => (&self.queue, &self.store, &self.schema),
         };
-        let mut cmd = self.child("consume");
+        let mut cmd = self.child("consume", self.publishers + j);
         cmd.args(["--queue", queue]).args(["--store", store]);
         if let (Some((next, _, _)), false) = (&self.stage2, slot.stage2) {
             cmd.args(["--emit-to", next]);
@@ -241,9 +261,9 @@ impl Pool {
         } else {
             0
         };
-        let mut consumers: Vec<ConsumerSlot> = (0..a.consumers + stage2)
+        let mut consumers: Vec<ConsumerSlot> = (0..a.consumers() + stage2)
             .map(|i| ConsumerSlot {
-                stage2: i >= a.consumers,
+                stage2: i >= a.consumers(),
                 child: None,
                 report: PathBuf::new(),
                 generation: 0,
@@ -256,6 +276,7 @@ impl Pool {
         let per = a.messages.div_ceil(a.publishers);
         let mut publishers: Vec<PublisherSlot> = (0..a.publishers)
             .map(|i| PublisherSlot {
+                index: i,
                 lo: i * per,
                 hi: ((i + 1) * per).min(a.messages),
                 child: None,

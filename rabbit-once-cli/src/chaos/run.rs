@@ -24,13 +24,46 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let say: &dyn Fn(String) = &say;
 
-    // 1. The broker, a fault proxy in front of it, the store.
+    // 1. The broker (a node or a cluster), fault proxies in front of it, the store.
     let setup = Setup::start(&a, say).await?;
+    // 2–7, then 8 however they end (an error, Ctrl-C, SIGTERM): children killed, queues,
+    // schema, work directory and nodes removed.
+    let mut check = None;
+    let ledger = tokio::select! {
+        l = drive(&a, &setup, &mut check, started, deadline, say) => l,
+        _ = crate::common::stop_signal() => {
+            say("  interrupted: stopping the children and removing what the run made…".into());
+            Err(anyhow::anyhow!("the chaos run was interrupted"))
+        }
+    };
+    setup.clean_up(a.keep, check, say).await;
+    let (ledger, timed_out) = ledger?;
+    // The verdict.
+    ledger.report(a.json, timed_out)
+}
+
+/// Steps 2 to 7 of the run on `setup`: the plan, the children, the faults, the drain and the
+/// ledger (and whether the deadline passed). The check connection is left in `check` for the
+/// clean-up.
+async fn drive(
+    a: &Args,
+    setup: &Setup,
+    check: &mut Option<Connection>,
+    started: Instant,
+    deadline: Instant,
+    say: &dyn Fn(String),
+) -> anyhow::Result<(Ledger, bool)> {
     // 2. The fault plan, and a publishing rate that spreads the messages over it.
     let relays = a.outbox && setup.store.starts_with("postgres") && a.relays > 0;
-    let plan = Plan::new(&a, setup.node.is_some(), relays, say);
-    // 3. The children, all through the proxy: consumers, then publishers.
-    let mut pool = Pool::start(Launcher::new(&a, &setup, &plan)?, &a)?;
+    let plan = Plan::new(
+        a,
+        setup.node.is_some(),
+        setup.cluster.is_some(),
+        relays,
+        say,
+    );
+    // 3. The children, all through the proxies: consumers, then publishers.
+    let mut pool = Pool::start(Launcher::new(a, setup, &plan)?, a)?;
     say(format!(
         "  {} faults planned, publishing at {:.0} msg/s; heartbeat {}s, black holes {}s",
         plan.faults.len(),
@@ -40,8 +73,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     ));
     // 4. The faults, one after another, while children that exit are started again.
     let mut faults = FaultLog::new(started);
-    let mut timed_out =
-        inject_all(&a, &setup, &plan, &mut pool, &mut faults, deadline, say).await?;
+    let mut timed_out = inject_all(a, setup, &plan, &mut pool, &mut faults, deadline, say).await?;
     // 5. The publishers finish on their own.
     if !timed_out {
         timed_out = pool.wait_for_publishers(deadline, say).await?;
@@ -54,8 +86,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(o) => o.committed.clone(),
         None => published.confirmed.keys().copied().collect(),
     };
-    let check = setup.check_connection().await?;
-    timed_out |= wait_until_applied(&setup, &check, &must_apply, &mut pool, deadline).await?;
+    let conn = check.insert(setup.check_connection().await?);
+    timed_out |= wait_until_applied(setup, conn, &must_apply, &mut pool, deadline).await?;
     tokio::time::sleep(Duration::from_millis(500)).await; // redeliveries in flight land
     pool.stop_consumers().await;
     pool.stop_relays().await;
@@ -76,15 +108,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         outboxes.as_ref(),
         &pool,
         &faults,
+        &plan.kinds(),
         started,
     )
     .await?;
     if let Some(stage2) = &setup.stage2 {
         ledger.count_stage2(&setup.db, &stage2.db).await?;
     }
-    // 8. Queues, schema, work directory and node removed; the verdict.
-    setup.clean_up(a.keep, check, say).await;
-    ledger.report(a.json, timed_out)
+    Ok((ledger, timed_out))
 }
 
 /// Waits until every message of `must_apply` is in the `applied` table and the queue is empty

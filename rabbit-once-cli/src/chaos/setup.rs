@@ -1,11 +1,12 @@
-//! What a chaos run stands on: the broker (a private node or the one given), the fault proxy
-//! in front of it, the dedup store, the work directory — and their removal at the end.
+//! What a chaos run stands on: the broker (a private node, a private cluster or the one given),
+//! the fault proxies in front of it, the dedup store, the work directory — and their removal at
+//! the end.
 
-use super::args::Args;
+use super::args::{Args, CLUSTER_STORE};
 use crate::applied::Db;
 use rabbit_once::Endpoint;
 use rabbit_once::{Connection, ConnectionConfig};
-use rabbit_once_testkit::{BrokerNode, FaultProxy};
+use rabbit_once_testkit::{BrokerNode, Cluster, FaultProxy};
 use std::path::PathBuf;
 
 /// The run's surroundings, made by [`Setup::start`] and removed by [`Setup::clean_up`].
@@ -15,11 +16,14 @@ pub(super) struct Setup {
     /// Reports and the default SQLite file.
     pub(super) work: PathBuf,
     pub(super) node: Option<BrokerNode>,
-    pub(super) proxy: FaultProxy,
-    /// The broker itself, bypassing the proxy (for the check connection).
-    direct_uri: String,
-    /// The broker through the proxy: what the children connect to.
-    pub(super) via: Endpoint,
+    /// With `--cluster`: the private cluster, a fault proxy in front of each node.
+    pub(super) cluster: Option<Cluster>,
+    /// The fault proxy in front of the broker (without `--cluster`).
+    proxy: Option<FaultProxy>,
+    /// The broker itself (every node), bypassing the proxies (for the check connection).
+    direct_uris: Vec<String>,
+    /// The broker through the proxies (one per node): what the children connect to.
+    pub(super) via: Vec<Endpoint>,
     /// `sqlite:PATH` or `postgres://…`, as the children's `--store`.
     pub(super) store: String,
     pub(super) schema: Option<String>,
@@ -54,17 +58,52 @@ impl Setup {
         } else {
             None
         };
-        let direct_uri = match &node {
-            Some(n) => n.uri(),
-            None => a.conn.uris[0].clone(),
+        let cluster = match a.cluster {
+            Some(n) => {
+                say(format!("starting a private {n}-node RabbitMQ cluster…"));
+                let started = std::time::Instant::now();
+                let c = Cluster::start(n as usize).await?;
+                say(format!(
+                    "  {} joined in {:.0} s",
+                    c.nodes()
+                        .iter()
+                        .map(|n| n.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    started.elapsed().as_secs_f64()
+                ));
+                Some(c)
+            }
+            None => None,
         };
-        let target = Endpoint::parse(&direct_uri)?;
-        let proxy = FaultProxy::start(format!("{}:{}", target.host(), target.port())).await?;
-        let via = target.with_address("127.0.0.1", proxy.port());
-        let store = a
-            .store
-            .clone()
-            .unwrap_or_else(|| format!("sqlite:{}", work.join("chaos.db").display()));
+        let (proxy, direct_uris, via) = match (&cluster, &node) {
+            (Some(c), _) => {
+                let via = c
+                    .proxy_uris()
+                    .iter()
+                    .map(|u| Endpoint::parse(u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (None, c.uris(), via)
+            }
+            (None, node) => {
+                let direct_uri = match node {
+                    Some(n) => n.uri(),
+                    None => a.conn.uris[0].clone(),
+                };
+                let target = Endpoint::parse(&direct_uri)?;
+                let proxy =
+                    FaultProxy::start(format!("{}:{}", target.host(), target.port())).await?;
+                let via = target.with_address("127.0.0.1", proxy.port());
+                (Some(proxy), vec![direct_uri], vec![via])
+            }
+        };
+        let store = a.store.clone().unwrap_or_else(|| {
+            if a.cluster.is_some() {
+                CLUSTER_STORE.to_string()
+            } else {
+                format!("sqlite:{}", work.join("chaos.db").display())
+            }
+        });
         let own_schema = store.starts_with("postgres") && a.schema.is_none();
         let schema = a
             .schema
@@ -92,10 +131,14 @@ impl Setup {
             None
         };
         say(format!(
-            "chaos run {run_id}: {} messages, {} publishers, {} consumers, via {via}, store {}",
+            "chaos run {run_id}: {} messages, {} publishers, {} consumers, via {}, store {}",
             a.messages,
             a.publishers,
-            a.consumers,
+            a.consumers(),
+            via.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
             if store.starts_with("sqlite") {
                 "SQLite"
             } else {
@@ -106,8 +149,9 @@ impl Setup {
             run_id,
             work,
             node,
+            cluster,
             proxy,
-            direct_uri,
+            direct_uris,
             via,
             store,
             schema,
@@ -118,28 +162,59 @@ impl Setup {
         })
     }
 
-    /// A connection straight to the broker, for queue depths and the clean-up.
+    /// A connection straight to the broker (any node of a cluster), for queue depths and the
+    /// clean-up.
     pub(super) async fn check_connection(&self) -> anyhow::Result<Connection> {
         Ok(Connection::connect(
-            ConnectionConfig::new(&self.direct_uri)?.name("rabbit-once chaos check"),
+            ConnectionConfig::from_uris(&self.direct_uris)?.name("rabbit-once chaos check"),
         )
         .await?)
     }
 
-    /// Deletes the run's queues and its own schema, removes the work directory unless `keep`,
-    /// and stops the private node.
-    pub(super) async fn clean_up(self, keep: bool, check: Connection, say: &dyn Fn(String)) {
-        // The children run `consume` with its default retry policy.
-        let stage2 = self.stage2.as_ref().map(|s| s.queue.clone());
-        for queue in std::iter::once(self.queue.clone()).chain(stage2) {
-            let queues = rabbit_once::ConsumerConfig::new(&queue)
-                .retry(crate::consume::retry_policy(5))
-                .queues();
-            for q in &queues {
-                let _ = check.delete_queue(q).await;
-            }
+    /// The fault proxy in front of node `i` of the cluster, or in front of the broker.
+    pub(super) fn proxy(&self, i: usize) -> &FaultProxy {
+        match (&self.cluster, &self.proxy) {
+            (Some(c), _) => c.proxy(i),
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("a run without a cluster has a proxy"),
         }
-        check.close().await;
+    }
+
+    /// How many brokers the children can reach (nodes of the cluster, or 1).
+    pub(super) fn endpoints(&self) -> usize {
+        self.via.len()
+    }
+
+    /// Deletes the run's queues (not on a private cluster: it goes whole) and its own schema,
+    /// removes the work directory unless `keep`, and stops the private node or cluster.
+    /// `check` is the run's check connection, if the run got that far.
+    pub(super) async fn clean_up(
+        self,
+        keep: bool,
+        check: Option<Connection>,
+        say: &dyn Fn(String),
+    ) {
+        let check = match check {
+            Some(c) => Some(c),
+            // A private cluster goes with its queues (and deletes on quorum queues are slow).
+            None if self.cluster.is_some() => None,
+            None => self.check_connection().await.ok(),
+        };
+        if let Some(check) = check {
+            if self.cluster.is_none() {
+                // The children run `consume` with its default retry policy.
+                let stage2 = self.stage2.as_ref().map(|s| s.queue.clone());
+                for queue in std::iter::once(self.queue.clone()).chain(stage2) {
+                    let queues = rabbit_once::ConsumerConfig::new(&queue)
+                        .retry(crate::consume::retry_policy(5))
+                        .queues();
+                    for q in &queues {
+                        let _ = check.delete_queue(q).await;
+                    }
+                }
+            }
+            check.close().await;
+        }
         if self.own_schema
             && let (Db::Postgres(s), Some(name)) = (&self.db, &self.schema)
         {
@@ -157,5 +232,10 @@ impl Setup {
             let _ = std::fs::remove_dir_all(&self.work);
         }
         drop(self.node);
+        if let Some(c) = self.cluster {
+            let n = c.len();
+            drop(c);
+            say(format!("  the {n}-node cluster is removed"));
+        }
     }
 }
