@@ -16,6 +16,9 @@ use std::time::Duration;
 /// left to deliver (a message taken by another consumer, or expired, never comes to us).
 const SILENCE: Duration = Duration::from_millis(500);
 
+/// How long [`Pass::finish`] waits for the messages it gave back to be counted again.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// What [`Pass::next`] found.
 pub(crate) enum Next {
     /// The next message of the snapshot and its position (from 0 at the head), held until
@@ -185,6 +188,33 @@ impl Pass {
                 }
             })?;
         }
+        self.settle_back(held.len() as u64).await?;
         self.ch.close().await
+    }
+
+    /// Waits (at most [`SETTLE`]) until the queue counts at least `given_back` ready messages
+    /// again. The broker puts given-back messages back asynchronously (a quorum queue through
+    /// its log): without this, an operation started right after — a listing after a replay —
+    /// could take its snapshot before they are back and miss them. A queue that another
+    /// consumer is reading may never get there: the wait then just ends.
+    async fn settle_back(&mut self, given_back: u64) -> Result<(), Error> {
+        if given_back == 0 {
+            return Ok(());
+        }
+        let until = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let (_, ready, _) = self
+                .ch
+                .queue_declare(
+                    &self.queue,
+                    crate::transport::QueueFlags::PASSIVE,
+                    Default::default(),
+                )
+                .await?;
+            if u64::from(ready) >= given_back || tokio::time::Instant::now() >= until {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
