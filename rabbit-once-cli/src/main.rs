@@ -7,6 +7,7 @@ mod chaos;
 mod common;
 mod consume;
 mod demo;
+mod dlq;
 mod exit;
 mod outbox;
 mod publish;
@@ -45,6 +46,9 @@ enum Command {
     /// Look at a transactional outbox.
     #[command(subcommand)]
     Outbox(outbox::status::Command),
+    /// A consumer's dead-letter queue: list it, replay messages to the work queue, purge.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
     /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
     Bench(bench::Args),
     /// Print a completion script for a shell to stdout, e.g.
@@ -127,6 +131,7 @@ fn main() -> std::process::ExitCode {
             Command::Chaos(a) => chaos::run(a).await,
             Command::Relay(a) => outbox::relay::run(a).await,
             Command::Outbox(c) => outbox::status::run(c).await,
+            Command::Dlq(c) => dlq::run(c).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }

@@ -23,6 +23,7 @@
 //! - `publisher/`: the handle, the pending buffer, the task that owns the channel.
 //! - `consumer/`: subscriptions with manual acks across reconnects; the idempotent consumer.
 //! - `dedup/`: the dedup [`Store`] trait, SQLite and PostgreSQL backends.
+//! - `dlq/`: [`DeadLetters`] — list, replay and purge a consumer's dead-letter queue.
 //!
 //! `docs/architecture.md` has the data flow and the conventions (naming, errors, where a new
 //! feature goes).
@@ -53,6 +54,8 @@ mod connection;
 mod consumer;
 #[cfg(feature = "dedup")]
 mod dedup;
+#[cfg(feature = "dedup")]
+mod dlq;
 mod error;
 mod event;
 mod message;
@@ -94,6 +97,11 @@ pub use dedup::postgres::{PostgresOptions, PostgresStore};
 pub use dedup::sqlite::{SqliteOptions, SqliteStore};
 #[cfg(feature = "dedup")]
 pub use dedup::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure};
+#[cfg(feature = "dedup")]
+pub use dlq::{
+    DeadLetterInfo, DeadLetterPreview, DeadLetterSelection, DeadLetters, PurgeReport,
+    ReplayFailure, ReplayReport,
+};
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
 pub use message::{Message, new_message_id};
