@@ -157,20 +157,77 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS applied (
     applied_at   BIGINT NOT NULL
 )";
 
-/// `spec` with the password of a `scheme://user:password@host…` URL left out.
+/// `spec` as it may be shown: a `scheme://user:password@host…` URL without its password —
+/// neither the one in the authority nor a `password=` query parameter — and without a fragment.
+/// A password written without percent-encoding may hold `/`, `?`, `#` or `@`: the user part
+/// then ends at the last `@` followed by a plausible host. A URL that cannot be taken apart is
+/// not shown at all (`scheme://…(unparseable URL hidden)`): opening fails on exactly those, and
+/// the password must not be in that error. A spec without `://` (`sqlite:PATH`, a path) is shown
+/// as it is.
 pub fn without_password(spec: &str) -> String {
     let Some((scheme, rest)) = spec.split_once("://") else {
         return spec.to_string();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{host}{tail}")
+    let hidden = || format!("{scheme}://…(unparseable URL hidden)");
+    let end_of_host = |s: &str| s.find(['/', '?', '#']).unwrap_or(s.len());
+    let (authority, tail) = rest.split_at(end_of_host(rest));
+    let path = &tail[..tail.find(['?', '#']).unwrap_or(tail.len())];
+    let (user, host, tail) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host, tail),
+        // A host alone, and no `@` further on before the query: no user part.
+        None if plausible_host(authority) && !path.contains('@') => (None, authority, tail),
+        // The user part runs on past a `/`, `?` or `#` of its password.
+        None => {
+            let Some((userinfo, after)) = rest.rsplit_once('@') else {
+                return hidden();
+            };
+            let (host, tail) = after.split_at(end_of_host(after));
+            (Some(userinfo), host, tail)
         }
-        None => spec.to_string(),
+    };
+    if !plausible_host(host) {
+        return hidden();
     }
+    let tail = tail.split('#').next().unwrap_or_default();
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let query: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let key = kv.split('=').next().unwrap_or_default();
+            !kv.is_empty() && !key.eq_ignore_ascii_case("password")
+        })
+        .collect();
+    let mut shown = format!("{scheme}://");
+    if let Some(userinfo) = user {
+        shown += userinfo.split(':').next().unwrap_or_default();
+        shown.push('@');
+    }
+    shown += host;
+    shown += path;
+    if !query.is_empty() {
+        shown.push('?');
+        shown += &query.join("&");
+    }
+    shown
+}
+
+/// Whether `s` can be the host part of a URL: hosts (names, IPv4, `[IPv6]`) with optional
+/// numeric ports, separated by commas (PostgreSQL takes several); empty for a local socket.
+fn plausible_host(s: &str) -> bool {
+    s.split(',').all(|one| {
+        let (host, port) = match one.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((addr, rest)) if addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') => {
+                    ("", rest.strip_prefix(':').unwrap_or(rest))
+                }
+                _ => return false,
+            },
+            None => one.split_once(':').unwrap_or((one, "")),
+        };
+        host.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '%'))
+            && port.chars().all(|c| c.is_ascii_digit())
+    })
 }
 
 /// Where the dedup records and the `applied` table live.
@@ -272,5 +329,71 @@ mod tests {
         );
         assert_eq!(without_password("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
         assert_eq!(without_password("/tmp/x.db"), "/tmp/x.db");
+        assert_eq!(
+            without_password("postgres://db:5432/orders?application_name=a@b"),
+            "postgres://db:5432/orders?application_name=a@b"
+        );
+        assert_eq!(
+            without_password("postgresql://h1:5432,[::1]:5433/orders"),
+            "postgresql://h1:5432,[::1]:5433/orders"
+        );
+        assert_eq!(without_password("postgres:///orders"), "postgres:///orders");
+    }
+
+    #[test]
+    fn a_password_in_the_query_is_left_out() {
+        assert_eq!(
+            without_password("postgres://app@db/orders?password=s3cret&sslmode=require"),
+            "postgres://app@db/orders?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://db/orders?sslmode=require&PASSWORD=s3cret"),
+            "postgres://db/orders?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://app:x@db/orders?password=s3cret"),
+            "postgres://app@db/orders"
+        );
+    }
+
+    #[test]
+    fn a_password_with_unencoded_delimiters_is_left_out() {
+        for (spec, shown) in [
+            (
+                "postgres://app:pa/ss@db:5432/orders",
+                "postgres://app@db:5432/orders",
+            ),
+            (
+                "postgres://app:123/45@db/orders",
+                "postgres://app@db/orders",
+            ),
+            (
+                "postgres://app:s3c?ret@db/orders",
+                "postgres://app@db/orders",
+            ),
+            (
+                "postgres://app:s3c#ret@db/orders",
+                "postgres://app@db/orders",
+            ),
+            ("postgres://app:p@ss@db/orders", "postgres://app@db/orders"),
+            (
+                "postgres://app:pass@db/orders#frag",
+                "postgres://app@db/orders",
+            ),
+        ] {
+            assert_eq!(without_password(spec), shown, "{spec}");
+        }
+    }
+
+    #[test]
+    fn a_url_that_cannot_be_taken_apart_is_hidden() {
+        for spec in [
+            "postgres://app:no host s3cret",
+            "postgres://app:s3cret@db host/orders",
+            "postgres://app:s3c/ret@/?@x y",
+        ] {
+            let shown = without_password(spec);
+            assert_eq!(shown, "postgres://…(unparseable URL hidden)", "{spec}");
+        }
     }
 }

@@ -22,7 +22,8 @@ pub struct Conn {
     #[arg(long, default_value_t = 5)]
     pub heartbeat: u64,
     /// Seconds to wait for the first session with the broker before giving up (exit 3); 0 waits
-    /// for ever. Wrong credentials or an unknown vhost end the wait at once.
+    /// for ever, the default of the services `consume` and `relay` (60 for the others). Wrong
+    /// credentials or an unknown vhost end the wait at once.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub connect_wait: u64,
 }
@@ -89,8 +90,9 @@ pub async fn connect(conn: &Conn, config: ConnectionConfig) -> anyhow::Result<Co
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Until it is first polled, either signal ends the
-/// process at once.
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the one way every command hears that it is asked to
+/// stop. Until it is first polled, either signal ends the process at once; a signal that
+/// arrives between two calls is not seen by the second, so a loop pins one and polls it again.
 pub async fn stop_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -100,8 +102,13 @@ pub async fn stop_signal() {
             Err(_) => std::future::pending().await,
         }
     };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int => {}
         _ = term => {}
     }
 }

@@ -232,14 +232,12 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     let started = Instant::now();
     let mut last_delivered = 0;
     let mut idle_since = Instant::now();
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = std::pin::pin!(crate::common::stop_signal());
     let mut last_report = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = &mut ctrl_c => break,
-            _ = term.recv() => break,
+            _ = &mut stop => break,
         }
         let s = consumer.stats();
         if a.report.is_some() && last_report.elapsed() >= Duration::from_millis(500) {
@@ -272,7 +270,13 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
             break;
         }
         if consumer.is_finished() {
-            anyhow::bail!("the consumer stopped: {:?}", conn.state());
+            pb.finish_and_clear();
+            // The error itself, not its text: its kind decides the exit status (credentials
+            // refused on a reconnect exit 3, a database that failed 4).
+            return Err(match consumer.error() {
+                Some(e) => anyhow::Error::from(e).context("the consumer stopped"),
+                None => anyhow::anyhow!("the consumer stopped: {:?}", conn.state()),
+            });
         }
     }
     pb.finish_and_clear();

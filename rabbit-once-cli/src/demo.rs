@@ -64,12 +64,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long clean-up waits for the broker: after a demo that found no broker, not the whole
+/// `--connect-wait` again.
+const CLEAN_UP_WAIT: u64 = 5;
+
 /// Deletes the demo's queue with its retry and dead-letter queues (over a connection of its
-/// own, straight to the broker) and the temporary database with its side files.
+/// own, straight to the broker, waiting at most [`CLEAN_UP_WAIT`] seconds for it, or until
+/// Ctrl-C or SIGTERM) and the temporary database with its side files.
 async fn clean_up(a: &Args, queue: &str, temp_db: Option<&Path>) {
-    if let Ok(config) = a.conn.config("rabbit-once demo clean-up")
-        && let Ok(conn) = connect(&a.conn, config).await
-    {
+    let flags = Conn {
+        connect_wait: CLEAN_UP_WAIT,
+        ..a.conn.clone()
+    };
+    let connected = async {
+        let config = flags.config("rabbit-once demo clean-up").ok()?;
+        connect(&flags, config).await.ok()
+    };
+    let connected = tokio::select! {
+        c = connected => c,
+        _ = stop_signal() => None,
+    };
+    if let Some(conn) = connected {
         for q in consumer_config(queue).queues() {
             let _ = conn.delete_queue(&q).await;
         }

@@ -13,8 +13,9 @@ pub enum Status {
     Incomplete,
     /// 2: the command line (or a `--from` line) is wrong: an unknown flag, a malformed URI, …
     Usage,
-    /// 3: no session with the broker: wrong user or password, unknown or refused vhost, or no
-    /// broker reachable within `--connect-wait`.
+    /// 3: no session with the broker: wrong user or password (at the start, or on a reconnect:
+    /// the connection gave up), unknown or refused vhost, or no broker reachable within
+    /// `--connect-wait`.
     Connect,
     /// 4: the database (SQLite or PostgreSQL) could not be opened or migrated, or failed.
     Store,
@@ -45,15 +46,21 @@ Exit status:
   0  success: everything published was confirmed, everything consumed was applied
   1  incomplete: some messages unconfirmed or refused, some not applied (or another failure)
   2  usage: a bad flag or value, a malformed URI, a malformed --from line
-  3  could not connect or authenticate: wrong user or password, unknown vhost, no broker
-     reachable within --connect-wait
+  3  could not connect or authenticate: wrong user or password (at the start or on a
+     reconnect), unknown vhost, no broker reachable within --connect-wait
   4  store error: the database could not be opened or migrated, or failed
 
 Environment:
-  Every flag can also be set as RABBIT_ONCE_<FLAG> (dashes as underscores), e.g.
-  RABBIT_ONCE_URI, RABBIT_ONCE_QUEUE, RABBIT_ONCE_STORE; a flag on the command line wins.
+  The flags every command shares read RABBIT_ONCE_<FLAG> (dashes as underscores):
+  RABBIT_ONCE_URI, RABBIT_ONCE_HEARTBEAT, RABBIT_ONCE_CONNECT_WAIT, RABBIT_ONCE_THREADS, and
+  the databases RABBIT_ONCE_STORE, RABBIT_ONCE_OUTBOX (relay, outbox) and RABBIT_ONCE_SCHEMA.
+  Every other flag reads RABBIT_ONCE_<COMMAND>_<FLAG>: RABBIT_ONCE_PUBLISH_QUEUE,
+  RABBIT_ONCE_CONSUME_BATCH, RABBIT_ONCE_CHAOS_OUTBOX, RABBIT_ONCE_OUTBOX_STATUS_JSON, …
+  (also publish --outbox: RABBIT_ONCE_PUBLISH_OUTBOX; chaos --store and --schema). bench
+  reads none. `--help` names each flag's variable; a flag on the command line wins.
   RABBIT_ONCE_URI takes several URIs separated by commas (write a comma inside a URI as %2C).
-  Switches take true/false, yes/no, on/off or 1/0. Values are never shown in --help.
+  Switches take true/false, yes/no, on/off or 1/0; false is the same as not given. Values
+  are never shown in --help.
   NO_COLOR (non-empty) turns colour off; colour is only ever written to a terminal.";
 
 /// An error the command sorted itself, with the status it exits with.

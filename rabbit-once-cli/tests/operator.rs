@@ -185,7 +185,7 @@ async fn flags_come_from_the_environment_and_uris_are_never_shown() {
     let wrong = broker_uri().replace("guest:guest", &format!("guest:{secret}"));
     let env = [
         ("RABBIT_ONCE_URI", wrong.as_str()),
-        ("RABBIT_ONCE_QUEUE", &q),
+        ("RABBIT_ONCE_PUBLISH_QUEUE", &q),
     ];
     let out = run(&["publish", "--count", "3"], &env, None).await;
     assert_status(&out, 3);
@@ -194,7 +194,7 @@ async fn flags_come_from_the_environment_and_uris_are_never_shown() {
     assert_status(&help, 0);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("[env: RABBIT_ONCE_URI]"), "{help}");
-    assert!(help.contains("[env: RABBIT_ONCE_QUEUE]"), "{help}");
+    assert!(help.contains("[env: RABBIT_ONCE_PUBLISH_QUEUE]"), "{help}");
     assert!(!help.contains(secret), "{help}");
 
     // Several URIs, comma-separated: the first refuses, the second is the broker. A switch
@@ -202,10 +202,10 @@ async fn flags_come_from_the_environment_and_uris_are_never_shown() {
     let uris = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", broker_uri());
     let env = [
         ("RABBIT_ONCE_URI", uris.as_str()),
-        ("RABBIT_ONCE_QUEUE", &q),
-        ("RABBIT_ONCE_COUNT", "7"),
-        ("RABBIT_ONCE_SIZE", "16"),
-        ("RABBIT_ONCE_JSON", "yes"),
+        ("RABBIT_ONCE_PUBLISH_QUEUE", &q),
+        ("RABBIT_ONCE_PUBLISH_COUNT", "7"),
+        ("RABBIT_ONCE_PUBLISH_SIZE", "16"),
+        ("RABBIT_ONCE_PUBLISH_JSON", "yes"),
     ];
     let out = run(&["publish"], &env, None).await;
     assert_status(&out, 0);
@@ -576,5 +576,575 @@ async fn ctrl_c_on_demo_removes_its_queues_and_files() {
         let f = format!("{}{ext}", db.display());
         assert!(!std::path::Path::new(&f).exists(), "{f} was removed");
     }
+    conn.close().await;
+}
+
+/// Sends `signal` (`INT`, `TERM`) to the process `pid`.
+fn send(signal: &str, pid: u32) {
+    let kill = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// `rabbit-once` with `args`, its stdin, stdout and stderr piped, killed if dropped.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The output of `child`, which must end within 60 s.
+async fn finish(child: tokio::process::Child) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command ends within 60 s")
+        .unwrap()
+}
+
+/// Waits (at most 20 s) until `queue` holds at least `n` messages; false if it never does.
+async fn wait_messages(conn: &rabbit_once::Connection, queue: &str, n: u32) -> bool {
+    for _ in 0..1000 {
+        if conn.queue_info(queue).await.is_ok_and(|i| i.messages >= n) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A named pipe: a `--from` FILE that the test writes while the command reads it.
+struct Fifo {
+    path: std::path::PathBuf,
+}
+
+impl Fifo {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("fifo"));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        Fifo { path }
+    }
+
+    fn path(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The writing end (waits for the command to open the reading end).
+    async fn writer(&self) -> std::fs::File {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(path))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes `lines`, each with a newline.
+fn write_lines(w: &mut std::fs::File, lines: &[String]) {
+    use std::io::Write;
+    for l in lines {
+        writeln!(w, "{l}").unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// A front for the broker that turns on its clients, as a broker does once the user's
+/// password was changed: it forwards connections to the broker until [`betray`](Self::betray)
+/// closes them, and from then on sends every connection to a broker that refuses the
+/// credentials (403 ACCESS_REFUSED).
+struct Turncoat {
+    port: u16,
+    betrayed: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _refuser: rabbit_once_testkit::HostileBroker,
+}
+
+impl Turncoat {
+    async fn start() -> Self {
+        let refuser = rabbit_once_testkit::HostileBroker::start(
+            rabbit_once_testkit::Scenario::CloseAfterStartOk(
+                403,
+                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN".into(),
+            ),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (betrayed, watch) = tokio::sync::watch::channel(false);
+        let refuser_addr = refuser.addr().to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                let honest = !*watch.borrow();
+                let target = if honest {
+                    broker_addr()
+                } else {
+                    refuser_addr.clone()
+                };
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let forward = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    if honest {
+                        tokio::select! {
+                            _ = forward => {}
+                            _ = watch.wait_for(|b| *b) => {}
+                        }
+                    } else {
+                        let _ = forward.await;
+                    }
+                });
+            }
+        });
+        Turncoat {
+            port,
+            betrayed,
+            task,
+            _refuser: refuser,
+        }
+    }
+
+    fn uri(&self) -> String {
+        uri_via(self.port)
+    }
+
+    /// Closes every connection to the broker; new ones meet the refusing broker.
+    fn betray(&self) {
+        self.betrayed.send_replace(true);
+    }
+}
+
+impl Drop for Turncoat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Each variable means one thing: `RABBIT_ONCE_OUTBOX` (the outbox database of `relay` and
+/// `outbox`) does not turn `publish` into an outbox publisher, `RABBIT_ONCE_RATE` (no command's
+/// name) is nobody's, a switch that needs another flag is simply off when false, and the scoped
+/// names are honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_name_in_the_environment_means_one_thing() {
+    let q = unique("cli-env-scope");
+    let dir = std::env::temp_dir().join(unique("env-cwd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = broker_uri();
+    let env = [
+        ("RABBIT_ONCE_OUTBOX", "1"),
+        ("RABBIT_ONCE_RATE", "0.5"),
+        ("RABBIT_ONCE_BATCH", "x"),
+        ("RABBIT_ONCE_PUBLISH_RESUME", "false"),
+        ("RABBIT_ONCE_PUBLISH_SIZE", "20"),
+        ("RABBIT_ONCE_PUBLISH_JSON", "true"),
+        ("RABBIT_ONCE_URI", uri.as_str()),
+    ];
+    let out = tokio::process::Command::new(BIN)
+        .args(["publish", "--queue", &q, "--count", "1"])
+        .envs(env)
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert_status(&out, 0);
+    let s = json(&out);
+    assert_eq!(
+        s["confirmed"], 1,
+        "published directly, not through an outbox: {s}"
+    );
+    assert!(!dir.join("1").exists(), "no outbox file named 1");
+    let got = read_all(&q).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body().len(), 20, "RABBIT_ONCE_PUBLISH_SIZE");
+
+    // The scoped outbox name is honoured: the message is committed to that file.
+    let db = dir.join("outbox.db");
+    let spec = format!("sqlite:{}", db.display());
+    let out = tokio::process::Command::new(BIN)
+        .args(["publish", "--queue", &q, "--count", "1"])
+        .envs(env)
+        .env("RABBIT_ONCE_PUBLISH_OUTBOX", &spec)
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert_status(&out, 0);
+    assert_eq!(json(&out)["committed"], 1, "{}", stderr(&out));
+    assert!(db.exists());
+    assert_eq!(read_all(&q).await.len(), 1);
+
+    for (command, name) in [
+        ("chaos", "RABBIT_ONCE_CHAOS_OUTBOX"),
+        ("chaos", "RABBIT_ONCE_CHAOS_STORE"),
+        ("publish", "RABBIT_ONCE_PUBLISH_RATE"),
+        ("consume", "RABBIT_ONCE_CONSUME_BATCH"),
+        ("relay", "RABBIT_ONCE_OUTBOX"),
+    ] {
+        let help = run(&[command, "--help"], &[], None).await;
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            help.contains(&format!("[env: {name}]")),
+            "{command}: {help}"
+        );
+    }
+    // bench's flags are its harness's alone (the global --threads aside).
+    let help = run(&["bench", "--help"], &[], None).await;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(help.matches("[env:").count(), 1, "{help}");
+    assert!(help.contains("[env: RABBIT_ONCE_THREADS]"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let conn = direct().await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+/// Flags that mean nothing without another are refused without it (exit 2), before anything
+/// is declared or published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_that_need_another_are_refused_without_it() {
+    let q = unique("cli-needs");
+    for args in [
+        &["publish", "--queue", &q, "--failed", "left.txt"][..],
+        &["publish", "--queue", &q, "--format", "json"],
+        &["publish", "--queue", &q, "--exchange", "amq.direct"],
+        &["publish", "--queue", &q, "--routing-key", "k"],
+        &["publish", "--quorum", "--from", "-"],
+        &["publish", "--queue", &q, "--resume"],
+        &["publish", "--queue", &q, "--no-relay"],
+    ] {
+        let out = run(args, &[], Some("")).await;
+        assert_status(&out, 2);
+    }
+    let out = run(
+        &["publish", "--queue", &q],
+        &[("RABBIT_ONCE_PUBLISH_NO_RELAY", "on")],
+        None,
+    )
+    .await;
+    assert_status(&out, 2);
+    let conn = direct().await;
+    assert!(conn.queue_info(&q).await.is_err(), "nothing declared");
+    conn.close().await;
+}
+
+/// Credentials refused on a reconnect end the run with status 3 — numbered `publish`,
+/// `publish --from` and `consume` alike — as wrong credentials at the start do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_refused_on_a_reconnect_exit_3() {
+    let q = unique("cli-refused");
+    let conn = direct().await;
+    // At the start, both ways of publishing.
+    let wrong = broker_uri().replace("guest:guest", "guest:Wrong-0042");
+    let out = run(&["publish", "--queue", &q, "--uri", &wrong], &[], None).await;
+    assert_status(&out, 3);
+    let out = run(
+        &["publish", "--from", "-", "--queue", &q, "--uri", &wrong],
+        &[],
+        Some("a line\n"),
+    )
+    .await;
+    assert_status(&out, 3);
+
+    // Numbered, mid-run.
+    let turncoat = Turncoat::start().await;
+    let uri = turncoat.uri();
+    let child = spawn(
+        &[
+            "publish", "--queue", &q, "--count", "100000", "--rate", "200", "--size", "16",
+            "--uri", &uri,
+        ],
+        &[],
+    );
+    assert!(wait_messages(&conn, &q, 10).await, "publishing started");
+    turncoat.betray();
+    let out = finish(child).await;
+    assert_status(&out, 3);
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    conn.purge_queue(&q).await.unwrap();
+
+    // consume, mid-run.
+    let db = TempDb::new();
+    let store = format!("sqlite:{}", db.path.display());
+    let turncoat = Turncoat::start().await;
+    let uri = turncoat.uri();
+    let child = spawn(
+        &["consume", "--queue", &q, "--store", &store, "--uri", &uri],
+        &[],
+    );
+    let mut subscribed = false;
+    for _ in 0..1000 {
+        if conn.queue_info(&q).await.is_ok_and(|i| i.consumers > 0) {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(subscribed, "the consumer subscribed");
+    turncoat.betray();
+    let out = finish(child).await;
+    assert_status(&out, 3);
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    delete_queues(&conn, &q).await;
+    conn.close().await;
+}
+
+/// `publish --from FILE --failed F` whose connection gives up mid-file (credentials refused on
+/// a reconnect): exit 3, and F holds every line not confirmed — those in flight, the one in
+/// hand and the rest of FILE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_from_keeps_every_line_left_when_the_connection_gives_up() {
+    let q = unique("cli-from-gave-up");
+    let failed = std::env::temp_dir().join(unique("left"));
+    let lines: Vec<String> = (0..12)
+        .map(|i| format!(r#"{{"id":"m-{i}","body":"{i}"}}"#))
+        .collect();
+    let fifo = Fifo::new();
+    let turncoat = Turncoat::start().await;
+    let (uri, from, failed_s) = (turncoat.uri(), fifo.path(), failed.display().to_string());
+    let child = spawn(
+        &[
+            "publish", "--from", &from, "--format", "json", "--queue", &q, "--failed", &failed_s,
+            "--json", "--uri", &uri,
+        ],
+        &[],
+    );
+    let mut w = fifo.writer().await;
+    write_lines(&mut w, &lines[..5]);
+    let conn = direct().await;
+    assert!(wait_messages(&conn, &q, 5).await, "the first lines arrived");
+    turncoat.betray();
+    write_lines(&mut w, &lines[5..]);
+    drop(w);
+    let out = finish(child).await;
+    assert_status(&out, 3);
+    let left = std::fs::read_to_string(&failed).unwrap();
+    let left: Vec<&str> = left.lines().collect();
+    // A suffix of the file: every line after the ones that arrived, and perhaps some that
+    // arrived unconfirmed (their ids make a retry harmless).
+    let first = lines.len() - left.len();
+    assert!(first <= 5, "{left:?}");
+    assert_eq!(
+        left,
+        lines[first..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = read_all(&q)
+        .await
+        .iter()
+        .map(|d| d.message_id().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["m-0", "m-1", "m-2", "m-3", "m-4"]);
+    let _ = std::fs::remove_file(&failed);
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+/// `--failed` in a directory that cannot be written is a usage error before anything is
+/// published; `--from F --failed F` replaces F with what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_is_checked_first_and_may_be_the_input() {
+    let q = unique("cli-failed-file");
+    let not_a_dir = std::env::temp_dir().join(unique("plain-file"));
+    std::fs::write(&not_a_dir, "").unwrap();
+    let inside = not_a_dir.join("left.txt").display().to_string();
+    let out = run(
+        &["publish", "--from", "-", "--queue", &q, "--failed", &inside],
+        &[],
+        Some("one\n"),
+    )
+    .await;
+    assert_status(&out, 2);
+    assert!(stderr(&out).contains("--failed"), "{}", stderr(&out));
+    let conn = direct().await;
+    assert!(
+        conn.queue_info(&q).await.is_err(),
+        "nothing declared or published"
+    );
+    let _ = std::fs::remove_file(&not_a_dir);
+
+    let file = std::env::temp_dir().join(unique("in-and-left"));
+    let no_exchange = unique("no-such-exchange");
+    let refused = format!(r#"{{"id":"r","exchange":"{no_exchange}","body":"x"}}"#);
+    let lines = [
+        r#"{"id":"a","body":"1"}"#.to_string(),
+        refused.clone(),
+        r#"{"id":"b","body":"2"}"#.to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let f = file.display().to_string();
+    let out = run(
+        &[
+            "publish", "--from", &f, "--failed", &f, "--format", "json", "--queue", &q,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_status(&out, 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), refused + "\n");
+    assert_eq!(read_all(&q).await.len(), 2);
+    let _ = std::fs::remove_file(&file);
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+/// Ctrl-C on `publish --from -` while stdin is idle stops it at once; what it published is
+/// confirmed (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_publish_from_an_idle_pipe() {
+    use tokio::io::AsyncWriteExt;
+    let q = unique("cli-idle-pipe");
+    let uri = broker_uri();
+    let mut child = spawn(
+        &[
+            "publish", "--from", "-", "--queue", &q, "--json", "--uri", &uri,
+        ],
+        &[],
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"one\ntwo\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let conn = direct().await;
+    assert!(wait_messages(&conn, &q, 2).await);
+    send("INT", child.id().unwrap());
+    let out = finish(child).await;
+    drop(stdin);
+    assert_status(&out, 0);
+    let s = json(&out);
+    assert_eq!(
+        (s["interrupted"].as_bool(), s["confirmed"].as_u64()),
+        (Some(true), Some(2))
+    );
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
+
+/// While `publish --from` waits for confirms that do not come (the broker unreachable), a
+/// signal is heard: the next one ends the wait at once (exit 1) and the unconfirmed lines are
+/// in `--failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_wait_for_confirms() {
+    let q = unique("cli-close-wait");
+    let failed = std::env::temp_dir().join(unique("left"));
+    let proxy = FaultProxy::start(broker_addr()).await.unwrap();
+    let fifo = Fifo::new();
+    let (uri, from, failed_s) = (
+        uri_via(proxy.port()),
+        fifo.path(),
+        failed.display().to_string(),
+    );
+    let child = spawn(
+        &[
+            "publish",
+            "--from",
+            &from,
+            "--queue",
+            &q,
+            "--failed",
+            &failed_s,
+            "--uri",
+            &uri,
+            "--close-timeout",
+            "600",
+        ],
+        &[],
+    );
+    let lines: Vec<String> = (0..4).map(|i| format!("line {i}")).collect();
+    let mut w = fifo.writer().await;
+    // The first line arrives: the command is publishing (and hears signals).
+    write_lines(&mut w, &lines[..1]);
+    let conn = direct().await;
+    assert!(wait_messages(&conn, &q, 1).await, "the first line arrived");
+    proxy.blackhole(true);
+    write_lines(&mut w, &lines[1..]);
+    drop(w);
+    let pid = child.id().unwrap();
+    send("TERM", pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send("TERM", pid);
+    let out = finish(child).await;
+    assert_status(&out, 1);
+    // The lines after the first (and the first, if its confirm was caught in the black hole).
+    let left = std::fs::read_to_string(&failed).unwrap();
+    let left: Vec<&str> = left.lines().collect();
+    let first = lines.len() - left.len();
+    assert!(first <= 1, "{left:?}");
+    assert_eq!(
+        left,
+        lines[first..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_file(&failed);
+    drop(proxy);
+    let _ = conn.delete_queue(&q).await;
+    conn.close().await;
+}
+
+/// Ctrl-C on `publish --outbox`: it stops committing, its relay publishes what was committed,
+/// and the summary says so; every committed row is confirmed (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_publish_outbox_relays_what_was_committed() {
+    let q = unique("cli-outbox-ctrl-c");
+    let db = TempDb::new();
+    let spec = format!("sqlite:{}", db.path.display());
+    let uri = broker_uri();
+    let child = spawn(
+        &[
+            "publish", "--queue", &q, "--outbox", &spec, "--count", "100000", "--rate", "200",
+            "--size", "16", "--json", "--uri", &uri,
+        ],
+        &[],
+    );
+    let conn = direct().await;
+    assert!(wait_messages(&conn, &q, 10).await, "relaying started");
+    send("INT", child.id().unwrap());
+    let out = finish(child).await;
+    assert_status(&out, 0);
+    let s = json(&out);
+    assert_eq!(s["interrupted"], true, "{s}");
+    let committed = s["committed"].as_u64().unwrap();
+    assert_eq!(
+        s["not_committed"].as_u64(),
+        Some(100_000 - committed),
+        "{s}"
+    );
+    assert_eq!(s["pending"], 0, "{s}");
+    assert_eq!(s["relayed"].as_u64(), Some(committed), "{s}");
+    assert_eq!(
+        conn.queue_info(&q).await.unwrap().messages as u64,
+        committed
+    );
+    conn.delete_queue(&q).await.unwrap();
     conn.close().await;
 }

@@ -251,13 +251,3 @@ pub fn report_refused(status: &OutboxStatus) {
         );
     }
 }
-
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn interrupted() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}

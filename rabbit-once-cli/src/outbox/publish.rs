@@ -3,9 +3,13 @@
 //! and a relay in the same process publishes the committed rows. Killed at any moment and run
 //! again with `--resume`, it goes on after the highest committed `seq`: every seq ends up
 //! published, each under the one `message_id` its row was given.
+//!
+//! Ctrl-C or SIGTERM stops committing (after the transaction in hand), lets the relay publish
+//! what is committed for up to `--close-timeout` (a second one stops that wait at once), and
+//! prints what was committed, what was confirmed and what is left in the outbox.
 
 use super::{OutboxArgs, OutboxDb};
-use crate::common::bar;
+use crate::common::{bar, stop_signal};
 use crate::publish::{Args, message};
 use rabbit_once::{Connection, PublisherConfig, RelayConfig};
 use std::process::ExitCode;
@@ -31,6 +35,10 @@ struct Summary {
     parked_rows: u64,
     /// Seconds from the start to the end.
     seconds: f64,
+    /// Stopped early by Ctrl-C or SIGTERM.
+    interrupted: bool,
+    /// Messages of the range never committed (after an interruption).
+    not_committed: u64,
 }
 
 /// Commits the messages through the outbox, relays them, and exits once every committed row is
@@ -67,10 +75,25 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
     let pb = bar(end.saturating_sub(first), "committed");
     let per_tx = a.tx_size.max(1);
     let mut seq = first;
+    let mut signal = std::pin::pin!(stop_signal());
+    let mut interrupted = false;
     while seq < end {
-        if let Some(rate) = a.rate.filter(|r| *r > 0) {
-            let due = started + Duration::from_nanos((seq - first) * 1_000_000_000 / rate);
-            tokio::time::sleep_until(due.into()).await;
+        let due = a
+            .rate
+            .filter(|r| *r > 0)
+            .map(|rate| started + Duration::from_nanos((seq - first) * 1_000_000_000 / rate));
+        // Never in the middle of a commit: a transaction either counts or was not begun.
+        tokio::select! {
+            biased;
+            _ = &mut signal => {
+                interrupted = true;
+                break;
+            }
+            _ = async {
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+            } => {}
         }
         let seqs: Vec<u64> = (seq..end.min(seq + per_tx)).collect();
         let messages = seqs.iter().map(|s| message(a, *s)).collect();
@@ -81,14 +104,38 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let mut s = Summary {
         first_seq: first,
-        committed: end.saturating_sub(first),
+        committed: seq - first,
+        interrupted,
+        not_committed: end - seq,
         ..Summary::default()
     };
     if let Some(relay) = relay {
         // Every committed row confirmed and deleted (by this relay or another one).
+        if interrupted {
+            eprintln!(
+                "interrupted: committing stopped; the relay publishes what is committed for up \
+                 to {}s (Ctrl-C again to stop at once)",
+                a.close_timeout
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(a.close_timeout);
-        while db.status().await?.pending > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let drained = async {
+            while db.status().await?.pending > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            r = drained => r?,
+            // The first stop signal during this wait is heeded like one while committing; the
+            // one after it ends the wait.
+            _ = async {
+                if !interrupted {
+                    (&mut signal).await;
+                    eprintln!("interrupted: waiting for the relay (Ctrl-C again to stop at once)");
+                }
+                stop_signal().await;
+            } => {}
         }
         let stats = relay.close(Duration::from_secs(5)).await;
         s.relayed = stats.relayed;
@@ -108,12 +155,18 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
             "committed {} (seq {}..{})  relayed {}  failed publishes {}  still pending {} ({} refused)  in {:.2}s",
             s.committed,
             first,
-            end,
+            seq,
             s.relayed,
             s.failed_publishes,
             s.pending,
             s.failed_rows,
             s.seconds
+        );
+    }
+    if s.interrupted {
+        println!(
+            "interrupted: {} not committed (seq {seq}..{end}); {} rows left in the outbox",
+            s.not_committed, s.pending
         );
     }
     super::report_refused(&status);

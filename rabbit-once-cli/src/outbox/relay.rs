@@ -2,8 +2,8 @@
 //! SIGTERM, or with `--until-empty` until nothing is left to publish. On PostgreSQL any number
 //! may run: one publishes, the others stand by and take over when its session ends.
 
-use super::{OutboxArgs, OutboxDb, interrupted};
-use crate::common::Conn;
+use super::{OutboxArgs, OutboxDb};
+use crate::common::{Conn, stop_signal};
 use rabbit_once::{PublisherConfig, RelayConfig, RelayStats};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -80,10 +80,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             } => refused_only = r?,
-            r = interrupted() => r?,
+            _ = stop_signal() => {}
         }
     } else {
-        interrupted().await?;
+        stop_signal().await;
     }
     let stats = relay.close(Duration::from_secs(5)).await;
     let status = db.status().await?;

@@ -32,19 +32,21 @@ pub struct Args {
     /// With --from: each line is the body (raw) or a JSON object with the optional fields id
     /// (the message_id), exchange, routing_key, headers (an object of strings, numbers and
     /// booleans) and body (a string, or any JSON value sent as its text).
-    #[arg(long, value_enum, default_value_t = lines::Format::Raw)]
+    #[arg(long, value_enum, default_value_t = lines::Format::Raw, requires = "from")]
     pub format: lines::Format,
     /// With --from: the exchange a line goes to unless it names one (default: the default
     /// exchange, which routes to the queue named by the routing key).
-    #[arg(long)]
+    #[arg(long, requires = "from")]
     pub exchange: Option<String>,
     /// With --from: the routing key of a line that names none (default: --queue).
-    #[arg(long)]
+    #[arg(long, requires = "from")]
     pub routing_key: Option<String>,
     /// With --from: write every line that did not end confirmed — refused, unroutable, handed
-    /// back, and after a malformed line or an interruption the rest of FILE — to this file,
-    /// verbatim, to retry with `--from` (it may be FILE itself: it is written at the end).
-    #[arg(long, value_name = "FILE")]
+    /// back, and after a malformed line, an interruption or an error the rest of FILE — to this
+    /// file, verbatim, to retry with `--from`. Its directory must be writable (checked before
+    /// anything is published); it is replaced at the end in one step (a temporary file renamed
+    /// over it), so it may be FILE itself.
+    #[arg(long, value_name = "FILE", requires = "from")]
     pub failed: Option<std::path::PathBuf>,
     /// How many messages.
     #[arg(long, default_value_t = 10_000)]
@@ -61,9 +63,9 @@ pub struct Args {
     /// message_id = <prefix>-<seq> (stable across runs) instead of a fresh UUIDv7.
     #[arg(long)]
     pub id_prefix: Option<String>,
-    /// The queue is a quorum queue (RabbitMQ ≥ 3.10): declared exactly as `consume --quorum`
+    /// --queue is a quorum queue (RabbitMQ ≥ 3.10): declared exactly as `consume --quorum`
     /// declares it with its default `--max-attempts` (a work queue with other arguments would be
-    /// refused by the broker), with its retry and dead-letter queues.
+    /// refused by the broker), with its retry and dead-letter queues. Needs --queue.
     #[arg(long)]
     pub quorum: bool,
     /// Delivery mode 1 instead of persistent.
@@ -101,10 +103,10 @@ pub struct Args {
     pub tx_size: u64,
     /// With --outbox: go on after the highest seq of --start..--start+--count committed in
     /// `sent` (after a crash or a kill).
-    #[arg(long, requires = "outbox")]
+    #[arg(long)]
     pub resume: bool,
     /// With --outbox: only commit; leave the publishing to `rabbit-once relay` processes.
-    #[arg(long, requires = "outbox")]
+    #[arg(long)]
     pub no_relay: bool,
 }
 
@@ -169,6 +171,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Err(crate::exit::usage(
             "numbered messages go to --queue: give it (or --from FILE)",
         ));
+    }
+    if a.quorum && a.queue.is_none() {
+        return Err(crate::exit::usage(
+            "--quorum declares --queue as a quorum queue: give --queue",
+        ));
+    }
+    // Checked here rather than by clap: a switch set to false in the environment is not given.
+    for (given, flag) in [(a.resume, "--resume"), (a.no_relay, "--no-relay")] {
+        if given && a.outbox.is_none() {
+            return Err(crate::exit::usage(format!("{flag} needs --outbox")));
+        }
     }
     if let Some(spec) = a.outbox.clone() {
         let schema = a.schema.clone();
@@ -239,10 +252,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let _ = tx.send((seq, c));
             }
             Err(e) => {
-                if let ConnectionState::Failed(err) = conn.state() {
-                    anyhow::bail!("the connection gave up: {err}");
-                }
-                anyhow::bail!("message {seq} refused: {}", e.error);
+                // The error itself, not its text: its kind decides the exit status (an
+                // authentication refused on a reconnect exits 3).
+                let what = match conn.state() {
+                    ConnectionState::Failed(_) => "the connection gave up".to_string(),
+                    _ => format!("message {seq} refused"),
+                };
+                pb.finish_and_clear();
+                conn.close().await;
+                return Err(anyhow::Error::from(e.error).context(what));
             }
         }
     }
@@ -275,14 +293,21 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         interrupted,
         not_published: a.count - stats.accepted,
     };
-    if let ConnectionState::Failed(err) = conn.state() {
-        eprintln!("the connection gave up: {err}");
-    }
+    let gave_up = match conn.state() {
+        ConnectionState::Failed(e) => {
+            Some(anyhow::Error::from(e).context("the connection gave up"))
+        }
+        _ => None,
+    };
     conn.close().await;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         s.print();
+    }
+    if let Some(e) = gave_up {
+        // Its kind decides the exit status (credentials refused on a reconnect: 3).
+        return Err(e);
     }
     // Stopped on purpose, everything published so far is confirmed: success.
     let all = if interrupted { s.published } else { a.count };
@@ -294,21 +319,33 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Closes `publisher`: waits at most `timeout_secs` for the outstanding confirms and hands
-/// back the rest, returning how many. After an interruption it says what it waits for, and a
-/// second Ctrl-C or SIGTERM gives up waiting (`None`).
+/// back the rest, returning how many. After an interruption (`interrupted`, or a Ctrl-C or
+/// SIGTERM during this wait) it says what it waits for, and the next Ctrl-C or SIGTERM gives up
+/// waiting (`None`).
 pub async fn close(publisher: &Publisher, timeout_secs: u64, interrupted: bool) -> Option<u64> {
-    let timeout = Duration::from_secs(timeout_secs);
-    if !interrupted {
-        return Some(publisher.close(timeout).await.len() as u64);
-    }
-    let s = publisher.stats();
-    eprintln!(
-        "interrupted: publishing stopped; waiting up to {timeout_secs}s for {} outstanding \
-         confirms (Ctrl-C again to stop at once)",
+    let outstanding = || {
+        let s = publisher.stats();
         s.accepted - s.confirmed - s.failed
-    );
+    };
+    let mut closing = std::pin::pin!(publisher.close(Duration::from_secs(timeout_secs)));
+    if interrupted {
+        eprintln!(
+            "interrupted: publishing stopped; waiting up to {timeout_secs}s for {} outstanding \
+             confirms (Ctrl-C again to stop at once)",
+            outstanding()
+        );
+    } else {
+        tokio::select! {
+            handed_back = &mut closing => return Some(handed_back.len() as u64),
+            _ = stop_signal() => eprintln!(
+                "interrupted: still waiting (--close-timeout {timeout_secs}s) for {} outstanding \
+                 confirms (Ctrl-C again to stop at once)",
+                outstanding()
+            ),
+        }
+    }
     tokio::select! {
-        handed_back = publisher.close(timeout) => Some(handed_back.len() as u64),
+        handed_back = &mut closing => Some(handed_back.len() as u64),
         _ = stop_signal() => None,
     }
 }
