@@ -99,11 +99,13 @@ const OWN: &[(&str, &str)] = &[
 /// (`publish --rate`: `RABBIT_ONCE_PUBLISH_RATE`; `outbox status --json`:
 /// `RABBIT_ONCE_OUTBOX_STATUS_JSON`), so a name never means two things. A switch is never
 /// shared (`chaos --outbox` is a switch: `RABBIT_ONCE_CHAOS_OUTBOX`), nor are the flags of
-/// [`OWN`]; `bench` takes nothing from the environment (its harness gives it a command line).
+/// [`OWN`]; `bench` takes nothing from the environment (its harness gives it a command line),
+/// and neither does `--yes`.
 fn env_name(path: &[&str], long: &str, switch: bool) -> Option<String> {
     let upper = |s: &str| s.replace('-', "_").to_uppercase();
     let command = path.first().copied().unwrap_or_default();
-    if command == "bench" {
+    // `--yes` confirms a destructive act (`dlq purge`): only ever typed, never inherited.
+    if command == "bench" || long == "yes" {
         return None;
     }
     let own = OWN.contains(&(command, long));
@@ -262,6 +264,11 @@ mod tests {
         for long in ["uri", "batch", "rate"] {
             assert_eq!(env_of(&["bench"], long), None, "bench --{long}");
         }
+        assert_eq!(
+            env_of(&["dlq", "purge"], "yes"),
+            None,
+            "typed, never inherited"
+        );
     }
 
     #[test]
