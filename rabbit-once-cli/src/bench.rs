@@ -75,6 +75,108 @@ pub struct Args {
     /// (`RelayConfig::strict_key_order`).
     #[arg(long = "strict-key-order")]
     pub strict_key_order: bool,
+    /// Idempotent workloads: dedup records already in the table before the run (of the kind
+    /// `--ids` says, older than the run's), to measure what a table that has grown costs.
+    #[arg(long, default_value_t = 0)]
+    pub prefill: u64,
+    /// Idempotent workloads: the kind of message ids, of the run's messages and of the
+    /// pre-filled records: `v7` (time-ordered UUIDs, what our publisher assigns) or `v4`
+    /// (random UUIDs, what foreign producers often send).
+    #[arg(long, value_enum, default_value_t = Ids::V7)]
+    pub ids: Ids,
+}
+
+/// The kind of message ids of the idempotent workloads.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ids {
+    /// Time-ordered UUIDv7 (the publisher's own).
+    V7,
+    /// Random UUIDv4.
+    V4,
+}
+
+/// A random UUIDv4 in its text form.
+fn uuid_v4() -> String {
+    let r = fastrand::u128(..) & !(0xF000 << 64) & !(0xC << 60);
+    let r = r | (0x4000 << 64) | (0x8 << 60);
+    let h = format!("{r:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Inserts `n` dedup records of `group` with ids of kind `ids` (UUIDv7 ones stamped in the past,
+/// one millisecond apart, so the run's ids come after them), in id order (fast), then lets the
+/// database settle (checkpoint / analyze) so the run measures the grown table, not the fill.
+async fn prefill(db: &Db, group: &str, n: u64, ids: Ids) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let base = (now_ns() / 1_000_000) as i64 - n as i64 - 60_000;
+    match db {
+        Db::Sqlite(s) => {
+            let id = match ids {
+                Ids::V4 => {
+                    "substr(h,1,8)||'-'||substr(h,9,4)||'-4'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
+                }
+                Ids::V7 => {
+                    "substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
+                }
+            };
+            // Chunks of 1M rows: one transaction each, sorted within it.
+            let mut done = 0u64;
+            while done < n {
+                let k = (n - done).min(1_000_000);
+                let sql = format!(
+                    "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < ?), \
+                     r(h, t) AS (SELECT lower(hex(randomblob(16))), printf('%012x', ? + i) FROM c) \
+                     INSERT INTO rabbit_once_processed (consumer_group, message_id, processed_at) \
+                     SELECT ?, {id}, ? FROM r ORDER BY 2"
+                );
+                rabbit_once::sqlx::query(&sql)
+                    .bind(k as i64)
+                    .bind(base + done as i64)
+                    .bind(group)
+                    .bind(base / 1000)
+                    .execute(s.pool())
+                    .await?;
+                done += k;
+            }
+            rabbit_once::sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(s.pool())
+                .await?;
+        }
+        Db::Postgres(s) => {
+            let id = match ids {
+                Ids::V4 => "gen_random_uuid()::text",
+                Ids::V7 => {
+                    "(SELECT substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12) \
+                            FROM (SELECT lpad(to_hex($3::bigint + i), 12, '0') AS t, md5(random()::text) AS h) x)"
+                }
+            };
+            let sql = format!(
+                "INSERT INTO rabbit_once_processed (consumer_group, message_id, processed_at) \
+                 SELECT $1, {id}, now() - interval '1 day' FROM generate_series(0, $2 - 1) i ORDER BY 2"
+            );
+            let mut q = rabbit_once::sqlx::query(&sql).bind(group).bind(n as i64);
+            if ids == Ids::V7 {
+                q = q.bind(base);
+            }
+            q.execute(s.pool()).await?;
+            rabbit_once::sqlx::query("VACUUM ANALYZE rabbit_once_processed")
+                .execute(s.pool())
+                .await?;
+            rabbit_once::sqlx::query("CHECKPOINT")
+                .execute(s.pool())
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -200,7 +302,25 @@ async fn publish_workload(a: &Args, w: &str, durable: bool) -> anyhow::Result<()
 async fn fill(a: &Args, q: &str, n: usize) -> anyhow::Result<()> {
     let conn = connect(a, "bench fill", Topology::new()).await?;
     let p = publisher(&conn, a)?;
-    publish_n(&p, q, a, n, true, 0).await?;
+    if a.ids == Ids::V4 {
+        let body = bytes::Bytes::from(vec![0u8; a.size.max(8)]);
+        let (tx, waiter) = await_confirmations(0usize, |failed, (), outcome| {
+            if outcome.is_err() {
+                *failed += 1;
+            }
+        });
+        for _ in 0..n {
+            let m = Message::to_queue(q, body.clone())
+                .transient()
+                .with_message_id(uuid_v4());
+            tx.send(((), p.publish(m).await.map_err(|e| e.error)?))?;
+        }
+        drop(tx);
+        let failed = waiter.await?;
+        anyhow::ensure!(failed == 0, "{failed} messages were not confirmed");
+    } else {
+        publish_n(&p, q, a, n, true, 0).await?;
+    }
     p.close(Duration::from_secs(10)).await;
     conn.close().await;
     Ok(())
@@ -293,6 +413,7 @@ async fn latency_workload(a: &Args, w: &str) -> anyhow::Result<()> {
 async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     db.prepare().await?;
     let q = queue_name(w);
+    prefill(&db, &q, a.prefill, a.ids).await?;
     let conn = connect(
         a,
         "bench idempotent",
