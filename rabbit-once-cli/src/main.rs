@@ -104,8 +104,9 @@ const OWN: &[(&str, &str)] = &[
 fn env_name(path: &[&str], long: &str, switch: bool) -> Option<String> {
     let upper = |s: &str| s.replace('-', "_").to_uppercase();
     let command = path.first().copied().unwrap_or_default();
-    // `--yes` confirms a destructive act (`dlq purge`): only ever typed, never inherited.
-    if command == "bench" || long == "yes" {
+    // `--yes` confirms a destructive act, and `dlq`'s `--all` / `--id` choose what it acts on:
+    // only ever typed, never inherited.
+    if command == "bench" || long == "yes" || (command == "dlq" && matches!(long, "all" | "id")) {
         return None;
     }
     let own = OWN.contains(&(command, long));

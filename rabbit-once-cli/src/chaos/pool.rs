@@ -110,21 +110,22 @@ impl Launcher {
         }
     }
 
-    /// The flags that make a `publish` child commit through its outbox and resume after its
-    /// last commit (so it always starts from the beginning of its range).
-    fn outbox_flags(&self, lo: u64, tx_size: u64) -> Vec<String> {
+    /// Makes a `publish` child commit through its outbox (named in its environment, not its
+    /// command line: a PostgreSQL URL may hold a password) and resume after its last commit (so
+    /// it always starts from the beginning of its range).
+    fn outbox_flags(&self, cmd: &mut Command, lo: u64, tx_size: u64) {
         let o = self.outbox_of(lo);
-        let mut v = vec!["--outbox".into(), o.spec, "--resume".into()];
-        v.extend(["--tx-size".into(), tx_size.to_string()]);
+        cmd.env("RABBIT_ONCE_PUBLISH_OUTBOX", o.spec)
+            .arg("--resume")
+            .args(["--tx-size", &tx_size.to_string()]);
         if let Some(schema) = o.schema {
-            v.extend(["--schema".into(), schema]);
+            cmd.args(["--schema", &schema]);
         }
-        v
     }
 
     /// A child process running `rabbit-once <subcommand>` against the broker through the
     /// proxies. Its configuration is its command line alone: no `RABBIT_ONCE_*` variable of ours
-    /// reaches it, but for the URIs (in the environment, not in `ps`) and a connect wait without
+    /// reaches it, but for the URIs and databases (in the environment, not in `ps`) and a connect wait without
     /// end (a child started while the broker is down waits for it, as the run expects).
     ///
     /// Child `k` is given every endpoint, starting with endpoint `k` and going round: on a
@@ -154,7 +155,7 @@ impl Launcher {
     fn spawn_relay(&self) -> anyhow::Result<Child> {
         let o = self.outbox_of(0);
         let mut cmd = self.child("relay", 0);
-        cmd.args(["--outbox", &o.spec])
+        cmd.env("RABBIT_ONCE_OUTBOX", &o.spec) // not on the command line: it may hold a password
             .args([
                 "--heartbeat",
                 &self.heartbeat.to_string(),
@@ -187,8 +188,8 @@ impl Launcher {
         if let Some(tx_size) = self.outbox_tx {
             // Ids are given at enqueue and kept in the row: no prefix. No report: the `sent`
             // table is the record of what was committed.
-            cmd.args(self.outbox_flags(slot.lo, tx_size))
-                .args(["--start", &slot.lo.to_string()])
+            self.outbox_flags(&mut cmd, slot.lo, tx_size);
+            cmd.args(["--start", &slot.lo.to_string()])
                 .args(["--count", &(slot.hi - slot.lo).to_string()]);
         } else {
             cmd.args(["--start", &from.to_string()])
@@ -221,7 +222,8 @@ impl Launcher {
             _ => (&self.queue, &self.store, &self.schema),
         };
         let mut cmd = self.child("consume", self.publishers + j);
-        cmd.args(["--queue", queue]).args(["--store", store]);
+        // The store in the environment, not on the command line (`ps`): it may hold a password.
+        cmd.args(["--queue", queue]).env("RABBIT_ONCE_STORE", store);
         if let (Some((next, _, _)), false) = (&self.stage2, slot.stage2) {
             cmd.args(["--emit-to", next]);
         }

@@ -198,7 +198,14 @@ impl Setup {
             Some(c) => Some(c),
             // A private cluster goes with its queues (and deletes on quorum queues are slow).
             None if self.cluster.is_some() => None,
-            None => self.check_connection().await.ok(),
+            // Bounded: after a Ctrl-C between a broker kill and its restart nobody answers, and
+            // an unbounded wait would leave the node, the schema and the work directory behind.
+            None => {
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.check_connection())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
         };
         if let Some(check) = check {
             if self.cluster.is_none() {

@@ -151,7 +151,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<bool>, sqlx::Error> {
         let now = unix_seconds(SystemTime::now());
         let mut fresh: HashSet<String> = HashSet::with_capacity(ids.len());
-        for chunk in ids.chunks(CHUNK) {
+        let mut sorted: Vec<&str> = ids.to_vec();
+        sorted.sort_unstable();
+        for chunk in sorted.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id, processed_at) "
             ));

@@ -132,6 +132,9 @@ impl DeadLetterInfo {
 /// ([`STRIPPED_ON_REPLAY`]).
 pub(crate) fn replay_properties(dead: &Properties) -> Properties {
     let mut p = dead.clone();
+    // The broker checks `user_id` against the publishing connection's user: a dead letter of
+    // another user's message would be refused (406) at every replay.
+    p.user_id = None;
     if let Some(h) = &mut p.headers {
         for k in STRIPPED_ON_REPLAY {
             h.remove(k);
@@ -290,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_copy_keeps_everything_but_the_failure_bookkeeping() {
+    fn a_replayed_copy_keeps_everything_but_the_failure_bookkeeping_and_user_id() {
         let dead = ours()
             .with_header(
                 "x-death",
@@ -298,8 +301,13 @@ mod tests {
             )
             .with_header("x-first-death-reason", "rejected")
             .with_header("x-delivery-count", FieldValue::I64(2));
+        let dead = Properties {
+            user_id: Some("billing-svc".into()),
+            ..dead
+        };
         let p = replay_properties(&dead);
         assert_eq!(p.message_id.as_deref(), Some("order-7"));
+        assert_eq!(p.user_id, None, "the broker would refuse another user's");
         assert_eq!(p.content_type.as_deref(), Some("application/json"));
         assert_eq!(p.delivery_mode, Some(2));
         assert_eq!(

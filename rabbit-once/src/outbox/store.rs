@@ -69,7 +69,7 @@ where
 /// (PostgreSQL hands ids out at insert: id 7 can commit after id 8) is in the next read
 /// whatever its id; and since `LIMIT` cuts from the top, a row is never returned while a
 /// lower committed row of its key that nobody took is left behind (unless that one is held,
-/// and then its whole key is). No cursor is needed for speed: the ranges keep the statement
+/// and then its whole key is — in strict mode the rows after it). No cursor is needed for speed: the ranges keep the statement
 /// one prepared statement, and the scan passes over only the rows the relay holds and held
 /// rows. (On SQLite a cursor would even be safe from late commits — one writer at a time, and a
 /// writer's ids are allocated inside its write lock, so ids are committed in order — but the
@@ -129,7 +129,7 @@ where
     }
     // Strict key order: a keyed row only if no row of its key before it is left in the table
     // but the confirmed ones (`done`) — none in flight, none not taken yet. (A held row holds
-    // its whole key back already, above.)
+    // back the rows after it already, above.)
     let done = padded(filter.done);
     if filter.strict {
         sql += &format!(
