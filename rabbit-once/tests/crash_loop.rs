@@ -188,6 +188,14 @@ async fn a_message_that_kills_the_process_is_dead_lettered_after_max_attempts() 
     assert_eq!(applied.len() as u64, N - 1, "every other message applied");
     assert!(applied.iter().all(|(_, n)| *n == 1), "none twice");
     assert!(applied.iter().all(|(id, _)| *id != format!("{q}-17")));
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rabbit_once_runs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        runs, 0,
+        "the run count goes with the dead letter: a replayed copy starts afresh"
+    );
 
     let (id, reason) = the_dead_letter(&conn, &q).await;
     assert_eq!(id, format!("{q}-17"));

@@ -84,6 +84,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// bare one (body, id, our headers). If even that is refused the message is held unacked
     /// with a loud error: never dropped, never requeued in a tight loop.
     pub(super) async fn dead_letter(&self, item: Item, reason: &str, attempts: u32) {
+        self.dead_lettered(item, reason, attempts).await;
+    }
+
+    /// [`dead_letter`](Self::dead_letter), telling whether the copy was confirmed (and the
+    /// original acked).
+    pub(super) async fn dead_lettered(&self, item: Item, reason: &str, attempts: u32) -> bool {
         let c = &self.config;
         let copy = |reason: &str| {
             retry::dead_message(
@@ -107,6 +113,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 item.d.ack();
                 ConsumerCounters::add(&self.counters.dead_lettered, 1);
                 tracing::warn!(%reason, message_id = ?id, "dead-lettered");
+                return true;
             }
             CopyOutcome::Refused(e) => {
                 let why = format!("the dead-letter target refuses the message: {e}");
@@ -128,6 +135,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             CopyOutcome::Failed => self.requeue_later(item).await,
             CopyOutcome::Gone => {}
         }
+        false
     }
 
     /// Publishes a retry or dead-letter copy of `item` and waits for the broker's verdict. The

@@ -168,6 +168,21 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     /// finished it is dead-lettered without running the handler again. Only redeliveries pay for
     /// this (one short transaction, and they run one at a time so a crash counts against the
     /// message that caused it, not its batch). Returns the item if it should run.
+    /// Deletes the run count of `key` in a transaction of its own (a failure only leaves the
+    /// count: a replayed copy would then be dead-lettered at its first redelivery, not lost).
+    async fn forget_runs(&self, key: &str) {
+        let forgot = async {
+            let mut tx = self.store.begin().await?;
+            self.store
+                .forget_runs(&mut tx, &self.config.group, key)
+                .await?;
+            tx.commit().await
+        };
+        if let Err(e) = forgot.await {
+            tracing::warn!(error = %e, "could not forget the run count of a dead-lettered message");
+        }
+    }
+
     async fn count_run(&self, item: Item) -> Option<Item> {
         let max = self.config.retry.max_attempts;
         match self.store.count_run(&self.config.group, &item.key).await {
@@ -179,7 +194,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     "the handler never finished {runs} runs: the process died (or lost the \
                      broker) while handling this message every time"
                 );
-                self.dead_letter(item, &reason, runs).await;
+                let key = item.key.clone();
+                if self.dead_lettered(item, &reason, runs).await {
+                    // Its count goes with it: a replayed copy (`DeadLetters::replay`) starts
+                    // afresh, instead of being dead-lettered again at its first redelivery.
+                    self.forget_runs(&key).await;
+                }
                 None
             }
             Ok(_) => Some(item),
