@@ -84,6 +84,14 @@ pub struct Args {
     /// (random UUIDs, what foreign producers often send).
     #[arg(long, value_enum, default_value_t = Ids::V7)]
     pub ids: Ids,
+    /// Run every workload against a private cluster of this many nodes started for the run
+    /// (node 0's endpoint; the shared broker is not used), removed after.
+    #[arg(long)]
+    pub cluster: Option<u8>,
+    /// Declare the publish workloads' queues as quorum queues (replicated over the cluster's
+    /// nodes with `--cluster`).
+    #[arg(long)]
+    pub quorum: bool,
 }
 
 /// The kind of message ids of the idempotent workloads.
@@ -284,6 +292,9 @@ async fn publish_n(
 async fn publish_workload(a: &Args, w: &str, durable: bool) -> anyhow::Result<()> {
     let q = queue_name(w);
     let mut queue = Queue::new(&q).durable(durable);
+    if a.quorum {
+        queue = queue.queue_type(rabbit_once::QueueType::Quorum);
+    }
     if let Some(v) = a.queue_version {
         queue = queue.classic_version(v);
     }
@@ -467,7 +478,17 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
 }
 
 /// Runs the chosen workloads in turn, printing a JSON line for each.
-pub async fn run(a: Args) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
+    // Kept until the end of the run: dropping it stops and removes the nodes.
+    let _cluster = match a.cluster {
+        Some(n) => {
+            eprintln!("starting a private {n}-node RabbitMQ cluster…");
+            let c = rabbit_once_testkit::Cluster::start(usize::from(n.max(1))).await?;
+            a.uri = c.uri(0);
+            Some(c)
+        }
+        None => None,
+    };
     for w in a
         .workloads
         .split(',')
