@@ -2,7 +2,8 @@
 //! quorum queues under node loss: (a) the leader killed with `kill -9` in the middle of a
 //! publish burst, (b) consumers following a leader change, (c) a minority node's app stopped
 //! while publishing through it, (d) the majority down, then back, (e) the idempotent consumer's
-//! retry and dead-letter path (quorum retry queues) across the loss of their leader.
+//! retry and dead-letter path (quorum retry queues) across the loss of their leader, (f) single
+//! active consumer across the loss of the active consumer's node.
 //!
 //! One `#[tokio::test]` runs every scenario in sequence on ONE cluster: three VMs take ~17 s
 //! to start and join on this 2-core machine, cargo runs a binary's tests in parallel, and a
@@ -19,11 +20,13 @@ mod app_stops;
 mod burst;
 mod consumers;
 mod retry;
+mod sac;
 
 use app_stops::{majority_down_then_back, minority_app_stopped_while_publishing};
 use burst::{Outcome, leader_killed_mid_burst};
 use consumers::{Applier, Recorder, consumers_follow_a_leader_change};
 use retry::retry_path_across_a_node_loss;
+use sac::single_active_consumer_across_a_failover;
 
 use rabbit_once::headers::{ATTEMPTS_HEADER, REASON_HEADER};
 use rabbit_once::{
@@ -89,6 +92,7 @@ async fn quorum_queues_on_a_three_node_cluster_lose_nothing_when_nodes_fail() {
     minority_app_stopped_while_publishing(&cluster).await;
     majority_down_then_back(&cluster).await;
     retry_path_across_a_node_loss(&cluster).await;
+    single_active_consumer_across_a_failover(&cluster).await;
 
     step(format_args!(
         "all scenarios done in {:?}",
