@@ -3,7 +3,8 @@
 //! publish burst, (b) consumers following a leader change, (c) a minority node's app stopped
 //! while publishing through it, (d) the majority down, then back, (e) the idempotent consumer's
 //! retry and dead-letter path (quorum retry queues) across the loss of their leader, (f) single
-//! active consumer across the loss of the active consumer's node.
+//! active consumer across the loss of the active consumer's node, (g) a client-side black hole
+//! to one node under a publisher.
 //!
 //! One `#[tokio::test]` runs every scenario in sequence on ONE cluster: three VMs take ~17 s
 //! to start and join on this 2-core machine, cargo runs a binary's tests in parallel, and a
@@ -17,12 +18,14 @@
 mod support;
 
 mod app_stops;
+mod blackhole;
 mod burst;
 mod consumers;
 mod retry;
 mod sac;
 
 use app_stops::{majority_down_then_back, minority_app_stopped_while_publishing};
+use blackhole::a_black_holed_node_does_not_hold_a_publisher;
 use burst::{Outcome, leader_killed_mid_burst};
 use consumers::{Applier, Recorder, consumers_follow_a_leader_change};
 use retry::retry_path_across_a_node_loss;
@@ -93,6 +96,7 @@ async fn quorum_queues_on_a_three_node_cluster_lose_nothing_when_nodes_fail() {
     majority_down_then_back(&cluster).await;
     retry_path_across_a_node_loss(&cluster).await;
     single_active_consumer_across_a_failover(&cluster).await;
+    a_black_holed_node_does_not_hold_a_publisher(&cluster).await;
 
     step(format_args!(
         "all scenarios done in {:?}",
