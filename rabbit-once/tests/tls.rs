@@ -340,7 +340,7 @@ async fn client_certificates_against_a_node_that_requires_them() {
 
 /// Certificate and key files that cannot be used fail the connection at once with an error
 /// naming the file, never quoting a key. No broker is needed: the files are read before the
-/// TLS handshake (the port only has to accept the TCP connection).
+/// TCP connection (a listener that only accepts, and a closed port).
 #[tokio::test]
 async fn unusable_certificate_files_are_named_in_a_config_error() {
     let pki = Pki::new();
@@ -389,6 +389,16 @@ async fn unusable_certificate_files_are_named_in_a_config_error() {
             ),
         ),
     ];
+    // Also when no broker answers: the files are read before connecting.
+    let closed = rabbit_once_testkit::free_port().unwrap();
+    let cases = cases.into_iter().chain([(
+        format!(
+            "amqps://localhost:{closed}/%2f?certfile={}&keyfile={}",
+            pki.path("client.pem"),
+            pki.path("absent.pem")
+        ),
+        format!("keyfile {missing:?}: No such file or directory"),
+    )]);
     for (uri, want) in cases {
         let err = connect_once(&uri, &unique("tls-files"))
             .await

@@ -23,15 +23,17 @@ use tokio_rustls::rustls::crypto::{
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore};
 
+/// TLS over `tcp` with `config` (from [`client_config`]), checking the server's name: the
+/// host, or `server_name_indication`.
 pub(crate) async fn wrap(
     tcp: TcpStream,
     endpoint: &Endpoint,
+    config: ClientConfig,
 ) -> Result<TlsStream<TcpStream>, Error> {
     let err = |reason: String| Error::Connect {
         endpoint: endpoint.to_string(),
         reason,
     };
-    let config = client_config(endpoint)?;
     let name = endpoint
         .server_name
         .clone()
@@ -116,7 +118,8 @@ fn read_file(endpoint: &Endpoint, key: &str, path: &str) -> Result<Vec<u8>, Erro
 }
 
 /// The rustls client configuration for this endpoint: roots, client certificate, verifier.
-fn client_config(endpoint: &Endpoint) -> Result<ClientConfig, Error> {
+/// Reads the files (at every connect, so a renewed certificate is picked up).
+pub(crate) fn client_config(endpoint: &Endpoint) -> Result<ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
