@@ -28,6 +28,57 @@ pub struct BrokerNode {
     home: Option<PathBuf>,
     /// Drop kills the VM at once instead of stopping it politely first.
     kill_on_drop: bool,
+    /// The port of the AMQPS listener of [`start_with_tls`](Self::start_with_tls), if any.
+    tls_port: Option<u16>,
+}
+
+/// An AMQPS listener for [`BrokerNode::start_with_tls`]: the node's certificate files (PEM)
+/// and how it checks clients.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// CA certificates the node trusts for client certificates (`ssl_options.cacertfile`).
+    pub cacertfile: PathBuf,
+    /// The node's certificate (`ssl_options.certfile`).
+    pub certfile: PathBuf,
+    /// The node's private key (`ssl_options.keyfile`).
+    pub keyfile: PathBuf,
+    /// `ssl_options.verify = verify_peer` and `fail_if_no_peer_cert = true`: every client must
+    /// present a certificate issued by `cacertfile`'s CA. Otherwise `verify_none`.
+    pub require_client_cert: bool,
+    /// Enables the `rabbitmq_auth_mechanism_ssl` plugin and offers EXTERNAL (after PLAIN and
+    /// AMQPLAIN), the user name taken from the client certificate's CN
+    /// (`ssl_cert_login_from = common_name`).
+    pub external_auth: bool,
+}
+
+impl TlsListener {
+    /// The `rabbitmq.conf` lines of this listener on `port`.
+    fn conf(&self, port: u16) -> String {
+        let verify = if self.require_client_cert {
+            "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n"
+        } else {
+            "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
+        };
+        let mut conf = format!(
+            "listeners.ssl.default = {port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             {verify}",
+            self.cacertfile.display(),
+            self.certfile.display(),
+            self.keyfile.display(),
+        );
+        if self.external_auth {
+            conf.push_str(
+                "auth_mechanisms.1 = PLAIN\n\
+                 auth_mechanisms.2 = AMQPLAIN\n\
+                 auth_mechanisms.3 = EXTERNAL\n\
+                 ssl_cert_login_from = common_name\n",
+            );
+        }
+        conf
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough between parallel tests).
@@ -62,6 +113,28 @@ impl BrokerNode {
         Ok(node)
     }
 
+    /// Like [`start`](Self::start), with an AMQPS listener as well (on its own free port,
+    /// [`tls_port`](Self::tls_port)); waits until both listeners accept connections.
+    pub async fn start_with_tls(tls: &TlsListener) -> io::Result<Self> {
+        let port = free_port()?;
+        let mut node = Self::unstarted(&tls.conf(port), None)?;
+        node.tls_port = Some(port);
+        if tls.external_auth {
+            std::fs::write(
+                node.dir.join("enabled_plugins"),
+                "[rabbitmq_auth_mechanism_ssl].\n",
+            )?;
+        }
+        node.boot().await?;
+        Ok(node)
+    }
+
+    /// The port of the AMQPS listener, for a node started with
+    /// [`start_with_tls`](Self::start_with_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
     /// A node ready to [`boot`](Self::boot) but not started: its name, free ports and data
     /// directory (with `conf` as its `rabbitmq.conf`) exist, its VM does not. `home`, if given,
     /// is the `HOME` of the node and of every `rabbitmqctl` call made for it — the nodes of a
@@ -91,6 +164,7 @@ impl BrokerNode {
             keep_dir: std::env::var_os("RONCE_KEEP_NODE_DIR").is_some(),
             home: home.map(Path::to_path_buf),
             kill_on_drop: false,
+            tls_port: None,
         })
     }
 
@@ -196,23 +270,27 @@ impl BrokerNode {
         }
     }
 
+    /// Waits until the AMQP port (and the AMQPS one, if any) accepts connections.
     async fn wait_port(&self, timeout: Duration) -> io::Result<()> {
         let end = Instant::now() + timeout;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
+        for port in std::iter::once(self.port).chain(self.tls_port) {
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > end {
+                    return Err(io::Error::other(format!(
+                        "node {} did not open port {port}",
+                        self.name
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Instant::now() > end {
-                return Err(io::Error::other(format!(
-                    "node {} did not open port {}",
-                    self.name, self.port
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     /// The AMQP port.

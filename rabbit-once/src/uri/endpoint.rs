@@ -24,6 +24,39 @@ pub struct Endpoint {
     pub(crate) ca_cert_file: Option<String>,
     /// `?server_name_indication=`: the TLS server name, when it differs from the host.
     pub(crate) server_name: Option<String>,
+    /// `?certfile=`: PEM file of the client certificate (chain) to present (amqps only, with
+    /// `keyfile`).
+    pub(crate) cert_file: Option<String>,
+    /// `?keyfile=`: PEM file of the client certificate's private key (amqps only, with
+    /// `certfile`).
+    pub(crate) key_file: Option<String>,
+    /// `?verify=`: whether the server's certificate is checked (`verify_peer`, the default).
+    pub(crate) verify: Verify,
+    /// `?auth_mechanism=`: how the client authenticates (`plain`, the default, or `external`).
+    pub(crate) auth_mechanism: AuthMechanism,
+}
+
+/// `?verify=`: whether the client checks the server's certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// `verify_peer`: the server's certificate must chain to a trusted CA and name the host
+    /// (or `server_name_indication`).
+    #[default]
+    Peer,
+    /// `verify_none`: any server certificate is accepted (the connection is encrypted but not
+    /// authenticated; for tests and private networks only).
+    None,
+}
+
+/// `?auth_mechanism=`: the SASL mechanism of `connection.start-ok`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum AuthMechanism {
+    /// `plain`: the URI's user name and password.
+    #[default]
+    Plain,
+    /// `external`: the broker takes the user name from the client certificate
+    /// (rabbitmq_auth_mechanism_ssl); the URI's password is not sent.
+    External,
 }
 
 impl Endpoint {
@@ -96,6 +129,16 @@ impl Endpoint {
             (
                 "server_name_indication",
                 self.server_name.as_deref().map(encode),
+            ),
+            ("certfile", self.cert_file.as_deref().map(encode)),
+            ("keyfile", self.key_file.as_deref().map(encode)),
+            (
+                "verify",
+                (self.verify == Verify::None).then(|| "verify_none".to_string()),
+            ),
+            (
+                "auth_mechanism",
+                (self.auth_mechanism == AuthMechanism::External).then(|| "external".to_string()),
             ),
         ];
         for (i, (key, value)) in query

@@ -11,3 +11,4 @@ mod parse;
 mod tests;
 
 pub use endpoint::Endpoint;
+pub(crate) use endpoint::{AuthMechanism, Verify};

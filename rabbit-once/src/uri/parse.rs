@@ -1,6 +1,7 @@
 //! [`Endpoint::parse`]: the URI cut into its parts, each part checked and decoded by a small function.
 
 use super::Endpoint;
+use super::endpoint::{AuthMechanism, Verify};
 use crate::error::Error;
 use std::time::Duration;
 
@@ -221,7 +222,17 @@ impl Endpoint {
     ///
     /// The vhost is percent-decoded (`%2f` is `/`); no path or an empty path means `/`.
     /// Query keys: `heartbeat` (s), `connection_timeout` (ms), `frame_max`, `channel_max`,
-    /// `cacertfile`, `server_name_indication`.
+    /// and for `amqps` the keys RabbitMQ's own clients use: `cacertfile` (PEM CA certificates
+    /// to trust instead of the system's), `server_name_indication` (the TLS server name when
+    /// it is not the host), `certfile` and `keyfile` (PEM client certificate and its key;
+    /// both or neither), `verify` (`verify_peer`, the default, or `verify_none`: any server
+    /// certificate accepted) and `auth_mechanism` (`plain`, the default, or `external`: the
+    /// broker takes the user name from the client certificate, and no password is sent).
+    ///
+    /// `certfile`, `keyfile` or `verify_none` on `amqp://`, one of `certfile` / `keyfile`
+    /// without the other, and `auth_mechanism=external` without a client certificate are
+    /// [`Error::Config`]. The files are read when connecting (so a renewed certificate is
+    /// picked up at the next reconnect).
     ///
     /// # User names and passwords with `/ ? # @`
     ///
@@ -265,6 +276,10 @@ impl Endpoint {
             channel_max: None,
             ca_cert_file: None,
             server_name: None,
+            cert_file: None,
+            key_file: None,
+            verify: Verify::Peer,
+            auth_mechanism: AuthMechanism::Plain,
         };
         for kv in parts
             .query
@@ -274,7 +289,33 @@ impl Endpoint {
         {
             ep.apply_query(kv)?;
         }
+        ep.check_tls_settings()?;
         Ok(ep)
+    }
+
+    /// The TLS and authentication keys must make sense together (whatever their order).
+    fn check_tls_settings(&self) -> Result<(), Error> {
+        let config = |what: &str| Err(Error::Config(format!("{self}: {what}")));
+        if !self.tls {
+            if self.cert_file.is_some() || self.key_file.is_some() {
+                return config("certfile and keyfile need amqps://");
+            }
+            if self.verify == Verify::None {
+                return config("verify=verify_none needs amqps://");
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return config("certfile without keyfile: give both"),
+            (None, Some(_)) => return config("keyfile without certfile: give both"),
+            _ => {}
+        }
+        if self.auth_mechanism == AuthMechanism::External && self.cert_file.is_none() {
+            return config(
+                "auth_mechanism=external needs amqps:// and a client certificate \
+                 (certfile and keyfile): the broker takes the user name from it",
+            );
+        }
+        Ok(())
     }
 
     /// One `key=value` of the query.
@@ -303,6 +344,32 @@ impl Endpoint {
             }
             "cacertfile" => self.ca_cert_file = Some(v),
             "server_name_indication" => self.server_name = Some(v),
+            "certfile" => self.cert_file = Some(v),
+            "keyfile" => self.key_file = Some(v),
+            "verify" => {
+                self.verify = match v.as_str() {
+                    "verify_peer" => Verify::Peer,
+                    "verify_none" => Verify::None,
+                    other => {
+                        return Err(bad(
+                            "verify",
+                            format!("{other:?} is not verify_peer or verify_none"),
+                        ));
+                    }
+                }
+            }
+            "auth_mechanism" => {
+                self.auth_mechanism = match v.to_ascii_lowercase().as_str() {
+                    "plain" => AuthMechanism::Plain,
+                    "external" => AuthMechanism::External,
+                    _ => {
+                        return Err(bad(
+                            "auth_mechanism",
+                            format!("{v:?} is not plain or external"),
+                        ));
+                    }
+                }
+            }
             other => return Err(bad("query", format!("unknown parameter {other:?}"))),
         }
         Ok(())

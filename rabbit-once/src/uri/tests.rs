@@ -1,6 +1,7 @@
 //! The parser's tests: parts, defaults, and errors that never quote a user name or password.
 
 use super::Endpoint;
+use super::endpoint::{AuthMechanism, Verify};
 use super::parse::{FIXED_REASONS, bad, decode};
 use crate::error::Error;
 use std::time::Duration;
@@ -417,9 +418,155 @@ fn random_endpoints_round_trip() {
         e.channel_max = rng.bool().then(|| rng.u16(..));
         e.ca_cert_file = rng.bool().then(|| text(&mut rng, 0));
         e.server_name = rng.bool().then(|| text(&mut rng, 0));
+        if tls {
+            e.verify = if rng.bool() {
+                Verify::None
+            } else {
+                Verify::Peer
+            };
+            if rng.bool() {
+                e.cert_file = Some(text(&mut rng, 0));
+                e.key_file = Some(text(&mut rng, 0));
+                if rng.bool() {
+                    e.auth_mechanism = AuthMechanism::External;
+                }
+            }
+        }
         let uri = e.to_uri();
         let again = Endpoint::parse(&uri).unwrap_or_else(|err| panic!("{e:?}: {err}"));
         assert_eq!(again, e);
         assert_eq!(again.password, e.password);
     }
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn client_certificate_keys() {
+    let e = Endpoint::parse(
+        "amqps://broker/%2f?cacertfile=/ca.pem&certfile=/etc/c%20c.pem&keyfile=/k.pem\
+         &verify=verify_peer&auth_mechanism=external",
+    )
+    .unwrap();
+    assert_eq!(e.ca_cert_file.as_deref(), Some("/ca.pem"));
+    assert_eq!(e.cert_file.as_deref(), Some("/etc/c c.pem"));
+    assert_eq!(e.key_file.as_deref(), Some("/k.pem"));
+    assert_eq!(e.verify, Verify::Peer);
+    assert_eq!(e.auth_mechanism, AuthMechanism::External);
+    // Keys in any order; `EXTERNAL` as RabbitMQ spells it works too.
+    let e = Endpoint::parse(
+        "amqps://h?auth_mechanism=EXTERNAL&keyfile=k&verify=verify_none&certfile=c",
+    )
+    .unwrap();
+    assert_eq!(
+        (e.verify, e.auth_mechanism, e.cert_file.as_deref()),
+        (Verify::None, AuthMechanism::External, Some("c"))
+    );
+    // The defaults: verify the server, log in with PLAIN, no client certificate.
+    let e = Endpoint::parse("amqps://h").unwrap();
+    assert_eq!(
+        (e.verify, e.auth_mechanism, e.cert_file, e.key_file),
+        (Verify::Peer, AuthMechanism::Plain, None, None)
+    );
+    let e = Endpoint::parse("amqps://h?auth_mechanism=plain&certfile=c&keyfile=k").unwrap();
+    assert_eq!(e.auth_mechanism, AuthMechanism::Plain);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn unknown_verify_or_auth_mechanism_is_a_parse_error() {
+    for (uri, part, quoted) in [
+        (
+            "amqps://u:Pw9x@h?verify=verify_always",
+            "verify",
+            "\"verify_always\"",
+        ),
+        ("amqps://u:Pw9x@h?verify=", "verify", "\"\""),
+        (
+            "amqps://u:Pw9x@h?auth_mechanism=amqplain",
+            "auth_mechanism",
+            "\"amqplain\"",
+        ),
+    ] {
+        match Endpoint::parse(uri) {
+            Err(e @ Error::InvalidUri { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    matches!(e, Error::InvalidUri { part: p, .. } if p == part),
+                    "{uri}: {text}"
+                );
+                assert!(text.contains(quoted), "{uri}: {text}");
+                assert!(!text.contains("Pw9x"), "{uri}: {text}");
+            }
+            other => panic!("{uri}: expected an InvalidUri error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn tls_settings_that_do_not_fit_together_are_config_errors() {
+    let mut cases = vec![
+        (
+            "amqp://u:Pw9x@h?certfile=c&keyfile=k",
+            "certfile and keyfile need amqps://",
+        ),
+        (
+            "amqp://u:Pw9x@h?verify=verify_none",
+            "verify=verify_none needs amqps://",
+        ),
+        (
+            "amqp://u:Pw9x@h?auth_mechanism=external",
+            "auth_mechanism=external needs amqps:// and a client certificate",
+        ),
+    ];
+    if cfg!(feature = "tls") {
+        cases.extend([
+            ("amqps://u:Pw9x@h?certfile=c", "certfile without keyfile"),
+            ("amqps://u:Pw9x@h?keyfile=k", "keyfile without certfile"),
+            (
+                "amqps://u:Pw9x@h?auth_mechanism=external",
+                "auth_mechanism=external needs amqps:// and a client certificate",
+            ),
+            (
+                "amqps://u:Pw9x@h?auth_mechanism=external&cacertfile=ca",
+                "auth_mechanism=external needs amqps:// and a client certificate",
+            ),
+        ]);
+    }
+    for (uri, want) in cases {
+        match Endpoint::parse(uri) {
+            Err(Error::Config(text)) => {
+                assert!(text.contains(want), "{uri}: {text}");
+                assert!(!text.contains("Pw9x"), "{uri}: {text}");
+            }
+            other => panic!("{uri}: expected a Config error, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn to_uri_round_trips_client_certificates() {
+    let e = round_trip(
+        "amqps://u:p@broker:5671/%2f?cacertfile=/ca.pem&certfile=/c%26d.pem&keyfile=/k%3D.pem\
+         &verify=verify_none&auth_mechanism=external",
+    );
+    let uri = e.to_uri();
+    assert!(
+        uri.ends_with(
+            "?cacertfile=%2fca.pem&certfile=%2fc%26d.pem&keyfile=%2fk%3d.pem\
+             &verify=verify_none&auth_mechanism=external"
+        ),
+        "{uri}"
+    );
+    // The defaults are left out: `verify_peer` and `plain` round-trip as no key at all.
+    let e = round_trip("amqps://h?verify=verify_peer&auth_mechanism=plain&certfile=c&keyfile=k");
+    assert!(
+        e.to_uri().ends_with("?certfile=c&keyfile=k"),
+        "{}",
+        e.to_uri()
+    );
+    // Display and Debug still leave the password out.
+    let e = Endpoint::parse("amqps://alice:Zq9xK2pw@h?certfile=c&keyfile=k").unwrap();
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains("Zq9xK2pw"), "{shown}");
 }

@@ -1,4 +1,4 @@
-//! The handshake: protocol header, `connection.start` / `start-ok` (PLAIN), `tune` /
+//! The handshake: protocol header, `connection.start` / `start-ok` (PLAIN or EXTERNAL), `tune` /
 //! `tune-ok`, `open` / `open-ok`. What goes wrong here decides what is fatal: see
 //! `Error::is_recoverable` and the fault table in `docs/guarantees.md`.
 
@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::transport::frame::{self, FRAME_MIN_SIZE, PROTOCOL_HEADER, parse_frame, put_method};
 use crate::transport::method::Method;
 use crate::transport::table::FieldTable;
-use crate::uri::Endpoint;
+use crate::uri::{AuthMechanism, Endpoint};
 use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,6 +47,11 @@ pub(super) async fn read_method<S: AsyncRead + Unpin>(
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) => {
+                // TLS 1.3: the broker's refusal of our client certificate arrives here.
+                #[cfg(feature = "tls")]
+                if let Some(refused) = crate::transport::tls::refusal(endpoint, &e) {
+                    return Err(refused);
+                }
                 return Err(Error::Connect {
                     endpoint: endpoint.to_string(),
                     reason: format!("{e} ({stage})"),
@@ -109,7 +114,7 @@ fn closed_early(endpoint: &Endpoint, stage: &str) -> Error {
     )
 }
 
-/// `connection.start` in, `start-ok` (PLAIN) out; returns the server's properties.
+/// `connection.start` in, `start-ok` (PLAIN or EXTERNAL) out; returns the server's properties.
 async fn start<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
@@ -127,24 +132,33 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         } => (server_properties, mechanisms),
         other => return Err(unexpected("connection.start", &other)),
     };
-    if !mechanisms.split_whitespace().any(|m| m == "PLAIN") {
+    let (mechanism, response) = match endpoint.auth_mechanism {
+        AuthMechanism::Plain => ("PLAIN", plain_response(endpoint)),
+        // The broker reads the user name from the client certificate; nothing to send.
+        AuthMechanism::External => ("EXTERNAL", Vec::new()),
+    };
+    if !mechanisms.split_whitespace().any(|m| m == mechanism) {
+        let hint = match endpoint.auth_mechanism {
+            AuthMechanism::Plain => "",
+            AuthMechanism::External => {
+                "; EXTERNAL needs the rabbitmq_auth_mechanism_ssl plugin and \
+                 auth_mechanisms.N = EXTERNAL in rabbitmq.conf"
+            }
+        };
         return Err(Error::Connect {
             endpoint: endpoint.to_string(),
-            reason: format!("the broker offers no PLAIN authentication (it offers {mechanisms:?})"),
+            reason: format!(
+                "the broker offers no {mechanism} authentication (it offers {mechanisms:?}){hint}"
+            ),
         });
     }
-    let mut response = Vec::with_capacity(2 + endpoint.user.len() + endpoint.password.len());
-    response.push(0);
-    response.extend_from_slice(endpoint.user.as_bytes());
-    response.push(0);
-    response.extend_from_slice(endpoint.password.as_bytes());
     let mut out = BytesMut::new();
     put_method(
         &mut out,
         0,
         &Method::ConnectionStartOk {
             client_properties: client_properties(&params.name),
-            mechanism: "PLAIN".into(),
+            mechanism: mechanism.into(),
             response,
             locale: "en_US".into(),
         },
@@ -153,6 +167,16 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| connect_error(endpoint, e.to_string()))?;
     Ok(server_properties)
+}
+
+/// PLAIN's response: `\0user\0password`.
+fn plain_response(endpoint: &Endpoint) -> Vec<u8> {
+    let mut response = Vec::with_capacity(2 + endpoint.user.len() + endpoint.password.len());
+    response.push(0);
+    response.extend_from_slice(endpoint.user.as_bytes());
+    response.push(0);
+    response.extend_from_slice(endpoint.password.as_bytes());
+    response
 }
 
 /// The limits both sides agreed on (`heartbeat` in seconds, 0 = off).
@@ -172,7 +196,10 @@ async fn tune<S: AsyncRead + Unpin>(
 ) -> Result<Tuned, Error> {
     let auth_failed = |reason: String| Error::AuthenticationFailed {
         endpoint: endpoint.to_string(),
-        user: endpoint.user.clone(),
+        user: match endpoint.auth_mechanism {
+            AuthMechanism::Plain => endpoint.user.clone(),
+            AuthMechanism::External => "(the client certificate's, EXTERNAL)".into(),
+        },
         reason,
     };
     // We advertise `authentication_failure_close`, so a broker that has that capability too

@@ -91,6 +91,13 @@ impl Link {
             endpoint: endpoint.to_string(),
             reason,
         };
+        // Certificate and key files are read before connecting: a file that cannot be used
+        // is a configuration error whether or not a broker answers.
+        #[cfg(feature = "tls")]
+        let tls_config = match endpoint.tls {
+            true => Some(super::tls::client_config(endpoint)?),
+            false => None,
+        };
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| connect_err(e.to_string()))?;
@@ -99,7 +106,9 @@ impl Link {
         if endpoint.tls {
             #[cfg(feature = "tls")]
             {
-                let mut tls = super::tls::wrap(tcp, endpoint).await?;
+                let config =
+                    tls_config.ok_or_else(|| connect_err("no TLS configuration".into()))?;
+                let mut tls = super::tls::wrap(tcp, endpoint, config).await?;
                 let hs = handshake(&mut tls, endpoint, params).await?;
                 let (r, w) = tokio::io::split(tls);
                 return Ok(Self::start(endpoint, params, hs, Box::new(r), Box::new(w)));
