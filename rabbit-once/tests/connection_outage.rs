@@ -65,15 +65,6 @@ fn with_captured_logs<F: Future<Output = ()>>(f: impl FnOnce() -> F) -> Captured
     captured
 }
 
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Fast, even retries: many attempts in little time.
 fn fast(uri: &str) -> ConnectionConfig {
     ConnectionConfig::new(uri)

@@ -17,13 +17,13 @@ use support::*;
 
 const GUARD: Duration = Duration::from_secs(30);
 
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Publishes `n` messages to `q` through `via`, waits until `consumer` applied them all, closes
+/// it and deletes its queues (through `via`).
+async fn applies(consumer: Consumer, via: &Connection, q: &str, n: u64) {
+    publish(via, q, ids(0..n, q)).await;
+    wait_for(&consumer, &format!("{n} applied"), |s| s.applied == n).await;
+    consumer.close(Duration::from_secs(5)).await;
+    cleanup(via, q).await;
 }
 
 /// Fast, even retries.
@@ -81,10 +81,7 @@ async fn a_consumer_on_a_queue_its_connection_declares_starts() {
     let consumer = Consumer::start(&conn, store, Ledger::default(), config(&q))
         .await
         .unwrap();
-    publish(&conn, &q, ids(0..3, &q)).await;
-    wait_for(&consumer, "3 applied", |s| s.applied == 3).await;
-    consumer.close(Duration::from_secs(5)).await;
-    cleanup(&conn, &q).await;
+    applies(consumer, &conn, &q, 3).await;
     conn.close().await;
 }
 
@@ -101,10 +98,7 @@ async fn a_quorum_consumer_declares_its_own_queue_and_starts() {
     )
     .await
     .unwrap();
-    publish(&conn, &q, ids(0..2, &q)).await;
-    wait_for(&consumer, "2 applied", |s| s.applied == 2).await;
-    consumer.close(Duration::from_secs(5)).await;
-    cleanup(&conn, &q).await;
+    applies(consumer, &conn, &q, 2).await;
     conn.close().await;
 }
 
@@ -123,10 +117,7 @@ async fn a_consumer_on_a_queue_another_client_declared_starts() {
     let consumer = Consumer::start(&conn, store, Ledger::default(), config(&q))
         .await
         .unwrap();
-    publish(&conn, &q, ids(0..3, &q)).await;
-    wait_for(&consumer, "3 applied", |s| s.applied == 3).await;
-    consumer.close(Duration::from_secs(5)).await;
-    cleanup(&conn, &q).await;
+    applies(consumer, &conn, &q, 3).await;
     conn.close().await;
 }
 
@@ -186,10 +177,7 @@ async fn started_with_no_broker_reachable_a_consumer_waits_for_its_missing_queue
         .declare(&Topology::new().queue(Queue::new(&q)))
         .await
         .unwrap();
-    publish(&other, &q, ids(0..3, &q)).await;
-    wait_for(&consumer, "3 applied", |s| s.applied == 3).await;
-    consumer.close(Duration::from_secs(5)).await;
-    cleanup(&other, &q).await;
+    applies(consumer, &other, &q, 3).await;
     other.close().await;
     conn.close().await;
 }
