@@ -90,15 +90,24 @@ where
     for<'r> bool: Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
+    if filter.strict && filter.retry_due.is_none() && !filter.all {
+        let (sql, binds) = strict_read::<DB>(filter);
+        let mut q = sqlx::query::<DB>(&sql);
+        for b in binds {
+            q = q.bind(b.unwrap_or(limit));
+        }
+        let rows = q
+            .fetch_all(db)
+            .await
+            .map_err(|e| Error::Store(std::sync::Arc::new(e)))?;
+        return rows.into_iter().map(pending_row).collect();
+    }
     let mut n = 0;
     let mut next = || {
         n += 1;
         DB::param(n)
     };
-    let mut sql = format!(
-        "SELECT o.id, o.ordering_key, o.exchange, o.routing_key, o.mandatory, o.properties, \
-         o.body, o.attempts, o.last_error FROM {OUTBOX_TABLE} o WHERE "
-    );
+    let mut sql = format!("SELECT {COLUMNS} FROM {OUTBOX_TABLE} o WHERE ");
     // The held-key test is a plain `NOT EXISTS` (a keyless row matches no held row: `NULL = x`
     // is never true), so PostgreSQL plans it as an anti-join on the small partial index of held
     // rows. Written as `ordering_key IS NULL OR NOT EXISTS …` it became a per-row subplan whose
@@ -113,23 +122,17 @@ where
             next()
         );
     } else {
-        // Strict: only the rows *after* a held row of their key wait; a row before it (one that
-        // committed late, or left by a pipelined run) goes first, and the held row's retry
-        // waits for it (the clause below). Holding the whole key there would block it for good.
-        let before = if filter.strict {
-            " AND h.id < o.id"
-        } else {
-            ""
-        };
+        // (Strict key order reads apart, `strict_read`: there only the rows *after* a held row
+        // of their key wait, so a row before it goes first — holding the whole key would
+        // block it for good — and the held row's retry waits for it.)
         sql += &format!(
             "o.retry_at IS NULL AND NOT EXISTS \
              (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
-             AND h.retry_at IS NOT NULL{before})"
+             AND h.retry_at IS NOT NULL)"
         );
     }
-    // Strict key order: a keyed row only if no row of its key before it is left in the table
-    // but the confirmed ones (`done`) — none in flight, none not taken yet. (A held row holds
-    // back the rows after it already, above.)
+    // Strict key order's retry read: a held row only if no row of its key before it is left
+    // in the table but the confirmed ones (`done`) — none in flight, none not taken yet.
     let done = padded(filter.done);
     if filter.strict {
         sql += &format!(
@@ -163,25 +166,85 @@ where
         .fetch_all(db)
         .await
         .map_err(|e| Error::Store(std::sync::Arc::new(e)))?;
-    rows.into_iter()
-        .map(|r| {
-            let get = |e: sqlx::Error| Error::Store(std::sync::Arc::new(e));
-            let properties: Vec<u8> = r.try_get("properties").map_err(get)?;
-            Ok(PendingRow {
-                id: r.try_get("id").map_err(get)?,
-                ordering_key: r.try_get("ordering_key").map_err(get)?,
-                message: PendingRow::message(
-                    r.try_get("exchange").map_err(get)?,
-                    r.try_get("routing_key").map_err(get)?,
-                    r.try_get("mandatory").map_err(get)?,
-                    &properties,
-                    r.try_get("body").map_err(get)?,
-                )?,
-                attempts: r.try_get("attempts").map_err(get)?,
-                last_error: r.try_get("last_error").map_err(get)?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(pending_row).collect()
+}
+
+/// The columns a read returns (of the outbox table as `o`).
+const COLUMNS: &str = "o.id, o.ordering_key, o.exchange, o.routing_key, o.mandatory, \
+                       o.properties, o.body, o.attempts, o.last_error";
+
+/// Strict key order's normal read, as SQL and its binds in order (`None`: the limit): the
+/// keyless rows in id order, and of each key only its *head* — its lowest row neither held nor
+/// confirmed (`done`) — if that head is not in flight (`skip`) and no held row of its key comes
+/// before it. Driven from the heads (one pass over the partial index of keyed rows not held,
+/// grouped by key, then a lookup by id each), not by probing the key of every pending row: with
+/// few keys, all in flight, that probe walked the whole backlog at every read.
+fn strict_read<DB: Dialect>(filter: &Filter<'_>) -> (String, Vec<Option<i64>>) {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        DB::param(n)
+    };
+    let (skip, done) = (padded(filter.skip), padded(filter.done));
+    let mut binds: Vec<Option<i64>> = Vec::new();
+    let mut sql = format!(
+        "SELECT * FROM (SELECT {COLUMNS} FROM {OUTBOX_TABLE} o \
+         WHERE o.ordering_key IS NULL AND o.retry_at IS NULL"
+    );
+    for &(low, high) in &skip {
+        sql += &format!(" AND o.id NOT BETWEEN {} AND {}", next(), next());
+        binds.extend([Some(low), Some(high)]);
+    }
+    sql += &format!(" ORDER BY o.id LIMIT {}) k", next());
+    binds.push(None);
+    sql += &format!(
+        " UNION ALL SELECT {COLUMNS} FROM (SELECT MIN(e.id) AS id FROM {OUTBOX_TABLE} e \
+         WHERE e.ordering_key IS NOT NULL AND e.retry_at IS NULL"
+    );
+    for &(low, high) in &done {
+        sql += &format!(" AND e.id NOT BETWEEN {} AND {}", next(), next());
+        binds.extend([Some(low), Some(high)]);
+    }
+    sql += &format!(
+        " GROUP BY e.ordering_key) heads JOIN {OUTBOX_TABLE} o ON o.id = heads.id \
+         WHERE NOT EXISTS (SELECT 1 FROM {OUTBOX_TABLE} h WHERE h.ordering_key = o.ordering_key \
+         AND h.retry_at IS NOT NULL AND h.id < o.id)"
+    );
+    for &(low, high) in &skip {
+        sql += &format!(" AND o.id NOT BETWEEN {} AND {}", next(), next());
+        binds.extend([Some(low), Some(high)]);
+    }
+    sql += &format!(" ORDER BY 1 LIMIT {}", next());
+    binds.push(None);
+    (sql, binds)
+}
+
+/// A row of a read.
+fn pending_row<R>(r: R) -> Result<PendingRow, Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get = |e: sqlx::Error| Error::Store(std::sync::Arc::new(e));
+    let properties: Vec<u8> = r.try_get("properties").map_err(get)?;
+    Ok(PendingRow {
+        id: r.try_get("id").map_err(get)?,
+        ordering_key: r.try_get("ordering_key").map_err(get)?,
+        message: PendingRow::message(
+            r.try_get("exchange").map_err(get)?,
+            r.try_get("routing_key").map_err(get)?,
+            r.try_get("mandatory").map_err(get)?,
+            &properties,
+            r.try_get("body").map_err(get)?,
+        )?,
+        attempts: r.try_get("attempts").map_err(get)?,
+        last_error: r.try_get("last_error").map_err(get)?,
+    })
 }
 
 /// Which rows a read is for.
