@@ -140,6 +140,14 @@ impl Pass {
         if self.state != State::Reading {
             return Ok(());
         }
+        if self.ready().await? == 0 {
+            self.state = State::Checked;
+        }
+        Ok(())
+    }
+
+    /// How many messages the queue holds ready (a passive `queue.declare`).
+    async fn ready(&mut self) -> Result<u32, Error> {
         let (_, ready, _) = self
             .ch
             .queue_declare(
@@ -148,10 +156,7 @@ impl Pass {
                 Default::default(),
             )
             .await?;
-        if ready == 0 {
-            self.state = State::Checked;
-        }
-        Ok(())
+        Ok(ready)
     }
 
     /// Removes a message from the queue (`basic.ack`; the broker has processed it once
@@ -203,15 +208,8 @@ impl Pass {
         }
         let until = tokio::time::Instant::now() + SETTLE;
         loop {
-            let (_, ready, _) = self
-                .ch
-                .queue_declare(
-                    &self.queue,
-                    crate::transport::QueueFlags::PASSIVE,
-                    Default::default(),
-                )
-                .await?;
-            if u64::from(ready) >= given_back || tokio::time::Instant::now() >= until {
+            if u64::from(self.ready().await?) >= given_back || tokio::time::Instant::now() >= until
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
