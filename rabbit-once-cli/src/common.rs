@@ -43,6 +43,61 @@ impl Conn {
     }
 }
 
+/// The Prometheus endpoint of a long-running command (`consume`, `publish`, `relay`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Metrics {
+    /// Serve Prometheus metrics (docs/metrics.md) over HTTP on this address, e.g.
+    /// 127.0.0.1:9464 (any path answers with the metrics). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: keep serving this many seconds after the work is done, so a
+    /// scraper sees the final counters (Ctrl-C or SIGTERM ends the wait).
+    #[arg(long, value_name = "SECS", requires = "metrics_addr")]
+    pub metrics_linger: Option<u64>,
+}
+
+impl Metrics {
+    /// Installs the Prometheus recorder and starts its HTTP listener, if `--metrics-addr` was
+    /// given. Call it first thing: connections, publishers and consumers resolve their metric
+    /// handles when they start. A port that cannot be bound is a usage error (exit 2).
+    pub fn start(&self) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics_addr else {
+            return Ok(());
+        };
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        const SECONDS: &[f64] = &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        const SIZES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+        let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+        for name in rabbit_once::metrics::SECONDS_HISTOGRAMS {
+            builder = builder.set_buckets_for_metric(Matcher::Full((*name).into()), SECONDS)?;
+        }
+        builder = builder.set_buckets_for_metric(
+            Matcher::Full(rabbit_once::metrics::CONSUMER_BATCH_SIZE.into()),
+            SIZES,
+        )?;
+        builder.install().map_err(|e| {
+            crate::exit::usage(format!(
+                "cannot serve metrics on {addr} (--metrics-addr): {e}"
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Keeps the endpoint up for `--metrics-linger` seconds (if given), or until Ctrl-C or
+    /// SIGTERM.
+    pub async fn linger(&self) {
+        if let (Some(_), Some(secs)) = (self.metrics_addr, self.metrics_linger) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                _ = stop_signal() => {}
+            }
+        }
+    }
+}
+
 /// Starts a connection with `config` and waits for its first session, at most `--connect-wait`
 /// seconds. From the first failed attempt on it says on stderr what it is waiting for (the
 /// endpoint, never a password). Exit status 3 for what ends the wait.

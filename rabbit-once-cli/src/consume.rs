@@ -17,6 +17,9 @@ pub struct Args {
     /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
+    /// The Prometheus endpoint.
+    #[command(flatten)]
+    pub metrics: crate::common::Metrics,
     /// Queue to consume (declared durable if missing).
     #[arg(long)]
     pub queue: String,
@@ -92,8 +95,17 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Consumes until idle, a count, or Ctrl-C, and prints the summary.
+/// Consumes until idle, a count, or Ctrl-C, and prints the summary; with `--metrics-addr`,
+/// serves the metrics meanwhile (and `--metrics-linger` seconds after).
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let metrics = a.metrics.clone();
+    metrics.start()?;
+    let result = consume_and_report(a).await;
+    metrics.linger().await;
+    result
+}
+
+async fn consume_and_report(a: Args) -> anyhow::Result<ExitCode> {
     let db = Db::open(&a.store, a.schema.clone()).await?;
     db.prepare().await.with_context(|| {
         format!(

@@ -10,7 +10,8 @@
 //!
 //! Every public item is at the crate root (`rabbit_once::Publisher`, …): the modules are private,
 //! so each type has one path. The exceptions are [`headers`] (the header names the consumer
-//! writes on retried and dead-lettered copies) and [`sqlx`] (the version this crate builds on).
+//! writes on retried and dead-lettered copies), [`metrics`] (the metric names) and [`sqlx`] (the
+//! version this crate builds on).
 //!
 //! ## Layout
 //! - `error.rs`: the one [`Error`] type;  `uri/`: `amqp://` parsing ([`Endpoint`]);
@@ -24,6 +25,8 @@
 //! - `consumer/`: subscriptions with manual acks across reconnects; the idempotent consumer.
 //! - `dedup/`: the dedup [`Store`] trait, SQLite and PostgreSQL backends.
 //! - `dlq/`: [`DeadLetters`] — list, replay and purge a consumer's dead-letter queue.
+//! - `metrics.rs`: the names of the [`metrics`] reported through the `metrics` facade
+//!   (feature `metrics`, on by default; `docs/metrics.md`).
 //!
 //! `docs/architecture.md` has the data flow and the conventions (naming, errors, where a new
 //! feature goes).
@@ -59,6 +62,7 @@ mod dlq;
 mod error;
 mod event;
 mod message;
+pub mod metrics;
 #[cfg(feature = "dedup")]
 mod outbox;
 mod publisher;

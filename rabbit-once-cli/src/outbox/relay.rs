@@ -17,6 +17,9 @@ pub struct Args {
     /// The outbox to relay.
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    /// The Prometheus endpoint.
+    #[command(flatten)]
+    pub metrics: crate::common::Metrics,
     /// Exit once no row is left to publish: 0 when the outbox is empty, 1 when only rows the
     /// broker refused (and rows of their keys behind them) remain, or rows are parked (listed).
     #[arg(long)]
@@ -41,8 +44,17 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Runs the relay until told to stop (or, with `--until-empty`, until nothing is left).
+/// Runs the relay until told to stop (or, with `--until-empty`, until nothing is left); with
+/// `--metrics-addr`, serves the metrics meanwhile (and `--metrics-linger` seconds after).
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let metrics = a.metrics.clone();
+    metrics.start()?;
+    let result = relay(a).await;
+    metrics.linger().await;
+    result
+}
+
+async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     let db = OutboxDb::open(&a.outbox).await?;
     let conn = crate::common::connect(
         &a.conn,

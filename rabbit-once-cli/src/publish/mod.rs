@@ -20,6 +20,9 @@ pub struct Args {
     /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
+    /// The Prometheus endpoint.
+    #[command(flatten)]
+    pub metrics: crate::common::Metrics,
     /// Queue to publish to (declared durable). With --from: the default routing key, and
     /// optional when --exchange or --routing-key is given.
     #[arg(long, required_unless_present_any = ["from", "exchange", "routing_key"])]
@@ -165,8 +168,17 @@ pub struct Summary {
 }
 
 /// Publishes the messages, waits for their confirms, and prints the summary; success only if
-/// every message was confirmed.
+/// every message was confirmed. With `--metrics-addr`, serves the metrics meanwhile (and
+/// `--metrics-linger` seconds after).
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let metrics = a.metrics.clone();
+    metrics.start()?;
+    let result = publish(a).await;
+    metrics.linger().await;
+    result
+}
+
+async fn publish(a: Args) -> anyhow::Result<ExitCode> {
     if a.queue.is_none() && a.from.is_none() {
         return Err(crate::exit::usage(
             "numbered messages go to --queue: give it (or --from FILE)",

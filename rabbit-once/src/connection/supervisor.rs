@@ -8,13 +8,14 @@ use super::state::{ConnectionState, Session};
 use crate::config::ConnectionConfig;
 use crate::error::Error;
 use crate::event::Event;
+use crate::metrics::{self, ByReason, Gauge, Histogram, Labels};
 use crate::shutdown::stopped;
 use crate::topology;
 use crate::transport::{self, ConnectParams};
 use crate::uri::Endpoint;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that lived this long resets the backoff.
@@ -29,6 +30,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut epoch: u64 = 0;
     let mut next = 0usize;
     let mut outage = Outage::default();
+    let meters = Meters::new(&cfg.name);
     let outcome: Option<Error> = loop {
         if *shutdown.borrow() {
             break None;
@@ -58,13 +60,16 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     );
                 }
                 announce(&inner, ep, &link, epoch);
-                let lost = watch_session(&inner, &link, &mut shutdown).await;
+                meters.up.set(1.0);
+                let lost = watch_session(&inner, &link, &mut shutdown, &meters).await;
+                meters.up.set(0.0);
                 inner.session.send_replace(None);
                 let Some(reason) = lost else {
                     link.close(CLOSE_TIMEOUT).await;
                     break None;
                 };
                 tracing::warn!(epoch, %reason, "session lost");
+                meters.reconnects.add(metrics::reason(&reason), 1);
                 inner.state.send_replace(ConnectionState::Disconnected {
                     epoch,
                     reason: reason.clone(),
@@ -83,6 +88,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
             Err(e) if !e.is_recoverable() => {
                 tracing::error!(endpoint = %ep, error = %e, "fatal connection error; not retrying");
+                meters.connect_failures.add(metrics::reason(&e), 1);
                 let _ = inner.events.send(Event::ConnectFailed {
                     endpoint: ep.to_string(),
                     attempt: failures + 1,
@@ -93,6 +99,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             Err(e) => {
                 failures += 1;
                 tracing::debug!(endpoint = %ep, attempt = failures, error = %e, "connect failed");
+                meters.connect_failures.add(metrics::reason(&e), 1);
                 // Warned at once, then at a bounded rate; the endpoint shows no password.
                 if let Some(w) = outage.failed(std::time::Instant::now()) {
                     tracing::warn!(
@@ -136,6 +143,49 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         None => {
             inner.state.send_replace(ConnectionState::Closed);
+        }
+    }
+}
+
+/// The connection's metrics (`docs/metrics.md`), labelled with its name.
+struct Meters {
+    up: Gauge,
+    reconnects: ByReason,
+    connect_failures: ByReason,
+    blocked: Gauge,
+    blocked_seconds: Histogram,
+}
+
+impl Meters {
+    fn new(name: &str) -> Self {
+        let l: Labels<'_> = &[("connection", name)];
+        let up = metrics::gauge(metrics::CONNECTION_UP, l);
+        up.set(0.0);
+        let blocked = metrics::gauge(metrics::CONNECTION_BLOCKED, l);
+        blocked.set(0.0);
+        Meters {
+            up,
+            reconnects: ByReason::new(metrics::CONNECTION_RECONNECTS, l),
+            connect_failures: ByReason::new(metrics::CONNECTION_CONNECT_FAILURES, l),
+            blocked,
+            blocked_seconds: metrics::histogram(metrics::CONNECTION_BLOCKED_SECONDS, l),
+        }
+    }
+
+    /// Records whether the broker blocks publishing now; `since` is when the current blocked
+    /// spell began, if one is on.
+    fn blocked(&self, since: &mut Option<Instant>, now_blocked: bool) {
+        match (since.is_some(), now_blocked) {
+            (false, true) => {
+                *since = Some(Instant::now());
+                self.blocked.set(1.0);
+            }
+            (true, false) => {
+                let t = since.take().expect("checked");
+                self.blocked_seconds.record(t.elapsed().as_secs_f64());
+                self.blocked.set(0.0);
+            }
+            _ => {}
         }
     }
 }
@@ -227,24 +277,31 @@ async fn watch_session(
     inner: &Inner,
     link: &transport::Link,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    meters: &Meters,
 ) -> Option<Error> {
     let mut blocked = link.blocked();
-    loop {
+    let mut since = None;
+    let ended = loop {
         tokio::select! {
-            reason = link.closed() => return Some(reason),
-            _ = stopped(shutdown) => return None,
+            reason = link.closed() => break Some(reason),
+            _ = stopped(shutdown) => break None,
             changed = blocked.changed() => {
                 if changed.is_err() {
-                    return Some(link.closed().await);
+                    break Some(link.closed().await);
                 }
-                let ev = match blocked.borrow_and_update().clone() {
+                let now = blocked.borrow_and_update().clone();
+                meters.blocked(&mut since, now.is_some());
+                let ev = match now {
                     Some(reason) => Event::Blocked { reason },
                     None => Event::Unblocked,
                 };
                 let _ = inner.events.send(ev);
             }
         }
-    }
+    };
+    // A session that ends blocked ends its blocked spell.
+    meters.blocked(&mut since, false);
+    ended
 }
 
 /// Sleeps; `true` if shutdown was asked for meanwhile.

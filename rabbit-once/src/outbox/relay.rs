@@ -20,6 +20,7 @@ use super::config::{RelayConfig, RelayCounters, RelayStats};
 use super::store::Filter;
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::metrics::RelayMeters;
 use crate::publisher::Publisher;
 use crate::shutdown::stopped;
 use std::sync::Arc;
@@ -75,7 +76,11 @@ impl Relay {
         config: RelayConfig,
     ) -> Result<Relay, Error> {
         let backend = outbox;
-        let publisher = Publisher::new(conn, config.publisher.clone())?;
+        let mut publisher_config = config.publisher.clone();
+        if publisher_config.name == "default" {
+            publisher_config = publisher_config.name("outbox");
+        }
+        let publisher = Publisher::new(conn, publisher_config)?;
         let counters = Arc::new(RelayCounters::default());
         let close_timeout = Arc::new(AtomicU64::new(5_000));
         let (stop, stop_rx) = watch::channel(false);
@@ -85,6 +90,7 @@ impl Relay {
                 publisher,
                 config,
                 counters: counters.clone(),
+                meters: RelayMeters::new(&conn.config().name),
                 conn: conn.clone(),
                 close_timeout: close_timeout.clone(),
                 flying: std::collections::VecDeque::new(),
@@ -136,6 +142,8 @@ struct Worker<B> {
     publisher: Publisher,
     config: RelayConfig,
     counters: Arc<RelayCounters>,
+    /// The same counts as metrics (`docs/metrics.md`), and the relay's gauges.
+    meters: RelayMeters,
     conn: Connection,
     /// How long a clean stop waits for the confirms in hand (ms), set by `close`.
     close_timeout: Arc<AtomicU64>,
@@ -367,6 +375,7 @@ impl<B: Backend> Worker<B> {
                     done: &done,
                 };
                 let rows = self.backend.pending(self.fit(room), &filter).await?;
+                self.meters.read_rows.set(rows.len() as f64);
                 progress += self.launch(rows).await?;
             }
             let room = self.fit(self.config.batch - self.flying.len() as i64);
@@ -381,10 +390,13 @@ impl<B: Backend> Worker<B> {
                 };
                 let rows = self.backend.pending(room, &filter).await?;
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                self.meters.reads.increment(1);
+                self.meters.read_rows.set(rows.len() as f64);
                 progress += self.launch(rows).await?;
             }
         }
         progress += self.settle(false).await?;
+        self.meters.in_flight.set(self.flying.len() as f64);
         if progress > 0 {
             self.last_moved = Instant::now();
         }
@@ -469,11 +481,13 @@ impl<B: Backend> Worker<B> {
         let task = tokio::spawn({
             let (backend, counters) = (self.backend.clone(), self.counters.clone());
             let (ids, deleted) = (ids.clone(), self.deleted.clone());
+            let relayed = self.meters.relayed.clone();
             async move {
                 let done = backend.remove(&ids).await.map(|_| {
                     counters
                         .relayed
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    relayed.increment(ids.len() as u64);
                 });
                 deleted.notify_one();
                 done
@@ -592,6 +606,7 @@ impl<B: Backend> Worker<B> {
     /// `park_after` times, parked (moved out of the outbox, freeing its key).
     async fn failed(&mut self, f: Failure<'_>, error: &Error) -> Result<(), Error> {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        self.meters.failed.increment(1);
         let reason = error.to_string();
         let attempts = f.attempts.saturating_add(1);
         let park_after = i64::from(self.config.park_after);
@@ -599,6 +614,7 @@ impl<B: Backend> Worker<B> {
             tracing::error!(row = f.id, message_id = f.message_id, attempts, %error, "outbox relay: the broker refused a row again and again; parked for an operator (requeue or discard)");
             self.backend.park(f.id, &reason).await?;
             self.counters.parked.fetch_add(1, Ordering::Relaxed);
+            self.meters.parked.increment(1);
             self.conn.emit(crate::event::Event::OutboxRowParked {
                 message_id: f.message_id.to_owned(),
                 ordering_key: f.key,

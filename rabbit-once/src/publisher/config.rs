@@ -13,6 +13,7 @@ pub struct PublisherConfig {
     pub(crate) max_message_size: usize,
     pub(crate) nack_retries: u32,
     pub(crate) nack_backoff: Backoff,
+    pub(crate) name: String,
 }
 
 impl Default for PublisherConfig {
@@ -24,6 +25,7 @@ impl Default for PublisherConfig {
             max_message_size: 128 << 20,
             nack_retries: 5,
             nack_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5),
+            name: "default".into(),
         }
     }
 }
@@ -64,6 +66,15 @@ impl PublisherConfig {
     /// doubling up to `max`, with jitter. Default 100 ms doubling to 5 s, jitter 0.5.
     pub fn nack_backoff(mut self, b: Backoff) -> Self {
         self.nack_backoff = b;
+        self
+    }
+
+    /// The `publisher` label of this publisher's metrics (`docs/metrics.md`), so several
+    /// publishers on one connection can be told apart. Keep it to a fixed word per role (never
+    /// anything per message). Default `default`; a consumer's publisher of retry and
+    /// dead-letter copies is `copies`, an outbox relay's `outbox`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 

@@ -65,6 +65,7 @@ impl Publisher {
     pub fn new(conn: &Connection, config: PublisherConfig) -> Result<Self, Error> {
         config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let counters = PublisherCounters::new(&conn.config().name, &config.name);
         let shared = Arc::new(PublisherShared {
             count: Semaphore::new(config.max_buffered),
             bytes: Semaphore::new(config.max_buffered_bytes),
@@ -72,7 +73,7 @@ impl Publisher {
             frame_max: conn.config().frame_max,
             closed: AtomicBool::new(false),
             failure: OnceLock::new(),
-            counters: PublisherCounters::default(),
+            counters,
         });
         tokio::spawn(task::run(conn.clone(), rx, shared.clone()));
         Ok(Publisher { tx, shared })
@@ -171,13 +172,13 @@ impl Publisher {
     pub fn stats(&self) -> PublisherStats {
         let c = &self.shared.counters;
         PublisherStats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            confirmed: c.confirmed.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            republished: c.republished.load(Ordering::Relaxed),
-            nacks: c.nacks.load(Ordering::Relaxed),
-            returns: c.returns.load(Ordering::Relaxed),
-            channels: c.channels.load(Ordering::Relaxed),
+            accepted: c.accepted.get(),
+            confirmed: c.confirmed.get(),
+            failed: c.failed.get(),
+            republished: c.republished.get(),
+            nacks: c.nacks.get(),
+            returns: c.returns.get(),
+            channels: c.channels.get(),
             buffered: c.buffered.load(Ordering::Relaxed),
             buffered_bytes: c.buffered_bytes.load(Ordering::Relaxed),
             peak_buffered_bytes: c.peak_buffered_bytes.load(Ordering::Relaxed),

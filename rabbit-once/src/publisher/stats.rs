@@ -1,6 +1,7 @@
 //! [`PublisherStats`], what a publisher reports, and the atomic counters behind it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use crate::metrics::{self as m, ByReason, Gauge, Histogram, Labels, Tally};
+use std::sync::atomic::AtomicUsize;
 
 /// Counters of a publisher, for progress and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,17 +28,54 @@ pub struct PublisherStats {
     pub peak_buffered_bytes: usize,
 }
 
-/// The live counters behind [`PublisherStats`]: the task updates them, `stats()` reads them.
-#[derive(Debug, Default)]
+/// The live counters behind [`PublisherStats`] and the publisher's metrics: the task updates
+/// them (once per batch of commands or verdicts), `stats()` reads them.
+#[derive(Debug)]
 pub(crate) struct PublisherCounters {
-    pub(super) accepted: AtomicU64,
-    pub(super) confirmed: AtomicU64,
-    pub(super) failed: AtomicU64,
-    pub(super) republished: AtomicU64,
-    pub(super) nacks: AtomicU64,
-    pub(super) returns: AtomicU64,
-    pub(super) channels: AtomicU64,
+    pub(super) accepted: Tally,
+    pub(super) confirmed: Tally,
+    /// All failures; `failed_by` splits them by reason for the metrics.
+    pub(super) failed: Tally,
+    pub(super) failed_by: ByReason,
+    pub(super) republished: Tally,
+    pub(super) nacks: Tally,
+    pub(super) returns: Tally,
+    pub(super) channels: Tally,
     pub(super) buffered: AtomicUsize,
     pub(super) buffered_bytes: AtomicUsize,
     pub(super) peak_buffered_bytes: AtomicUsize,
+    pub(super) buffered_gauge: Gauge,
+    pub(super) buffered_bytes_gauge: Gauge,
+    pub(super) in_flight_gauge: Gauge,
+    pub(super) confirm_seconds: Histogram,
+}
+
+impl PublisherCounters {
+    /// Resolves the metric handles for a publisher `name` on connection `connection`.
+    pub(super) fn new(connection: &str, name: &str) -> Self {
+        let l: Labels<'_> = &[("connection", connection), ("publisher", name)];
+        PublisherCounters {
+            accepted: Tally::named(m::PUBLISHER_ACCEPTED, l),
+            confirmed: Tally::named(m::PUBLISHER_CONFIRMED, l),
+            failed: Tally::default(),
+            failed_by: ByReason::new(m::PUBLISHER_FAILED, l),
+            republished: Tally::named(m::PUBLISHER_REPUBLISHED, l),
+            nacks: Tally::named(m::PUBLISHER_NACKS, l),
+            returns: Tally::named(m::PUBLISHER_RETURNS, l),
+            channels: Tally::named(m::PUBLISHER_CHANNELS, l),
+            buffered: AtomicUsize::new(0),
+            buffered_bytes: AtomicUsize::new(0),
+            peak_buffered_bytes: AtomicUsize::new(0),
+            buffered_gauge: m::gauge(m::PUBLISHER_BUFFERED, l),
+            buffered_bytes_gauge: m::gauge(m::PUBLISHER_BUFFERED_BYTES, l),
+            in_flight_gauge: m::gauge(m::PUBLISHER_IN_FLIGHT, l),
+            confirm_seconds: m::histogram(m::PUBLISHER_CONFIRM_SECONDS, l),
+        }
+    }
+
+    /// Counts `n` messages that failed for `reason`.
+    pub(super) fn fail(&self, reason: &'static str, n: u64) {
+        self.failed.add(n);
+        self.failed_by.add(reason, n);
+    }
 }

@@ -78,7 +78,7 @@ impl Consumer {
             .await
             .map_err(|e| Error::Store(Arc::new(e)))?;
         let prepared = prepare::at_start(conn, &config).await?;
-        let counters = Arc::new(ConsumerCounters::default());
+        let counters = Arc::new(ConsumerCounters::new(&config.queue, &config.group));
         let (stop, stop_rx) = watch::channel(false);
         let close_timeout = Arc::new(AtomicU64::new(5000));
         let failure = Arc::new(OnceLock::new());
@@ -89,7 +89,8 @@ impl Consumer {
             PublisherConfig::default()
                 .window(256)
                 .max_message_size(COPY_MAX)
-                .max_buffered_bytes(COPY_MAX),
+                .max_buffered_bytes(COPY_MAX)
+                .name("copies"),
         )?;
         let worker = Arc::new(Worker {
             conn: conn.clone(),

@@ -1,6 +1,6 @@
 //! [`ConsumerStats`]: what a consumer has done so far, and the atomic counters behind it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::metrics::{self as m, Histogram, Labels, Tally};
 
 /// Counters of a consumer since it started: read them with
 /// [`Consumer::stats`](crate::consumer::Consumer::stats), and the final ones come from
@@ -59,38 +59,76 @@ pub struct ConsumerStats {
     pub purged: u64,
 }
 
-#[derive(Debug, Default)]
+/// The counters behind [`ConsumerStats`], each also a metric labelled with the consumer's
+/// queue and group, and the consumer's histograms: handles resolved once, at start.
+#[derive(Debug)]
 pub(super) struct ConsumerCounters {
-    pub(super) delivered: AtomicU64,
-    pub(super) applied: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) retried: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) missing_id: AtomicU64,
-    pub(super) malformed: AtomicU64,
-    pub(super) commits: AtomicU64,
-    pub(super) split_batches: AtomicU64,
-    pub(super) handler_errors: AtomicU64,
-    pub(super) handler_panics: AtomicU64,
-    pub(super) handler_timeouts: AtomicU64,
-    pub(super) crash_looped: AtomicU64,
-    pub(super) store_outages: AtomicU64,
-    pub(super) store_conflicts: AtomicU64,
-    pub(super) held: AtomicU64,
-    pub(super) abandoned: AtomicU64,
-    pub(super) copies_nacked: AtomicU64,
-    pub(super) purged: AtomicU64,
+    pub(super) delivered: Tally,
+    pub(super) applied: Tally,
+    pub(super) duplicates: Tally,
+    pub(super) retried: Tally,
+    pub(super) dead_lettered: Tally,
+    pub(super) missing_id: Tally,
+    pub(super) malformed: Tally,
+    pub(super) commits: Tally,
+    pub(super) split_batches: Tally,
+    pub(super) handler_errors: Tally,
+    pub(super) handler_panics: Tally,
+    pub(super) handler_timeouts: Tally,
+    pub(super) crash_looped: Tally,
+    pub(super) store_outages: Tally,
+    pub(super) store_conflicts: Tally,
+    pub(super) held: Tally,
+    pub(super) abandoned: Tally,
+    pub(super) copies_nacked: Tally,
+    pub(super) purged: Tally,
+    pub(super) batch_size: Histogram,
+    pub(super) handler_seconds: Histogram,
+    pub(super) commit_seconds: Histogram,
 }
 
 impl ConsumerCounters {
-    pub(super) fn add(c: &AtomicU64, n: u64) {
-        if n > 0 {
-            c.fetch_add(n, Ordering::Relaxed);
+    /// Resolves the handles for the consumer of `queue` in `group`.
+    pub(super) fn new(queue: &str, group: &str) -> Self {
+        let l: Labels<'_> = &[("queue", queue), ("group", group)];
+        let failure = |reason| {
+            Tally::named(
+                m::CONSUMER_HANDLER_FAILURES,
+                &[("queue", queue), ("group", group), ("reason", reason)],
+            )
+        };
+        ConsumerCounters {
+            delivered: Tally::named(m::CONSUMER_DELIVERED, l),
+            applied: Tally::named(m::CONSUMER_APPLIED, l),
+            duplicates: Tally::named(m::CONSUMER_DUPLICATES, l),
+            retried: Tally::named(m::CONSUMER_RETRIED, l),
+            dead_lettered: Tally::named(m::CONSUMER_DEAD_LETTERED, l),
+            missing_id: Tally::named(m::CONSUMER_MISSING_ID, l),
+            malformed: Tally::named(m::CONSUMER_MALFORMED, l),
+            commits: Tally::named(m::CONSUMER_COMMITS, l),
+            split_batches: Tally::named(m::CONSUMER_SPLIT_BATCHES, l),
+            crash_looped: Tally::named(m::CONSUMER_CRASH_LOOPED, l),
+            store_outages: Tally::named(m::CONSUMER_STORE_OUTAGES, l),
+            store_conflicts: Tally::named(m::CONSUMER_STORE_CONFLICTS, l),
+            held: Tally::named(m::CONSUMER_HELD, l),
+            abandoned: Tally::named(m::CONSUMER_ABANDONED, l),
+            copies_nacked: Tally::named(m::CONSUMER_COPIES_NACKED, l),
+            purged: Tally::named(m::CONSUMER_DEDUP_PURGED, l),
+            handler_errors: failure("error"),
+            handler_panics: failure("panic"),
+            handler_timeouts: failure("timeout"),
+            batch_size: m::histogram(m::CONSUMER_BATCH_SIZE, l),
+            handler_seconds: m::histogram(m::CONSUMER_HANDLER_SECONDS, l),
+            commit_seconds: m::histogram(m::CONSUMER_COMMIT_SECONDS, l),
         }
     }
 
+    pub(super) fn add(c: &Tally, n: u64) {
+        c.add(n);
+    }
+
     pub(super) fn snapshot(&self) -> ConsumerStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let g = Tally::get;
         ConsumerStats {
             delivered: g(&self.delivered),
             applied: g(&self.applied),

@@ -12,7 +12,7 @@ use crate::shutdown::stopped;
 use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A transaction of the store's backend, begun by [`Store::begin`].
 type Tx<S> = sqlx::Transaction<'static, <S as Store>::Db>;
@@ -154,7 +154,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             let _ = tx.rollback().await;
             return self.store_trouble(&e, "forget runs").await;
         }
-        match tx.commit().await {
+        let started = Instant::now();
+        let committed = tx.commit().await;
+        self.counters
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => TxOutcome::Committed {
                 fresh: fresh.len(),
                 duplicates: items.len() - fresh.len(),
@@ -206,7 +211,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
     ) -> Result<Tx<S>, TxOutcome> {
         let run = AssertUnwindSafe(self.handler.handle_batch(fresh, &mut tx)).catch_unwind();
         let limit = self.config.handler_timeout;
-        let Ok(ran) = tokio::time::timeout(limit, run).await else {
+        let started = Instant::now();
+        let ran = tokio::time::timeout(limit, run).await;
+        self.counters
+            .handler_seconds
+            .record(started.elapsed().as_secs_f64());
+        let Ok(ran) = ran else {
             // Dropping the handler's future cancels whatever it awaited; the transaction
             // is rolled back like after any failure.
             let _ = tx.rollback().await;

@@ -94,6 +94,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 }
             }
             ConsumerCounters::add(&self.counters.delivered, batch.len() as u64);
+            self.counters.batch_size.record(batch.len() as f64);
             if c.concurrency == 1 {
                 self.process(batch).await;
             } else {

@@ -118,6 +118,7 @@ impl<R> Buffer<R> {
             reply: e.reply.take(),
             publishes: e.publishes,
             size: e.size,
+            accepted: e.accepted,
             verdict,
         });
     }

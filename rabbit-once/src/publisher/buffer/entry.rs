@@ -36,6 +36,8 @@ pub(crate) struct Entry<R> {
     /// such messages are re-sent one at a time to find the one the broker refuses.
     pub suspect: bool,
     pub size: usize,
+    /// When it was accepted (read once per batch of commands): its confirm latency starts here.
+    pub accepted: Instant,
 }
 
 impl<R> Entry<R> {
@@ -65,5 +67,6 @@ pub(crate) struct Resolved<R> {
     pub reply: Option<R>,
     pub publishes: u32,
     pub size: usize,
+    pub accepted: Instant,
     pub verdict: Result<(), Error>,
 }

@@ -52,8 +52,14 @@ impl<R> Buffer<R> {
         }
     }
 
-    /// Accepts a message; returns its sequence number.
-    pub(crate) fn push(&mut self, msg: Box<Message>, size: usize, reply: R) -> u64 {
+    /// Accepts a message (at `accepted`); returns its sequence number.
+    pub(crate) fn push(
+        &mut self,
+        msg: Box<Message>,
+        size: usize,
+        reply: R,
+        accepted: Instant,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.entries.push_back(Entry {
@@ -66,6 +72,7 @@ impl<R> Buffer<R> {
             returned: None,
             suspect: false,
             size,
+            accepted,
         });
         self.unresolved += 1;
         self.bytes += size;

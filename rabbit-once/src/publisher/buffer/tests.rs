@@ -12,7 +12,7 @@ fn msg(i: u64) -> Message {
 fn buffer(n: u64) -> Buffer<()> {
     let mut b = Buffer::new(2);
     for i in 0..n {
-        b.push(Box::new(msg(i)), 1, ());
+        b.push(Box::new(msg(i)), 1, (), Instant::now());
     }
     b
 }
@@ -98,6 +98,7 @@ fn returns_match_by_message_id_not_position() {
             Box::new(Message::to_queue("q", "x").with_message_id(id)),
             1,
             (),
+            Instant::now(),
         );
     }
     send(&mut b, 3);
@@ -129,16 +130,19 @@ fn a_return_marks_the_copy_sent_to_the_returned_destination() {
         Box::new(Message::to_queue("routable", "x").with_message_id("e-1")),
         1,
         (),
+        Instant::now(),
     );
     b.push(
         Box::new(Message::to_queue("nowhere", "x").with_message_id("e-1")),
         1,
         (),
+        Instant::now(),
     );
     b.push(
         Box::new(Message::new("ex", "rk", "x").with_message_id("e-1")),
         1,
         (),
+        Instant::now(),
     );
     send(&mut b, 3);
     assert!(b.returned("e-1", "", "nowhere", 312, "NO_ROUTE"));
@@ -159,7 +163,7 @@ fn a_return_never_marks_a_copy_sent_without_mandatory() {
         let m = Message::to_queue("nowhere", "x")
             .with_message_id("e-1")
             .with_mandatory(mandatory);
-        b.push(Box::new(m), 1, ());
+        b.push(Box::new(m), 1, (), Instant::now());
     }
     send(&mut b, 2);
     assert!(b.returned("e-1", "", "nowhere", 312, "NO_ROUTE"));
@@ -220,8 +224,8 @@ fn suspects_are_found_one_at_a_time() {
 #[test]
 fn byte_count_follows_verdicts() {
     let mut b: Buffer<()> = Buffer::new(0);
-    b.push(Box::new(msg(0)), 100, ());
-    b.push(Box::new(msg(1)), 50, ());
+    b.push(Box::new(msg(0)), 100, (), Instant::now());
+    b.push(Box::new(msg(1)), 50, (), Instant::now());
     assert_eq!(b.bytes(), 150);
     send(&mut b, 2);
     let mut out = Vec::new();

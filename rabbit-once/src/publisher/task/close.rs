@@ -5,7 +5,6 @@ use super::session::Task;
 use crate::error::Error;
 use crate::message::Message;
 use crate::publisher::confirmation::PublishError;
-use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -103,10 +102,7 @@ impl Task {
             "publisher closed with unconfirmed messages"
         );
         self.shared.release(count, bytes);
-        self.shared
-            .counters
-            .failed
-            .fetch_add(count as u64, Ordering::Relaxed);
+        self.shared.counters.fail("handed_back", count as u64);
         self.gauges();
         if let Some(c) = self.closing.take() {
             let mut replies = c.replies.into_iter();
@@ -139,8 +135,7 @@ impl Task {
             }
             self.shared
                 .counters
-                .failed
-                .fetch_add(count as u64, Ordering::Relaxed);
+                .fail(crate::metrics::reason(&fatal), count as u64);
             self.shared.release(count, bytes);
             self.gauges();
             if let Some(c) = self.closing.take() {

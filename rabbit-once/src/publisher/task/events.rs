@@ -4,7 +4,6 @@
 use super::session::{Exit, Task};
 use crate::error::Error;
 use crate::transport::ChannelEvent;
-use std::sync::atomic::Ordering;
 
 impl Task {
     /// Settles what one channel event says. `Some` when the channel or its connection is gone.
@@ -14,7 +13,7 @@ impl Task {
                 self.buf.ack(tag, multiple, &mut self.resolved);
             }
             Some(ChannelEvent::Nack { tag, multiple }) => {
-                self.shared.counters.nacks.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.nacks.add(1);
                 // Nacked messages go out again on a fresh channel (see `Task::recycle`).
                 self.recycle = true;
                 let backoff = self.shared.config.nack_backoff;
@@ -27,7 +26,7 @@ impl Task {
                 );
             }
             Some(ChannelEvent::Return(r)) => {
-                self.shared.counters.returns.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.returns.add(1);
                 match r.properties.message_id.as_deref() {
                     Some(id)
                         if self.buf.returned(

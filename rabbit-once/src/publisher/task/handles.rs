@@ -12,6 +12,8 @@ impl Task {
     pub(super) fn on_cmd(&mut self, cmd: Option<Cmd>) {
         let mut next = cmd;
         let mut accepted = 0u64;
+        // One clock read per batch of commands: the start of each message's confirm latency.
+        let now = std::time::Instant::now();
         for n in 1..=DRAIN {
             match next {
                 None => {
@@ -19,7 +21,7 @@ impl Task {
                     break;
                 }
                 Some(Cmd::Publish { msg, size, reply }) => {
-                    self.buf.push(msg, size, reply);
+                    self.buf.push(msg, size, reply, now);
                     accepted += 1;
                 }
                 Some(Cmd::Close { timeout, reply }) => {
@@ -41,8 +43,7 @@ impl Task {
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
-        let c = &self.shared.counters;
-        c.accepted.fetch_add(accepted, Ordering::Relaxed);
+        self.shared.counters.accepted.add(accepted);
         self.gauges();
     }
 
@@ -52,6 +53,9 @@ impl Task {
         let bytes = self.buf.bytes();
         c.buffered_bytes.store(bytes, Ordering::Relaxed);
         c.peak_buffered_bytes.fetch_max(bytes, Ordering::Relaxed);
+        c.buffered_gauge.set(self.buf.len() as f64);
+        c.buffered_bytes_gauge.set(bytes as f64);
+        c.in_flight_gauge.set(self.buf.in_flight() as f64);
     }
 
     /// Delivers verdicts and frees buffer room. Counters and room are updated first, so a
@@ -67,16 +71,29 @@ impl Task {
         }
         let count = self.resolved.len();
         let c = &self.shared.counters;
-        c.confirmed.fetch_add(ok, Ordering::Relaxed);
-        c.failed.fetch_add(count as u64 - ok, Ordering::Relaxed);
+        c.confirmed.add(ok);
+        if ok < count as u64 {
+            // The cold path: failures counted by reason.
+            for r in &self.resolved {
+                if let Err(e) = &r.verdict {
+                    c.fail(crate::metrics::reason(e), 1);
+                }
+            }
+        }
         self.shared.release(count, bytes);
+        // One clock read per batch of verdicts: the end of each message's confirm latency.
+        let now = std::time::Instant::now();
         for mut r in self.resolved.drain(..) {
             let result = match r.verdict {
-                Ok(()) => Ok(Confirmed {
-                    message_id: r.msg.properties.message_id.take().unwrap_or_default(),
-                    sequence: r.seq,
-                    publishes: r.publishes,
-                }),
+                Ok(()) => {
+                    c.confirm_seconds
+                        .record(now.saturating_duration_since(r.accepted).as_secs_f64());
+                    Ok(Confirmed {
+                        message_id: r.msg.properties.message_id.take().unwrap_or_default(),
+                        sequence: r.seq,
+                        publishes: r.publishes,
+                    })
+                }
                 Err(error) => {
                     tracing::debug!(%error, "message failed");
                     Err(PublishError {

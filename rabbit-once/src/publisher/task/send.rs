@@ -7,7 +7,6 @@ use crate::connection::Session;
 use crate::error::Error;
 use crate::transport::publish_frames;
 use crate::transport::{Channel, ExchangeFlags};
-use std::sync::atomic::Ordering;
 
 impl Task {
     /// Writes every message the window allows, oldest first, in one outbox append per run of
@@ -106,12 +105,7 @@ impl Task {
                 ));
             }
         });
-        if republished > 0 {
-            self.shared
-                .counters
-                .republished
-                .fetch_add(republished, Ordering::Relaxed);
-        }
+        self.shared.counters.republished.add(republished);
         self.batch.clear();
         matches!(r, Ok((_, true)))
     }

@@ -11,7 +11,6 @@ use crate::publisher::shared::PublisherShared;
 use crate::transport::Channel;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -137,10 +136,7 @@ impl Task {
         let mut ch = session.link.open_channel().await?;
         ch.confirm_select().await?;
         self.recycle = false;
-        self.shared
-            .counters
-            .channels
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.channels.add(1);
         let n = self.buf.len();
         if n > 0 {
             tracing::debug!(

@@ -165,7 +165,7 @@ impl Model {
                     .with_message_id(IDS[id])
                     .with_mandatory(mandatory);
                 let seq = self.msgs.len() as u64;
-                prop_assert_eq!(self.buf.push(Box::new(msg), size, seq), seq);
+                prop_assert_eq!(self.buf.push(Box::new(msg), size, seq, Instant::now()), seq);
                 self.msgs.push(MMsg {
                     id: IDS[id],
                     dest,
@@ -580,7 +580,7 @@ impl Model {
         prop_assert!(self.buf.next_unsent().is_none());
         let seq = self.msgs.len() as u64;
         let msg = Message::to_queue("q1", "x").with_message_id("z");
-        prop_assert_eq!(self.buf.push(Box::new(msg), 1, seq), seq);
+        prop_assert_eq!(self.buf.push(Box::new(msg), 1, seq, Instant::now()), seq);
         prop_assert_eq!(self.buf.next_unsent().map(|e| e.seq), Some(seq));
         prop_assert_eq!(self.buf.mark_sent(seq), 1, "tags restart at 1");
         Ok(())
