@@ -2,7 +2,7 @@
 //!
 //! With the feature, [`Publisher::publish`](crate::Publisher::publish) opens a
 //! `rabbit_once.publish` span (a child of the caller's current span) and writes its W3C trace
-//! context into the message's headers as [`TRACEPARENT`] and [`TRACESTATE`] — unless the
+//! context into the message's headers as `traceparent` and `tracestate` — unless the
 //! message already carries a `traceparent`, which is left as the caller set it. The headers are
 //! written once, when the message is accepted into the buffer, so a message re-published after
 //! a lost connection carries its original trace context. The span stays open until the
@@ -13,7 +13,7 @@
 //! batch's transaction (claim, handle, commit) is a `rabbit_once.commit` span linked to the
 //! trace context of every message in it. A handler that overrides
 //! [`Handler::handle_batch`](crate::Handler::handle_batch) gets the commit span only. With a
-//! plain [`Subscription`](crate::Subscription), use [`span_for`] or
+//! plain [`Subscription`](crate::Subscription), use `span_for` or
 //! [`Delivery::trace_context`](crate::Delivery::trace_context).
 //!
 //! The spans are `tracing` spans; they become OpenTelemetry spans through a
