@@ -10,8 +10,9 @@
 //!
 //! Every public item is at the crate root (`rabbit_once::Publisher`, …): the modules are private,
 //! so each type has one path. The exceptions are [`headers`] (the header names the consumer
-//! writes on retried and dead-lettered copies), [`metrics`] (the metric names) and [`sqlx`] (the
-//! version this crate builds on).
+//! writes on retried and dead-lettered copies), [`metrics`] (the metric names), [`sqlx`] (the
+//! version this crate builds on) and, with the `opentelemetry` feature, `trace` (W3C trace
+//! context across the broker).
 //!
 //! ## Layout
 //! - `error.rs`: the one [`Error`] type;  `uri/`: `amqp://` parsing ([`Endpoint`]);
@@ -68,6 +69,11 @@ mod outbox;
 mod publisher;
 mod shutdown;
 mod topology;
+/// Trace context across the broker (feature `opentelemetry`).
+#[cfg(feature = "opentelemetry")]
+pub mod trace;
+#[cfg(not(feature = "opentelemetry"))]
+mod trace;
 mod transport;
 mod uri;
 

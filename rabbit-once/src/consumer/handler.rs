@@ -97,7 +97,7 @@ pub trait Handler<Db: sqlx::Database>: Send + Sync + 'static {
         async move {
             let mut out = Vec::with_capacity(msgs.len());
             for m in msgs {
-                let o = self.handle(m, tx).await?;
+                let o = crate::trace::handling(m, self.handle(m, tx)).await?;
                 let stop = o != Outcome::Done;
                 out.push(o);
                 if stop {

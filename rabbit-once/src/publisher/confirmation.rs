@@ -39,18 +39,25 @@ pub(super) type Reply = oneshot::Sender<Result<Confirmed, PublishError>>;
 #[must_use = "a confirmation does nothing unless awaited; dropping it does not cancel the publish"]
 pub struct Confirmation {
     pub(super) rx: oneshot::Receiver<Result<Confirmed, PublishError>>,
+    /// The `rabbit_once.publish` span, closed when this resolves (feature `opentelemetry`;
+    /// nothing without it).
+    pub(super) trace: crate::trace::PublishTrace,
 }
 
 impl Future for Confirmation {
     type Output = Result<Confirmed, PublishError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
+        let verdict = Pin::new(&mut self.rx).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
                 Err(PublishError {
                     error: Error::ConnectionLost("the publisher task ended unexpectedly".into()),
                     message: None,
                 })
             })
-        })
+        });
+        if let Poll::Ready(r) = &verdict {
+            self.trace.finish(r);
+        }
+        verdict
     }
 }

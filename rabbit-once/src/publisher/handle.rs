@@ -142,10 +142,12 @@ impl Publisher {
         Ok((msg, size))
     }
 
-    fn send(&self, msg: Box<Message>, size: usize) -> Result<Confirmation, PublishError> {
+    fn send(&self, mut msg: Box<Message>, size: usize) -> Result<Confirmation, PublishError> {
+        // Accepted: the trace context goes in now, so every re-publish carries the same.
+        let trace = crate::trace::on_publish(&mut msg, self.shared.frame_max);
         let (reply, rx) = oneshot::channel();
         match self.tx.send(Cmd::Publish { msg, size, reply }) {
-            Ok(()) => Ok(Confirmation { rx }),
+            Ok(()) => Ok(Confirmation { rx, trace }),
             Err(mpsc::error::SendError(cmd)) => {
                 self.shared.release(1, size);
                 let Cmd::Publish { msg, .. } = cmd else {

@@ -65,7 +65,16 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             if items.is_empty() {
                 return None;
             }
-            let wait = match self.run_transaction(items).await {
+            let deliveries = items.iter().map(|i| &i.d);
+            let run = self.run_transaction(items);
+            let wait = match crate::trace::in_commit(
+                &self.config.queue,
+                &self.config.group,
+                deliveries,
+                run,
+            )
+            .await
+            {
                 TxOutcome::Committed { fresh, duplicates } => {
                     if outage > 0 {
                         tracing::info!("dedup store reachable again");

@@ -1,0 +1,261 @@
+//! Trace context across the broker (feature `opentelemetry`): the consumer's handle span is a
+//! child of the publisher's span — also when the message was re-published after a lost
+//! connection — and a `traceparent` the caller set is kept. Spans go through a
+//! `tracing-opentelemetry` layer into an SDK tracer provider with an in-memory exporter; each
+//! test finds its own spans by its own message ids. Run with
+//! `cargo test -p rabbit-once --features opentelemetry --test trace`.
+
+mod support;
+
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use rabbit_once::trace::opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use rabbit_once::trace::tracing_opentelemetry::{self, OpenTelemetrySpanExt};
+use rabbit_once::trace::{TRACEPARENT, span_for};
+use rabbit_once::{
+    Consumer, Event, Publisher, PublisherConfig, Queue, Subscription, SubscriptionConfig, Topology,
+};
+use std::sync::OnceLock;
+use std::time::Duration;
+use support::consumer::{GUARD, cleanup, config, sqlite, wait_for};
+use support::*;
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// The exporter behind the process-wide subscriber (installed once: the publisher's and the
+/// consumer's tasks run on any thread).
+fn exporter() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("rabbit-once-test"));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("the only subscriber of this test binary");
+        exporter
+    })
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+/// The finished spans named `name` whose `message_id` is `id`.
+fn spans(name: &str, id: &str) -> Vec<SpanData> {
+    exporter()
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == name && attr(s, "message_id").as_deref() == Some(id))
+        .collect()
+}
+
+/// The one finished span named `name` of message `id`.
+fn one_span(name: &str, id: &str) -> SpanData {
+    let mut found = spans(name, id);
+    assert_eq!(found.len(), 1, "{name} spans of {id}: {found:?}");
+    found.remove(0)
+}
+
+/// The trace and span id of a test's own root span.
+fn ids_of(span: &tracing::Span) -> (TraceId, SpanId) {
+    let cx = span.context();
+    let sc = opentelemetry::trace::TraceContextExt::span(&cx)
+        .span_context()
+        .clone();
+    (sc.trace_id(), sc.span_id())
+}
+
+/// Consumes `n` messages of `q` with an idempotent consumer (SQLite) until all are applied.
+async fn consume(conn: &rabbit_once::Connection, q: &str, n: u64) {
+    let (store, _f) = sqlite().await;
+    let consumer = Consumer::start(
+        conn,
+        store,
+        support::consumer::Ledger::default(),
+        config(q).group_commit(10, Duration::from_millis(2)),
+    )
+    .await
+    .unwrap();
+    let s = wait_for(&consumer, "every message applied", |s| s.applied >= n).await;
+    consumer.close(Duration::from_secs(5)).await;
+    // A copy the broker got twice (a cut in flight) is a duplicate: its handler does not run.
+    assert_eq!(s.applied, n, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handle_span_is_a_child_of_the_publish_span() {
+    exporter();
+    let q = unique("trace-child");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let root = tracing::info_span!("test.order_placed");
+    let (root_trace, root_id) = ids_of(&root);
+    let ids: Vec<String> = (0..3).map(|i| format!("{q}-{i}")).collect();
+    async {
+        for (i, id) in ids.iter().enumerate() {
+            p.publish_confirmed(seq_message(&q, i as u64, 10).with_message_id(id))
+                .await
+                .unwrap();
+        }
+    }
+    .instrument(root)
+    .await;
+    consume(&conn, &q, 3).await;
+
+    for id in &ids {
+        let publish = one_span("rabbit_once.publish", id);
+        assert_eq!(publish.span_context.trace_id(), root_trace, "{id}");
+        assert_eq!(
+            publish.parent_span_id, root_id,
+            "{id}: a child of the caller's span"
+        );
+        assert_eq!(attr(&publish, "outcome").as_deref(), Some("confirmed"));
+        let handle = one_span("rabbit_once.handle", id);
+        assert_eq!(handle.span_context.trace_id(), root_trace, "{id}");
+        assert_eq!(
+            handle.parent_span_id,
+            publish.span_context.span_id(),
+            "{id}: the handler's span is a child of the publish span"
+        );
+        assert!(handle.parent_span_is_remote, "{id}");
+        assert_eq!(attr(&handle, "queue").as_deref(), Some(q.as_str()));
+    }
+    // Each batch's transaction is a commit span linked to its messages' publish spans.
+    let linked: Vec<SpanId> = exporter()
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "rabbit_once.commit" && attr(s, "queue").as_deref() == Some(&q))
+        .flat_map(|s| s.links.links.into_iter().map(|l| l.span_context.span_id()))
+        .collect();
+    for id in &ids {
+        let publish = one_span("rabbit_once.publish", id).span_context.span_id();
+        assert!(linked.contains(&publish), "{id}: linked from a commit span");
+    }
+    p.close(Duration::from_secs(5)).await;
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_republished_after_a_cut_keeps_its_original_trace() {
+    exporter();
+    let q = unique("trace-cut");
+    let setup = direct().await;
+    setup
+        .declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let (proxy, conn, p) = publisher_through_proxy(|c| c.heartbeat(Duration::from_secs(1))).await;
+    let mut events = conn.events();
+    let id = format!("{q}-0");
+    let root = tracing::info_span!("test.sent_into_a_black_hole");
+    let (root_trace, _) = ids_of(&root);
+    // The channel is open and publishing: the next message is written on this session.
+    p.publish_confirmed(seq_message(&q, 1, 10).with_message_id(format!("{q}-first")))
+        .await
+        .unwrap();
+    proxy.blackhole(true);
+    // Written into the black hole, so never confirmed on this session.
+    let confirmation = p
+        .publish(seq_message(&q, 0, 10).with_message_id(&id))
+        .instrument(root)
+        .await
+        .unwrap();
+    tokio::time::timeout(GUARD, async {
+        loop {
+            if let Some(Event::Disconnected { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the dead connection is noticed");
+    proxy.blackhole(false);
+    let confirmed = confirmation.await.unwrap();
+    assert!(
+        confirmed.publishes >= 2,
+        "re-published on a new session: {confirmed:?}"
+    );
+    assert!(p.stats().republished >= 1, "{:?}", p.stats());
+    consume(&setup, &q, 2).await;
+
+    let publish = one_span("rabbit_once.publish", &id);
+    assert_eq!(publish.span_context.trace_id(), root_trace);
+    let handle = one_span("rabbit_once.handle", &id);
+    assert_eq!(
+        handle.span_context.trace_id(),
+        root_trace,
+        "the original trace"
+    );
+    assert_eq!(handle.parent_span_id, publish.span_context.span_id());
+    p.close(Duration::from_secs(5)).await;
+    conn.close().await;
+    cleanup(&setup, &q).await;
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_the_caller_set_is_kept_and_span_for_continues_it() {
+    exporter();
+    let q = unique("trace-own");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let own = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let id = format!("{q}-own");
+    async {
+        p.publish_confirmed(
+            seq_message(&q, 0, 10)
+                .with_message_id(&id)
+                .with_header(TRACEPARENT, own),
+        )
+        .await
+        .unwrap();
+    }
+    .instrument(tracing::info_span!("test.ignored_parent"))
+    .await;
+    let mut sub = Subscription::start(&conn, SubscriptionConfig::new(&q)).unwrap();
+    let d = tokio::time::timeout(GUARD, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.header(TRACEPARENT).and_then(|v| v.as_str()),
+        Some(own),
+        "not overwritten"
+    );
+    let cx = d.trace_context();
+    let sc = opentelemetry::trace::TraceContextExt::span(&cx)
+        .span_context()
+        .clone();
+    assert_eq!(
+        sc.trace_id(),
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+    );
+    let span = span_for(&d);
+    span.record("queue", q.as_str());
+    async {}.instrument(span).await;
+    d.ack();
+    let handle = one_span("rabbit_once.handle", &id);
+    assert_eq!(handle.span_context.trace_id(), sc.trace_id());
+    assert_eq!(
+        handle.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+    assert_eq!(attr(&handle, "queue").as_deref(), Some(q.as_str()));
+    sub.close(Duration::from_secs(5)).await;
+    p.close(Duration::from_secs(5)).await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
+}
