@@ -113,10 +113,7 @@ async fn consume_and_report(a: Args) -> anyhow::Result<ExitCode> {
             crate::applied::without_password(&a.store)
         )
     })?;
-    let config = a
-        .conn
-        .config(&format!("rabbit-once consume {}", std::process::id()))?
-        .topology(topology(&a));
+    let config = a.conn.config("rabbit-once consume")?.topology(topology(&a));
     let conn = crate::common::connect(&a.conn, config).await?;
     let (s, secs) = consume(&conn, &db, &a).await?;
     let summary = summary(&s, &conn, secs);

@@ -85,7 +85,9 @@ impl ConnectionConfig {
         self
     }
 
-    /// The connection name shown in the broker's management UI and logs.
+    /// The connection name shown in the broker's management UI and logs, and the `connection`
+    /// label of its metrics (docs/metrics.md): keep it stable across restarts (no pid), or each
+    /// restart starts new time series.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

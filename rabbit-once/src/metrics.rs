@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const PUBLISHER_ACCEPTED: &str = "rabbit_once_publisher_accepted_total";
 /// Counter: messages the broker confirmed (acked and not returned).
 pub const PUBLISHER_CONFIRMED: &str = "rabbit_once_publisher_confirmed_total";
-/// Counter, label `reason`: messages that ended without a confirm (see [`reason`] words).
+/// Counter, label `reason`: messages that ended without a confirm (the reason words are listed in docs/metrics.md).
 pub const PUBLISHER_FAILED: &str = "rabbit_once_publisher_failed_total";
 /// Counter: writes of a message written before (after a lost channel or a nack).
 pub const PUBLISHER_REPUBLISHED: &str = "rabbit_once_publisher_republished_total";

@@ -57,10 +57,7 @@ pub async fn run(a: &Args, spec: OutboxArgs) -> anyhow::Result<ExitCode> {
     };
     let conn = Connection::start(
         a.conn
-            .config(&format!(
-                "rabbit-once publish --outbox {}",
-                std::process::id()
-            ))?
+            .config("rabbit-once publish --outbox")?
             .topology(a.topology()),
     )?;
     let relay = if a.no_relay {

@@ -56,12 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     let db = OutboxDb::open(&a.outbox).await?;
-    let conn = crate::common::connect(
-        &a.conn,
-        a.conn
-            .config(&format!("rabbit-once relay {}", std::process::id()))?,
-    )
-    .await?;
+    let conn = crate::common::connect(&a.conn, a.conn.config("rabbit-once relay")?).await?;
     let config = RelayConfig::default()
         .batch(a.batch)
         .poll(Duration::from_millis(a.poll_ms.max(1)))

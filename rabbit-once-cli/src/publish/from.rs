@@ -205,10 +205,7 @@ pub async fn run(a: &Args, from: &str) -> anyhow::Result<ExitCode> {
     };
     let config = a
         .conn
-        .config(&format!(
-            "rabbit-once publish --from {}",
-            std::process::id()
-        ))?
+        .config("rabbit-once publish --from")?
         .topology(a.topology());
     let conn = match connect(&a.conn, config).await {
         Ok(conn) => conn,

@@ -207,10 +207,7 @@ async fn publish(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(from) = a.from.clone() {
         return from::run(&a, &from).await;
     }
-    let config = a
-        .conn
-        .config(&format!("rabbit-once publish {}", std::process::id()))?
-        .topology(a.topology());
+    let config = a.conn.config("rabbit-once publish")?.topology(a.topology());
     let conn = crate::common::connect(&a.conn, config).await?;
     let publisher = Publisher::new(
         &conn,
