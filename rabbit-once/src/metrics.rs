@@ -115,9 +115,64 @@ pub const SECONDS_HISTOGRAMS: &[&str] = &[
 ];
 
 #[cfg(feature = "metrics")]
-pub(crate) use ::metrics::{Counter, Gauge, Histogram};
+use ::metrics::Gauge as FacadeGauge;
+#[cfg(feature = "metrics")]
+pub(crate) use ::metrics::{Counter, Histogram};
 #[cfg(not(feature = "metrics"))]
-pub(crate) use noop::{Counter, Gauge, Histogram};
+pub(crate) use noop::{Counter, Gauge as FacadeGauge, Histogram};
+
+/// A gauge handle whose `set` adds its own change to the series instead of overwriting it.
+/// Objects with the same name and labels share one series — two consumers' `copies`
+/// publishers on one connection, two connections left with the default name — which is then
+/// their sum; the facade's own `set` would let the last writer win (a connection down showing
+/// `up` 1 because another of its name is up). Dropped, it takes its part back.
+pub(crate) struct Gauge {
+    gauge: FacadeGauge,
+    /// The value this handle last set, as `f64` bits.
+    last: AtomicU64,
+}
+
+impl Gauge {
+    fn new(gauge: FacadeGauge) -> Self {
+        Gauge {
+            gauge,
+            last: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// This handle's part of the series is now `v`.
+    #[inline]
+    pub(crate) fn set(&self, v: f64) {
+        let old = f64::from_bits(self.last.swap(v.to_bits(), Ordering::Relaxed));
+        let change = v - old;
+        if change > 0.0 {
+            self.gauge.increment(change);
+        } else if change < 0.0 {
+            self.gauge.decrement(-change);
+        }
+    }
+}
+
+impl Clone for Gauge {
+    /// Another part of the same series, starting at 0.
+    fn clone(&self) -> Self {
+        Gauge::new(self.gauge.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.set(0.0);
+    }
+}
+
+impl std::fmt::Debug for Gauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gauge")
+            .field("last", &f64::from_bits(self.last.load(Ordering::Relaxed)))
+            .finish()
+    }
+}
 
 /// Label pairs; values are owned (queue and group names), keys are fixed words.
 pub(crate) type Labels<'a> = &'a [(&'static str, &'a str)];
@@ -143,11 +198,11 @@ pub(crate) fn counter(name: &'static str, l: Labels<'_>) -> Counter {
 /// A gauge handle, resolved once.
 pub(crate) fn gauge(name: &'static str, l: Labels<'_>) -> Gauge {
     #[cfg(feature = "metrics")]
-    return ::metrics::gauge!(name, labels(l));
+    return Gauge::new(::metrics::gauge!(name, labels(l)));
     #[cfg(not(feature = "metrics"))]
     {
         let _ = (name, l);
-        Gauge
+        Gauge::new(FacadeGauge)
     }
 }
 
@@ -316,7 +371,9 @@ mod noop {
     pub(crate) struct Gauge;
     impl Gauge {
         #[inline]
-        pub(crate) fn set(&self, _: f64) {}
+        pub(crate) fn increment(&self, _: f64) {}
+        #[inline]
+        pub(crate) fn decrement(&self, _: f64) {}
     }
     /// Does nothing.
     #[derive(Debug, Clone, Default)]

@@ -10,5 +10,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use endpoint::AuthMechanism;
 pub use endpoint::Endpoint;
-pub(crate) use endpoint::{AuthMechanism, Verify};
+#[cfg(feature = "tls")]
+pub(crate) use endpoint::Verify;
