@@ -329,6 +329,7 @@ impl ByReason {
 }
 
 /// An outbox relay's metrics, labelled with its connection's name.
+#[cfg(feature = "dedup")]
 #[derive(Debug, Clone)]
 pub(crate) struct RelayMeters {
     pub(crate) relayed: Counter,
@@ -339,6 +340,7 @@ pub(crate) struct RelayMeters {
     pub(crate) in_flight: Gauge,
 }
 
+#[cfg(feature = "dedup")]
 impl RelayMeters {
     pub(crate) fn new(connection: &str) -> Self {
         let l: Labels<'_> = &[("connection", connection)];

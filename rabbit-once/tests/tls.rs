@@ -335,6 +335,48 @@ async fn client_certificates_against_a_node_that_requires_them() {
     );
     assert_no_key_material(&text, &pki.dir.join("stranger.key"));
 
+    // 6. Certificates renewed under a working connection, the key file caught half-written when
+    //    the connection must reconnect: it keeps trying (a session worked with these settings)
+    //    and takes the files again once they are whole.
+    let q = unique("tls-rotation");
+    let (pem, key) = (pki.path("rotating.pem"), pki.path("rotating.key"));
+    std::fs::copy(pki.path("client.pem"), &pem).unwrap();
+    std::fs::copy(pki.path("client.key"), &key).unwrap();
+    let uri = format!(
+        "{base}?cacertfile={}&certfile={pem}&keyfile={key}",
+        pki.path("ca.pem")
+    );
+    let conn = tokio::time::timeout(
+        GUARD,
+        Connection::connect(config(&uri).topology(Topology::new().queue(Queue::new(&q)))),
+    )
+    .await
+    .unwrap()
+    .expect("connects with the first certificate");
+    round_trip(&conn, &q, 6).await;
+    std::fs::write(&key, "").unwrap(); // the renewal has begun
+    node.rabbitmqctl(&["close_all_connections", "rotation test"])
+        .await
+        .unwrap();
+    assert!(
+        eventually(GUARD, || !conn.state().is_connected()).await,
+        "the broker closed it"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // attempts with the half-written key
+    assert!(
+        conn.state().terminal_error().is_none(),
+        "keeps trying: {:?}",
+        conn.state()
+    );
+    std::fs::copy(pki.path("client.key"), &key).unwrap(); // the renewal is done
+    assert!(
+        eventually(GUARD, || conn.state().is_connected()).await,
+        "reconnects with the whole files: {:?}",
+        conn.state()
+    );
+    round_trip(&conn, &q, 7).await;
+    conn.close().await;
+
     drop(node);
 }
 

@@ -86,7 +86,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     break None;
                 }
             }
-            Err(e) if !e.is_recoverable() => {
+            Err(e) if !e.is_recoverable() && !rotating_certificate(epoch, ep, &e) => {
                 tracing::error!(endpoint = %ep, error = %e, "fatal connection error; not retrying");
                 meters.connect_failures.add(metrics::reason(&e), 1);
                 let _ = inner.events.send(Event::ConnectFailed {
@@ -310,4 +310,17 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut tokio::sync::watch::Recei
         _ = tokio::time::sleep(d) => false,
         _ = stopped(shutdown) => true,
     }
+}
+
+/// Whether `e` may be a client certificate caught mid-rotation, so it is retried rather than
+/// fatal: the endpoint presents a certificate, a session with it has worked before (`epoch` >
+/// 0: the settings are right), and the error is one the certificate can cause — its files
+/// unusable (a key written before its certificate, a half-written file) or the broker refusing
+/// it (expired, and about to be renewed). Retried with the warnings of any failed attempt; the
+/// files are read again at every attempt, so the renewed ones are taken as soon as they are
+/// whole. On a first connect the same errors stay fatal: they are configuration mistakes.
+fn rotating_certificate(epoch: u64, ep: &crate::uri::Endpoint, e: &Error) -> bool {
+    epoch > 0
+        && ep.cert_file.is_some()
+        && matches!(e, Error::Config(_) | Error::AuthenticationFailed { .. })
 }
