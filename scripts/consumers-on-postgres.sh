@@ -22,7 +22,8 @@ for K in $KS; do
   psql -X -q -t -A "$PG" -c "SELECT $K, COUNT(*), COUNT(DISTINCT message_id), (MAX(applied_at) - MIN(applied_at)) / 1000 FROM \"$schema\".applied" |
     awk -F'|' '{ ms = $4; printf "consumers=%s applied=%s distinct=%s span_ms=%s msg_per_s=%.0f\n", $1, $2, $3, ms, (ms > 0 ? $2 * 1000 / ms : 0) }'
   psql -X -q "$PG" -c "SET client_min_messages = warning; DROP SCHEMA \"$schema\" CASCADE" >/dev/null
-  curl -s -u guest:guest -X DELETE "http://127.0.0.1:15672/api/queues/%2f/$q" >/dev/null 2>&1 ||
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  for x in retry.1 retry.2 retry.3 retry.4 retry.5 dead; do rabbitmqctl -q delete_queue "$q.$x" >/dev/null 2>&1 || true; done
+  # The work queue and the consumer's retry and dead-letter queues (`<q>.retry.<ms>`, `<q>.dead`).
+  for x in $(rabbitmqctl -q list_queues name 2>/dev/null | grep -F "$q"); do
+    rabbitmqctl -q delete_queue "$x" >/dev/null 2>&1 || true
+  done
 done
