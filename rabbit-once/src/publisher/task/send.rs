@@ -107,6 +107,9 @@ impl Task {
         });
         self.shared.counters.republished.add(republished);
         self.batch.clear();
+        // Once per batch: the gauges show what is on the wire now (a burst to a broker that
+        // has stopped confirming shows as in flight, not as 0).
+        self.gauges();
         matches!(r, Ok((_, true)))
     }
 
