@@ -84,6 +84,12 @@ pub struct Args {
     /// (random UUIDs, what foreign producers often send).
     #[arg(long, value_enum, default_value_t = Ids::V7)]
     pub ids: Ids,
+    /// idempotent_consume_sqlite: seal the dedup table into a segment every this many records
+    /// (`SqliteOptions::segment_rows`; 0: never). With `--prefill`, the pre-filled records are
+    /// laid out as a store that has run a while has them: sealed segments of this size, and
+    /// half a segment not yet sealed.
+    #[arg(long = "segment-rows", default_value_t = 0)]
+    pub segment_rows: u64,
     /// Run every workload against a private cluster of this many nodes started for the run
     /// (node 0's endpoint; the shared broker is not used), removed after.
     #[arg(long)]
@@ -121,7 +127,7 @@ fn uuid_v4() -> String {
 /// Inserts `n` dedup records of `group` with ids of kind `ids` (UUIDv7 ones stamped in the past,
 /// one millisecond apart, so the run's ids come after them), in id order (fast), then lets the
 /// database settle (checkpoint / analyze) so the run measures the grown table, not the fill.
-async fn prefill(db: &Db, group: &str, n: u64, ids: Ids) -> anyhow::Result<()> {
+async fn prefill(db: &Db, group: &str, n: u64, ids: Ids, segment_rows: u64) -> anyhow::Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -136,10 +142,24 @@ async fn prefill(db: &Db, group: &str, n: u64, ids: Ids) -> anyhow::Result<()> {
                     "substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
                 }
             };
-            // Chunks of 1M rows: one transaction each, sorted within it.
+            // Chunks of 1M rows (or of a segment): one transaction each, sorted within it.
+            let chunk = if segment_rows > 0 {
+                segment_rows
+            } else {
+                1_000_000
+            };
+            let unsealed = if segment_rows > 0 {
+                (segment_rows / 2).min(n)
+            } else {
+                n
+            };
             let mut done = 0u64;
             while done < n {
-                let k = (n - done).min(1_000_000);
+                let k = if done < n - unsealed {
+                    (n - unsealed - done).min(chunk)
+                } else {
+                    (n - done).min(chunk)
+                };
                 let sql = format!(
                     "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < ?), \
                      r(h, t) AS (SELECT lower(hex(randomblob(16))), printf('%012x', ? + i) FROM c) \
@@ -154,6 +174,9 @@ async fn prefill(db: &Db, group: &str, n: u64, ids: Ids) -> anyhow::Result<()> {
                     .execute(s.pool())
                     .await?;
                 done += k;
+                if done <= n - unsealed {
+                    s.seal_segment().await?;
+                }
             }
             rabbit_once::sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(s.pool())
@@ -424,7 +447,7 @@ async fn latency_workload(a: &Args, w: &str) -> anyhow::Result<()> {
 async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     db.prepare().await?;
     let q = queue_name(w);
-    prefill(&db, &q, a.prefill, a.ids).await?;
+    prefill(&db, &q, a.prefill, a.ids, a.segment_rows).await?;
     let conn = connect(
         a,
         "bench idempotent",
@@ -503,8 +526,16 @@ pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
             "idempotent_consume_sqlite" => {
                 let dir = std::env::temp_dir().join(queue_name(w));
                 std::fs::create_dir_all(&dir)?;
-                let db =
-                    Db::open(&format!("sqlite:{}", dir.join("bench.db").display()), None).await?;
+                let db = Db::Sqlite(
+                    rabbit_once::SqliteStore::open_with(
+                        dir.join("bench.db"),
+                        rabbit_once::SqliteOptions {
+                            segment_rows: a.segment_rows,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
+                );
                 let r = idempotent_workload(&a, w, db).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 r?;
@@ -525,8 +556,16 @@ pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
             "outbox_sqlite" | "outbox_latency_sqlite" => {
                 let dir = std::env::temp_dir().join(queue_name(w));
                 std::fs::create_dir_all(&dir)?;
-                let db =
-                    Db::open(&format!("sqlite:{}", dir.join("bench.db").display()), None).await?;
+                let db = Db::Sqlite(
+                    rabbit_once::SqliteStore::open_with(
+                        dir.join("bench.db"),
+                        rabbit_once::SqliteOptions {
+                            segment_rows: a.segment_rows,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
+                );
                 let r = crate::bench_outbox::run(&a, w, db, w.contains("latency")).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 r?;

@@ -2,6 +2,7 @@
 //! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
 //! writers never deadlock on a lock upgrade).
 
+use super::segments::{self, Segments};
 use super::sql::{self, Dialect};
 use super::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure, classify_common, unix_seconds};
 use sqlx::sqlite::{
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Rows per INSERT (3 bound values each; SQLite allows 32,766).
-const CHUNK: usize = 500;
+pub(super) const CHUNK: usize = 500;
 
 /// Each migration is a list of statements, applied in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&[&str]] = &[
         updated_at     INTEGER NOT NULL,
         PRIMARY KEY (consumer_group, message_id)
     ) WITHOUT ROWID"],
+    segments::MIGRATION,
 ];
 
 /// Options for [`SqliteStore`].
@@ -47,6 +49,15 @@ pub struct SqliteOptions {
     /// `FULL` (default) syncs the WAL on every commit: a committed dedup record survives a
     /// power cut. `NORMAL` survives a process crash only.
     pub synchronous_full: bool,
+    /// Seal the dedup table into a read-only segment each time it holds this many records
+    /// (default 0: never). For message ids that are not time-ordered (random UUIDv4 from
+    /// foreign producers) and tables that grow to millions of records: inserts then land in a
+    /// table of at most this size, and the older records are only read, each segment behind a
+    /// Bloom filter kept in memory (2 bytes a record). 200,000 is a good value; see
+    /// docs/benchmarks.md. Segments once sealed are always read, whatever this option says.
+    /// Each store counts the records it inserted itself: with several processes on one file
+    /// the table is sealed once one of them has inserted this many since it last looked.
+    pub segment_rows: u64,
 }
 
 impl Default for SqliteOptions {
@@ -55,6 +66,7 @@ impl Default for SqliteOptions {
             max_connections: 4,
             busy_timeout: Duration::from_secs(10),
             synchronous_full: true,
+            segment_rows: 0,
         }
     }
 }
@@ -78,6 +90,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    segments: Segments,
 }
 
 impl SqliteStore {
@@ -104,7 +117,11 @@ impl SqliteStore {
             .acquire_timeout(o.busy_timeout)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool, path })
+        Ok(SqliteStore {
+            pool,
+            path,
+            segments: Segments::new(o.segment_rows),
+        })
     }
 
     /// The pool, for the application's own queries (the `applied` table, reports…).
@@ -115,6 +132,16 @@ impl SqliteStore {
     /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Moves the dedup records of the table that takes inserts into a new sealed segment now
+    /// (what [`SqliteOptions::segment_rows`] does on its own when the table reaches that size);
+    /// returns how many records moved (0 when the table was empty). Needs the store's tables
+    /// ([`Consumer::start`](crate::Consumer::start) creates them).
+    pub async fn seal_segment(&self) -> Result<u64, sqlx::Error> {
+        let rows = self.segments.seal(&self.pool, 1).await;
+        self.segments.forget_count();
+        rows
     }
 }
 
@@ -140,6 +167,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.segments.seal_if_due(&self.pool).await;
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
@@ -153,6 +181,11 @@ impl Store for SqliteStore {
         let mut fresh: HashSet<String> = HashSet::with_capacity(ids.len());
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
+        // Ids a sealed segment holds are duplicates; the rest go to the table that takes inserts.
+        let sealed = self.segments.sealed(tx, group, &sorted).await?;
+        if !sealed.is_empty() {
+            sorted.retain(|id| !sealed.contains(*id));
+        }
         for chunk in sorted.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id, processed_at) "
@@ -165,6 +198,7 @@ impl Store for SqliteStore {
                 fresh.insert(row.try_get::<String, _>(0)?);
             }
         }
+        self.segments.inserted(fresh.len() as u64);
         Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
     }
 
@@ -215,7 +249,15 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        let n = r.rows_affected();
+        if n >= limit as u64 {
+            return Ok(n);
+        }
+        let sealed = self
+            .segments
+            .purge(&self.pool, group, before, limit - n as u32)
+            .await?;
+        Ok(n + sealed)
     }
 
     async fn ping(&self) -> Result<(), sqlx::Error> {
