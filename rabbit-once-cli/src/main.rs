@@ -11,6 +11,7 @@ mod dlq;
 mod exit;
 mod outbox;
 mod publish;
+mod status;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -49,6 +50,10 @@ enum Command {
     /// A consumer's dead-letter queue: list it, replay messages to the work queue, purge.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// The connection, a consumer's queues (work, retry, dead-letter: messages ready and
+    /// consumers), its dedup rows and an outbox, at a glance (`--json` for machines). Exit 3 if
+    /// no broker answers, 4 if a store cannot be read, 1 if the work queue is missing.
+    Status(status::Args),
     /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
     Bench(bench::Args),
     /// Print a completion script for a shell to stdout, e.g.
@@ -68,6 +73,10 @@ fn command() -> clap::Command {
         cmd.mut_subcommand(name, |c| {
             c.mut_arg("connect_wait", |a| a.default_value("0"))
         })
+    });
+    // `status` is asked by a person or a probe: it says "no broker" after 10 s.
+    let cmd = cmd.mut_subcommand("status", |c| {
+        c.mut_arg("connect_wait", |a| a.default_value("10"))
     });
     with_env(cmd, &[])
 }
@@ -189,6 +198,7 @@ fn main() -> std::process::ExitCode {
             Command::Relay(a) => outbox::relay::run(a).await,
             Command::Outbox(c) => outbox::status::run(c).await,
             Command::Dlq(c) => dlq::run(c).await,
+            Command::Status(a) => status::run(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
