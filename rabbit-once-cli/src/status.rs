@@ -70,7 +70,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (conn, connection) =
         match crate::common::connect(&a.conn, a.conn.config("rabbit-once status")?).await {
             Ok(conn) => {
-                let c = connection_json(&conn, &endpoints);
+                let c = connection_json(&conn, &endpoints).await;
                 (Some(conn), c)
             }
             Err(e) => {
@@ -154,7 +154,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The connection's part: endpoints, the one connected to, the broker, ready or why not.
-fn connection_json(conn: &Connection, endpoints: &[String]) -> Value {
+async fn connection_json(conn: &Connection, endpoints: &[String]) -> Value {
+    // The session is up; the state says so a moment later.
+    let mut state = conn.watch_state();
+    let settled = |s: &ConnectionState| !matches!(s, ConnectionState::Connecting { .. });
+    let _ = tokio::time::timeout(Duration::from_secs(1), state.wait_for(settled)).await;
     let health = conn.health();
     let endpoint = match conn.state() {
         ConnectionState::Connected { endpoint, .. } => Some(endpoint),

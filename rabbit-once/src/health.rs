@@ -1,5 +1,5 @@
-//! [`Health`]: whether a connection or a publisher can take work now, read from state the
-//! supervisor and the publisher keep anyway — no I/O, no `await`, nothing per message — for a
+//! [`Health`]: whether a connection, a publisher or a consumer can work now, read from state
+//! the supervisor, the publisher and the consumer keep anyway — no I/O, no `await`, nothing per message — for a
 //! service's readiness endpoint.
 
 use crate::connection::{ConnectionState, Inner};
@@ -7,13 +7,14 @@ use crate::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-/// Whether a [`Connection`](crate::Connection) or a [`Publisher`](crate::Publisher) is ready
-/// for work, and if not, why: [`Connection::health`](crate::Connection::health),
-/// [`Publisher::health`](crate::Publisher::health).
+/// Whether a [`Connection`](crate::Connection), a [`Publisher`](crate::Publisher) or a
+/// `Consumer` is ready for work, and if not, why: [`Connection::health`](crate::Connection::health),
+/// [`Publisher::health`](crate::Publisher::health), `Consumer::health` (feature `dedup`).
 ///
 /// Cheap enough to call on every probe of a health endpoint: it reads the connection's state,
-/// the broker's `connection.blocked` flag and the publisher's buffer room (a few atomic loads
-/// and two short read locks), and allocates only to describe what is wrong.
+/// the broker's `connection.blocked` flag, the publisher's buffer room, the consumer's last word
+/// on its store (a few atomic loads and short, uncontended locks), and allocates only to
+/// describe what is wrong.
 ///
 /// ```no_run
 /// # fn run(publisher: rabbit_once::Publisher) {
@@ -32,7 +33,7 @@ pub struct Health {
     pub not_ready: Vec<NotReady>,
 }
 
-/// One reason a connection or publisher is not ready.
+/// One reason a connection, publisher or consumer is not ready.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum NotReady {
@@ -59,6 +60,15 @@ pub enum NotReady {
     },
     /// The publisher was closed, or stopped because its connection gave up (the error).
     PublisherClosed(Option<Error>),
+    /// The consumer stopped on its own (the error: the connection gave up, the work queue does
+    /// not exist, …).
+    ConsumerStopped(Option<Error>),
+    /// The consumer's dedup store was unreachable at its last transaction: it holds its
+    /// messages unacked and takes no new work until the store answers.
+    StoreUnavailable {
+        /// Why, as the database said.
+        reason: String,
+    },
 }
 
 impl Health {
@@ -121,7 +131,13 @@ impl fmt::Display for NotReady {
                 }
                 ConnectionState::Failed(e) => write!(f, "not connected: gave up ({e})"),
                 ConnectionState::Closed => f.write_str("not connected: the connection is closed"),
-                ConnectionState::Connected { .. } => f.write_str("connected"),
+                // The session died a moment ago; the supervisor has not said so yet.
+                ConnectionState::Connected { endpoint, .. } => {
+                    write!(
+                        f,
+                        "not connected: connection to {endpoint} lost; reconnecting"
+                    )
+                }
             },
             NotReady::Blocked { reason } => write!(f, "the broker blocks publishing: {reason}"),
             NotReady::BufferFull {
@@ -136,6 +152,11 @@ impl fmt::Display for NotReady {
             ),
             NotReady::PublisherClosed(None) => f.write_str("the publisher is closed"),
             NotReady::PublisherClosed(Some(e)) => write!(f, "the publisher stopped: {e}"),
+            NotReady::ConsumerStopped(None) => f.write_str("the consumer stopped"),
+            NotReady::ConsumerStopped(Some(e)) => write!(f, "the consumer stopped: {e}"),
+            NotReady::StoreUnavailable { reason } => {
+                write!(f, "the dedup store is unreachable: {reason}")
+            }
         }
     }
 }
@@ -152,25 +173,31 @@ impl fmt::Debug for ConnectionProbe {
 }
 
 impl ConnectionProbe {
-    /// Adds what keeps the connection from being ready to `out`: no session, or a session the
-    /// broker blocks.
+    /// Adds what keeps the connection from being ready to `out`: no live session, or a
+    /// session the broker blocks.
+    ///
+    /// The session decides, not the state: the supervisor hands a new session out a moment
+    /// before it says `Connected` (so `Connection::connect` may return in between), and a
+    /// session may die a moment before it says `Disconnected`.
     pub(crate) fn check(&self, out: &mut Vec<NotReady>) {
         {
-            let state = self.0.state.borrow();
-            if !state.is_connected() {
-                out.push(NotReady::NotConnected(state.clone()));
+            let session = self.0.session.borrow();
+            let live = session.as_ref().filter(|s| !s.link.is_closed());
+            if let Some(s) = live
+                && !matches!(
+                    *self.0.state.borrow(),
+                    ConnectionState::Failed(_) | ConnectionState::Closed
+                )
+            {
+                if let Some(reason) = s.link.blocked().borrow().as_ref() {
+                    out.push(NotReady::Blocked {
+                        reason: reason.clone(),
+                    });
+                }
                 return;
             }
         }
-        let session = self.0.session.borrow();
-        let Some(s) = session.as_ref() else {
-            return;
-        };
-        if let Some(reason) = s.link.blocked().borrow().as_ref() {
-            out.push(NotReady::Blocked {
-                reason: reason.clone(),
-            });
-        }
+        out.push(NotReady::NotConnected(self.0.state.borrow().clone()));
     }
 }
 
@@ -214,6 +241,21 @@ mod tests {
         assert_eq!(
             blocked.to_string(),
             "the broker blocks publishing: low on memory"
+        );
+        let consumer = Health {
+            not_ready: vec![
+                NotReady::NotConnected(ConnectionState::Closed),
+                NotReady::ConsumerStopped(Some(Error::Closed)),
+                NotReady::StoreUnavailable {
+                    reason: "connection refused".into(),
+                },
+            ],
+        };
+        let text = consumer.to_string();
+        assert!(
+            text.starts_with("not connected: the connection is closed; the consumer stopped: ")
+                && text.ends_with("; the dedup store is unreachable: connection refused"),
+            "{text}"
         );
     }
 }

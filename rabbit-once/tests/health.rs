@@ -1,13 +1,16 @@
-//! `Connection::health` and `Publisher::health`: ready while connected, unblocked and with room
-//! in the buffer; otherwise not ready, saying why. The broker goes away through a fault proxy,
-//! the buffer fills behind a black-holed proxy, and a private node raises a memory alarm.
+//! `Connection::health`, `Publisher::health` and `Consumer::health`: ready while connected,
+//! unblocked, with room in the buffer and a store that answers; otherwise not ready, saying why.
+//! The broker and the database go away through fault proxies, the buffer fills behind a
+//! black-holed proxy, and a private node raises a memory alarm.
 
 mod support;
 
 use rabbit_once::{
-    Connection, ConnectionState, Event, NotReady, Publisher, PublisherConfig, Queue, Topology,
+    Connection, ConnectionState, Consumer, Event, NotReady, Publisher, PublisherConfig, Queue,
+    Topology,
 };
 use std::time::Duration;
+use support::consumer::{Ledger, cleanup, ids, postgres_via, publish, wait_for as applied};
 use support::*;
 
 const GUARD: Duration = Duration::from_secs(60);
@@ -51,7 +54,7 @@ async fn a_broker_out_of_reach_makes_it_not_ready_with_the_reason() {
         .await
         .unwrap();
     let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
-    assert!(p.health().is_ready());
+    assert!(p.health().is_ready(), "{:?}", p.health());
 
     proxy.refuse_for(Duration::from_secs(3600));
     proxy.cut_all();
@@ -170,7 +173,7 @@ async fn a_broker_that_blocks_publishing_makes_it_not_ready() {
             .unwrap();
     let mut events = conn.events();
     let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
-    assert!(p.health().is_ready());
+    assert!(p.health().is_ready(), "{:?}", p.health());
 
     node.rabbitmqctl(&["set_vm_memory_high_watermark", "0"])
         .await
@@ -199,6 +202,63 @@ async fn a_broker_that_blocks_publishing_makes_it_not_ready() {
     tokio::time::timeout(GUARD, c).await.unwrap().unwrap();
     assert!(p.health().is_ready(), "{}", p.health());
     p.close(Duration::from_secs(5)).await;
+    conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_is_not_ready_while_its_store_is_unreachable() {
+    let pg_proxy = FaultProxy::start(pg_addr()).await.unwrap();
+    let via = pg_url().replacen(&pg_addr(), &format!("127.0.0.1:{}", pg_proxy.port()), 1);
+    let (store, _schema) = postgres_via(&via).await;
+    let q = unique("health-store");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let consumer = Consumer::start(
+        &conn,
+        store.clone(),
+        Ledger::default(),
+        support::consumer::config(&q),
+    )
+    .await
+    .unwrap();
+    publish(&conn, &q, ids(0..5, &q)).await;
+    applied(&consumer, "the first five", |s| s.applied == 5).await;
+    assert!(consumer.health().is_ready(), "{}", consumer.health());
+
+    pg_proxy.refuse_for(Duration::from_secs(3600));
+    pg_proxy.cut_all();
+    publish(&conn, &q, ids(5..10, &q)).await;
+    assert!(
+        eventually(GUARD, || !consumer.health().is_ready()).await,
+        "the outage is seen"
+    );
+    let h = consumer.health();
+    assert!(
+        matches!(h.not_ready[..], [NotReady::StoreUnavailable { .. }]),
+        "{h:?}"
+    );
+    assert!(h.is_connected());
+    assert!(
+        h.reason()
+            .unwrap()
+            .starts_with("the dedup store is unreachable: "),
+        "{h}"
+    );
+
+    pg_proxy.refuse_for(Duration::ZERO);
+    applied(&consumer, "the rest once the store is back", |s| {
+        s.applied + s.duplicates >= 10
+    })
+    .await;
+    assert!(
+        eventually(GUARD, || consumer.health().is_ready()).await,
+        "{}",
+        consumer.health()
+    );
+    consumer.close(Duration::from_secs(5)).await;
+    cleanup(&conn, &q).await;
     conn.close().await;
 }
 
