@@ -247,6 +247,8 @@ mod tests {
             (&["outbox", "status"], "outbox", "RABBIT_ONCE_OUTBOX"),
             (&["relay"], "schema", "RABBIT_ONCE_SCHEMA"),
             (&["chaos"], "heartbeat", "RABBIT_ONCE_HEARTBEAT"),
+            (&["status"], "store", "RABBIT_ONCE_STORE"),
+            (&["status"], "outbox", "RABBIT_ONCE_OUTBOX"),
         ];
         let scoped = [
             (&["chaos"][..], "outbox", "RABBIT_ONCE_CHAOS_OUTBOX"),
@@ -259,6 +261,8 @@ mod tests {
             (&["publish"], "queue", "RABBIT_ONCE_PUBLISH_QUEUE"),
             (&["consume"], "batch", "RABBIT_ONCE_CONSUME_BATCH"),
             (&["relay"], "batch", "RABBIT_ONCE_RELAY_BATCH"),
+            (&["status"], "queue", "RABBIT_ONCE_STATUS_QUEUE"),
+            (&["status"], "json", "RABBIT_ONCE_STATUS_JSON"),
             (
                 &["outbox", "status"],
                 "json",
@@ -288,6 +292,7 @@ mod tests {
             let m = command().get_matches_from(match name {
                 "consume" => vec!["rabbit-once", "consume", "--queue", "q", "--store", "x"],
                 "relay" => vec!["rabbit-once", "relay", "--outbox", "x"],
+                "status" => vec!["rabbit-once", "status"],
                 _ => vec!["rabbit-once", "publish", "--queue", "q"],
             });
             let (_, sub) = m.subcommand().expect("subcommand");
@@ -296,5 +301,6 @@ mod tests {
         assert_eq!(wait("consume"), 0);
         assert_eq!(wait("relay"), 0);
         assert_eq!(wait("publish"), 60);
+        assert_eq!(wait("status"), 10, "a person or a probe is waiting");
     }
 }

@@ -10,7 +10,10 @@ use crate::common::Conn;
 use crate::exit::{self, Status};
 use crate::outbox::{OutboxArgs, OutboxDb};
 use rabbit_once::sqlx;
-use rabbit_once::{Connection, ConnectionState, DEDUP_TABLE, DeadLetters, Error};
+use rabbit_once::{
+    Connection, ConnectionState, ConsumerConfig, DEDUP_TABLE, DeadLetter, DeadLetters, Error,
+    RetryPolicy,
+};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,10 +24,17 @@ pub struct Args {
     /// Broker URIs and heartbeat.
     #[command(flatten)]
     pub conn: Conn,
-    /// A consumer's work queue: shown with its retry queues (`consume`'s retry schedule) and
-    /// its dead-letter queue `<QUEUE>.dead`.
+    /// A consumer's work queue: shown with its retry queues and its dead-letter queue.
     #[arg(long)]
     pub queue: Option<String>,
+    /// The consumer's retry delays in milliseconds, which name its retry queues
+    /// (`<QUEUE>.retry.<MS>`). Default: `consume`'s (200, 1000, 5000); the library's
+    /// default policy is 1000,10000,60000,300000.
+    #[arg(long, value_name = "MS", value_delimiter = ',')]
+    pub retry_delays: Vec<u64>,
+    /// The dead-letter queue, if not the consumer's default `<QUEUE>.dead`.
+    #[arg(long, value_name = "QUEUE")]
+    pub dead_queue: Option<String>,
     /// The consumer group whose dedup rows to count (default: the queue's name, as `consume`).
     #[arg(long)]
     pub group: Option<String>,
@@ -84,7 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
     let mut queues = Vec::new();
     if let (Some(conn), Some(q)) = (&conn, &a.queue) {
-        queues = queue_states(conn, q).await;
+        queues = queue_states(conn, &consumer(q, &a), a.dead_queue.as_deref()).await;
         if queues.first().is_some_and(|w| w["exists"] == false) {
             eprintln!("the work queue is missing: no queue {q} on the broker");
             fail(Status::Incomplete);
@@ -174,12 +184,36 @@ async fn connection_json(conn: &Connection, endpoints: &[String]) -> Value {
     })
 }
 
+/// The consumer of `queue` as the flags describe it: `consume`'s unless `--retry-delays` or
+/// `--dead-queue` say otherwise. Only the names of its queues are used.
+fn consumer(queue: &str, a: &Args) -> ConsumerConfig {
+    let mut config = crate::consume::consumer_config(queue, crate::consume::MAX_ATTEMPTS, false);
+    if !a.retry_delays.is_empty() {
+        let delays = a.retry_delays.iter().map(|ms| Duration::from_millis(*ms));
+        config = config.retry(RetryPolicy::new(
+            crate::consume::MAX_ATTEMPTS,
+            delays.collect(),
+        ));
+    }
+    if let Some(dead) = &a.dead_queue {
+        config = config.dead_letter(DeadLetter::Queue(dead.clone()));
+    }
+    config
+}
+
 /// The work queue first, then its retry queues, then its dead-letter queue: each with its
 /// messages ready and consumers, or missing.
-async fn queue_states(conn: &Connection, queue: &str) -> Vec<Value> {
-    let names =
-        crate::consume::consumer_config(queue, crate::consume::MAX_ATTEMPTS, false).queues();
-    let dead = DeadLetters::new(conn, queue);
+async fn queue_states(
+    conn: &Connection,
+    consumer: &ConsumerConfig,
+    dead_queue: Option<&str>,
+) -> Vec<Value> {
+    let queue = consumer.queue();
+    let names = consumer.queues();
+    let mut dead = DeadLetters::new(conn, queue);
+    if let Some(q) = dead_queue {
+        dead = dead.dead_queue(q);
+    }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let role = if name == queue {

@@ -184,6 +184,38 @@ async fn a_missing_work_queue_is_shown_as_missing_and_exits_1() {
     let out = run(&["status", "--queue", &q]).await;
     assert_status(&out, 1);
     assert!(stdout(&out).contains("missing"), "{}", stdout(&out));
+
+    // Another consumer's queues: its retry delays and dead-letter queue.
+    let dead = format!("{q}-dlq");
+    let out = run(&[
+        "status",
+        "--queue",
+        &q,
+        "--retry-delays",
+        "1000,10000",
+        "--dead-queue",
+        &dead,
+        "--json",
+    ])
+    .await;
+    assert_status(&out, 1);
+    let st = json(&out);
+    let named: Vec<(&str, &str)> = st["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["role"].as_str().unwrap(), q["name"].as_str().unwrap()))
+        .collect();
+    let (retry_1, retry_10) = (format!("{q}.retry.1000"), format!("{q}.retry.10000"));
+    assert_eq!(
+        named,
+        [
+            ("work", q.as_str()),
+            ("retry", retry_1.as_str()),
+            ("retry", retry_10.as_str()),
+            ("dead-letter", dead.as_str()),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
