@@ -11,6 +11,7 @@ mod dlq;
 mod exit;
 mod outbox;
 mod publish;
+mod status;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -49,6 +50,10 @@ enum Command {
     /// A consumer's dead-letter queue: list it, replay messages to the work queue, purge.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// The connection, a consumer's queues (work, retry, dead-letter: messages ready and
+    /// consumers), its dedup rows and an outbox, at a glance (`--json` for machines). Exit 3 if
+    /// no broker answers, 4 if a store cannot be read, 1 if the work queue is missing.
+    Status(status::Args),
     /// The peers' benchmark workloads (../shared/peers), printing the same JSON lines.
     Bench(bench::Args),
     /// Print a completion script for a shell to stdout, e.g.
@@ -68,6 +73,10 @@ fn command() -> clap::Command {
         cmd.mut_subcommand(name, |c| {
             c.mut_arg("connect_wait", |a| a.default_value("0"))
         })
+    });
+    // `status` is asked by a person or a probe: it says "no broker" after 10 s.
+    let cmd = cmd.mut_subcommand("status", |c| {
+        c.mut_arg("connect_wait", |a| a.default_value("10"))
     });
     with_env(cmd, &[])
 }
@@ -189,6 +198,7 @@ fn main() -> std::process::ExitCode {
             Command::Relay(a) => outbox::relay::run(a).await,
             Command::Outbox(c) => outbox::status::run(c).await,
             Command::Dlq(c) => dlq::run(c).await,
+            Command::Status(a) => status::run(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
@@ -237,6 +247,8 @@ mod tests {
             (&["outbox", "status"], "outbox", "RABBIT_ONCE_OUTBOX"),
             (&["relay"], "schema", "RABBIT_ONCE_SCHEMA"),
             (&["chaos"], "heartbeat", "RABBIT_ONCE_HEARTBEAT"),
+            (&["status"], "store", "RABBIT_ONCE_STORE"),
+            (&["status"], "outbox", "RABBIT_ONCE_OUTBOX"),
         ];
         let scoped = [
             (&["chaos"][..], "outbox", "RABBIT_ONCE_CHAOS_OUTBOX"),
@@ -249,6 +261,8 @@ mod tests {
             (&["publish"], "queue", "RABBIT_ONCE_PUBLISH_QUEUE"),
             (&["consume"], "batch", "RABBIT_ONCE_CONSUME_BATCH"),
             (&["relay"], "batch", "RABBIT_ONCE_RELAY_BATCH"),
+            (&["status"], "queue", "RABBIT_ONCE_STATUS_QUEUE"),
+            (&["status"], "json", "RABBIT_ONCE_STATUS_JSON"),
             (
                 &["outbox", "status"],
                 "json",
@@ -278,6 +292,7 @@ mod tests {
             let m = command().get_matches_from(match name {
                 "consume" => vec!["rabbit-once", "consume", "--queue", "q", "--store", "x"],
                 "relay" => vec!["rabbit-once", "relay", "--outbox", "x"],
+                "status" => vec!["rabbit-once", "status"],
                 _ => vec!["rabbit-once", "publish", "--queue", "q"],
             });
             let (_, sub) = m.subcommand().expect("subcommand");
@@ -286,5 +301,6 @@ mod tests {
         assert_eq!(wait("consume"), 0);
         assert_eq!(wait("relay"), 0);
         assert_eq!(wait("publish"), 60);
+        assert_eq!(wait("status"), 10, "a person or a probe is waiting");
     }
 }

@@ -20,7 +20,8 @@
 //!   `message.rs`: outgoing [`Message`]s.
 //! - `transport/`: the AMQP 0-9-1 seam — codec, the I/O tasks of one connection (`link/`),
 //!   channels. Nothing above it knows how frames are made.
-//! - `connection/`: the supervisor (the only reconnect loop) and the session watch.
+//! - `connection/`: the supervisor (the only reconnect loop) and the session watch;
+//!   `health.rs`: [`Health`], the readiness of a connection or publisher for a health endpoint.
 //! - `topology/`: exchanges, queues, bindings, declared on every session.
 //! - `publisher/`: the handle, the pending buffer, the task that owns the channel.
 //! - `consumer/`: subscriptions with manual acks across reconnects; the idempotent consumer.
@@ -62,6 +63,7 @@ mod dedup;
 mod dlq;
 mod error;
 mod event;
+mod health;
 mod message;
 pub mod metrics;
 #[cfg(feature = "dedup")]
@@ -114,6 +116,7 @@ pub use dlq::{
 };
 pub use error::{Error, ProtocolError, Result};
 pub use event::{Event, Events};
+pub use health::{Health, NotReady};
 pub use message::{Message, new_message_id};
 #[cfg(feature = "postgres")]
 pub use outbox::PostgresOutbox;

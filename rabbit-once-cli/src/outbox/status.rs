@@ -83,27 +83,36 @@ async fn status(a: Args) -> anyhow::Result<ExitCode> {
     let s = db.status().await?;
     db.close().await;
     if a.json {
-        let v = serde_json::json!({
-            "pending": s.pending,
-            "oldest_pending_age_seconds": s.oldest_pending_age.map(|d| d.as_secs()),
-            "failed": s.failed,
-            "failed_rows": s.failed_rows.iter().map(row_json).collect::<Vec<_>>(),
-            "parked": s.parked,
-            "parked_rows": s.parked_rows.iter().map(row_json).collect::<Vec<_>>(),
-        });
-        println!("{v}");
+        println!("{}", status_json(&s));
     } else {
-        let age = s
-            .oldest_pending_age
-            .map_or("-".to_string(), |d| format!("{}s", d.as_secs()));
-        println!(
-            "pending {}  oldest {}  refused by the broker {}  parked {}",
-            s.pending, age, s.failed, s.parked
-        );
-        print_rows("refused, retried", &s.failed_rows, s.failed);
-        print_rows("parked (requeue or discard)", &s.parked_rows, s.parked);
+        print_status(&s);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The status as `outbox status --json` prints it (also a part of `rabbit-once status`).
+pub fn status_json(s: &rabbit_once::OutboxStatus) -> serde_json::Value {
+    serde_json::json!({
+        "pending": s.pending,
+        "oldest_pending_age_seconds": s.oldest_pending_age.map(|d| d.as_secs()),
+        "failed": s.failed,
+        "failed_rows": s.failed_rows.iter().map(row_json).collect::<Vec<_>>(),
+        "parked": s.parked,
+        "parked_rows": s.parked_rows.iter().map(row_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The status as `outbox status` prints it for people (also a part of `rabbit-once status`).
+pub fn print_status(s: &rabbit_once::OutboxStatus) {
+    let age = s
+        .oldest_pending_age
+        .map_or("-".to_string(), |d| format!("{}s", d.as_secs()));
+    println!(
+        "pending {}  oldest {}  refused by the broker {}  parked {}",
+        s.pending, age, s.failed, s.parked
+    );
+    print_rows("refused, retried", &s.failed_rows, s.failed);
+    print_rows("parked (requeue or discard)", &s.parked_rows, s.parked);
 }
 
 fn row_json(r: &rabbit_once::FailedRow) -> serde_json::Value {

@@ -20,6 +20,7 @@ pub(crate) use state::Session;
 use crate::config::ConnectionConfig;
 use crate::error::Error;
 use crate::event::{Event, Events};
+use crate::health::{ConnectionProbe, Health};
 use crate::topology::Topology;
 use crate::transport::QueueFlags;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +164,29 @@ impl Connection {
         Events {
             rx: self.inner.events.subscribe(),
         }
+    }
+
+    /// Whether the connection is ready for work, and if not why: no session (connecting,
+    /// reconnecting, given up, closed — with the reason) or a broker that blocks publishing
+    /// (memory or disk alarm). No I/O and no `await`: cheap enough for every probe of a health
+    /// endpoint. [`Publisher::health`](crate::Publisher::health) adds the publisher's buffer.
+    pub fn health(&self) -> Health {
+        let mut health = Health::default();
+        self.probe().check(&mut health.not_ready);
+        health
+    }
+
+    /// The broker of the current session, as it announced itself ("RabbitMQ 3.10.8"); `None`
+    /// while no session is up.
+    pub fn server(&self) -> Option<String> {
+        let session = self.inner.session.borrow();
+        let s = session.as_ref().filter(|s| !s.link.is_closed())?;
+        Some(server_name(s.link.server_properties()))
+    }
+
+    /// The connection's part of a [`Health`], without a handle that keeps it open.
+    pub(crate) fn probe(&self) -> ConnectionProbe {
+        ConnectionProbe(self.inner.clone())
     }
 
     /// Sessions started after the first one.
@@ -333,6 +357,18 @@ impl Connection {
     pub(crate) fn emit(&self, e: Event) {
         let _ = self.inner.events.send(e);
     }
+}
+
+/// Product and version from a broker's server properties: "RabbitMQ 3.10.8".
+pub(crate) fn server_name(props: &crate::transport::FieldTable) -> String {
+    format!(
+        "{} {}",
+        props
+            .get("product")
+            .and_then(|v| v.as_str())
+            .unwrap_or("AMQP broker"),
+        props.get("version").and_then(|v| v.as_str()).unwrap_or("")
+    )
 }
 
 #[cfg(test)]

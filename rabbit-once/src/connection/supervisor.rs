@@ -205,15 +205,7 @@ fn connect_params(cfg: &ConnectionConfig) -> ConnectParams {
 /// Hands the new session out, then says so: state `Connected` and `Event::Connected`.
 fn announce(inner: &Inner, ep: &Endpoint, link: &transport::Link, epoch: u64) {
     let endpoint = ep.to_string();
-    let props = link.server_properties();
-    let server = format!(
-        "{} {}",
-        props
-            .get("product")
-            .and_then(|v| v.as_str())
-            .unwrap_or("AMQP broker"),
-        props.get("version").and_then(|v| v.as_str()).unwrap_or("")
-    );
+    let server = super::server_name(link.server_properties());
     tracing::info!(%endpoint, epoch, %server, heartbeat = ?link.heartbeat(), "session up");
     inner.session.send_replace(Some(Session {
         epoch,

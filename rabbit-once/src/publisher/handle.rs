@@ -8,6 +8,8 @@ use super::stats::{PublisherCounters, PublisherStats};
 use super::task;
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::health::ConnectionProbe;
+use crate::health::{Health, NotReady};
 use crate::message::Message;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -58,6 +60,7 @@ pub(super) enum Cmd {
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<PublisherShared>,
+    conn: ConnectionProbe,
 }
 
 impl Publisher {
@@ -76,7 +79,11 @@ impl Publisher {
             counters,
         });
         tokio::spawn(task::run(conn.clone(), rx, shared.clone()));
-        Ok(Publisher { tx, shared })
+        Ok(Publisher {
+            tx,
+            shared,
+            conn: conn.probe(),
+        })
     }
 
     /// Accepts `msg` into the buffer, waiting while the buffer is full. Await the returned
@@ -185,6 +192,34 @@ impl Publisher {
             buffered_bytes: c.buffered_bytes.load(Ordering::Relaxed),
             peak_buffered_bytes: c.peak_buffered_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether this publisher can take messages without waiting and send them now, and if not
+    /// why: its connection has no session or the broker blocks publishing
+    /// ([`Connection::health`]), the buffer has no room (no room for one more message, or no
+    /// byte left: a message larger than the bytes left waits too, so compare `buffered_bytes`
+    /// in [`stats`](Self::stats) with the limit for an earlier warning), or the publisher is
+    /// closed. No I/O and no `await`; nothing is added to publishing.
+    pub fn health(&self) -> Health {
+        let mut health = Health::default();
+        self.conn.check(&mut health.not_ready);
+        let s = &self.shared;
+        if s.closed.load(Ordering::Acquire) {
+            let error = s.failure.get().cloned();
+            health.not_ready.push(NotReady::PublisherClosed(error));
+            return health;
+        }
+        let (rooms, bytes) = (s.count.available_permits(), s.bytes.available_permits());
+        if rooms == 0 || bytes == 0 {
+            let max = (s.config.max_buffered, s.config.max_buffered_bytes);
+            health.not_ready.push(NotReady::BufferFull {
+                buffered: max.0.saturating_sub(rooms),
+                max_buffered: max.0,
+                buffered_bytes: max.1.saturating_sub(bytes),
+                max_buffered_bytes: max.1,
+            });
+        }
+        health
     }
 
     /// Stops accepting messages, waits up to `timeout` for the broker to confirm the ones in

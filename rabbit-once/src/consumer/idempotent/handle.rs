@@ -9,6 +9,7 @@ use crate::connection::Connection;
 use crate::consumer::handler::Handler;
 use crate::dedup::Store;
 use crate::error::Error;
+use crate::health::{ConnectionProbe, Health, NotReady};
 use crate::publisher::{Publisher, PublisherConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -46,6 +47,7 @@ pub struct Consumer {
     counters: Arc<ConsumerCounters>,
     close_timeout: Arc<AtomicU64>,
     failure: Arc<OnceLock<Error>>,
+    conn: ConnectionProbe,
 }
 
 impl Consumer {
@@ -111,6 +113,7 @@ impl Consumer {
             counters,
             close_timeout,
             failure,
+            conn: conn.probe(),
         })
     }
 
@@ -124,6 +127,28 @@ impl Consumer {
     /// The counters right now.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// Whether the consumer is working, and if not why: its connection has no session (or the
+    /// broker blocks it: its acks and retry copies wait), the consumer stopped on its own
+    /// ([`error`](Self::error)), or its dedup store was unreachable at the last transaction
+    /// (messages held unacked until it answers). No I/O and no `await`: for a health endpoint.
+    pub fn health(&self) -> Health {
+        let mut health = Health::default();
+        self.conn.check(&mut health.not_ready);
+        if self.task.is_finished() {
+            let error = self.failure.get().cloned();
+            health.not_ready.push(NotReady::ConsumerStopped(error));
+            return health;
+        }
+        let down = self.counters.store_down.lock().expect("store_down lock");
+        if let Some(reason) = down.as_ref() {
+            health.not_ready.push(NotReady::StoreUnavailable {
+                reason: reason.clone(),
+            });
+        }
+        drop(down);
+        health
     }
 
     /// Whether the consumer stopped on its own: the connection gave up for good, or its first

@@ -85,6 +85,9 @@ pub(super) struct ConsumerCounters {
     pub(super) batch_size: Histogram,
     pub(super) handler_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
+    /// Why the dedup store is unreachable, while it is (as the last transaction found it):
+    /// set and cleared only when an outage starts and ends, read by `Consumer::health`.
+    pub(super) store_down: std::sync::Mutex<Option<String>>,
 }
 
 impl ConsumerCounters {
@@ -120,11 +123,17 @@ impl ConsumerCounters {
             batch_size: m::histogram(m::CONSUMER_BATCH_SIZE, l),
             handler_seconds: m::histogram(m::CONSUMER_HANDLER_SECONDS, l),
             commit_seconds: m::histogram(m::CONSUMER_COMMIT_SECONDS, l),
+            store_down: std::sync::Mutex::new(None),
         }
     }
 
     pub(super) fn add(c: &Tally, n: u64) {
         c.add(n);
+    }
+
+    /// Records that the dedup store became unreachable (`Some(reason)`) or answers again.
+    pub(super) fn set_store_down(&self, reason: Option<String>) {
+        *self.store_down.lock().expect("store_down lock") = reason;
     }
 
     pub(super) fn snapshot(&self) -> ConsumerStats {

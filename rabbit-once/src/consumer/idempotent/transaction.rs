@@ -78,6 +78,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 TxOutcome::Committed { fresh, duplicates } => {
                     if outage > 0 {
                         tracing::info!("dedup store reachable again");
+                        self.counters.set_store_down(None);
                         self.conn.emit(Event::StoreRecovered);
                     }
                     let c = &self.counters;
@@ -111,6 +112,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     if outage == 0 {
                         ConsumerCounters::add(&self.counters.store_outages, 1);
                         tracing::warn!(%reason, held = items.len(), "dedup store unreachable; holding messages unacked");
+                        self.counters.set_store_down(Some(reason.clone()));
                         self.conn.emit(Event::StoreUnavailable { reason });
                     }
                     let delay = self.config.store_backoff.delay(outage);
