@@ -274,7 +274,14 @@ async fn dedup_rows(spec: &str, schema: Option<String>) -> anyhow::Result<Vec<(S
             .fetch_optional(s.pool())
             .await?;
             match table {
-                Some(_) => Some(sqlx::query_as(&counts).fetch_all(s.pool()).await?),
+                // Sealed segments included (`SqliteOptions::segment_rows`).
+                Some(_) => Some(
+                    s.records_by_group()
+                        .await?
+                        .into_iter()
+                        .map(|(g, n)| (g, n as i64))
+                        .collect(),
+                ),
                 None => None,
             }
         }

@@ -101,6 +101,11 @@ async fn a_record_in_a_sealed_segment_is_still_a_duplicate() {
     assert_eq!(claim(&s, "g", &mixed).await, [false, true, false, true]);
     // The same ids in another group are new there.
     assert!(claim(&s, "other", &all[..200]).await.iter().all(|&n| n));
+    // Counted per group, sealed or not (what `rabbit-once status` shows).
+    assert_eq!(
+        s.records_by_group().await.unwrap(),
+        [("g".to_string(), 1002), ("other".to_string(), 200)]
+    );
 }
 
 #[tokio::test]

@@ -352,4 +352,43 @@ impl Segments {
         }
         Ok(deleted)
     }
+
+    /// Dedup records per consumer group, in the table that takes inserts and in every sealed
+    /// segment, by group name.
+    pub(crate) async fn records_by_group(
+        pool: &SqlitePool,
+    ) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        // A file from before segments existed has no list (nothing is created by looking).
+        let listed: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?")
+                .bind(SEGMENTS_TABLE)
+                .fetch_optional(pool)
+                .await?;
+        let mut tables = vec![DEDUP_TABLE.to_string()];
+        if listed.is_some() {
+            tables.extend(
+                sqlx::query_scalar::<_, String>(&format!(
+                    "SELECT table_name FROM {SEGMENTS_TABLE} ORDER BY seq"
+                ))
+                .fetch_all(pool)
+                .await?,
+            );
+        }
+        let parts: Vec<String> = tables
+            .iter()
+            .map(|t| {
+                format!("SELECT consumer_group, COUNT(*) AS n FROM {t} GROUP BY consumer_group")
+            })
+            .collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT consumer_group, SUM(n) FROM ({}) GROUP BY consumer_group ORDER BY consumer_group",
+            parts.join(" UNION ALL ")
+        ))
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(g, n)| (g, n.max(0) as u64))
+            .collect())
+    }
 }

@@ -143,6 +143,12 @@ impl SqliteStore {
         self.segments.forget_count();
         rows
     }
+
+    /// Dedup records per consumer group (sealed or not), by group name. Creates nothing: the
+    /// dedup table must exist.
+    pub async fn records_by_group(&self) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        Segments::records_by_group(&self.pool).await
+    }
 }
 
 impl Dialect for Sqlite {
