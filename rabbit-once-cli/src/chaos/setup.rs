@@ -171,6 +171,16 @@ impl Setup {
         .await?)
     }
 
+    /// A connection straight to the broker for the timeline's sampler: started, not awaited (a
+    /// broker down at the start is sampled as gaps until it is back).
+    pub(super) fn sampler_connection(&self) -> anyhow::Result<Connection> {
+        Ok(Connection::start(
+            ConnectionConfig::from_uris(&self.direct_uris)?
+                .name("rabbit-once chaos sampler")
+                .heartbeat(std::time::Duration::from_secs(2)),
+        )?)
+    }
+
     /// The fault proxy in front of node `i` of the cluster, or in front of the broker.
     pub(super) fn proxy(&self, i: usize) -> &FaultProxy {
         match (&self.cluster, &self.proxy) {
