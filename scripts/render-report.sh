@@ -29,7 +29,7 @@ profile=$(mktemp -d)
 log=$(mktemp)
 trap 'rm -rf "$profile" "$log"' EXIT
 flags=(--headless --disable-gpu --hide-scrollbars --no-first-run --no-default-browser-check
-  --mute-audio --disable-extensions --disable-background-networking --force-device-scale-factor=1
+  --mute-audio --disable-dev-shm-usage --disable-extensions --disable-background-networking --force-device-scale-factor=1
   --user-data-dir="$profile" --window-size="$width,$height" --screenshot="$out")
 # Chromium refuses to run as root with its sandbox.
 [ "$(id -u)" != 0 ] || flags+=(--no-sandbox)

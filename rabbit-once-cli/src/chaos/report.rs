@@ -197,7 +197,7 @@ fn chart(out: &mut String, r: &Report, series: &[Series], unit: &str, primary: b
         .fold(0.0, f64::max);
     // Counts: at least 0..5 in whole steps.
     let (ymax, ystep) = nice_scale(ymax_data.max(5.0));
-    let top = if primary { 112.0 } else { 24.0 };
+    let top = if primary { 128.0 } else { 24.0 };
     let below = if primary { 76.0 } else { 34.0 };
     let f = Frame {
         top,
@@ -239,7 +239,8 @@ fn chart(out: &mut String, r: &Report, series: &[Series], unit: &str, primary: b
     );
     // X ticks.
     let (_, xstep) = nice_scale(seconds);
-    let xstep = xstep.max(1.0);
+    // Whole seconds (2.5 → 2).
+    let xstep = xstep.floor().max(1.0);
     let mut t = 0.0;
     while t <= seconds + 1e-6 {
         let x = f.x(t);
@@ -515,11 +516,12 @@ fn ledger_row(out: &mut String, key: &str, label: &str, v: &serde_json::Value) {
                 .iter()
                 .map(|x| match x {
                     Value::String(s) => s.clone(),
-                    Value::Object(o) => o
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    Value::Object(o) => leader_kill(o).unwrap_or_else(|| {
+                        o.iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
                     x => x.to_string(),
                 })
                 .collect();
@@ -528,14 +530,31 @@ fn ledger_row(out: &mut String, key: &str, label: &str, v: &serde_json::Value) {
         Value::Null => (String::new(), "—".into()),
         x => (x.to_string(), x.to_string()),
     };
+    let cell = if matches!(v, Value::Array(a) if !a.is_empty()) {
+        "text"
+    } else {
+        "num"
+    };
     let _ = write!(
         out,
-        r#"<tr data-key="{}"{class}><td>{}</td><td class="num" data-value="{}">{}</td></tr>"#,
+        r#"<tr data-key="{}"{class}><td>{}</td><td class="{cell}" data-value="{}">{}</td></tr>"#,
         esc(key),
         esc(label),
         esc(&raw),
         esc(&shown)
     );
+}
+
+/// A `--cluster` leader kill as one line, if `o` is one.
+fn leader_kill(o: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let secs = |k: &str| o.get(k)?.as_f64().map(|ms| ms / 1000.0);
+    Some(format!(
+        "{} killed; new leader {} after {:.1} s; back in the cluster after {:.1} s",
+        o.get("killed")?.as_str()?,
+        o.get("new_leader")?.as_str()?,
+        secs("new_leader_after_ms")?,
+        secs("rejoined_after_ms")?
+    ))
 }
 
 fn ledger_table(out: &mut String, ledger: &serde_json::Value) {
@@ -577,7 +596,7 @@ svg text{font-family:inherit}.tick{font-size:11px;fill:#555}.unit{font-size:12px
 .legend i.dash{height:0;border-top:2px dashed;background:none}.legend b{margin-right:5px}
 .cols{display:flex;gap:28px;align-items:flex-start;flex-wrap:wrap}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 10px;border-bottom:1px solid #e6e6ee;text-align:left}
-th{background:#f3f3f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f7}td.num{text-align:right;font-variant-numeric:tabular-nums}td.text{max-width:340px}
 tr.bad td{background:#fde7e7;color:#a50e0e;font-weight:700}tr.good td.num{color:#1e8e3e;font-weight:700}
 .notes{color:#555;font-size:12.5px}
 ";
@@ -751,6 +770,19 @@ mod tests {
         assert!(html.contains(r#"id="verdict">PASS<"#));
         // Self-contained: nothing fetched, no script.
         assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
+    }
+
+    #[test]
+    fn a_leader_kill_reads_as_a_sentence() {
+        let mut r = report();
+        r.ledger = Some(
+            serde_json::json!({"leader_kills": [{"killed": "n1", "new_leader": "n2",
+            "new_leader_after_ms": 900, "rejoined_after_ms": 20243}]}),
+        );
+        let html = render(&r);
+        assert!(html.contains(
+            "n1 killed; new leader n2 after 0.9 s; back in the cluster after 20.2 s</td>"
+        ));
     }
 
     #[test]

@@ -327,12 +327,7 @@ pub(super) async fn count(setup: &Setup, tl: &Timeline, seconds: f64) -> Counted
     for t in first.values() {
         first_applied_per_s[bucket(*t)] += 1;
     }
-    let per_second = |v: &[u64]| -> Vec<(f64, f64)> {
-        v.iter()
-            .enumerate()
-            .map(|(i, n)| (i as f64 + 0.5, *n as f64))
-            .collect()
-    };
+    let per_second = |v: &[u64]| rates(v, seconds);
     let timed_confirms = !confirmed.is_empty();
     if timed_confirms {
         let mut s = Series::new(
@@ -360,20 +355,10 @@ pub(super) async fn count(setup: &Setup, tl: &Timeline, seconds: f64) -> Counted
         ));
     }
     let lag = timed_confirms.then(|| {
-        let (mut c, mut a) = (0i64, 0i64);
-        let points = confirmed_per_s
-            .iter()
-            .zip(&first_applied_per_s)
-            .enumerate()
-            .map(|(i, (dc, da))| {
-                c += *dc as i64;
-                a += *da as i64;
-                (i as f64 + 1.0, (c - a).max(0) as f64)
-            });
         Series::new(
             "confirmed, not yet applied",
             "#ff7f0e",
-            std::iter::once((0.0, 0.0)).chain(points).collect(),
+            backlog(&confirmed_per_s, &first_applied_per_s, seconds),
         )
     });
     Counted { throughput, lag }
@@ -493,6 +478,38 @@ pub(super) async fn write_report(
     Ok(())
 }
 
+/// Messages per second from counts per second of a run of `seconds`: a point mid-bucket each;
+/// the last, partial second as the rate over its length (at least a quarter of a second, so a
+/// few stragglers do not look like a burst).
+fn rates(per_s: &[u64], seconds: f64) -> Vec<(f64, f64)> {
+    per_s
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let width = (seconds - i as f64).min(1.0);
+            (width > 0.0).then(|| (i as f64 + width / 2.0, *n as f64 / width.max(0.25)))
+        })
+        .collect()
+}
+
+/// Confirmed and not yet applied at the end of each second (and at the end of the run): the
+/// running difference of the two counts per second, never below 0 (a message can be applied
+/// before its confirm reaches the publisher).
+fn backlog(confirmed: &[u64], applied: &[u64], seconds: f64) -> Vec<(f64, f64)> {
+    let (mut c, mut a) = (0i64, 0i64);
+    let mut points = vec![(0.0, 0.0)];
+    for (i, (dc, da)) in confirmed.iter().zip(applied).enumerate() {
+        let end = (i as f64 + 1.0).min(seconds);
+        if end <= i as f64 {
+            break;
+        }
+        c += *dc as i64;
+        a += *da as i64;
+        points.push((end, (c - a).max(0) as f64));
+    }
+    points
+}
+
 /// `(seq, applied_at)` of every row of `db`'s `applied` table (empty if it cannot be read).
 async fn applied_times(db: &Db) -> Vec<(Option<i64>, u128)> {
     use rabbit_once::sqlx;
@@ -539,6 +556,23 @@ mod tests {
         std::fs::write(dir.join("pub-0-1.log"), "a 1\n").unwrap();
         assert_eq!(tails.reconnects(&dir), 7);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rates_are_per_second_and_the_last_partial_second_is_scaled() {
+        assert_eq!(
+            rates(&[10, 20, 5], 2.5),
+            vec![(0.5, 10.0), (1.5, 20.0), (2.25, 10.0)]
+        );
+        // A sliver of a second counts as a quarter of one.
+        assert_eq!(rates(&[10, 2], 1.1), vec![(0.5, 10.0), (1.05, 8.0)]);
+        assert_eq!(rates(&[7, 0], 1.0), vec![(0.5, 7.0)]);
+        assert!(rates(&[], 3.0).is_empty());
+        assert_eq!(
+            backlog(&[10, 5, 0], &[4, 8, 3], 2.5),
+            vec![(0.0, 0.0), (1.0, 6.0), (2.0, 3.0), (2.5, 0.0)]
+        );
+        assert_eq!(backlog(&[0, 0], &[3, 0], 1.0), vec![(0.0, 0.0), (1.0, 0.0)]);
     }
 
     #[test]
