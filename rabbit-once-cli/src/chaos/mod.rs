@@ -25,7 +25,7 @@
 //!   lost, applied twice and missing.
 //! - `timeline.rs`: what happened when — faults, process restarts, a sample a second of the
 //!   queue's depth and the consumers' reconnects — and throughput and lag counted at the end.
-//! - `report.rs`: `--report FILE.html`, the run as one self-contained page (inline SVG).
+//! - `report/`: `--report FILE.html`, the run as one self-contained page (inline SVG).
 
 mod args;
 mod inject;

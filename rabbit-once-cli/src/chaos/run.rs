@@ -60,7 +60,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok((l, timed_out)) => Ok((l, *timed_out)),
             Err(e) => Err(e),
         };
-        match super::timeline::write_report(path, &a, &setup, &timeline, outcome).await {
+        match super::report::write(path, &a, &setup, &timeline, outcome).await {
             Ok(()) => say(format!("  report written to {}", path.display())),
             Err(e) => eprintln!("could not write the report {}: {e:#}", path.display()),
         }

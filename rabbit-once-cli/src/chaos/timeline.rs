@@ -4,10 +4,8 @@
 //! the children record anyway (a publisher's confirm times, each `applied` row's `applied_at`).
 //! Nothing here is on a child's path: the sampler is one task of the chaos process.
 
-use super::args::Args;
-use super::ledger::Ledger;
 use super::ledger::{PubReport, now_micros};
-use super::report::{Mark, ProcessMark, Report, Series, render};
+use super::report::{Mark, ProcessMark, Series};
 use super::setup::Setup;
 use crate::applied::Db;
 use crate::consume::Summary as ConsumerSummary;
@@ -362,120 +360,6 @@ pub(super) async fn count(setup: &Setup, tl: &Timeline, seconds: f64) -> Counted
         )
     });
     Counted { throughput, lag }
-}
-
-/// Writes the run's page to `path`: the parameters of `a`, what `tl` recorded, throughput and
-/// lag [counted](count) from `setup`'s reports and store, and the ledger — or, when the run
-/// ended without one (`Err`: an error, Ctrl-C), what it got to. Bounded: a store that does not
-/// answer leaves the charts empty rather than the run hanging.
-pub(super) async fn write_report(
-    path: &Path,
-    a: &Args,
-    setup: &Setup,
-    tl: &Timeline,
-    outcome: Result<(&Ledger, bool), &anyhow::Error>,
-) -> anyhow::Result<()> {
-    let seconds = tl.now();
-    let counted = tokio::time::timeout(Duration::from_secs(30), count(setup, tl, seconds))
-        .await
-        .unwrap_or(Counted {
-            throughput: Vec::new(),
-            lag: None,
-        });
-    let rec = tl.snapshot();
-    let mode = match (a.cluster, a.own_broker) {
-        (Some(n), _) => format!("private {n}-node cluster, quorum queues"),
-        (None, true) => "private node".to_string(),
-        (None, false) => "the given broker".to_string(),
-    };
-    let mode = [(a.outbox, " + outbox"), (a.pipeline, " + pipeline")]
-        .iter()
-        .filter(|(on, _)| *on)
-        .fold(mode, |m, (_, s)| m + s);
-    let mut params = vec![
-        ("broker".to_string(), mode),
-        ("messages".to_string(), a.messages.to_string()),
-        ("publishers".to_string(), a.publishers.to_string()),
-        ("consumers".to_string(), a.consumers().to_string()),
-        (
-            "store".to_string(),
-            if setup.store.starts_with("sqlite") {
-                "SQLite"
-            } else {
-                "PostgreSQL"
-            }
-            .to_string(),
-        ),
-        (
-            "fault interval".to_string(),
-            format!("{} s", a.fault_interval),
-        ),
-    ];
-    params.extend(rec.params);
-    params.push((
-        "charted".to_string(),
-        format!("{seconds:.1} s from the first child"),
-    ));
-    let (passed, headline, ledger) = match outcome {
-        Ok((l, timed_out)) => {
-            let (ok, line) = l.verdict(timed_out);
-            (Some(ok), line.to_string(), Some(serde_json::to_value(l)?))
-        }
-        Err(e) => (None, format!("No ledger: {e:#}"), None),
-    };
-    let mut lag = Vec::new();
-    if let Some(mut s) = counted.lag {
-        s.area = true;
-        lag.push(s);
-    }
-    lag.push(Series::new(
-        "ready in the work queue (sampled each second)",
-        "#9467bd",
-        rec.samples
-            .iter()
-            .map(|s| (s.t, s.queue_ready.map_or(f64::NAN, |n| n as f64)))
-            .collect(),
-    ));
-    let reconnects = rec
-        .samples
-        .windows(2)
-        .filter(|w| w[1].reconnects > w[0].reconnects)
-        .map(|w| (w[1].t, w[1].reconnects - w[0].reconnects))
-        .collect();
-    let mut notes = vec![
-        "Throughput and the confirmed-not-applied lag are counted from the publishers' confirm \
-         times and each applied row's applied_at, per second; the queue's depth (ready \
-         messages, not those delivered and unacked) is sampled once a second: a gap is a broker \
-         that did not answer within 500 ms."
-            .to_string(),
-        "Reconnects are the consumer processes' own (from their reports, every 500 ms); the \
-         publishers do not report theirs. Restarts are marked when the run starts a process \
-         again: after a kill (also a fault line) or after it exited on its own."
-            .to_string(),
-    ];
-    if a.outbox {
-        notes.push(
-            "--outbox: a commit is not timed, so published throughput and the \
-             confirmed-not-applied lag are not drawn; the lag is the queue's depth."
-                .to_string(),
-        );
-    }
-    let page = render(&Report {
-        title: format!("rabbit-once chaos run {}", setup.run_id),
-        passed,
-        headline,
-        params,
-        seconds,
-        throughput: counted.throughput,
-        lag,
-        faults: rec.faults,
-        processes: rec.processes,
-        reconnects,
-        ledger,
-        notes,
-    });
-    std::fs::write(path, page)?;
-    Ok(())
 }
 
 /// Messages per second from counts per second of a run of `seconds`: a point mid-bucket each;
