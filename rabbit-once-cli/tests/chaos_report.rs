@@ -2,7 +2,7 @@
 //! (cuts, a black hole, a consumer and a publisher SIGKILLed) writes one self-contained page whose
 //! fault markers and ledger are the run's own, and serves metrics that agree with its ledger;
 //! the page is then rendered with headless Chromium (`scripts/render-report.sh`) and the
-//! picture checked to be one.
+//! picture checked to be one. A run stopped by SIGTERM still writes its page.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
@@ -257,5 +257,92 @@ async fn a_chaos_report_shows_the_runs_faults_and_ledger_and_renders() {
     );
     let badge = pixels.iter().filter(|p| **p == [0x1e, 0x8e, 0x3e]).count();
     assert!(badge > 500, "{badge} pixels of the PASS badge");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run stopped by SIGTERM (as by Ctrl-C) still writes its page: no ledger, but the faults
+/// that fired until then, each marked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_chaos_run_still_writes_its_page() {
+    let dir = std::env::temp_dir().join(rabbit_once_testkit::unique("chaos-report"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("run.html");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "chaos",
+            "--messages",
+            "100000",
+            "--rate",
+            "200",
+            "--cuts",
+            "20",
+            "--blackholes",
+            "0",
+            "--consumer-kills",
+            "0",
+            "--publisher-kills",
+            "0",
+            "--heartbeat",
+            "1",
+            "--fault-interval",
+            "0.5",
+        ])
+        .arg("--report")
+        .arg(&page)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Two faults fired, then SIGTERM.
+    let mut printed = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.trim_start().starts_with("fault ") {
+                printed += 1;
+                if printed == 2 {
+                    return;
+                }
+            }
+        }
+        panic!("the run ended before two faults");
+    })
+    .await
+    .expect("two faults fire");
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The rest of stdout: faults that fired before the signal was seen, and the report line.
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut rest = Vec::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            rest.push(l);
+        }
+        rest
+    })
+    .await
+    .expect("the run stops");
+    printed += rest
+        .iter()
+        .filter(|l| l.trim_start().starts_with("fault "))
+        .count();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "an interrupted run does not pass");
+    assert!(
+        rest.iter().any(|l| l.contains("report written to")),
+        "{rest:?}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(r#"id="verdict">NO LEDGER<"#));
+    assert!(html.contains("interrupted"));
+    assert_eq!(
+        html.matches(r#"<g class="fault" data-kind="cut">"#).count(),
+        printed,
+        "a marker per fault that fired"
+    );
+    assert!(html.contains("<svg") && !html.contains("<script"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
