@@ -34,7 +34,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let timeline = Timeline::new();
     timeline.param("setup", format!("{:.1} s", started.elapsed().as_secs_f64()));
     let sampler = if a.report.is_some() || a.metrics.metrics_addr.is_some() {
-        Some(Sampler::start(&setup, timeline.clone())?)
+        Some(Sampler::start(&setup, timeline.clone(), a.outbox)?)
     } else {
         None
     };

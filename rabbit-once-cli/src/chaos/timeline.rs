@@ -4,6 +4,7 @@
 //! the children record anyway (a publisher's confirm times, each `applied` row's `applied_at`).
 //! Nothing here is on a child's path: the sampler is one task of the chaos process.
 
+use super::committed::Committed;
 use super::ledger::{PubReport, now_micros};
 use super::report::{Mark, ProcessMark, Series};
 use super::setup::Setup;
@@ -55,6 +56,8 @@ pub(super) struct Sample {
     pub(super) queue_ready: Option<u64>,
     /// Consumer reconnects so far, every consumer process together (by their reports).
     pub(super) reconnects: u64,
+    /// With `--outbox`: messages committed so far (`None`: not read).
+    pub(super) committed: Option<u64>,
 }
 
 #[derive(Default)]
@@ -179,17 +182,24 @@ pub(super) struct Recorded {
 }
 
 /// The sampling task: once a second, the work queue's depth (over a connection of its own,
-/// straight to the broker; a broker that does not answer within 500 ms leaves a gap) and the
-/// consumers' reconnects (the tails of their reports).
+/// straight to the broker; a broker that does not answer within 500 ms leaves a gap), the
+/// consumers' reconnects (the tails of their reports) and, with `--outbox`, the messages
+/// committed so far.
 pub(super) struct Sampler {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
-    /// Starts sampling `setup`'s work queue and work directory into `timeline`.
-    pub(super) fn start(setup: &Setup, timeline: Timeline) -> anyhow::Result<Sampler> {
+    /// Starts sampling `setup`'s work queue and work directory (`outbox`: and its outboxes)
+    /// into `timeline`.
+    pub(super) fn start(
+        setup: &Setup,
+        timeline: Timeline,
+        outbox: bool,
+    ) -> anyhow::Result<Sampler> {
         let conn = setup.sampler_connection()?;
+        let mut committed = outbox.then(|| Committed::new(&setup.db, setup.work.clone()));
         let queue = setup.queue.clone();
         let work = setup.work.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
@@ -210,11 +220,19 @@ impl Sampler {
                         .and_then(Result::ok)
                         .map(|i| i.messages as u64);
                 let reconnects = tails.reconnects(&work);
+                let committed = match committed.as_mut() {
+                    Some(c) => c.count().await,
+                    None => None,
+                };
                 timeline.sample(Sample {
                     t,
                     queue_ready,
                     reconnects,
+                    committed,
                 });
+            }
+            if let Some(c) = committed {
+                c.close().await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
         });
@@ -284,6 +302,8 @@ pub(super) struct Counted {
     pub(super) throughput: Vec<Series>,
     /// Confirmed and not yet applied (messages), when confirms are timed.
     pub(super) lag: Option<Series>,
+    /// When each message was first applied (seconds into the run), in order.
+    pub(super) first_applied: Vec<f64>,
 }
 
 /// Counts [`Counted`] for a run of `seconds` seconds.
@@ -359,7 +379,13 @@ pub(super) async fn count(setup: &Setup, tl: &Timeline, seconds: f64) -> Counted
             backlog(&confirmed_per_s, &first_applied_per_s, seconds),
         )
     });
-    Counted { throughput, lag }
+    let mut first_applied: Vec<f64> = first.values().map(|t| tl.secs(*t)).collect();
+    first_applied.sort_by(f64::total_cmp);
+    Counted {
+        throughput,
+        lag,
+        first_applied,
+    }
 }
 
 /// Messages per second from counts per second of a run of `seconds`: a point mid-bucket each;
@@ -392,6 +418,31 @@ fn backlog(confirmed: &[u64], applied: &[u64], seconds: f64) -> Vec<(f64, f64)> 
         points.push((end, (c - a).max(0) as f64));
     }
     points
+}
+
+/// `(seconds, value)` points of a series.
+type Points = Vec<(f64, f64)>;
+
+/// With `--outbox`, from the samples of what was committed (`(seconds, committed)`) and when
+/// each message was first applied (`first_applied`, in order): committed msg/s between samples,
+/// and committed but not yet applied at each sample.
+pub(super) fn commit_rates(samples: &[(f64, u64)], first_applied: &[f64]) -> (Points, Points) {
+    let rates = samples
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0)
+        .map(|w| {
+            let dn = w[1].1.saturating_sub(w[0].1) as f64;
+            ((w[0].0 + w[1].0) / 2.0, dn / (w[1].0 - w[0].0))
+        })
+        .collect();
+    let lag = samples
+        .iter()
+        .map(|(t, n)| {
+            let applied = first_applied.partition_point(|a| a <= t) as u64;
+            (*t, n.saturating_sub(applied) as f64)
+        })
+        .collect();
+    (rates, lag)
 }
 
 /// `(seq, applied_at)` of every row of `db`'s `applied` table (empty if it cannot be read).
@@ -457,6 +508,20 @@ mod tests {
             vec![(0.0, 0.0), (1.0, 6.0), (2.0, 3.0), (2.5, 0.0)]
         );
         assert_eq!(backlog(&[0, 0], &[3, 0], 1.0), vec![(0.0, 0.0), (1.0, 0.0)]);
+    }
+
+    #[test]
+    fn commits_sampled_give_a_rate_and_a_lag() {
+        let (rates, lag) = commit_rates(
+            &[(0.0, 0), (1.0, 100), (2.0, 300), (3.0, 300)],
+            &[0.5, 0.9, 1.5, 2.5, 2.5],
+        );
+        assert_eq!(rates, vec![(0.5, 100.0), (1.5, 200.0), (2.5, 0.0)]);
+        assert_eq!(
+            lag,
+            vec![(0.0, 0.0), (1.0, 98.0), (2.0, 297.0), (3.0, 295.0)]
+        );
+        assert_eq!(commit_rates(&[], &[1.0]), (vec![], vec![]));
     }
 
     #[test]
