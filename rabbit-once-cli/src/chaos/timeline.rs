@@ -159,6 +159,9 @@ impl Timeline {
             metrics::gauge!("rabbit_once_chaos_queue_ready_messages").set(n as f64);
         }
         metrics::gauge!("rabbit_once_chaos_consumer_reconnects").set(s.reconnects as f64);
+        if let Some(n) = s.committed {
+            metrics::gauge!("rabbit_once_chaos_committed_messages").set(n as f64);
+        }
         self.with(|d| d.samples.push(s));
     }
 
