@@ -50,7 +50,7 @@ pub(super) enum Happened {
 /// One sample of what is only seen live.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Sample {
-    /// Seconds since the run started.
+    /// Seconds on the timeline (from its zero, when the children start).
     pub(super) t: f64,
     /// Messages ready in the work queue (`None`: the broker did not answer in time).
     pub(super) queue_ready: Option<u64>,
@@ -73,7 +73,8 @@ struct Data {
 /// each, never per message.
 #[derive(Clone)]
 pub(super) struct Timeline {
-    /// Unix time of the run's start, in microseconds: the x axis's zero.
+    /// Unix time of the timeline's zero, in microseconds: the x axis's zero (the run makes the
+    /// timeline once its setup is done, as the children start).
     started_us: u128,
     data: Arc<Mutex<Data>>,
 }
@@ -87,12 +88,12 @@ impl Timeline {
         }
     }
 
-    /// Seconds from the run's start to unix time `us` (microseconds).
+    /// Seconds from the timeline's zero to unix time `us` (microseconds).
     pub(super) fn secs(&self, us: u128) -> f64 {
         us.saturating_sub(self.started_us) as f64 / 1e6
     }
 
-    /// Seconds since the run's start.
+    /// Seconds since the timeline's zero.
     pub(super) fn now(&self) -> f64 {
         self.secs(now_micros())
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// A fault on the timeline.
 #[derive(Debug, Clone)]
 pub(super) struct Mark {
-    /// Seconds since the run started.
+    /// Seconds on the timeline (from when the children start).
     pub(super) t: f64,
     /// How long it lasted (0 for an instant one: a cut, a kill).
     pub(super) seconds: f64,
