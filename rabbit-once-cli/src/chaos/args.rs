@@ -101,6 +101,17 @@ pub struct Args {
     /// Print the ledger as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Write the run as one self-contained HTML page (inline SVG, no script, nothing fetched):
+    /// throughput and consumer lag over time, each fault a marked line, process restarts and
+    /// consumer reconnects, the ledger and the parameters. Written however the run ends — the
+    /// ledger failing, an error, Ctrl-C. `scripts/render-report.sh FILE.html OUT.png` turns it
+    /// into an image (headless Chromium).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<std::path::PathBuf>,
+    /// The chaos process's own Prometheus metrics (faults, processes started and killed, the
+    /// queue's depth, the ledger at the end; docs/metrics.md).
+    #[command(flatten)]
+    pub metrics: crate::common::Metrics,
     /// Keep the work directory (reports, SQLite file) for inspection.
     #[arg(long)]
     pub keep: bool,

@@ -6,6 +6,7 @@ use super::ledger::now_micros;
 use super::plan::{Fault, Plan, jitter};
 use super::pool::Pool;
 use super::setup::Setup;
+use super::timeline::Timeline;
 use rabbit_once_testkit::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ pub(super) struct FaultLog {
     pub(super) times: Vec<u128>,
     /// With `--cluster`: each kill of the work queue's leader node.
     pub(super) leader_kills: Vec<LeaderKill>,
+    /// Where each fault is marked for the report (and counted for the metrics).
+    timeline: Timeline,
 }
 
 /// A `kill -9` of the node leading the work queue (`--cluster`).
@@ -40,13 +43,14 @@ pub struct LeaderKill {
 }
 
 impl FaultLog {
-    /// An empty log; the run started at `started`.
-    pub(super) fn new(started: Instant) -> FaultLog {
+    /// An empty log; the run started at `started`; each fault also goes on `timeline`.
+    pub(super) fn new(started: Instant, timeline: Timeline) -> FaultLog {
         FaultLog {
             started,
             counts: BTreeMap::new(),
             times: Vec::new(),
             leader_kills: Vec::new(),
+            timeline,
         }
     }
 
@@ -56,6 +60,7 @@ impl FaultLog {
         if f.measures_recovery() {
             self.times.push(t);
         }
+        self.timeline.fault(&name(f), t, detail);
         if !json {
             let detail = if detail.is_empty() {
                 String::new()

@@ -156,32 +156,62 @@ impl Ledger {
         Ok(())
     }
 
-    /// Prints the ledger (as one JSON line with `json`) and the verdict: success only when
-    /// nothing was lost, applied twice or missing, in time, and every kind of fault planned
-    /// fired.
-    pub(super) fn report(&self, json: bool, timed_out: bool) -> anyhow::Result<ExitCode> {
+    /// The verdict: passed only when nothing was lost, applied twice or missing, in time, and
+    /// every kind of fault planned fired; and the line that says so.
+    pub(super) fn verdict(&self, timed_out: bool) -> (bool, &'static str) {
         let balanced = self.lost == 0
             && self.applied_twice == 0
             && self.missing == 0
             && self.stage2_lost.unwrap_or(0) == 0
             && self.stage2_applied_twice.unwrap_or(0) == 0;
-        let ok = balanced && !timed_out && self.faults_not_fired.is_empty();
+        if timed_out {
+            (
+                false,
+                "FAILED: the run timed out before everything was applied",
+            )
+        } else if !balanced {
+            (false, "FAILED: the ledger does not balance")
+        } else if !self.faults_not_fired.is_empty() {
+            (false, "FAILED: a kind of fault planned never fired")
+        } else {
+            (true, "OK: lost 0, applied twice 0")
+        }
+    }
+
+    /// Sets the ledger gauges of `--metrics-addr` (docs/metrics.md): each count as
+    /// `rabbit_once_chaos_ledger_messages{entry}`, and `rabbit_once_chaos_passed`.
+    pub(super) fn set_gauges(&self, passed: bool) {
+        let entries = [
+            ("messages", Some(self.messages)),
+            ("published", Some(self.published)),
+            ("confirmed", Some(self.confirmed)),
+            ("committed", self.committed),
+            ("applied_once", Some(self.applied_once)),
+            ("applied_twice", Some(self.applied_twice)),
+            ("lost", Some(self.lost)),
+            ("missing", Some(self.missing)),
+            ("stage2_applied_once", self.stage2_applied_once),
+            ("stage2_applied_twice", self.stage2_applied_twice),
+            ("stage2_lost", self.stage2_lost),
+        ];
+        for (entry, n) in entries {
+            if let Some(n) = n {
+                metrics::gauge!("rabbit_once_chaos_ledger_messages", "entry" => entry)
+                    .set(n as f64);
+            }
+        }
+        metrics::gauge!("rabbit_once_chaos_passed").set(if passed { 1.0 } else { 0.0 });
+    }
+
+    /// Prints the ledger (as one JSON line with `json`) and the verdict; success only when it
+    /// [passed](Self::verdict).
+    pub(super) fn report(&self, json: bool, timed_out: bool) -> anyhow::Result<ExitCode> {
+        let (ok, line) = self.verdict(timed_out);
         if json {
             println!("{}", serde_json::to_string(self)?);
         } else {
             self.print();
-            println!(
-                "\n  {}",
-                if ok {
-                    "OK: lost 0, applied twice 0"
-                } else if timed_out {
-                    "FAILED: the run timed out before everything was applied"
-                } else if !balanced {
-                    "FAILED: the ledger does not balance"
-                } else {
-                    "FAILED: a kind of fault planned never fired"
-                }
-            );
+            println!("\n  {line}");
         }
         Ok(if ok {
             ExitCode::SUCCESS

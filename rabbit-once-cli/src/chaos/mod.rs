@@ -23,14 +23,21 @@
 //! - `inject.rs`: the fault loop, and the record of which faults fired when.
 //! - `ledger.rs`: the ledger — the children's reports and the `applied` table, counted into
 //!   lost, applied twice and missing.
+//! - `timeline.rs`: what happened when — faults, process restarts, a sample a second of the
+//!   queue's depth and the consumers' reconnects — and throughput and lag counted at the end.
+//! - `committed.rs`: with `--outbox`, the messages committed so far (the `sent` rows).
+//! - `report/`: `--report FILE.html`, the run as one self-contained page (inline SVG).
 
 mod args;
+mod committed;
 mod inject;
 mod ledger;
 mod plan;
 mod pool;
+mod report;
 mod run;
 mod setup;
+mod timeline;
 
 pub use args::Args;
 pub use run::run;

@@ -5,6 +5,7 @@ use super::args::Args;
 use super::ledger::PubReport;
 use super::plan::Plan;
 use super::setup::Setup;
+use super::timeline::{Happened, Role, Timeline};
 use crate::outbox::OutboxArgs;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -59,11 +60,18 @@ pub(super) struct Launcher {
     outbox_tx: Option<u64>,
     /// With `--pipeline`: the second stage's queue, store and schema.
     stage2: Option<(String, String, Option<String>)>,
+    /// Where each start, kill and exit is marked.
+    timeline: Timeline,
 }
 
 impl Launcher {
     /// Children of this binary, connecting through the proxy, publishing at the plan's rate.
-    pub(super) fn new(a: &Args, setup: &Setup, plan: &Plan) -> anyhow::Result<Launcher> {
+    pub(super) fn new(
+        a: &Args,
+        setup: &Setup,
+        plan: &Plan,
+        timeline: Timeline,
+    ) -> anyhow::Result<Launcher> {
         Ok(Launcher {
             exe: std::env::current_exe()?,
             work: setup.work.clone(),
@@ -82,6 +90,7 @@ impl Launcher {
                 .stage2
                 .as_ref()
                 .map(|s| (s.queue.clone(), s.store.clone(), s.schema.clone())),
+            timeline,
         })
     }
 
@@ -151,8 +160,19 @@ impl Launcher {
         cmd
     }
 
-    /// A `relay` process on the run's shared outbox.
-    fn spawn_relay(&self) -> anyhow::Result<Child> {
+    /// Marks child `slot` of `role` as started (`again`: restarted).
+    fn started(&self, role: Role, slot: String, again: bool) {
+        let happened = if again {
+            Happened::Restarted
+        } else {
+            Happened::Started
+        };
+        self.timeline.process(role, slot, happened);
+    }
+
+    /// Relay process `i` on the run's shared outbox (`again`: a restart).
+    fn spawn_relay(&self, i: usize, again: bool) -> anyhow::Result<Child> {
+        self.started(Role::Relay, format!("relay {i}"), again);
         let o = self.outbox_of(0);
         let mut cmd = self.child("relay", 0);
         cmd.env("RABBIT_ONCE_OUTBOX", &o.spec) // not on the command line: it may hold a password
@@ -176,6 +196,11 @@ impl Launcher {
     /// `--outbox`: over the whole range, resuming after its last commit).
     fn spawn_publisher(&self, slot: &mut PublisherSlot, from: u64) -> anyhow::Result<()> {
         slot.generation += 1;
+        self.started(
+            Role::Publisher,
+            format!("publisher {}..{}", slot.lo, slot.hi),
+            slot.generation > 1,
+        );
         slot.report = self
             .work
             .join(format!("pub-{}-{}.log", slot.lo, slot.generation));
@@ -213,6 +238,11 @@ impl Launcher {
     fn spawn_consumer(&self, slot: &mut ConsumerSlot, j: u64) -> anyhow::Result<()> {
         slot.generation += 1;
         let stage = if slot.stage2 { "s2-" } else { "" };
+        self.started(
+            Role::Consumer,
+            format!("{}consumer {j}", if slot.stage2 { "stage-2 " } else { "" }),
+            slot.generation > 1,
+        );
         slot.report = self
             .work
             .join(format!("con-{stage}{j}-{}.log", slot.generation));
@@ -294,8 +324,8 @@ impl Pool {
             launcher.spawn_publisher(slot, lo)?;
         }
         let relays = if launcher.shared_outbox() {
-            (0..a.relays)
-                .map(|_| launcher.spawn_relay().map(Some))
+            (0..a.relays as usize)
+                .map(|i| launcher.spawn_relay(i, false).map(Some))
                 .collect::<anyhow::Result<_>>()?
         } else {
             Vec::new()
@@ -327,6 +357,11 @@ impl Pool {
                 if status.success() {
                     slot.done = true;
                 } else {
+                    self.launcher.timeline.process(
+                        Role::Publisher,
+                        format!("publisher {}..{}", slot.lo, slot.hi),
+                        Happened::Exited,
+                    );
                     let from = slot.first_unconfirmed();
                     say(format!(
                         "  publisher for {}..{} exited with {status}; restarting from {from}",
@@ -348,6 +383,11 @@ impl Pool {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 say(format!("  consumer {j} exited with {status}; restarting"));
+                self.launcher.timeline.process(
+                    Role::Consumer,
+                    format!("consumer {j}"),
+                    Happened::Exited,
+                );
                 self.launcher.spawn_consumer(slot, j as u64)?;
             }
         }
@@ -360,6 +400,11 @@ impl Pool {
         let j = fastrand::usize(..stage1.max(1));
         if let Some(c) = self.consumers[j].child.take() {
             kill9(&c);
+            self.launcher.timeline.process(
+                Role::Consumer,
+                format!("consumer {j}"),
+                Happened::Killed,
+            );
             let _ = c.wait_with_output().await;
         }
         self.launcher
@@ -380,6 +425,11 @@ impl Pool {
         let slot = &mut self.publishers[live[fastrand::usize(..live.len())]];
         if let Some(c) = slot.child.take() {
             kill9(&c);
+            self.launcher.timeline.process(
+                Role::Publisher,
+                format!("publisher {}..{}", slot.lo, slot.hi),
+                Happened::Killed,
+            );
             let _ = c.wait_with_output().await;
         }
         if self.launcher.outbox_tx.is_some() {
@@ -414,9 +464,12 @@ impl Pool {
         let i = fastrand::usize(..self.relays.len());
         if let Some(c) = self.relays[i].take() {
             kill9(&c);
+            self.launcher
+                .timeline
+                .process(Role::Relay, format!("relay {i}"), Happened::Killed);
             let _ = c.wait_with_output().await;
         }
-        self.relays[i] = Some(self.launcher.spawn_relay()?);
+        self.relays[i] = Some(self.launcher.spawn_relay(i, true)?);
         Ok(true)
     }
 
@@ -425,7 +478,10 @@ impl Pool {
         for (i, slot) in self.relays.iter_mut().enumerate() {
             if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 say(format!("  relay {i} exited with {status}; restarting"));
-                *slot = Some(self.launcher.spawn_relay()?);
+                self.launcher
+                    .timeline
+                    .process(Role::Relay, format!("relay {i}"), Happened::Exited);
+                *slot = Some(self.launcher.spawn_relay(i, true)?);
             }
         }
         Ok(())

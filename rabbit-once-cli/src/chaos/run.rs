@@ -6,13 +6,16 @@ use super::ledger::{Ledger, Outboxes, PubReport};
 use super::plan::Plan;
 use super::pool::{Launcher, Pool};
 use super::setup::Setup;
+use super::timeline::{Sampler, Timeline};
 use rabbit_once::Connection;
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Runs the chaos test and prints its ledger; success only if it balances.
+/// Runs the chaos test and prints its ledger; success only if it balances. With `--report`,
+/// writes the run's page however it ends; with `--metrics-addr`, serves the run's metrics.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.metrics.start()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.timeout);
     let say = |s: String| {
@@ -24,22 +27,50 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let say: &dyn Fn(String) = &say;
 
-    // 1. The broker (a node or a cluster), fault proxies in front of it, the store.
+    // 1. The broker (a node or a cluster), fault proxies in front of it, the store; and, for
+    //    the report or the metrics, a sampler of what is only seen live (the queue's depth).
     let setup = Setup::start(&a, say).await?;
+    // The report's time axis starts here, with the children.
+    let timeline = Timeline::new();
+    timeline.param("setup", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    let sampler = if a.report.is_some() || a.metrics.metrics_addr.is_some() {
+        Some(Sampler::start(&setup, timeline.clone(), a.outbox)?)
+    } else {
+        None
+    };
     // 2–7, then 8 however they end (an error, Ctrl-C, SIGTERM): children killed, queues,
     // schema, work directory and nodes removed.
     let mut check = None;
     let ledger = tokio::select! {
-        l = drive(&a, &setup, &mut check, started, deadline, say) => l,
+        l = drive(&a, &setup, &mut check, &timeline, started, deadline, say) => l,
         _ = crate::common::stop_signal() => {
             say("  interrupted: stopping the children and removing what the run made…".into());
             Err(anyhow::anyhow!("the chaos run was interrupted"))
         }
     };
+    if let Some(s) = sampler {
+        s.stop().await;
+    }
+    if let Ok((l, timed_out)) = &ledger {
+        l.set_gauges(l.verdict(*timed_out).0);
+    }
+    // The page, before the clean-up: it reads the reports and the store.
+    if let Some(path) = &a.report {
+        let outcome = match &ledger {
+            Ok((l, timed_out)) => Ok((l, *timed_out)),
+            Err(e) => Err(e),
+        };
+        match super::report::write(path, &a, &setup, &timeline, outcome).await {
+            Ok(()) => say(format!("  report written to {}", path.display())),
+            Err(e) => eprintln!("could not write the report {}: {e:#}", path.display()),
+        }
+    }
     setup.clean_up(a.keep, check, say).await;
     let (ledger, timed_out) = ledger?;
     // The verdict.
-    ledger.report(a.json, timed_out)
+    let code = ledger.report(a.json, timed_out);
+    a.metrics.linger().await;
+    code
 }
 
 /// Steps 2 to 7 of the run on `setup`: the plan, the children, the faults, the drain and the
@@ -49,6 +80,7 @@ async fn drive(
     a: &Args,
     setup: &Setup,
     check: &mut Option<Connection>,
+    timeline: &Timeline,
     started: Instant,
     deadline: Instant,
     say: &dyn Fn(String),
@@ -63,7 +95,10 @@ async fn drive(
         say,
     );
     // 3. The children, all through the proxies: consumers, then publishers.
-    let mut pool = Pool::start(Launcher::new(a, setup, &plan)?, a)?;
+    timeline.param("faults planned", plan.faults.len());
+    timeline.param("rate", format!("{:.0} msg/s", plan.rate));
+    timeline.param("heartbeat", format!("{} s", plan.heartbeat));
+    let mut pool = Pool::start(Launcher::new(a, setup, &plan, timeline.clone())?, a)?;
     say(format!(
         "  {} faults planned, publishing at {:.0} msg/s; heartbeat {}s, black holes {}s",
         plan.faults.len(),
@@ -72,7 +107,7 @@ async fn drive(
         plan.hole.as_secs()
     ));
     // 4. The faults, one after another, while children that exit are started again.
-    let mut faults = FaultLog::new(started);
+    let mut faults = FaultLog::new(started, timeline.clone());
     let mut timed_out = inject_all(a, setup, &plan, &mut pool, &mut faults, deadline, say).await?;
     // 5. The publishers finish on their own.
     if !timed_out {

@@ -171,6 +171,23 @@ impl Setup {
         .await?)
     }
 
+    /// A connection straight to the broker for the timeline's sampler: started, not awaited (a
+    /// broker down is sampled as gaps until it is back), and tried again at most a second apart
+    /// so the gaps end when the broker is back.
+    pub(super) fn sampler_connection(&self) -> anyhow::Result<Connection> {
+        use std::time::Duration;
+        Ok(Connection::start(
+            ConnectionConfig::from_uris(&self.direct_uris)?
+                .name("rabbit-once chaos sampler")
+                .heartbeat(Duration::from_secs(2))
+                .backoff(rabbit_once::Backoff::new(
+                    Duration::from_millis(50),
+                    Duration::from_secs(1),
+                    0.5,
+                )),
+        )?)
+    }
+
     /// The fault proxy in front of node `i` of the cluster, or in front of the broker.
     pub(super) fn proxy(&self, i: usize) -> &FaultProxy {
         match (&self.cluster, &self.proxy) {
