@@ -5,13 +5,16 @@
 //! - `sql`: the SQL both backends run, written once (the migration loop, statements that differ
 //!   only in their bind parameters);
 //! - [`sqlite`]: the embedded default (one file, WAL, busy timeout) — feature `sqlite`;
-//!   `segments` (sealed, read-only parts of its table once it grows, each behind a `filter`);
+//!   `segments` (sealed, read-only parts of its table once it grows, each behind a `filter`,
+//!   under `covers`: a tree of filters, so an id costs a few lookups however many segments);
 //! - [`postgres`]: a pool, safe for many consumer processes at once — feature `postgres`.
 //!
 //! The unique key is the whole point: a second insert of the same pair is a duplicate. Under
 //! PostgreSQL a concurrent insert of a pair another transaction holds waits for that transaction:
 //! if it commits, this one sees a duplicate; if it rolls back, this one wins.
 
+#[cfg(feature = "sqlite")]
+mod covers;
 #[cfg(feature = "sqlite")]
 mod filter;
 #[cfg(feature = "postgres")]

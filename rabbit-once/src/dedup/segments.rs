@@ -19,6 +19,7 @@
 //! Segments are probed whether or not this store seals: a file sealed by another process, or by
 //! an earlier run with the option on, is always read.
 
+use super::covers::{Segment, Tree};
 use super::filter::{Filter, key_hash};
 use super::{DEDUP_TABLE, unix_seconds};
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
@@ -36,24 +37,16 @@ pub(crate) const MIGRATION: &[&str] = &["CREATE TABLE IF NOT EXISTS rabbit_once_
         rows       INTEGER NOT NULL,
         min_at     INTEGER NOT NULL,
         max_at     INTEGER NOT NULL,
-        filter     BLOB NOT NULL
+        filter     BLOB NOT NULL,
+        hashes     BLOB NOT NULL
     )"];
-
-/// One sealed segment, as held in memory.
-#[derive(Debug)]
-struct Segment {
-    seq: i64,
-    table: String,
-    /// `None` when the stored filter could not be read: every id is looked up in the table.
-    filter: Option<Filter>,
-}
 
 /// What a store knows of the sealed segments: shared by its clones.
 #[derive(Debug, Default)]
 struct Known {
     /// `(max seq, count)` of the list these segments were read from.
     fingerprint: (i64, i64),
-    segments: Arc<Vec<Arc<Segment>>>,
+    tree: Arc<Tree>,
     /// Records in the table that takes inserts, as far as this store knows (`None`: count it).
     hot_rows: Option<u64>,
 }
@@ -80,37 +73,30 @@ impl Segments {
 
     /// The committed segments, read again if the list changed since the last look. Called in
     /// the claim's transaction (the write lock held).
-    async fn current(
-        &self,
-        conn: &mut SqliteConnection,
-    ) -> Result<Arc<Vec<Arc<Segment>>>, sqlx::Error> {
+    async fn current(&self, conn: &mut SqliteConnection) -> Result<Arc<Tree>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM {SEGMENTS_TABLE}"
         ))
         .fetch_one(&mut *conn)
         .await?;
         let fingerprint: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        let old = {
+        let mut tree = {
             let k = self.known();
             if k.fingerprint == fingerprint {
-                return Ok(k.segments.clone());
+                return Ok(k.tree.clone());
             }
-            k.segments.clone()
+            (*k.tree).clone()
         };
-        // Keep the filters already loaded; read only the new ones.
-        let rows = sqlx::query(&format!(
+        // Keep what is loaded; drop what is gone; read only the new segments' filters.
+        let listed: Vec<(i64, String)> = sqlx::query_as(&format!(
             "SELECT seq, table_name FROM {SEGMENTS_TABLE} ORDER BY seq"
         ))
         .fetch_all(&mut *conn)
         .await?;
-        let mut segments = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq: i64 = row.try_get(0)?;
-            if let Some(s) = old.iter().find(|s| s.seq == seq) {
-                segments.push(s.clone());
-                continue;
-            }
-            let table: String = row.try_get(1)?;
+        let seqs: HashSet<i64> = listed.iter().map(|(seq, _)| *seq).collect();
+        tree.retain(|seq| seqs.contains(&seq));
+        let last = tree.last_seq();
+        for (seq, table) in listed.into_iter().filter(|(seq, _)| *seq > last) {
             let bytes: Vec<u8> = sqlx::query_scalar(&format!(
                 "SELECT filter FROM {SEGMENTS_TABLE} WHERE seq = ?"
             ))
@@ -121,13 +107,19 @@ impl Segments {
             if filter.is_none() {
                 tracing::warn!(segment = %table, "unreadable dedup segment filter; its table is read for every id");
             }
-            segments.push(Arc::new(Segment { seq, table, filter }));
+            tree.push(Arc::new(Segment { seq, table, filter }));
         }
-        let segments = Arc::new(segments);
+        // Cover every FANOUT nodes of a level with one filter, from the leaves' key hashes.
+        while let Some(range) = tree.next_to_cover() {
+            let under = tree.seqs_under(range.clone());
+            let filter = cover_filter(conn, &under).await?;
+            tree.cover(range, filter);
+        }
+        let tree = Arc::new(tree);
         let mut k = self.known();
         k.fingerprint = fingerprint;
-        k.segments = segments.clone();
-        Ok(segments)
+        k.tree = tree.clone();
+        Ok(tree)
     }
 
     /// Which of `ids` (sorted, distinct) a sealed segment holds for `group`.
@@ -137,25 +129,25 @@ impl Segments {
         group: &str,
         ids: &[&str],
     ) -> Result<HashSet<String>, sqlx::Error> {
-        let segments = self.current(conn).await?;
+        let tree = self.current(conn).await?;
         let mut found = HashSet::new();
-        if segments.is_empty() {
+        if tree.is_empty() {
             return Ok(found);
         }
-        let hashes: Vec<u64> = ids.iter().map(|id| key_hash(group, id)).collect();
-        let mut maybe: Vec<&str> = Vec::new();
-        // Newest first: a duplicate is most likely a recent message.
-        for s in segments.iter().rev() {
-            maybe.clear();
-            maybe.extend(
-                ids.iter()
-                    .zip(&hashes)
-                    .filter(|(id, h)| {
-                        !found.contains(**id)
-                            && s.filter.as_ref().is_none_or(|f| f.may_contain(**h))
-                    })
-                    .map(|(id, _)| *id),
-            );
+        // The ids each segment may hold, by the filters on the way down to it.
+        let mut asks: Vec<(&Arc<Segment>, Vec<&str>)> = Vec::new();
+        let mut candidates = Vec::new();
+        for id in ids {
+            candidates.clear();
+            tree.candidates(key_hash(group, id), &mut candidates);
+            for s in &candidates {
+                match asks.iter_mut().find(|(t, _)| Arc::ptr_eq(t, s)) {
+                    Some((_, list)) => list.push(id),
+                    None => asks.push((s, vec![id])),
+                }
+            }
+        }
+        for (s, maybe) in asks {
             for chunk in maybe.chunks(super::sqlite::CHUNK) {
                 let mut q = sqlx::QueryBuilder::<Sqlite>::new(format!(
                     "SELECT message_id FROM {} WHERE consumer_group = ",
@@ -224,7 +216,8 @@ impl Segments {
         }
         // The seq AUTOINCREMENT will give this row: never one used before, even if rolled back.
         sqlx::query(&format!(
-            "INSERT INTO {SEGMENTS_TABLE} (table_name, rows, min_at, max_at, filter) VALUES ('', 0, 0, 0, x'')"
+            "INSERT INTO {SEGMENTS_TABLE} (table_name, rows, min_at, max_at, filter, hashes) \
+             VALUES ('', 0, 0, 0, x'', x'')"
         ))
         .execute(&mut *tx)
         .await?;
@@ -249,6 +242,7 @@ impl Segments {
         .execute(&mut *tx)
         .await?;
         let mut filter = Filter::with_capacity(rows as usize);
+        let mut hashes: Vec<u8> = Vec::with_capacity(rows as usize * 8);
         let (mut min_at, mut max_at) = (i64::MAX, i64::MIN);
         for row in sqlx::query(&format!(
             "SELECT consumer_group, message_id, processed_at FROM {table}"
@@ -259,18 +253,22 @@ impl Segments {
             let group: &str = row.try_get(0)?;
             let id: &str = row.try_get(1)?;
             let at: i64 = row.try_get(2)?;
-            filter.insert(key_hash(group, id));
+            let h = key_hash(group, id);
+            filter.insert(h);
+            hashes.extend_from_slice(&h.to_le_bytes());
             min_at = min_at.min(at);
             max_at = max_at.max(at);
         }
         sqlx::query(&format!(
-            "UPDATE {SEGMENTS_TABLE} SET table_name = ?, rows = ?, min_at = ?, max_at = ?, filter = ? WHERE seq = ?"
+            "UPDATE {SEGMENTS_TABLE} SET table_name = ?, rows = ?, min_at = ?, max_at = ?, filter = ?, \
+             hashes = ? WHERE seq = ?"
         ))
         .bind(&table)
         .bind(rows as i64)
         .bind(min_at)
         .bind(max_at)
         .bind(filter.to_bytes())
+        .bind(hashes)
         .bind(seq)
         .execute(&mut *tx)
         .await?;
@@ -283,15 +281,17 @@ impl Segments {
         // if it is there.
         let mut k = self.known();
         k.hot_rows = Some(0);
-        let mut segments = (*k.segments).clone();
-        segments.push(Arc::new(Segment {
-            seq,
-            table,
-            filter: Some(filter),
-        }));
-        k.segments = Arc::new(segments);
-        // No fingerprint can match: the next claim reads the list again and keeps the filters
-        // of the segments it finds there (this one without reading it back).
+        if seq > k.tree.last_seq() {
+            let mut tree = (*k.tree).clone();
+            tree.push(Arc::new(Segment {
+                seq,
+                table,
+                filter: Some(filter),
+            }));
+            k.tree = Arc::new(tree);
+        }
+        // No fingerprint can match: the next claim reads the list again, keeps the filters
+        // of the segments it finds there (this one without reading it back) and covers them.
         k.fingerprint = (-1, -1);
         Ok(rows)
     }
@@ -391,4 +391,33 @@ impl Segments {
             .map(|(g, n)| (g, n.max(0) as u64))
             .collect())
     }
+}
+
+/// A filter over the keys of the segments `seqs`, from their stored key hashes; `None` if one
+/// of them has none readable (the cover then always looks below).
+async fn cover_filter(
+    conn: &mut SqliteConnection,
+    seqs: &[i64],
+) -> Result<Option<Filter>, sqlx::Error> {
+    let mut all: Vec<Vec<u8>> = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+            "SELECT hashes FROM {SEGMENTS_TABLE} WHERE seq = ?"
+        ))
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match bytes {
+            Some(b) if !b.is_empty() && b.len() % 8 == 0 => all.push(b),
+            _ => return Ok(None),
+        }
+    }
+    let keys = all.iter().map(|b| b.len() / 8).sum();
+    let mut filter = Filter::with_capacity(keys);
+    for b in &all {
+        for h in b.chunks_exact(8) {
+            filter.insert(u64::from_le_bytes(h.try_into().expect("8 bytes")));
+        }
+    }
+    Ok(Some(filter))
 }
