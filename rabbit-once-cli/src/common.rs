@@ -85,6 +85,8 @@ impl Metrics {
                 "cannot serve metrics on {addr} (--metrics-addr): {e}"
             ))
         })?;
+        // Units and `# HELP` lines for every family.
+        rabbit_once::metrics::describe();
         Ok(())
     }
 
