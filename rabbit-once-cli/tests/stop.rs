@@ -299,3 +299,48 @@ async fn ctrl_c_on_relay_with_sqlite_deletes_what_was_confirmed() {
     let spec = format!("sqlite:{}", file.path.display());
     relay_stopped_by("INT", &q, &["--outbox", &spec]).await;
 }
+
+/// Two signals together (sent while the process is stopped, so both are pending when it runs
+/// again; none is missed): the first stops `consume`, the second ends its wait for the batch in
+/// hand at once — exit 1, said on stderr. Nothing is lost or applied twice: a second run
+/// applies the rest, skipping what the first committed and did not ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_consume_at_once_and_nothing_is_applied_twice() {
+    let q = unique("cli-stop-twice");
+    let file = TempDb::new();
+    let spec = format!("sqlite:{}", file.path.display());
+    let db = Ledger::Sqlite(file.path.clone());
+    let uri = broker_uri();
+    let n = CONSUMED.to_string();
+    run_to_end(&[
+        "publish", "--queue", &q, "--count", &n, "--size", "64", "--json", "--uri", &uri,
+    ])
+    .await;
+    let conn = direct().await;
+    let consume = [
+        "consume", "--queue", &q, "--batch", "20", "--json", "--uri", &uri, "--store", &spec,
+    ];
+    let child = spawn(&consume);
+    let taken = wait_queue(&conn, &q, |ready| ready <= CONSUMED - 2000).await;
+    assert!(taken, "the consumer took messages");
+    let pid = child.id().unwrap();
+    send("STOP", pid);
+    send("TERM", pid);
+    send("INT", pid);
+    send("CONT", pid);
+    let out = finish(child).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped again"), "{stderr}");
+
+    let s2 = run_to_end(&[&consume[..], &["--until-idle", "3"]].concat()).await;
+    eprintln!("after two signals: second run {s2}");
+    let counts = db.seq_counts().await;
+    assert_eq!(
+        counts,
+        (0..CONSUMED as i64).map(|s| (s, 1)).collect::<Vec<_>>(),
+        "every seq applied exactly once"
+    );
+    delete_queues(&conn, &q).await;
+    conn.close().await;
+}
