@@ -5,6 +5,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rabbit_once::{
     Backoff, Confirmation, Confirmed, Connection, ConnectionConfig, Event, PublishError,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -83,6 +85,8 @@ impl Metrics {
                 "cannot serve metrics on {addr} (--metrics-addr): {e}"
             ))
         })?;
+        // Units and `# HELP` lines for every family.
+        rabbit_once::metrics::describe();
         Ok(())
     }
 
@@ -146,25 +150,88 @@ pub async fn connect(conn: &Conn, config: ConnectionConfig) -> anyhow::Result<Co
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM: the one way every command hears that it is asked to
-/// stop. Until it is first polled, either signal ends the process at once; a signal that
-/// arrives between two calls is not seen by the second, so a loop pins one and polls it again.
-pub async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// stop. The handlers are installed by the first call (until then either signal ends the
+/// process at once, as it does before a command has anything in hand); from then on every
+/// signal is counted, and each resolves one wait: the first wait that is (or next is) polled.
+/// A signal that comes while no wait is pending is kept for the next one — never missed, as it
+/// was when each wait listened on its own from its first poll.
+pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let signals = Signals::installed();
+    async move { signals.take().await }
+}
+
+/// The signals heard and the waits they ended: one listener task for the whole process.
+struct Signals {
+    /// Signals received since the handlers were installed.
+    heard: AtomicU64,
+    /// Signals that ended a wait (at most `heard`).
+    taken: AtomicU64,
+    /// Woken at each signal.
+    notify: tokio::sync::Notify,
+}
+
+impl Signals {
+    /// The process's signals; the first call installs the handlers (in the running tokio
+    /// runtime) and spawns the task that counts them.
+    fn installed() -> Arc<Signals> {
+        static SIGNALS: OnceLock<Arc<Signals>> = OnceLock::new();
+        SIGNALS
+            .get_or_init(|| {
+                use tokio::signal::unix::{SignalKind, signal};
+                let signals = Arc::new(Signals {
+                    heard: AtomicU64::new(0),
+                    taken: AtomicU64::new(0),
+                    notify: tokio::sync::Notify::new(),
+                });
+                // Installed here, synchronously: a signal from now on is counted. A handler
+                // that cannot be installed is a signal never heard.
+                let mut term = signal(SignalKind::terminate()).ok();
+                let mut int = signal(SignalKind::interrupt()).ok();
+                let counter = signals.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            Some(()) = recv(&mut term) => {}
+                            Some(()) = recv(&mut int) => {}
+                            else => return,
+                        }
+                        counter.heard.fetch_add(1, Ordering::AcqRel);
+                        counter.notify.notify_waiters();
+                    }
+                });
+                signals
+            })
+            .clone()
+    }
+
+    /// Waits for a signal no other wait has taken, and takes it.
+    async fn take(&self) {
+        loop {
+            // Registered before the counts are read: a signal in between still wakes it.
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let taken = self.taken.load(Ordering::Acquire);
+            if self.heard.load(Ordering::Acquire) > taken {
+                if self
+                    .taken
+                    .compare_exchange(taken, taken + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
             }
-            Err(_) => std::future::pending().await,
+            notified.await;
         }
-    };
-    let int = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        _ = int => {}
-        _ = term => {}
+    }
+}
+
+/// The next signal of `s`; `None` once it can give none (or was never installed).
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => None,
     }
 }
 
@@ -241,5 +308,43 @@ mod tests {
         assert_eq!(seq_of(&b), Some(42));
         assert_eq!(seq_of(b"nope"), None);
         assert_eq!(seq_body(7, 0), br#"{"seq":7}"#.to_vec());
+    }
+
+    /// A signal that comes while nothing waits for one ends the next wait; each signal ends one
+    /// wait. (The only test here that installs the handlers: they live on this test's runtime.)
+    #[tokio::test]
+    async fn a_signal_between_two_waits_is_kept_for_the_second() {
+        drop(stop_signal()); // installs the handlers
+        let signals = Signals::installed();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        for _ in 0..1000 {
+            if signals.heard.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            signals.heard.load(Ordering::Acquire),
+            1,
+            "heard, with no wait"
+        );
+        tokio::time::timeout(Duration::from_secs(10), stop_signal())
+            .await
+            .expect("the kept signal ends the next wait");
+        assert_eq!(signals.taken.load(Ordering::Acquire), 1);
+        let mut next = std::pin::pin!(stop_signal());
+        assert!(
+            poll_once(next.as_mut()).await.is_pending(),
+            "a taken signal ends no other wait"
+        );
+    }
+
+    /// Polls `f` once.
+    async fn poll_once<F: std::future::Future + Unpin>(mut f: F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
     }
 }

@@ -290,7 +290,17 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     }
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let stats = consumer.close(Duration::from_secs(10)).await;
+    // The batch in hand finishes (commit and ack, or roll back); a second Ctrl-C / SIGTERM
+    // stops the wait at once (exit 1).
+    let stats = tokio::select! {
+        s = consumer.close(Duration::from_secs(10)) => s,
+        _ = crate::common::stop_signal() => {
+            return Err(anyhow::anyhow!(
+                "stopped again before the batch in hand was settled: the broker delivers its \
+                 messages again (one that committed is skipped as a duplicate)"
+            ));
+        }
+    };
     if let Some(relay) = relay {
         // What it has not published stays in the outbox for the next relay.
         relay.close(Duration::from_secs(10)).await;

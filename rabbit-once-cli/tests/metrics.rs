@@ -31,8 +31,39 @@ struct Sample {
     value: f64,
 }
 
-/// GET on the endpoint; the samples of the Prometheus text format (comments skipped).
-async fn scrape(port: u16) -> Vec<Sample> {
+/// What one scrape returned: the samples, and the families with a `# HELP` line.
+struct Scraped {
+    samples: Vec<Sample>,
+    help: std::collections::BTreeSet<String>,
+}
+
+impl std::ops::Deref for Scraped {
+    type Target = [Sample];
+    fn deref(&self) -> &[Sample] {
+        &self.samples
+    }
+}
+
+impl Scraped {
+    /// Every family scraped (a histogram's `_bucket`, `_sum` and `_count` are one) has its
+    /// `# HELP` line.
+    fn every_family_has_help(&self) {
+        for s in &self.samples {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    s.name
+                        .strip_suffix(suffix)
+                        .filter(|f| self.help.contains(*f))
+                })
+                .unwrap_or(&s.name);
+            assert!(self.help.contains(family), "no # HELP for {}", s.name);
+        }
+    }
+}
+
+/// GET on the endpoint: the samples of the Prometheus text format, and the `# HELP` lines.
+async fn scrape(port: u16) -> Scraped {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -42,10 +73,18 @@ async fn scrape(port: u16) -> Vec<Sample> {
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    raw.lines()
+    let samples = raw
+        .lines()
         .filter(|l| l.starts_with("rabbit_once_"))
         .map(parse_sample)
-        .collect()
+        .collect();
+    let help = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP rabbit_once_"))
+        .filter(|rest| rest.contains(' ')) // a name and its text
+        .map(|rest| format!("rabbit_once_{}", rest.split(' ').next().unwrap()))
+        .collect();
+    Scraped { samples, help }
 }
 
 /// `name{k="v",…} value` (label values as the exporter writes them: no `,` or `"` in ours).
@@ -131,7 +170,7 @@ fn bounded_labels(samples: &[Sample]) {
 
 /// Runs the binary with `args`, waits for its `--json` summary on stdout (the work is done; the
 /// endpoint lingers), scrapes, then ends it with SIGTERM. Returns the summary and the samples.
-async fn run_and_scrape(args: &[&str], port: u16) -> (serde_json::Value, Vec<Sample>) {
+async fn run_and_scrape(args: &[&str], port: u16) -> (serde_json::Value, Scraped) {
     let mut child = tokio::process::Command::new(BIN)
         .args(args)
         .args(["--json", "--metrics-addr", &format!("127.0.0.1:{port}")])
@@ -217,6 +256,7 @@ async fn scraped_counters_equal_the_ledger() {
     assert_eq!(value(&m, "rabbit_once_connection_up", &[]), 0.0);
     assert_eq!(sum(&m, "rabbit_once_connection_reconnects_total", &[]), 0.0);
     bounded_labels(&m);
+    m.every_family_has_help();
 
     let port = free_port();
     let (s, m) = run_and_scrape(
@@ -275,6 +315,7 @@ async fn scraped_counters_equal_the_ledger() {
         commits
     );
     bounded_labels(&m);
+    m.every_family_has_help();
 
     let conn = direct().await;
     delete_queues(&conn, &q).await;
@@ -305,4 +346,74 @@ async fn a_taken_metrics_port_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--metrics-addr"), "{err}");
     drop(taken);
+}
+
+/// `relay` reports the outbox's backlog: a row the broker refuses stays in the table, and the
+/// relay's count of it reaches `rabbit_once_outbox_pending_rows` (the rows it published are
+/// gone from the count); every family has its help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reports_the_rows_left_in_the_outbox() {
+    let q = unique("cli-metrics-relay");
+    let db = TempDb::new();
+    let spec = format!("sqlite:{}", db.path.display());
+    let store = rabbit_once::SqliteStore::open(&db.path).await.unwrap();
+    let outbox = rabbit_once::SqliteOutbox::new(store.pool().clone());
+    outbox.migrate().await.unwrap();
+    let conn = direct().await;
+    conn.declare(&rabbit_once::Topology::new().queue(rabbit_once::Queue::new(&q)))
+        .await
+        .unwrap();
+    let mut tx = rabbit_once::Store::begin(&store).await.unwrap();
+    let nowhere = rabbit_once::Message::new(format!("{q}-missing-exchange"), "k", "refused");
+    outbox.enqueue(&mut tx, nowhere).await.unwrap();
+    let good = (0..3).map(|i| rabbit_once::Message::to_queue(&q, format!("{i}")));
+    outbox.enqueue_all(&mut tx, good).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["relay", "--outbox", &spec, "--uri", &broker_uri(), "--json"])
+        .args([
+            "--retry-after",
+            "60",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Counted every 5 s: the first count may still see the three rows it publishes.
+    let mut last = None;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let m = scrape(port).await;
+        let pending = sum(&m, "rabbit_once_outbox_pending_rows", &[]);
+        let relayed = sum(&m, "rabbit_once_outbox_relayed_total", &[]);
+        if pending == 1.0 && relayed == 3.0 {
+            last = Some(m);
+            break;
+        }
+    }
+    let m = last.expect("the relay counted the one row left");
+    let age = value(&m, "rabbit_once_outbox_oldest_pending_age_seconds", &[]);
+    assert!(age >= 0.0, "{age}");
+    bounded_labels(&m);
+    m.every_family_has_help();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    store.pool().close().await;
+    conn.delete_queue(&q).await.unwrap();
+    conn.close().await;
 }

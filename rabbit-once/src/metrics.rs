@@ -14,6 +14,12 @@
 use crate::error::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod describe;
+#[cfg(all(test, feature = "metrics"))]
+mod tests;
+
+pub use describe::describe;
+
 // ---- publisher ----
 /// Counter: messages accepted into a publisher's buffer.
 pub const PUBLISHER_ACCEPTED: &str = "rabbit_once_publisher_accepted_total";
@@ -37,6 +43,10 @@ pub const PUBLISHER_BUFFERED_BYTES: &str = "rabbit_once_publisher_buffered_bytes
 pub const PUBLISHER_IN_FLIGHT: &str = "rabbit_once_publisher_in_flight_messages";
 /// Histogram: seconds from acceptance into the buffer to the broker's confirm.
 pub const PUBLISHER_CONFIRM_SECONDS: &str = "rabbit_once_publisher_confirm_duration_seconds";
+/// Gauge: seconds since the oldest message without a verdict was accepted (0 when none);
+/// updated once per batch of commands, writes or verdicts.
+pub const PUBLISHER_OLDEST_UNCONFIRMED_AGE: &str =
+    "rabbit_once_publisher_oldest_unconfirmed_age_seconds";
 
 // ---- connection ----
 /// Gauge: 1 while a session is up, else 0.
@@ -105,6 +115,12 @@ pub const RELAY_READS: &str = "rabbit_once_outbox_reads_total";
 pub const RELAY_READ_ROWS: &str = "rabbit_once_outbox_read_rows";
 /// Gauge: rows published by the relay and not yet confirmed.
 pub const RELAY_IN_FLIGHT: &str = "rabbit_once_outbox_in_flight_rows";
+/// Gauge: rows in the outbox table (committed, not yet confirmed), counted by the relay that
+/// publishes at most every few seconds, off its publishing path.
+pub const RELAY_PENDING_ROWS: &str = "rabbit_once_outbox_pending_rows";
+/// Gauge: seconds since the oldest pending row was written (0 when none), read with
+/// [`RELAY_PENDING_ROWS`].
+pub const RELAY_OLDEST_PENDING_AGE: &str = "rabbit_once_outbox_oldest_pending_age_seconds";
 
 /// Every histogram whose unit is seconds: exporters may give them one set of buckets.
 pub const SECONDS_HISTOGRAMS: &[&str] = &[
@@ -171,6 +187,23 @@ impl std::fmt::Debug for Gauge {
         f.debug_struct("Gauge")
             .field("last", &f64::from_bits(self.last.load(Ordering::Relaxed)))
             .finish()
+    }
+}
+
+/// The time from `from` to `to`, in seconds, as a histogram sample: computed only when a live
+/// handle takes it (a handle with no recorder behind it never asks).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct Elapsed {
+    pub(crate) from: std::time::Instant,
+    pub(crate) to: std::time::Instant,
+}
+
+#[cfg(feature = "metrics")]
+impl ::metrics::IntoF64 for Elapsed {
+    #[inline]
+    fn into_f64(self) -> f64 {
+        self.to.saturating_duration_since(self.from).as_secs_f64()
     }
 }
 
@@ -290,14 +323,45 @@ pub(crate) fn reason(e: &Error) -> &'static str {
     }
 }
 
+/// Every `reason` word (docs/metrics.md lists them): [`reason`]'s and the handler failures'.
+pub(crate) const REASONS: [&str; 26] = [
+    "unroutable",
+    "nacked",
+    "refused",
+    "exchange_not_found",
+    "too_large",
+    "invalid_message",
+    "handed_back",
+    "gave_up",
+    "closed",
+    "publisher_closed",
+    "buffer_full",
+    "connection_lost",
+    "closed_by_broker",
+    "channel_closed",
+    "connect",
+    "authentication",
+    "vhost_refused",
+    "protocol",
+    "topology",
+    "queue_not_found",
+    "timeout",
+    "store",
+    "config",
+    "other",
+    "error",
+    "panic",
+];
+
 /// One counter per `reason` word, resolved on first use of each and kept: a failure storm
-/// resolves nothing again (a linear scan of a few entries, behind a mutex only on the cold
-/// path of failures).
+/// resolves nothing again. A word of [`REASONS`] has a slot of its own (no lock: a scan of the
+/// words and a `OnceLock`); any other word goes to a list behind a mutex.
 #[derive(Debug)]
 pub(crate) struct ByReason {
     name: &'static str,
     labels: Vec<(&'static str, String)>,
-    seen: std::sync::Mutex<Vec<(&'static str, Counter)>>,
+    known: [std::sync::OnceLock<Counter>; REASONS.len()],
+    others: std::sync::Mutex<Vec<(&'static str, Counter)>>,
 }
 
 impl ByReason {
@@ -305,7 +369,8 @@ impl ByReason {
         ByReason {
             name,
             labels: l.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-            seen: std::sync::Mutex::new(Vec::new()),
+            known: std::array::from_fn(|_| std::sync::OnceLock::new()),
+            others: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -314,17 +379,28 @@ impl ByReason {
         if n == 0 {
             return;
         }
-        let mut seen = self.seen.lock().expect("metrics lock");
-        if let Some((_, c)) = seen.iter().find(|(r, _)| *r == reason) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.known[i]
+                .get_or_init(|| self.resolve(reason))
+                .increment(n);
+            return;
+        }
+        let mut others = self.others.lock().expect("metrics lock");
+        if let Some((_, c)) = others.iter().find(|(r, _)| *r == reason) {
             c.increment(n);
             return;
         }
+        let c = self.resolve(reason);
+        c.increment(n);
+        others.push((reason, c));
+    }
+
+    /// The counter of `reason`, registered with the recorder.
+    fn resolve(&self, reason: &'static str) -> Counter {
         let mut l: Vec<(&'static str, &str)> =
             self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         l.push(("reason", reason));
-        let c = counter(self.name, &l);
-        c.increment(n);
-        seen.push((reason, c));
+        counter(self.name, &l)
     }
 }
 
@@ -382,6 +458,6 @@ mod noop {
     pub(crate) struct Histogram;
     impl Histogram {
         #[inline]
-        pub(crate) fn record(&self, _: f64) {}
+        pub(crate) fn record<T>(&self, _: T) {}
     }
 }

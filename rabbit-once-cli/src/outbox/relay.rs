@@ -92,7 +92,17 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         stop_signal().await;
     }
-    let stats = relay.close(Duration::from_secs(5)).await;
+    // The rows in hand are settled and the confirmed ones deleted; a second Ctrl-C / SIGTERM
+    // stops the wait at once (exit 1).
+    let stats = tokio::select! {
+        s = relay.close(Duration::from_secs(5)) => s,
+        _ = stop_signal() => {
+            return Err(anyhow::anyhow!(
+                "stopped again before the rows in hand were settled: rows the broker confirmed \
+                 and not yet deleted are published again by the next relay (same message_id)"
+            ));
+        }
+    };
     let status = db.status().await?;
     conn.close().await;
     db.close().await;

@@ -32,6 +32,8 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     fn next_retry(&self) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
     /// Moves a row refused once more (`reason`) to the parked table, in one transaction.
     fn park(&self, id: i64, reason: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The rows in the table and the oldest one's age in seconds (the relay's gauges).
+    fn backlog(&self) -> impl Future<Output = Result<(u64, Option<u64>), Error>> + Send;
     /// Signalled when this process enqueues.
     fn wake(&self) -> Arc<Notify>;
     /// Waits until this relay may publish, and returns the right to: on PostgreSQL a session

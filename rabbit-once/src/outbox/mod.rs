@@ -105,6 +105,7 @@ macro_rules! enqueue_methods {
 }
 
 pub(crate) mod backend;
+mod backlog;
 mod config;
 pub(crate) mod relay;
 mod row;

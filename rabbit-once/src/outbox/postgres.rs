@@ -145,6 +145,12 @@ impl super::backend::Backend for PostgresOutbox {
         store::next_retry(&self.pool).await.map_err(store_error)
     }
 
+    async fn backlog(&self) -> Result<(u64, Option<u64>), Error> {
+        store::backlog(&self.pool, store::POSTGRES_AGE_SECONDS)
+            .await
+            .map_err(store_error)
+    }
+
     async fn park(&self, id: i64, reason: &str) -> Result<(), Error> {
         store::park(&self.pool, id, reason)
             .await

@@ -16,6 +16,7 @@
 
 use super::PendingRow;
 use super::backend::{Backend, Claim, Outbox};
+use super::backlog::Backlog;
 use super::config::{RelayConfig, RelayCounters, RelayStats};
 use super::store::Filter;
 use crate::connection::Connection;
@@ -91,6 +92,7 @@ impl Relay {
                 config,
                 counters: counters.clone(),
                 meters: RelayMeters::new(&conn.config().name),
+                backlog: Backlog::new(&conn.config().name),
                 conn: conn.clone(),
                 close_timeout: close_timeout.clone(),
                 flying: std::collections::VecDeque::new(),
@@ -144,6 +146,8 @@ struct Worker<B> {
     counters: Arc<RelayCounters>,
     /// The same counts as metrics (`docs/metrics.md`), and the relay's gauges.
     meters: RelayMeters,
+    /// The rows in the table, counted every few seconds while this relay publishes.
+    backlog: Backlog,
     conn: Connection,
     /// How long a clean stop waits for the confirms in hand (ms), set by `close`.
     close_timeout: Arc<AtomicU64>,
@@ -273,6 +277,7 @@ impl<B: Backend> Worker<B> {
                 None => false,
             };
             if !held {
+                self.backlog.clear();
                 if claim.take().is_some() {
                     tracing::warn!(
                         "outbox relay: lost the right to publish; waiting to take it again"
@@ -302,6 +307,7 @@ impl<B: Backend> Worker<B> {
             let moved = match self.step().await {
                 Ok(n) => {
                     failures = 0;
+                    self.backlog.tick(&self.backend);
                     n
                 }
                 Err(e) => {
@@ -340,6 +346,7 @@ impl<B: Backend> Worker<B> {
             }
         }
         listener.abort();
+        self.backlog.clear();
         // A clean stop settles what is in hand and deletes the confirmed rows, so the next
         // relay publishes none of them again.
         let timeout = Duration::from_millis(self.close_timeout.load(Ordering::Relaxed));

@@ -168,6 +168,12 @@ impl super::backend::Backend for SqliteOutbox {
         store::next_retry(&self.pool).await.map_err(store_error)
     }
 
+    async fn backlog(&self) -> Result<(u64, Option<u64>), Error> {
+        store::backlog(&self.pool, store::SQLITE_AGE_SECONDS)
+            .await
+            .map_err(store_error)
+    }
+
     async fn park(&self, id: i64, reason: &str) -> Result<(), Error> {
         store::park(&self.pool, id, reason)
             .await

@@ -282,6 +282,40 @@ where
     .await
 }
 
+/// SQLite's "seconds since the oldest row was written" (`created_at` is Unix seconds there).
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE_AGE_SECONDS: &str =
+    "CAST(strftime('%s', 'now') AS INTEGER) - MIN(created_at)";
+
+/// PostgreSQL's "seconds since the oldest row was written" (`created_at` is a timestamp there).
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_AGE_SECONDS: &str =
+    "CAST(EXTRACT(EPOCH FROM now() - MIN(created_at)) AS BIGINT)";
+
+/// The rows in the outbox and how old the oldest is in seconds (`age_seconds`: the database's
+/// expression for it): one `COUNT(*)` and `MIN` over the table, for the relay's gauges.
+pub(crate) async fn backlog<'e, DB, E>(
+    db: E,
+    age_seconds: &str,
+) -> Result<(u64, Option<u64>), sqlx::Error>
+where
+    DB: Dialect,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> Option<i64>: Decode<'r, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let row = sqlx::query::<DB>(&format!(
+        "SELECT COUNT(*), {age_seconds} FROM {OUTBOX_TABLE}"
+    ))
+    .fetch_one(db)
+    .await?;
+    let rows: i64 = row.try_get(0)?;
+    let age: Option<i64> = row.try_get(1)?;
+    Ok((rows.max(0) as u64, age.map(|a| a.max(0) as u64)))
+}
+
 /// Deletes the rows `ids` (confirmed by the broker); returns how many were there. (The relay
 /// deletes with [`remove_on`], on a connection it set up for it.)
 #[cfg(test)]

@@ -96,6 +96,18 @@ impl<R> Buffer<R> {
         self.in_flight
     }
 
+    /// When the oldest message without a verdict was accepted (settled ones leave the front
+    /// as they settle, so this looks at the first entry or few).
+    pub(crate) fn oldest_accepted(&self) -> Option<Instant> {
+        if self.unresolved == 0 {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|e| e.state != State::Done)
+            .map(|e| e.accepted)
+    }
+
     pub(crate) fn suspect_in_flight(&self) -> bool {
         self.suspects_in_flight > 0
     }

@@ -236,3 +236,22 @@ fn byte_count_follows_verdicts() {
     assert_eq!(rest[0].seq, 1);
     assert_eq!((b.len(), b.bytes()), (0, 0));
 }
+
+#[test]
+fn the_oldest_unconfirmed_is_the_first_without_a_verdict() {
+    let t0 = Instant::now();
+    let (t1, t2) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+    let mut b: Buffer<()> = Buffer::new(0);
+    assert_eq!(b.oldest_accepted(), None);
+    for (i, t) in [t0, t1, t2].into_iter().enumerate() {
+        b.push(Box::new(msg(i as u64)), 1, (), t);
+    }
+    send(&mut b, 3);
+    let mut out = Vec::new();
+    b.ack(2, false, &mut out); // the second settles first: the first is still the oldest
+    assert_eq!(b.oldest_accepted(), Some(t0));
+    b.ack(1, false, &mut out);
+    assert_eq!(b.oldest_accepted(), Some(t2));
+    b.ack(3, false, &mut out);
+    assert_eq!(b.oldest_accepted(), None);
+}

@@ -2,6 +2,7 @@
 
 use super::close::Closing;
 use super::session::{DRAIN, Task};
+use crate::metrics::Elapsed;
 use crate::publisher::confirmation::{Confirmed, PublishError};
 use crate::publisher::handle::Cmd;
 use std::sync::atomic::Ordering;
@@ -44,11 +45,24 @@ impl Task {
             };
         }
         self.shared.counters.accepted.add(accepted);
-        self.gauges();
+        self.gauges_at(Some(now));
     }
 
+    /// The buffer's gauges, once per batch; reads the clock for the oldest message's age
+    /// unless the buffer is empty.
     pub(super) fn gauges(&self) {
+        self.gauges_at(None);
+    }
+
+    /// [`gauges`](Self::gauges) with the clock already read (`now`).
+    fn gauges_at(&self, now: Option<std::time::Instant>) {
         let c = &self.shared.counters;
+        let age = self.buf.oldest_accepted().map_or(0.0, |t| {
+            now.unwrap_or_else(std::time::Instant::now)
+                .saturating_duration_since(t)
+                .as_secs_f64()
+        });
+        c.oldest_unconfirmed_gauge.set(age);
         c.buffered.store(self.buf.len(), Ordering::Relaxed);
         let bytes = self.buf.bytes();
         c.buffered_bytes.store(bytes, Ordering::Relaxed);
@@ -86,8 +100,11 @@ impl Task {
         for mut r in self.resolved.drain(..) {
             let result = match r.verdict {
                 Ok(()) => {
-                    c.confirm_seconds
-                        .record(now.saturating_duration_since(r.accepted).as_secs_f64());
+                    // Computed only inside a live handle: nothing with no recorder.
+                    c.confirm_seconds.record(Elapsed {
+                        from: r.accepted,
+                        to: now,
+                    });
                     Ok(Confirmed {
                         message_id: r.msg.properties.message_id.take().unwrap_or_default(),
                         sequence: r.seq,
@@ -106,6 +123,6 @@ impl Task {
                 let _ = reply.send(result);
             }
         }
-        self.gauges();
+        self.gauges_at(Some(now));
     }
 }
