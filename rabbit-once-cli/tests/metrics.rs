@@ -274,6 +274,9 @@ async fn scraped_counters_equal_the_ledger() {
         ),
         commits
     );
+    // Each committed batch's ack records its lag once (nothing was retried or dead-lettered).
+    let lag = value(&m, "rabbit_once_consumer_ack_lag_seconds_count", &mine);
+    assert_eq!(lag, commits);
     bounded_labels(&m);
 
     let conn = direct().await;

@@ -85,6 +85,7 @@ pub(super) struct ConsumerCounters {
     pub(super) batch_size: Histogram,
     pub(super) handler_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
+    pub(super) ack_lag_seconds: Histogram,
 }
 
 impl ConsumerCounters {
@@ -120,6 +121,7 @@ impl ConsumerCounters {
             batch_size: m::histogram(m::CONSUMER_BATCH_SIZE, l),
             handler_seconds: m::histogram(m::CONSUMER_HANDLER_SECONDS, l),
             commit_seconds: m::histogram(m::CONSUMER_COMMIT_SECONDS, l),
+            ack_lag_seconds: m::histogram(m::CONSUMER_ACK_LAG_SECONDS, l),
         }
     }
 
