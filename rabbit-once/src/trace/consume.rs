@@ -140,6 +140,27 @@ impl CommitSpan {
     }
 }
 
+/// Acks a message settled outside a batch's commit — its retry or dead-letter copy confirmed —
+/// inside a `rabbit_once.ack` span in the message's own trace (a child of the publisher's
+/// span), with its `message_id` and `outcome` (`retried`, `dead_lettered`).
+#[cfg(feature = "dedup")]
+pub(crate) fn ack_settled(delivery: Delivery, queue: &str, outcome: &'static str) {
+    let span = tracing::info_span!(
+        "rabbit_once.ack",
+        queue,
+        message_id = delivery.message_id().unwrap_or_default(),
+        messages = 1u64,
+        outcome,
+    );
+    if !span.is_disabled()
+        && let Some(cx) = extract(delivery.properties())
+    {
+        let _ = span.set_parent(cx);
+    }
+    let _in = span.enter();
+    delivery.ack();
+}
+
 /// What the per-message spans of a batch take from its commit span.
 #[cfg(feature = "dedup")]
 struct Batch {

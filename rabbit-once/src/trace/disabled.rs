@@ -55,6 +55,16 @@ impl CommitSpan {
 
 #[cfg(feature = "dedup")]
 #[inline(always)]
+pub(crate) fn ack_settled(
+    delivery: crate::consumer::Delivery,
+    _queue: &str,
+    _outcome: &'static str,
+) {
+    delivery.ack();
+}
+
+#[cfg(feature = "dedup")]
+#[inline(always)]
 pub(crate) fn handling<F>(_delivery: &crate::consumer::Delivery, fut: F) -> F {
     fut
 }

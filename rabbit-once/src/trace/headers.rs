@@ -58,13 +58,22 @@ impl Delivery {
     }
 }
 
-/// Writes the trace context of `span` into the message's headers — unless the message has
-/// a `traceparent` already, there is no valid context (no OpenTelemetry layer, no span),
-/// or the headers would then not fit in one frame of `frame_max` bytes (then they are left
-/// as they were). Nothing is cloned: the two headers are added, and taken out again if
-/// they do not fit.
+/// Writes the trace context of `span` (a span just opened) into the message's headers —
+/// unless there is no valid context (no OpenTelemetry layer, no span), or the headers would
+/// then not fit in one frame of `frame_max` bytes (then they are left as they were). Nothing
+/// is cloned: the two headers are added, and taken out again if they do not fit.
+///
+/// A message with a `traceparent` already (the caller's, an outbox row's, the original's on a
+/// retry or dead-letter copy) keeps it; if it is sent from no span of its own (the relay, the
+/// consumer's copies), `span` joins that trace as its child.
 pub(super) fn inject(msg: &mut Message, span: &tracing::Span, frame_max: u32) {
     if msg.header(TRACEPARENT).is_some() {
+        if !span.is_disabled()
+            && tracing::Span::current().is_disabled()
+            && let Some(cx) = extract(&msg.properties)
+        {
+            let _ = span.set_parent(cx);
+        }
         return;
     }
     // rabbit-once's spans may be filtered out while the caller's are not: then the

@@ -52,7 +52,7 @@ pub use opentelemetry;
 pub use tracing_opentelemetry;
 
 #[cfg(all(feature = "opentelemetry", feature = "dedup"))]
-pub(crate) use consume::{commit_span, handling};
+pub(crate) use consume::{ack_settled, commit_span, handling};
 #[cfg(not(feature = "opentelemetry"))]
 pub(crate) use disabled::*;
 #[cfg(all(feature = "opentelemetry", feature = "dedup"))]

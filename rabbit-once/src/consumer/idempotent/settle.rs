@@ -66,7 +66,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         );
         match self.publish_copy(&item, m).await {
             CopyOutcome::Confirmed => {
-                self.ack(item);
+                self.ack(item, "retried");
                 ConsumerCounters::add(&self.counters.retried, 1);
             }
             // The broker will never take the retry copy (its queue is gone, …): retrying is
@@ -110,7 +110,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let id = item.d.message_id().map(str::to_string);
         match outcome {
             CopyOutcome::Confirmed => {
-                self.ack(item);
+                self.ack(item, "dead_lettered");
                 ConsumerCounters::add(&self.counters.dead_lettered, 1);
                 tracing::warn!(%reason, message_id = ?id, "dead-lettered");
                 return true;
@@ -191,9 +191,10 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         }
     }
 
-    /// Acks a settled original, its copy confirmed; records its ack lag.
-    fn ack(&self, item: Item) {
-        item.d.ack();
+    /// Acks a settled original, its copy confirmed (`outcome`: `retried`, `dead_lettered`);
+    /// records its ack lag.
+    fn ack(&self, item: Item, outcome: &'static str) {
+        crate::trace::ack_settled(item.d, &self.config.queue, outcome);
         self.counters
             .ack_lag_seconds
             .record(item.received.elapsed().as_secs_f64());
