@@ -314,6 +314,9 @@ async fn scraped_counters_equal_the_ledger() {
         ),
         commits
     );
+    // Each committed batch's ack records its lag once (nothing was retried or dead-lettered).
+    let lag = value(&m, "rabbit_once_consumer_ack_lag_seconds_count", &mine);
+    assert_eq!(lag, commits);
     bounded_labels(&m);
     m.every_family_has_help();
 

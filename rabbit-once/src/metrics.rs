@@ -101,6 +101,9 @@ pub const CONSUMER_BATCH_SIZE: &str = "rabbit_once_consumer_batch_size";
 pub const CONSUMER_HANDLER_SECONDS: &str = "rabbit_once_consumer_handler_duration_seconds";
 /// Histogram: seconds the database took to commit a batch's transaction.
 pub const CONSUMER_COMMIT_SECONDS: &str = "rabbit_once_consumer_commit_duration_seconds";
+/// Histogram: seconds from the worker taking a batch to its ack being sent (once per committed
+/// batch; once per message acked after its retry or dead-letter copy was confirmed).
+pub const CONSUMER_ACK_LAG_SECONDS: &str = "rabbit_once_consumer_ack_lag_seconds";
 
 // ---- outbox relay ----
 /// Counter: outbox rows confirmed by the broker and deleted.
@@ -128,6 +131,7 @@ pub const SECONDS_HISTOGRAMS: &[&str] = &[
     CONNECTION_BLOCKED_SECONDS,
     CONSUMER_HANDLER_SECONDS,
     CONSUMER_COMMIT_SECONDS,
+    CONSUMER_ACK_LAG_SECONDS,
 ];
 
 #[cfg(feature = "metrics")]

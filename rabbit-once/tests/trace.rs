@@ -1,6 +1,8 @@
 //! Trace context across the broker (feature `opentelemetry`): the consumer's handle span is a
 //! child of the publisher's span — also when the message was re-published after a lost
-//! connection — and a `traceparent` the caller set is kept. Spans go through a
+//! connection — and a `traceparent` the caller set is kept; a committed batch's acks are an ack
+//! span under its commit span; a message sent through the outbox continues the trace of the
+//! code that enqueued it. Spans go through a
 //! `tracing-opentelemetry` layer into an SDK tracer provider with an in-memory exporter; each
 //! test finds its own spans by its own message ids. Run with
 //! `cargo test -p rabbit-once --features opentelemetry --test trace`.
@@ -12,7 +14,8 @@ use rabbit_once::trace::opentelemetry::trace::{SpanId, TraceId, TracerProvider a
 use rabbit_once::trace::tracing_opentelemetry::{self, OpenTelemetrySpanExt};
 use rabbit_once::trace::{TRACEPARENT, span_for};
 use rabbit_once::{
-    Consumer, Event, Publisher, PublisherConfig, Queue, Subscription, SubscriptionConfig, Topology,
+    Consumer, Event, Publisher, PublisherConfig, Queue, Relay, RelayConfig, SqliteOutbox,
+    Subscription, SubscriptionConfig, Topology,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -140,7 +143,186 @@ async fn the_handle_span_is_a_child_of_the_publish_span() {
         let publish = one_span("rabbit_once.publish", id).span_context.span_id();
         assert!(linked.contains(&publish), "{id}: linked from a commit span");
     }
+    // Each committed batch's acks are an ack span, a child of that batch's commit span,
+    // carrying its message ids: every message acked once.
+    let (commits, acks) = batch_spans(&q);
+    assert!(!acks.is_empty());
+    let mut acked: Vec<String> = Vec::new();
+    for ack in &acks {
+        assert!(
+            commits.contains(&ack.parent_span_id),
+            "{ack:?}: a child of a commit span"
+        );
+        let batch: Vec<String> = attr(ack, "message_ids")
+            .unwrap_or_default()
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            attr(ack, "messages"),
+            Some(batch.len().to_string()),
+            "{ack:?}"
+        );
+        acked.extend(batch);
+    }
+    acked.sort();
+    assert_eq!(acked, ids, "each message acked once, in an ack span");
     p.close(Duration::from_secs(5)).await;
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+/// A message acked after its dead-letter copy was confirmed (no commit of its own) gets an ack
+/// span in its own trace: a child of the publish span, with its id and the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_message_is_acked_in_its_own_trace() {
+    exporter();
+    let q = unique("trace-dead");
+    let conn = direct().await;
+    let p = Publisher::new(&conn, PublisherConfig::default()).unwrap();
+    let (good, bad) = (format!("{q}-good"), format!("{q}-bad"));
+    let ledger = support::consumer::Ledger {
+        reject: std::sync::Arc::new([bad.clone()].into()),
+        ..Default::default()
+    };
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let (store, _f) = sqlite().await;
+    let consumer = Consumer::start(&conn, store, ledger, config(&q))
+        .await
+        .unwrap();
+    let root = tracing::info_span!("test.two_orders");
+    let (root_trace, root_id) = ids_of(&root);
+    async {
+        for (i, id) in [&good, &bad].into_iter().enumerate() {
+            p.publish_confirmed(seq_message(&q, i as u64, 10).with_message_id(id))
+                .await
+                .unwrap();
+        }
+    }
+    .instrument(root)
+    .await;
+    let s = wait_for(&consumer, "one applied, one dead-lettered", |s| {
+        s.applied >= 1 && s.dead_lettered >= 1
+    })
+    .await;
+    consumer.close(Duration::from_secs(5)).await;
+    assert_eq!((s.applied, s.dead_lettered), (1, 1), "{s:?}");
+
+    // Two publish spans in the message's trace: the original's, under the test's span, and
+    // its dead-letter copy's, under the original's.
+    let publishes = spans("rabbit_once.publish", &bad);
+    assert_eq!(publishes.len(), 2, "{publishes:?}");
+    let publish = publishes
+        .iter()
+        .find(|s| s.parent_span_id == root_id)
+        .expect("the original's publish span");
+    for s in &publishes {
+        assert_eq!(s.span_context.trace_id(), root_trace);
+    }
+    assert!(
+        publishes
+            .iter()
+            .any(|s| s.parent_span_id == publish.span_context.span_id()),
+        "the copy's publish span is a child of the original's"
+    );
+    let ack = one_span("rabbit_once.ack", &bad);
+    assert_eq!(ack.span_context.trace_id(), root_trace);
+    assert_eq!(ack.parent_span_id, publish.span_context.span_id());
+    assert_eq!(attr(&ack, "outcome").as_deref(), Some("dead_lettered"));
+    assert_eq!(attr(&ack, "queue").as_deref(), Some(q.as_str()));
+    // The applied one was acked with its batch, under the commit span.
+    let (commits, acks) = batch_spans(&q);
+    let batch = acks
+        .iter()
+        .find(|a| attr(a, "message_ids").as_deref() == Some(good.as_str()))
+        .expect("the applied message's ack span");
+    assert!(commits.contains(&batch.parent_span_id));
+    p.close(Duration::from_secs(5)).await;
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
+/// The span ids of the commit spans of queue `q`, and its ack spans of committed batches.
+fn batch_spans(q: &str) -> (Vec<SpanId>, Vec<SpanData>) {
+    let all = exporter().get_finished_spans().unwrap();
+    let mine = |s: &&SpanData| attr(s, "queue").as_deref() == Some(q);
+    let commits = all
+        .iter()
+        .filter(mine)
+        .filter(|s| s.name == "rabbit_once.commit")
+        .map(|s| s.span_context.span_id())
+        .collect();
+    let acks = all
+        .iter()
+        .filter(mine)
+        .filter(|s| s.name == "rabbit_once.ack" && attr(s, "outcome").is_none())
+        .cloned()
+        .collect();
+    (commits, acks)
+}
+
+/// A message written through the transactional outbox is published later by the relay, whose
+/// own publish would start a new trace: the row carries the trace context of the code that
+/// enqueued it (a `rabbit_once.enqueue` span), and the consumer's handle span continues that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_message_continues_the_trace_of_the_code_that_committed_it() {
+    exporter();
+    let q = unique("trace-outbox");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let (db, _file) = sqlite().await;
+    let outbox = SqliteOutbox::new(db.pool().clone());
+    outbox.migrate().await.unwrap();
+    let root = tracing::info_span!("test.order_saved");
+    let (root_trace, root_id) = ids_of(&root);
+    let ids: Vec<String> = (0..2).map(|i| format!("{q}-{i}")).collect();
+    async {
+        let mut tx = db.pool().begin().await.unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let m = seq_message(&q, i as u64, 10).with_message_id(id);
+            outbox.enqueue(&mut tx, m).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    .instrument(root)
+    .await;
+    // The relay publishes from its own task, outside the caller's span.
+    let relay = Relay::start(
+        &conn,
+        outbox.clone(),
+        RelayConfig::default().poll(Duration::from_millis(100)),
+    )
+    .unwrap();
+    consume(&conn, &q, 2).await;
+    relay.close(Duration::from_secs(5)).await;
+
+    for id in &ids {
+        let enqueue = one_span("rabbit_once.enqueue", id);
+        assert_eq!(enqueue.span_context.trace_id(), root_trace, "{id}");
+        assert_eq!(
+            enqueue.parent_span_id, root_id,
+            "{id}: a child of the caller's span"
+        );
+        // The relay's publish joins the row's trace, under the enqueue span.
+        let publish = one_span("rabbit_once.publish", id);
+        assert_eq!(publish.span_context.trace_id(), root_trace, "{id}");
+        assert_eq!(publish.parent_span_id, enqueue.span_context.span_id());
+        let handle = one_span("rabbit_once.handle", id);
+        assert_eq!(
+            handle.span_context.trace_id(),
+            root_trace,
+            "{id}: the caller's trace"
+        );
+        assert_eq!(
+            handle.parent_span_id,
+            enqueue.span_context.span_id(),
+            "{id}: the handler's span is a child of the enqueue span"
+        );
+    }
     cleanup(&conn, &q).await;
     conn.close().await;
 }

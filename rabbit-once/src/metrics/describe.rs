@@ -187,6 +187,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         "The database's commit of a batch's transaction.",
     ),
     (
+        CONSUMER_ACK_LAG_SECONDS,
+        H,
+        "From the consumer taking a batch off its subscription to its ack being sent.",
+    ),
+    (
         RELAY_RELAYED,
         C,
         "Outbox rows confirmed by the broker and deleted.",

@@ -34,6 +34,9 @@ impl OutboxRow {
         if let Some(key) = ordering_key {
             crate::transport::check_short("ordering key", key).map_err(Error::InvalidMessage)?;
         }
+        // Feature `opentelemetry`: the caller's trace context goes into the row, so the
+        // consumer continues this trace, not the relay's. Without it: nothing.
+        crate::trace::on_enqueue(&mut message, ENQUEUE_FRAME_MAX);
         Ok(OutboxRow {
             message_id: message.message_id().unwrap_or_default().to_owned(),
             ordering_key: ordering_key.map(str::to_owned),

@@ -4,11 +4,15 @@
 use crate::consumer::delivery::Delivery;
 use crate::consumer::retry::MissingId;
 use sha2::{Digest, Sha256};
+use std::time::Instant;
 
 /// One delivery with its dedup key.
 pub(super) struct Item {
     pub(super) d: Delivery,
     pub(super) key: String,
+    /// When the worker took the delivery's batch (one clock read per batch): the start of its
+    /// ack lag.
+    pub(super) received: Instant,
 }
 
 /// The dedup key: the message id, or (by policy) a hash of routing key and body.

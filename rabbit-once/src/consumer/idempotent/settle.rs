@@ -66,7 +66,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         );
         match self.publish_copy(&item, m).await {
             CopyOutcome::Confirmed => {
-                item.d.ack();
+                self.ack(item, "retried");
                 ConsumerCounters::add(&self.counters.retried, 1);
             }
             // The broker will never take the retry copy (its queue is gone, …): retrying is
@@ -110,7 +110,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         let id = item.d.message_id().map(str::to_string);
         match outcome {
             CopyOutcome::Confirmed => {
-                item.d.ack();
+                self.ack(item, "dead_lettered");
                 ConsumerCounters::add(&self.counters.dead_lettered, 1);
                 tracing::warn!(%reason, message_id = ?id, "dead-lettered");
                 return true;
@@ -189,6 +189,15 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 }
             }
         }
+    }
+
+    /// Acks a settled original, its copy confirmed (`outcome`: `retried`, `dead_lettered`);
+    /// records its ack lag.
+    fn ack(&self, item: Item, outcome: &'static str) {
+        crate::trace::ack_settled(item.d, &self.config.queue, outcome);
+        self.counters
+            .ack_lag_seconds
+            .record(item.received.elapsed().as_secs_f64());
     }
 
     /// Puts the original back on the queue after a pause (not at once: that would spin). On

@@ -88,6 +88,7 @@ pub(super) struct ConsumerCounters {
     /// Why the dedup store is unreachable, while it is (as the last transaction found it):
     /// set and cleared only when an outage starts and ends, read by `Consumer::health`.
     pub(super) store_down: std::sync::Mutex<Option<String>>,
+    pub(super) ack_lag_seconds: Histogram,
 }
 
 impl ConsumerCounters {
@@ -124,6 +125,7 @@ impl ConsumerCounters {
             handler_seconds: m::histogram(m::CONSUMER_HANDLER_SECONDS, l),
             commit_seconds: m::histogram(m::CONSUMER_COMMIT_SECONDS, l),
             store_down: std::sync::Mutex::new(None),
+            ack_lag_seconds: m::histogram(m::CONSUMER_ACK_LAG_SECONDS, l),
         }
     }
 

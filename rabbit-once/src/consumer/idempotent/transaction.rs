@@ -65,16 +65,9 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             if items.is_empty() {
                 return None;
             }
-            let deliveries = items.iter().map(|i| &i.d);
-            let run = self.run_transaction(items);
-            let wait = match crate::trace::in_commit(
-                &self.config.queue,
-                &self.config.group,
-                deliveries,
-                run,
-            )
-            .await
-            {
+            let (queue, group) = (&self.config.queue, &self.config.group);
+            let span = crate::trace::commit_span(queue, group, items.iter().map(|i| &i.d));
+            let wait = match span.run(queue, self.run_transaction(items)).await {
                 TxOutcome::Committed { fresh, duplicates } => {
                     if outage > 0 {
                         tracing::info!("dedup store reachable again");
@@ -85,8 +78,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     ConsumerCounters::add(&c.applied, fresh as u64);
                     ConsumerCounters::add(&c.duplicates, duplicates as u64);
                     ConsumerCounters::add(&c.commits, 1);
-                    for item in items.drain(..) {
-                        item.d.ack();
+                    // The items share their batch's clock (a split keeps it).
+                    let oldest = items.first().map(|i| i.received);
+                    span.ack(queue, group, items.drain(..).map(|i| i.d));
+                    if let Some(t) = oldest {
+                        c.ack_lag_seconds.record(t.elapsed().as_secs_f64());
                     }
                     return None;
                 }

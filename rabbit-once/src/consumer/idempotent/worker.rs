@@ -15,7 +15,7 @@ use crate::publisher::Publisher;
 use crate::shutdown::stopped;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -79,6 +79,8 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 let _ = self.failure.set(e);
                 break;
             };
+            // The batch's clock: its ack lag starts here (one clock read per batch).
+            let received = Instant::now();
             let mut batch = vec![first];
             if c.batch_size > 1 {
                 let deadline = tokio::time::Instant::now() + c.batch_wait;
@@ -96,12 +98,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             ConsumerCounters::add(&self.counters.delivered, batch.len() as u64);
             self.counters.batch_size.record(batch.len() as f64);
             if c.concurrency == 1 {
-                self.process(batch).await;
+                self.process(batch, received).await;
             } else {
                 let permit = slots.clone().acquire_owned().await.expect("never closed");
                 let me = self.clone();
                 running.spawn(async move {
-                    me.process(batch).await;
+                    me.process(batch, received).await;
                     drop(permit);
                 });
                 while running.try_join_next().is_some() {}
@@ -116,7 +118,7 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
         retention.abort();
     }
 
-    async fn process(&self, batch: Vec<Delivery>) {
+    async fn process(&self, batch: Vec<Delivery>, received: Instant) {
         let mut items = Vec::with_capacity(batch.len());
         let mut again = Vec::new();
         for d in batch {
@@ -128,17 +130,19 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     .message_id()
                     .filter(|id| !id.is_empty())
                     .map_or_else(crate::message::new_message_id, str::to_string);
-                self.dead_letter(Item { d, key }, &reason, 1).await;
+                self.dead_letter(Item { d, key, received }, &reason, 1)
+                    .await;
                 continue;
             }
             match key_of(&d, self.config.missing_id) {
-                Ok(key) if d.redelivered() => again.push(Item { d, key }),
-                Ok(key) => items.push(Item { d, key }),
+                Ok(key) if d.redelivered() => again.push(Item { d, key, received }),
+                Ok(key) => items.push(Item { d, key, received }),
                 Err(reason) => {
                     ConsumerCounters::add(&self.counters.missing_id, 1);
                     let item = Item {
                         d,
                         key: String::new(),
+                        received,
                     };
                     self.dead_letter(item, reason, 1).await;
                 }
