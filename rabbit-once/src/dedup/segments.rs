@@ -358,6 +358,9 @@ impl Segments {
     pub(crate) async fn records_by_group(
         pool: &SqlitePool,
     ) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        // One read transaction: the list and the tables it names are one snapshot (a segment
+        // sealed or dropped meanwhile is not half seen).
+        let mut tx = pool.begin().await?;
         // A file from before segments existed has no list (nothing is created by looking).
         let listed: Option<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?")
@@ -370,7 +373,7 @@ impl Segments {
                 sqlx::query_scalar::<_, String>(&format!(
                     "SELECT table_name FROM {SEGMENTS_TABLE} ORDER BY seq"
                 ))
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await?,
             );
         }
@@ -384,8 +387,9 @@ impl Segments {
             "SELECT consumer_group, SUM(n) FROM ({}) GROUP BY consumer_group ORDER BY consumer_group",
             parts.join(" UNION ALL ")
         ))
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.rollback().await?;
         Ok(rows
             .into_iter()
             .map(|(g, n)| (g, n.max(0) as u64))
