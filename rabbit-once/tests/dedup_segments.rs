@@ -42,13 +42,13 @@ fn keys(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
         .collect()
 }
 
-async fn segments(s: &SqliteStore) -> Vec<(i64, String, i64)> {
-    sqlx::query("SELECT seq, table_name, rows FROM rabbit_once_segments ORDER BY seq")
+async fn segments(s: &SqliteStore) -> Vec<(i64, i64)> {
+    sqlx::query("SELECT seq, rows FROM rabbit_once_segments ORDER BY seq")
         .fetch_all(s.pool())
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
 
@@ -80,7 +80,7 @@ async fn a_record_in_a_sealed_segment_is_still_a_duplicate() {
         .fetch_one(s.pool())
         .await
         .unwrap();
-    let sealed: i64 = segs.iter().map(|(_, _, rows)| rows).sum();
+    let sealed: i64 = segs.iter().map(|(_, rows)| rows).sum();
     assert_eq!(sealed + hot, 1000, "every record once, sealed or not");
     assert!(hot < 100 + 50);
 
@@ -154,7 +154,7 @@ async fn a_rolled_back_claim_and_an_unreadable_filter_lose_nothing() {
     tx.rollback().await.unwrap();
     assert!(claim(&s, "g", &fresh).await.iter().all(|&n| n));
     // A filter that cannot be read: the segment's table is read for every id.
-    sqlx::query("UPDATE rabbit_once_segments SET filter = x'00'")
+    sqlx::query("UPDATE rabbit_once_segment_filters SET filter = x'00'")
         .execute(s.pool())
         .await
         .unwrap();
@@ -262,6 +262,87 @@ async fn hundreds_of_segments_under_covers_still_find_every_duplicate() {
     assert!(claim(&t, "g", &all[500..]).await.iter().all(|&n| !n));
     assert!(claim(&s, "g", &all[..500]).await.iter().all(|&n| n));
     assert!(claim(&t, "g", &all[..500]).await.iter().all(|&n| !n));
+}
+
+/// A store opened on a file whose table already holds `segment_rows` records seals in its first
+/// `begin()`: it must still read the segments sealed before it (found by a review: it once
+/// added its own segment to an empty tree and never loaded the older ones).
+#[tokio::test]
+async fn a_reopened_store_that_seals_first_still_reads_the_older_segments() {
+    let f = TempDb::new();
+    let a = open(&f, 0).await;
+    let old = keys("old", 0..10);
+    assert!(claim(&a, "g", &old).await.iter().all(|&n| n));
+    assert_eq!(a.seal_segment().await.unwrap(), 10);
+    assert!(claim(&a, "g", &keys("hot", 0..5)).await.iter().all(|&n| n));
+    drop(a);
+    let b = open(&f, 5).await;
+    assert!(claim(&b, "g", &old).await.iter().all(|&n| !n));
+    assert_eq!(
+        segments(&b).await.len(),
+        2,
+        "b sealed the 5 on its first claim"
+    );
+    assert!(claim(&b, "g", &keys("hot", 0..5)).await.iter().all(|&n| !n));
+}
+
+/// Two stores on one file that both seal: the one whose tree predates the other's seal still
+/// reads that segment after sealing one of its own.
+#[tokio::test]
+async fn a_store_that_seals_after_another_sealed_still_reads_that_segment() {
+    let f = TempDb::new();
+    let a = open(&f, 0).await;
+    let b = open(&f, 3).await;
+    assert!(claim(&b, "g", &keys("b", 0..3)).await.iter().all(|&n| n));
+    let old = keys("old", 0..10);
+    assert!(claim(&a, "g", &old).await.iter().all(|&n| n));
+    a.seal_segment().await.unwrap();
+    assert!(claim(&a, "g", &keys("c", 0..3)).await.iter().all(|&n| n));
+    // b's begin() seals the 3 (its count says 3), then its claim must see a's segment too.
+    assert!(claim(&b, "g", &old).await.iter().all(|&n| !n));
+    assert_eq!(segments(&b).await.len(), 2);
+    assert!(claim(&a, "g", &keys("c", 0..3)).await.iter().all(|&n| !n));
+}
+
+/// Two retention loops on one file: one drops a segment the other listed; neither fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_purges_on_one_file_never_fail_on_a_dropped_segment() {
+    let f = TempDb::new();
+    let a = open(&f, 0).await;
+    for i in 0..200 {
+        claim(&a, "g", &keys(&format!("s{i}"), 0..3)).await;
+        a.seal_segment().await.unwrap();
+    }
+    let b = open(&f, 0).await;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let purge = |s: SqliteStore| async move {
+        let (mut n, mut errors) = (0, Vec::new());
+        for _ in 0..150 {
+            match s.purge("g", later, 3).await {
+                Ok(k) => n += k,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (n, errors)
+    };
+    let ((na, ea), (nb, eb)) = tokio::join!(purge(a.clone()), purge(b.clone()));
+    assert!(ea.is_empty() && eb.is_empty(), "{ea:?} {eb:?}");
+    assert_eq!(na + nb, 600, "every record deleted once");
+    assert!(segments(&a).await.is_empty());
+}
+
+/// A rabbit-once older than a database's schema refuses it (it would not read what the newer
+/// one sealed, and would apply those ids again).
+#[tokio::test]
+async fn a_schema_newer_than_this_version_is_refused() {
+    let f = TempDb::new();
+    let s = open(&f, 0).await;
+    sqlx::query("INSERT INTO rabbit_once_schema (version) VALUES (99)")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let e = s.migrate().await.unwrap_err().to_string();
+    assert!(e.contains("version 99, newer than this rabbit-once knows"), "{e}");
 }
 
 /// A consumer whose store seals every 50 records: ids sent again after they were sealed are

@@ -6,45 +6,63 @@
 //! checkpoint). So the table that takes inserts is kept small: when it holds
 //! [`SqliteOptions::segment_rows`](crate::SqliteOptions::segment_rows) records, they are moved in
 //! one transaction, in key order, into a new *sealed segment* table that is never written again
-//! (`rabbit_once_processed_<seq>`), listed in `rabbit_once_segments` with a Bloom filter of its
-//! keys ([`Filter`]). A claim asks each segment's filter (in memory) about each id and reads a
-//! segment's table only for the ids its filter cannot rule out; retention deletes from segments
-//! and drops the ones it empties.
+//! (`rabbit_once_processed_<seq>`), listed in `rabbit_once_segments`, its Bloom filter and key
+//! hashes in `rabbit_once_segment_filters`. A claim asks the filters (in memory, under covers:
+//! `covers`) about each id and reads a segment's table only for the ids they cannot rule out;
+//! retention deletes from segments and drops the ones it empties.
 //!
-//! Correctness rests on three things, each tested: a claim lists the segments inside its own
-//! `BEGIN IMMEDIATE` transaction (the write lock is held, so no seal can commit in between, from
-//! this process or another); the in-memory list only ever holds committed segments (a seal
-//! updates it after its commit; any other change is found by comparing `(max seq, count)`, and
-//! seqs are never reused — `AUTOINCREMENT`); and a filter never says no to a key it holds.
-//! Segments are probed whether or not this store seals: a file sealed by another process, or by
-//! an earlier run with the option on, is always read.
+//! Correctness rests on these, each tested:
+//! - a claim reads the list inside its own `BEGIN IMMEDIATE` transaction (the write lock is
+//!   held, so no seal or drop commits in between, from this process or another);
+//! - the in-memory tree holds exactly the committed list it was checked against: the list's
+//!   `(max seq, count)` is compared on every claim (seqs are never reused: `AUTOINCREMENT`), every
+//!   listed segment the tree lacks is loaded (older ones too, rebuilding the tree in order), and
+//!   a seal adds its own segment only when the tree was exactly the list before it;
+//! - a filter never says no to a key it holds;
+//! - segments are read whether or not this store seals: a file sealed by another process, or by
+//!   an earlier run with the option on, is always read. (A rabbit-once older than segments
+//!   would not read them: `migrate` refuses a schema newer than it knows.)
 
 use super::covers::{Segment, Tree};
 use super::filter::{Filter, key_hash};
 use super::{DEDUP_TABLE, unix_seconds};
+use futures_util::TryStreamExt;
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// The list of sealed segments.
+/// The list of sealed segments (small rows: read on every claim).
 pub(crate) const SEGMENTS_TABLE: &str = "rabbit_once_segments";
+/// Each segment's filter and key hashes (read once per segment and process).
+const FILTERS_TABLE: &str = "rabbit_once_segment_filters";
+/// The format byte at the start of a stored list of key hashes.
+const HASHES_FORMAT: u8 = 1;
 
-/// The migration that creates [`SEGMENTS_TABLE`].
-pub(crate) const MIGRATION: &[&str] = &["CREATE TABLE IF NOT EXISTS rabbit_once_segments (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-        table_name TEXT NOT NULL,
-        rows       INTEGER NOT NULL,
-        min_at     INTEGER NOT NULL,
-        max_at     INTEGER NOT NULL,
-        filter     BLOB NOT NULL,
-        hashes     BLOB NOT NULL
-    )"];
+/// The migration that creates the segment tables.
+pub(crate) const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rabbit_once_segments (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        rows   INTEGER NOT NULL,
+        min_at INTEGER NOT NULL,
+        max_at INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS rabbit_once_segment_filters (
+        seq    INTEGER PRIMARY KEY,
+        filter BLOB NOT NULL,
+        hashes BLOB NOT NULL
+    )",
+];
+
+/// A segment's table: always made from its seq, never read from the file.
+fn table(seq: i64) -> String {
+    format!("{DEDUP_TABLE}_{seq}")
+}
 
 /// What a store knows of the sealed segments: shared by its clones.
 #[derive(Debug, Default)]
 struct Known {
-    /// `(max seq, count)` of the list these segments were read from.
+    /// `(max seq, count)` of the committed list the tree equals; `(-1, -1)`: check again.
     fingerprint: (i64, i64),
     tree: Arc<Tree>,
     /// Records in the table that takes inserts, as far as this store knows (`None`: count it).
@@ -57,6 +75,34 @@ pub(crate) struct Segments {
     /// Seal when the table that takes inserts holds this many records (0: never).
     seal_at: u64,
     known: Arc<Mutex<Known>>,
+}
+
+/// `(max seq, count)` of the committed list.
+async fn fingerprint(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM {SEGMENTS_TABLE}"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A segment's filter, read from the file (`None` if unreadable: the table is always read).
+async fn load(conn: &mut SqliteConnection, seq: i64) -> Result<Arc<Segment>, sqlx::Error> {
+    let bytes: Option<Vec<u8>> =
+        sqlx::query_scalar(&format!("SELECT filter FROM {FILTERS_TABLE} WHERE seq = ?"))
+            .bind(seq)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let filter = bytes.as_deref().and_then(Filter::from_bytes);
+    if filter.is_none() {
+        tracing::warn!(segment = %table(seq), "unreadable dedup segment filter; its table is read for every id");
+    }
+    Ok(Arc::new(Segment {
+        seq,
+        table: table(seq),
+        filter,
+    }))
 }
 
 impl Segments {
@@ -74,40 +120,45 @@ impl Segments {
     /// The committed segments, read again if the list changed since the last look. Called in
     /// the claim's transaction (the write lock held).
     async fn current(&self, conn: &mut SqliteConnection) -> Result<Arc<Tree>, sqlx::Error> {
-        let row = sqlx::query(&format!(
-            "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM {SEGMENTS_TABLE}"
-        ))
-        .fetch_one(&mut *conn)
-        .await?;
-        let fingerprint: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        let mut tree = {
+        let fp = fingerprint(conn).await?;
+        let old = {
             let k = self.known();
-            if k.fingerprint == fingerprint {
+            if k.fingerprint == fp && k.tree.next_to_cover().is_none() {
                 return Ok(k.tree.clone());
             }
-            (*k.tree).clone()
+            k.tree.clone()
         };
-        // Keep what is loaded; drop what is gone; read only the new segments' filters.
-        let listed: Vec<(i64, String)> = sqlx::query_as(&format!(
-            "SELECT seq, table_name FROM {SEGMENTS_TABLE} ORDER BY seq"
-        ))
-        .fetch_all(&mut *conn)
-        .await?;
-        let seqs: HashSet<i64> = listed.iter().map(|(seq, _)| *seq).collect();
-        tree.retain(|seq| seqs.contains(&seq));
+        let listed: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT seq FROM {SEGMENTS_TABLE} ORDER BY seq"))
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut tree = (*old).clone();
+        let wanted: HashSet<i64> = listed.iter().copied().collect();
+        tree.retain(|seq| wanted.contains(&seq));
+        let held: HashMap<i64, Arc<Segment>> = tree
+            .leaves()
+            .into_iter()
+            .map(|s| (s.seq, s.clone()))
+            .collect();
         let last = tree.last_seq();
-        for (seq, table) in listed.into_iter().filter(|(seq, _)| *seq > last) {
-            let bytes: Vec<u8> = sqlx::query_scalar(&format!(
-                "SELECT filter FROM {SEGMENTS_TABLE} WHERE seq = ?"
-            ))
-            .bind(seq)
-            .fetch_one(&mut *conn)
-            .await?;
-            let filter = Filter::from_bytes(&bytes);
-            if filter.is_none() {
-                tracing::warn!(segment = %table, "unreadable dedup segment filter; its table is read for every id");
+        if listed
+            .iter()
+            .any(|seq| *seq < last && !held.contains_key(seq))
+        {
+            // An older segment the tree never had: build it again in order, keeping the
+            // filters already loaded.
+            tree = Tree::default();
+            for seq in &listed {
+                let leaf = match held.get(seq) {
+                    Some(s) => s.clone(),
+                    None => load(conn, *seq).await?,
+                };
+                tree.push(leaf);
             }
-            tree.push(Arc::new(Segment { seq, table, filter }));
+        } else {
+            for seq in listed.iter().filter(|seq| **seq > last) {
+                tree.push(load(conn, *seq).await?);
+            }
         }
         // Cover every FANOUT nodes of a level with one filter, from the leaves' key hashes.
         while let Some(range) = tree.next_to_cover() {
@@ -115,9 +166,19 @@ impl Segments {
             let filter = cover_filter(conn, &under).await?;
             tree.cover(range, filter);
         }
+        let leaves = tree.leaves();
+        if leaves.len() as i64 != fp.1 || leaves.last().map_or(0, |s| s.seq) != fp.0 {
+            // Cannot happen: the list and the fingerprint were read in one transaction.
+            return Err(sqlx::Error::Protocol(format!(
+                "dedup segments: {} loaded, the list says {} up to {}",
+                leaves.len(),
+                fp.1,
+                fp.0
+            )));
+        }
         let tree = Arc::new(tree);
         let mut k = self.known();
-        k.fingerprint = fingerprint;
+        k.fingerprint = fp;
         k.tree = tree.clone();
         Ok(tree)
     }
@@ -181,8 +242,8 @@ impl Segments {
     }
 
     /// Seals the table that takes inserts if it has reached the threshold: in a transaction of
-    /// its own, before a claim's transaction begins. A failure is logged and left for the next
-    /// time (the table only grows meanwhile).
+    /// its own, before a claim's transaction begins. A failure is logged; the table is counted
+    /// again at the next claim.
     pub(crate) async fn seal_if_due(&self, pool: &SqlitePool) {
         if self.seal_at == 0 {
             return;
@@ -196,8 +257,7 @@ impl Segments {
         }
         if let Err(e) = self.seal(pool, self.seal_at).await {
             tracing::warn!(error = %e, "sealing a dedup segment failed; will try again");
-            // Count again next time rather than retrying on every claim.
-            self.known().hot_rows = Some(0);
+            self.forget_count();
         }
     }
 
@@ -205,6 +265,7 @@ impl Segments {
     /// holds at least `min_rows`; returns the records moved (0: nothing sealed).
     pub(crate) async fn seal(&self, pool: &SqlitePool, min_rows: u64) -> Result<u64, sqlx::Error> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let before = fingerprint(&mut tx).await?;
         let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {DEDUP_TABLE}"))
             .fetch_one(&mut *tx)
             .await?;
@@ -214,19 +275,18 @@ impl Segments {
             self.known().hot_rows = Some(rows);
             return Ok(0);
         }
-        // The seq AUTOINCREMENT will give this row: never one used before, even if rolled back.
+        // The seq AUTOINCREMENT gives this row: never one used before, even if rolled back.
         sqlx::query(&format!(
-            "INSERT INTO {SEGMENTS_TABLE} (table_name, rows, min_at, max_at, filter, hashes) \
-             VALUES ('', 0, 0, 0, x'', x'')"
+            "INSERT INTO {SEGMENTS_TABLE} (rows, min_at, max_at) VALUES (0, 0, 0)"
         ))
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query_scalar("SELECT last_insert_rowid()")
             .fetch_one(&mut *tx)
             .await?;
-        let table = format!("{DEDUP_TABLE}_{seq}");
+        let name = table(seq);
         sqlx::query(&format!(
-            "CREATE TABLE {table} (
+            "CREATE TABLE {name} (
                 consumer_group TEXT NOT NULL,
                 message_id     TEXT NOT NULL,
                 processed_at   INTEGER NOT NULL,
@@ -236,63 +296,68 @@ impl Segments {
         .execute(&mut *tx)
         .await?;
         sqlx::query(&format!(
-            "INSERT INTO {table} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE} \
+            "INSERT INTO {name} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE} \
              ORDER BY consumer_group, message_id"
         ))
         .execute(&mut *tx)
         .await?;
         let mut filter = Filter::with_capacity(rows as usize);
-        let mut hashes: Vec<u8> = Vec::with_capacity(rows as usize * 8);
+        let mut hashes: Vec<u8> = Vec::with_capacity(1 + rows as usize * 8);
+        hashes.push(HASHES_FORMAT);
         let (mut min_at, mut max_at) = (i64::MAX, i64::MIN);
-        for row in sqlx::query(&format!(
-            "SELECT consumer_group, message_id, processed_at FROM {table}"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
         {
-            let group: &str = row.try_get(0)?;
-            let id: &str = row.try_get(1)?;
-            let at: i64 = row.try_get(2)?;
-            let h = key_hash(group, id);
-            filter.insert(h);
-            hashes.extend_from_slice(&h.to_le_bytes());
-            min_at = min_at.min(at);
-            max_at = max_at.max(at);
+            // Streamed: one row at a time in memory.
+            let sql = format!("SELECT consumer_group, message_id, processed_at FROM {name}");
+            let mut stream = sqlx::query(&sql).fetch(&mut *tx);
+            while let Some(row) = stream.try_next().await? {
+                let group: &str = row.try_get(0)?;
+                let id: &str = row.try_get(1)?;
+                let at: i64 = row.try_get(2)?;
+                let h = key_hash(group, id);
+                filter.insert(h);
+                hashes.extend_from_slice(&h.to_le_bytes());
+                min_at = min_at.min(at);
+                max_at = max_at.max(at);
+            }
         }
         sqlx::query(&format!(
-            "UPDATE {SEGMENTS_TABLE} SET table_name = ?, rows = ?, min_at = ?, max_at = ?, filter = ?, \
-             hashes = ? WHERE seq = ?"
+            "UPDATE {SEGMENTS_TABLE} SET rows = ?, min_at = ?, max_at = ? WHERE seq = ?"
         ))
-        .bind(&table)
         .bind(rows as i64)
         .bind(min_at)
         .bind(max_at)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {FILTERS_TABLE} (seq, filter, hashes) VALUES (?, ?, ?)"
+        ))
+        .bind(seq)
         .bind(filter.to_bytes())
         .bind(hashes)
-        .bind(seq)
         .execute(&mut *tx)
         .await?;
         sqlx::query(&format!("DELETE FROM {DEDUP_TABLE}"))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::debug!(segment = %table, rows, "sealed a dedup segment");
-        // Known only once committed; the next claim reads the list again and keeps this filter
-        // if it is there.
+        tracing::debug!(segment = %name, rows, "sealed a dedup segment");
         let mut k = self.known();
         k.hot_rows = Some(0);
-        if seq > k.tree.last_seq() {
+        if k.fingerprint == before && seq > k.tree.last_seq() {
+            // The tree was the whole list before this seal: with this segment it is the whole
+            // list after it (the next claim covers it if a cover is due).
             let mut tree = (*k.tree).clone();
             tree.push(Arc::new(Segment {
                 seq,
-                table,
+                table: name,
                 filter: Some(filter),
             }));
             k.tree = Arc::new(tree);
+            k.fingerprint = (seq, before.1 + 1);
+        } else {
+            k.fingerprint = (-1, -1);
         }
-        // No fingerprint can match: the next claim reads the list again, keeps the filters
-        // of the segments it finds there (this one without reading it back) and covers them.
-        k.fingerprint = (-1, -1);
         Ok(rows)
     }
 
@@ -306,19 +371,31 @@ impl Segments {
         limit: u32,
     ) -> Result<u64, sqlx::Error> {
         let before = unix_seconds(before);
-        let candidates: Vec<(i64, String, i64)> = sqlx::query_as(&format!(
-            "SELECT seq, table_name, max_at FROM {SEGMENTS_TABLE} WHERE min_at < ? ORDER BY seq"
+        let candidates: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT seq FROM {SEGMENTS_TABLE} WHERE min_at < ? ORDER BY seq"
         ))
         .bind(before)
         .fetch_all(pool)
         .await?;
         let mut deleted = 0u64;
-        for (seq, table, max_at) in candidates {
+        for seq in candidates {
             let left = limit as u64 - deleted;
             if left == 0 {
                 break;
             }
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            // Read again under the lock: another process may have dropped it meanwhile.
+            let max_at: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT max_at FROM {SEGMENTS_TABLE} WHERE seq = ?"
+            ))
+            .bind(seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(max_at) = max_at else {
+                tx.rollback().await?;
+                continue;
+            };
+            let name = table(seq);
             // A segment wholly older than the cutoff: the group's records in key order (a range
             // of the primary key); else only the ones older than the cutoff.
             let older = if max_at < before {
@@ -327,8 +404,8 @@ impl Segments {
                 "AND processed_at < ?"
             };
             let sql = format!(
-                "DELETE FROM {table} WHERE consumer_group = ? AND message_id IN
-                   (SELECT message_id FROM {table} WHERE consumer_group = ? {older} LIMIT ?)"
+                "DELETE FROM {name} WHERE consumer_group = ? AND message_id IN
+                   (SELECT message_id FROM {name} WHERE consumer_group = ? {older} LIMIT ?)"
             );
             let mut q = sqlx::query(&sql).bind(group).bind(group);
             if !older.is_empty() {
@@ -336,17 +413,19 @@ impl Segments {
             }
             let n = q.bind(left as i64).execute(&mut *tx).await?.rows_affected();
             deleted += n;
-            let empty: Option<i64> = sqlx::query_scalar(&format!("SELECT 1 FROM {table} LIMIT 1"))
+            let empty: Option<i64> = sqlx::query_scalar(&format!("SELECT 1 FROM {name} LIMIT 1"))
                 .fetch_optional(&mut *tx)
                 .await?;
             if empty.is_none() {
-                sqlx::query(&format!("DROP TABLE {table}"))
+                sqlx::query(&format!("DROP TABLE {name}"))
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(&format!("DELETE FROM {SEGMENTS_TABLE} WHERE seq = ?"))
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
+                for t in [SEGMENTS_TABLE, FILTERS_TABLE] {
+                    sqlx::query(&format!("DELETE FROM {t} WHERE seq = ?"))
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         }
@@ -365,17 +444,15 @@ impl Segments {
         let listed: Option<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?")
                 .bind(SEGMENTS_TABLE)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *tx)
                 .await?;
         let mut tables = vec![DEDUP_TABLE.to_string()];
         if listed.is_some() {
-            tables.extend(
-                sqlx::query_scalar::<_, String>(&format!(
-                    "SELECT table_name FROM {SEGMENTS_TABLE} ORDER BY seq"
-                ))
-                .fetch_all(&mut *tx)
-                .await?,
-            );
+            let seqs: Vec<i64> =
+                sqlx::query_scalar(&format!("SELECT seq FROM {SEGMENTS_TABLE} ORDER BY seq"))
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tables.extend(seqs.into_iter().map(table));
         }
         let parts: Vec<String> = tables
             .iter()
@@ -397,30 +474,40 @@ impl Segments {
     }
 }
 
-/// A filter over the keys of the segments `seqs`, from their stored key hashes; `None` if one
-/// of them has none readable (the cover then always looks below).
+/// A filter over the keys of the segments `seqs`, from their stored key hashes (read one
+/// segment at a time); `None` if one of them has none readable (the cover then always looks
+/// below).
 async fn cover_filter(
     conn: &mut SqliteConnection,
     seqs: &[i64],
 ) -> Result<Option<Filter>, sqlx::Error> {
-    let mut all: Vec<Vec<u8>> = Vec::with_capacity(seqs.len());
+    let mut keys = 0usize;
     for seq in seqs {
-        let bytes: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-            "SELECT hashes FROM {SEGMENTS_TABLE} WHERE seq = ?"
+        let len: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT length(hashes) FROM {FILTERS_TABLE} WHERE seq = ?"
         ))
         .bind(seq)
         .fetch_optional(&mut *conn)
         .await?;
-        match bytes {
-            Some(b) if !b.is_empty() && b.len() % 8 == 0 => all.push(b),
+        match len {
+            Some(n) if n > 1 && (n - 1) % 8 == 0 => keys += (n as usize - 1) / 8,
             _ => return Ok(None),
         }
     }
-    let keys = all.iter().map(|b| b.len() / 8).sum();
     let mut filter = Filter::with_capacity(keys);
-    for b in &all {
-        for h in b.chunks_exact(8) {
-            filter.insert(u64::from_le_bytes(h.try_into().expect("8 bytes")));
+    for seq in seqs {
+        let bytes: Vec<u8> =
+            sqlx::query_scalar(&format!("SELECT hashes FROM {FILTERS_TABLE} WHERE seq = ?"))
+                .bind(seq)
+                .fetch_one(&mut *conn)
+                .await?;
+        match bytes.split_first() {
+            Some((&HASHES_FORMAT, rest)) if rest.len() % 8 == 0 => {
+                for h in rest.chunks_exact(8) {
+                    filter.insert(u64::from_le_bytes(h.try_into().expect("8 bytes")));
+                }
+            }
+            _ => return Ok(None),
         }
     }
     Ok(Some(filter))

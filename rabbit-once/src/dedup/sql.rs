@@ -46,11 +46,24 @@ where
     ))
     .fetch_one(&mut **tx)
     .await?;
+    let done: i64 = done.into();
+    if done > migrations.len() as i64 {
+        // A newer rabbit-once has used this database: its tables may hold what this one
+        // would not read (sealed dedup segments), so refuse rather than apply twice.
+        return Err(sqlx::Error::Configuration(
+            format!(
+                "{schema_table} is at version {done}, newer than this rabbit-once knows ({}): \
+                 a newer rabbit-once has used this database; run that version",
+                migrations.len()
+            )
+            .into(),
+        ));
+    }
     let record = format!(
         "INSERT INTO {schema_table} (version) VALUES ({})",
         DB::param(1)
     );
-    for (i, statements) in migrations.iter().enumerate().skip(done.into() as usize) {
+    for (i, statements) in migrations.iter().enumerate().skip(done as usize) {
         for sql in *statements {
             sqlx::query(sql).execute(&mut **tx).await?;
         }

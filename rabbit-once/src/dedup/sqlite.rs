@@ -53,8 +53,12 @@ pub struct SqliteOptions {
     /// (default 0: never). For message ids that are not time-ordered (random UUIDv4 from
     /// foreign producers) and tables that grow to millions of records: inserts then land in a
     /// table of at most this size, and the older records are only read, each segment behind a
-    /// Bloom filter kept in memory (2 bytes a record). 200,000 is a good value; see
-    /// docs/benchmarks.md. Segments once sealed are always read, whatever this option says.
+    /// Bloom filter kept in memory (2 bytes a record for the segments' own filters, as much
+    /// again for each level of filters covering 16, 256, … segments: about 6 bytes a record
+    /// at 10 million). 20,000 measured well (docs/benchmarks.md, "What a grown dedup table
+    /// costs"). Segments once sealed are always read, whatever this option says — and a
+    /// rabbit-once from before segments refuses the file. A store opened on a file with many
+    /// segments loads their filters in its first claim (about a second at 10 million records).
     /// Each store counts the records it inserted itself: with several processes on one file
     /// the table is sealed once one of them has inserted this many since it last looked.
     pub segment_rows: u64,
