@@ -148,6 +148,8 @@ fn every_documented_metric_is_described() {
         .lines()
         .filter_map(|l| l.strip_prefix("| `rabbit_once_"))
         .map(|rest| &rest[..rest.find('`').unwrap()])
+        // The chaos run's own metrics are the CLI's, not the library's.
+        .filter(|name| !name.starts_with("chaos_"))
         .collect();
     documented.sort();
     let mut names: Vec<&str> = described
