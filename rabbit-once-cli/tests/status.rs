@@ -7,44 +7,13 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, json};
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use common::{assert_status, delete_queues, json, run_on};
+use std::process::Output;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
-
-/// `rabbit-once` with `args` and broker `uri`; at most 60 s.
-async fn run_on(uri: &str, args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .args(["--uri", uri])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command ends within 60 s")
-        .unwrap()
-}
 
 /// `rabbit-once` with `args` on the shared broker.
 async fn run(args: &[&str]) -> Output {
     run_on(&broker_uri(), args).await
-}
-
-/// The exit status, with the output in the message when it is not `expected`.
-fn assert_status(out: &Output, expected: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn stdout(out: &Output) -> String {
