@@ -187,6 +187,34 @@ async fn a_missing_work_queue_is_shown_as_missing_and_exits_1() {
     );
 }
 
+/// A queue the broker will not say anything about (here a dead-letter queue another connection
+/// holds exclusively: 405 to a passive declare) is shown as unknown, and the run exits 1, the
+/// others still shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_state_is_unknown_exits_1() {
+    use rabbit_once::{Queue, Topology};
+    let q = unique("cli-status-unknown");
+    let dead = format!("{q}-locked");
+    let conn = direct().await;
+    conn.declare(
+        &Topology::new()
+            .queue(Queue::new(&q))
+            .queue(Queue::new(&dead).durable(false).exclusive(true)),
+    )
+    .await
+    .unwrap();
+    let out = run(&["status", "--queue", &q, "--dead-queue", &dead, "--json"]).await;
+    assert_status(&out, 1);
+    let st = json(&out);
+    assert_eq!(queue(&st, &q)["exists"], true, "{st}");
+    assert!(queue(&st, &dead)["error"].is_string(), "{st}");
+    let out = run(&["status", "--queue", &q, "--dead-queue", &dead]).await;
+    assert_status(&out, 1);
+    assert!(stdout(&out).contains("unknown: "), "{}", stdout(&out));
+    delete_queues(&conn, &q).await;
+    conn.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_is_not_there_exits_4_and_the_rest_is_still_shown() {
     let db = TempDb::new(); // never created
