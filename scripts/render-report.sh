@@ -12,11 +12,13 @@ if [ $# -lt 2 ]; then
   echo "usage: $0 FILE.html OUT.png [WIDTH [HEIGHT]]" >&2
   exit 2
 fi
+[ -f "$1" ] || { echo "$0: no such page: $1" >&2; exit 1; }
 html=$(realpath "$1")
 out=$(realpath -m "$2")
 width=${3:-1200}
 height=${4:-2200}
-[ -f "$html" ] || { echo "$0: no such page: $1" >&2; exit 1; }
+# The page's file:// URL, percent-encoded (spaces, '#', '%' in the path).
+url=$(python3 -c 'import pathlib, sys; print(pathlib.Path(sys.argv[1]).as_uri())' "$html")
 
 browser=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
 if [ -z "$browser" ]; then
@@ -35,7 +37,7 @@ flags=(--headless --disable-gpu --hide-scrollbars --no-first-run --no-default-br
 [ "$(id -u)" != 0 ] || flags+=(--no-sandbox)
 
 rm -f "$out"
-if ! timeout 90 "$browser" "${flags[@]}" "file://$html" >"$log" 2>&1 || [ ! -s "$out" ]; then
+if ! timeout 90 "$browser" "${flags[@]}" "$url" >"$log" 2>&1 || [ ! -s "$out" ]; then
   echo "$0: chromium wrote no image of $html:" >&2
   cat "$log" >&2
   exit 1

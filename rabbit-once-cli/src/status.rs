@@ -3,7 +3,8 @@
 //! queue: messages ready, consumers, or missing), its dedup rows, and an outbox.
 //!
 //! Each part is looked at even when another fails (the store is read with no broker
-//! reachable); the exit status says what failed: 3 no broker, 4 a store, 1 no work queue.
+//! reachable); the exit status says what failed: 3 no broker (or one that did not answer about
+//! a queue in time), 4 a store, 1 no work queue or a queue whose state is unknown.
 
 use crate::applied::{Db, without_password};
 use crate::common::Conn;
@@ -52,9 +53,10 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The longest a queue's passive declare may take (a session lost meanwhile waits for the
-/// next one).
-const ASK_LIMIT: Duration = Duration::from_secs(30);
+/// The longest the queues' passive declares may take, all of them together: they are asked at
+/// once, and one not answered by then (a session lost meanwhile waits for the next one) is
+/// shown as unknown.
+const ASK_LIMIT: Duration = Duration::from_secs(10);
 
 /// Looks at everything the flags name, prints it, and exits with the status of the worst
 /// failure: 3 (no broker) before 4 (a store) before 1 (the work queue is missing).
@@ -94,7 +96,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
     let mut queues = Vec::new();
     if let (Some(conn), Some(q)) = (&conn, &a.queue) {
-        queues = queue_states(conn, &consumer(q, &a), a.dead_queue.as_deref()).await;
+        let unknown;
+        (queues, unknown) = queue_states(conn, &consumer(q, &a), a.dead_queue.as_deref()).await;
+        if let Some(s) = unknown {
+            fail(s);
+        }
         if queues.first().is_some_and(|w| w["exists"] == false) {
             eprintln!("the work queue is missing: no queue {q} on the broker");
             fail(Status::Incomplete);
@@ -202,20 +208,38 @@ fn consumer(queue: &str, a: &Args) -> ConsumerConfig {
 }
 
 /// The work queue first, then its retry queues, then its dead-letter queue: each with its
-/// messages ready and consumers, or missing.
+/// messages ready and consumers, or missing, or unknown — all asked at once, within
+/// [`ASK_LIMIT`]. Also the exit status an unknown state calls for, if any: 3 when the broker
+/// did not answer in time or the connection failed, 1 for any other error.
 async fn queue_states(
     conn: &Connection,
     consumer: &ConsumerConfig,
     dead_queue: Option<&str>,
-) -> Vec<Value> {
+) -> (Vec<Value>, Option<Status>) {
     let queue = consumer.queue();
     let names = consumer.queues();
     let mut dead = DeadLetters::new(conn, queue);
     if let Some(q) = dead_queue {
         dead = dead.dead_queue(q);
     }
+    let deadline = tokio::time::Instant::now() + ASK_LIMIT;
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let (conn, name) = (conn.clone(), name.clone());
+        asked.spawn(async move {
+            let answer = tokio::time::timeout_at(deadline, conn.queue_info(&name)).await;
+            (i, answer)
+        });
+    }
+    let mut answers: Vec<Option<_>> = names.iter().map(|_| None).collect();
+    while let Some(joined) = asked.join_next().await {
+        if let Ok((i, answer)) = joined {
+            answers[i] = Some(answer);
+        }
+    }
+    let mut worst: Option<Status> = None;
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, answer) in names.into_iter().zip(answers) {
         let role = if name == queue {
             "work"
         } else if name == dead.dead_queue_name() {
@@ -224,19 +248,41 @@ async fn queue_states(
             "retry"
         };
         let mut v = json!({"name": name, "role": role});
-        match tokio::time::timeout(ASK_LIMIT, conn.queue_info(&name)).await {
-            Ok(Ok(info)) => {
+        let failed = match answer {
+            Some(Ok(Ok(info))) => {
                 v["exists"] = true.into();
                 v["messages_ready"] = info.messages.into();
                 v["consumers"] = info.consumers.into();
+                None
             }
-            Ok(Err(Error::QueueNotFound { .. })) => v["exists"] = false.into(),
-            Ok(Err(e)) => v["error"] = e.to_string().into(),
-            Err(_) => v["error"] = "no answer within 30 s".into(),
+            Some(Ok(Err(Error::QueueNotFound { .. }))) => {
+                v["exists"] = false.into();
+                None
+            }
+            Some(Ok(Err(e))) => {
+                v["error"] = e.to_string().into();
+                Some(match exit::classify(&anyhow::Error::new(e)) {
+                    Status::Connect => Status::Connect,
+                    _ => Status::Incomplete,
+                })
+            }
+            Some(Err(_)) => {
+                v["error"] = format!("no answer within {} s", ASK_LIMIT.as_secs()).into();
+                Some(Status::Connect)
+            }
+            None => {
+                v["error"] = "the question was lost".into();
+                Some(Status::Incomplete)
+            }
+        };
+        if let Some(f) = failed
+            && (worst.is_none() || f == Status::Connect)
+        {
+            worst = Some(f);
         }
         out.push(v);
     }
-    out
+    (out, worst)
 }
 
 /// The SQLite file `spec` names, if it names one (not a PostgreSQL URL).

@@ -4,34 +4,20 @@
 //! the page is then rendered with headless Chromium (`scripts/render-report.sh`) and the
 //! picture checked to be one. A run stopped by SIGTERM still writes its page.
 
+mod common;
+
+use common::free_port;
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
 const RENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/render-report.sh");
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET on the endpoint: `name{labels}` → value (comments skipped).
+/// The chaos run's metrics: `name{labels}` → value (comments skipped).
 async fn scrape(port: u16) -> BTreeMap<String, f64> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let raw = common::scrape(port).await;
     raw.lines()
         .filter(|l| l.starts_with("rabbit_once_chaos_"))
         .map(|l| {

@@ -6,41 +6,14 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, json};
+use common::{assert_status, delete_queues, json, run_on};
 use rabbit_once::sqlx;
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
 
 /// `rabbit-once` with `args` and the shared broker's URI; at most 60 s.
 async fn run(args: &[&str]) -> Output {
-    let uri = broker_uri();
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .args(["--uri", &uri])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command ends within 60 s")
-        .unwrap()
-}
-
-/// The exit status, with the output in the message when it is not `expected`.
-fn assert_status(out: &Output, expected: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_on(&broker_uri(), args).await
 }
 
 async fn depth(q: &str) -> u32 {

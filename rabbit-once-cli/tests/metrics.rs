@@ -5,23 +5,14 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::delete_queues;
+use common::{delete_queues, free_port};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One sample: name, labels, value.
 #[derive(Debug)]
@@ -64,15 +55,7 @@ impl Scraped {
 
 /// GET on the endpoint: the samples of the Prometheus text format, and the `# HELP` lines.
 async fn scrape(port: u16) -> Scraped {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let raw = common::scrape(port).await;
     let samples = raw
         .lines()
         .filter(|l| l.starts_with("rabbit_once_"))

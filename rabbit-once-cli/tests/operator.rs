@@ -6,7 +6,7 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, json};
+use common::{assert_status, delete_queues, json};
 use rabbit_once::sqlx;
 use rabbit_once::{Subscription, SubscriptionConfig};
 use std::process::{Output, Stdio};
@@ -43,17 +43,6 @@ async fn run(args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The exit status, with the output in the message when it is not `expected`.
-fn assert_status(out: &Output, expected: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(out)
-    );
 }
 
 /// A message read back: its id, body and properties.

@@ -7,44 +7,13 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, json};
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use common::{assert_status, delete_queues, json, run_on};
+use std::process::Output;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
-
-/// `rabbit-once` with `args` and broker `uri`; at most 60 s.
-async fn run_on(uri: &str, args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .args(["--uri", uri])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command ends within 60 s")
-        .unwrap()
-}
 
 /// `rabbit-once` with `args` on the shared broker.
 async fn run(args: &[&str]) -> Output {
     run_on(&broker_uri(), args).await
-}
-
-/// The exit status, with the output in the message when it is not `expected`.
-fn assert_status(out: &Output, expected: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn stdout(out: &Output) -> String {
@@ -216,6 +185,34 @@ async fn a_missing_work_queue_is_shown_as_missing_and_exits_1() {
             ("dead-letter", dead.as_str()),
         ]
     );
+}
+
+/// A queue the broker will not say anything about (here a dead-letter queue another connection
+/// holds exclusively: 405 to a passive declare) is shown as unknown, and the run exits 1, the
+/// others still shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_state_is_unknown_exits_1() {
+    use rabbit_once::{Queue, Topology};
+    let q = unique("cli-status-unknown");
+    let dead = format!("{q}-locked");
+    let conn = direct().await;
+    conn.declare(
+        &Topology::new()
+            .queue(Queue::new(&q))
+            .queue(Queue::new(&dead).durable(false).exclusive(true)),
+    )
+    .await
+    .unwrap();
+    let out = run(&["status", "--queue", &q, "--dead-queue", &dead, "--json"]).await;
+    assert_status(&out, 1);
+    let st = json(&out);
+    assert_eq!(queue(&st, &q)["exists"], true, "{st}");
+    assert!(queue(&st, &dead)["error"].is_string(), "{st}");
+    let out = run(&["status", "--queue", &q, "--dead-queue", &dead]).await;
+    assert_status(&out, 1);
+    assert!(stdout(&out).contains("unknown: "), "{}", stdout(&out));
+    delete_queues(&conn, &q).await;
+    conn.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,54 @@ async fn a_consumer_is_not_ready_while_its_store_is_unreachable() {
     conn.close().await;
 }
 
+/// The first transaction after the outage is one whose handler rejects its message: the store
+/// answered, so the consumer is ready again although nothing committed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_is_ready_again_when_the_first_answer_after_an_outage_is_a_failure() {
+    let pg_proxy = FaultProxy::start(pg_addr()).await.unwrap();
+    let via = pg_url().replacen(&pg_addr(), &format!("127.0.0.1:{}", pg_proxy.port()), 1);
+    let (store, _schema) = postgres_via(&via).await;
+    let q = unique("health-store-fail");
+    let conn = direct().await;
+    conn.declare(&Topology::new().queue(Queue::new(&q)))
+        .await
+        .unwrap();
+    let bad = format!("{q}-bad");
+    let ledger = Ledger {
+        reject: std::sync::Arc::new([bad.clone()].into_iter().collect()),
+        ..Ledger::default()
+    };
+    let consumer = Consumer::start(&conn, store.clone(), ledger, support::consumer::config(&q))
+        .await
+        .unwrap();
+    publish(&conn, &q, ids(0..3, &q)).await;
+    applied(&consumer, "the first three", |s| s.applied == 3).await;
+    assert!(consumer.health().is_ready(), "{}", consumer.health());
+
+    pg_proxy.refuse_for(Duration::from_secs(3600));
+    pg_proxy.cut_all();
+    publish(&conn, &q, [(bad, 3)]).await;
+    assert!(
+        eventually(GUARD, || !consumer.health().is_ready()).await,
+        "the outage is seen"
+    );
+
+    pg_proxy.refuse_for(Duration::ZERO);
+    let s = applied(&consumer, "the rejected one dead-lettered", |s| {
+        s.dead_lettered == 1
+    })
+    .await;
+    assert_eq!((s.applied, s.store_outages), (3, 1), "{s:?}");
+    assert!(
+        eventually(GUARD, || consumer.health().is_ready()).await,
+        "{}",
+        consumer.health()
+    );
+    consumer.close(Duration::from_secs(5)).await;
+    cleanup(&conn, &q).await;
+    conn.close().await;
+}
+
 async fn wait_for(events: &mut rabbit_once::Events, want: impl Fn(&Event) -> bool) {
     tokio::time::timeout(GUARD * 2, async {
         loop {

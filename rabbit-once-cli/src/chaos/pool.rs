@@ -28,6 +28,13 @@ pub(super) struct PublisherSlot {
     reports: Vec<PathBuf>,
 }
 
+impl PublisherSlot {
+    /// Its name in the timeline and the report (the same at start, exit and kill).
+    fn label(&self) -> String {
+        format!("publisher {}..{}", self.lo, self.hi)
+    }
+}
+
 /// One consumer and the processes that have run it.
 pub(super) struct ConsumerSlot {
     /// With `--pipeline`: a stage-2 consumer (else stage 1, which emits to stage 2).
@@ -36,6 +43,14 @@ pub(super) struct ConsumerSlot {
     report: PathBuf,
     generation: u32,
     reports: Vec<PathBuf>,
+}
+
+impl ConsumerSlot {
+    /// The name of consumer `j` in the timeline and the report (the same at start, exit and
+    /// kill).
+    fn label(&self, j: u64) -> String {
+        format!("{}consumer {j}", if self.stage2 { "stage-2 " } else { "" })
+    }
 }
 
 /// What every child is started with: the binary, the proxies' URIs, the queue, the store.
@@ -196,11 +211,7 @@ impl Launcher {
     /// `--outbox`: over the whole range, resuming after its last commit).
     fn spawn_publisher(&self, slot: &mut PublisherSlot, from: u64) -> anyhow::Result<()> {
         slot.generation += 1;
-        self.started(
-            Role::Publisher,
-            format!("publisher {}..{}", slot.lo, slot.hi),
-            slot.generation > 1,
-        );
+        self.started(Role::Publisher, slot.label(), slot.generation > 1);
         slot.report = self
             .work
             .join(format!("pub-{}-{}.log", slot.lo, slot.generation));
@@ -238,11 +249,7 @@ impl Launcher {
     fn spawn_consumer(&self, slot: &mut ConsumerSlot, j: u64) -> anyhow::Result<()> {
         slot.generation += 1;
         let stage = if slot.stage2 { "s2-" } else { "" };
-        self.started(
-            Role::Consumer,
-            format!("{}consumer {j}", if slot.stage2 { "stage-2 " } else { "" }),
-            slot.generation > 1,
-        );
+        self.started(Role::Consumer, slot.label(j), slot.generation > 1);
         slot.report = self
             .work
             .join(format!("con-{stage}{j}-{}.log", slot.generation));
@@ -357,11 +364,9 @@ impl Pool {
                 if status.success() {
                     slot.done = true;
                 } else {
-                    self.launcher.timeline.process(
-                        Role::Publisher,
-                        format!("publisher {}..{}", slot.lo, slot.hi),
-                        Happened::Exited,
-                    );
+                    self.launcher
+                        .timeline
+                        .process(Role::Publisher, slot.label(), Happened::Exited);
                     let from = slot.first_unconfirmed();
                     say(format!(
                         "  publisher for {}..{} exited with {status}; restarting from {from}",
@@ -382,10 +387,13 @@ impl Pool {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                say(format!("  consumer {j} exited with {status}; restarting"));
+                say(format!(
+                    "  {} exited with {status}; restarting",
+                    slot.label(j as u64)
+                ));
                 self.launcher.timeline.process(
                     Role::Consumer,
-                    format!("consumer {j}"),
+                    slot.label(j as u64),
                     Happened::Exited,
                 );
                 self.launcher.spawn_consumer(slot, j as u64)?;
@@ -402,7 +410,7 @@ impl Pool {
             kill9(&c);
             self.launcher.timeline.process(
                 Role::Consumer,
-                format!("consumer {j}"),
+                self.consumers[j].label(j as u64),
                 Happened::Killed,
             );
             let _ = c.wait_with_output().await;
@@ -425,11 +433,9 @@ impl Pool {
         let slot = &mut self.publishers[live[fastrand::usize(..live.len())]];
         if let Some(c) = slot.child.take() {
             kill9(&c);
-            self.launcher.timeline.process(
-                Role::Publisher,
-                format!("publisher {}..{}", slot.lo, slot.hi),
-                Happened::Killed,
-            );
+            self.launcher
+                .timeline
+                .process(Role::Publisher, slot.label(), Happened::Killed);
             let _ = c.wait_with_output().await;
         }
         if self.launcher.outbox_tx.is_some() {

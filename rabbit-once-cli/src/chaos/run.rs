@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 /// Runs the chaos test and prints its ledger; success only if it balances. With `--report`,
 /// writes the run's page however it ends; with `--metrics-addr`, serves the run's metrics.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    // A report that cannot be written fails now (exit 2), not after the run.
+    if let Some(path) = &a.report {
+        std::fs::File::create(path).map_err(|e| {
+            crate::exit::usage(format!("cannot write the report {}: {e}", path.display()))
+        })?;
+    }
     a.metrics.start()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.timeout);
@@ -33,8 +39,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // The report's time axis starts here, with the children.
     let timeline = Timeline::new();
     timeline.param("setup", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    // Not fatal: an error here must not skip the clean-up below.
     let sampler = if a.report.is_some() || a.metrics.metrics_addr.is_some() {
-        Some(Sampler::start(&setup, timeline.clone(), a.outbox)?)
+        Sampler::start(&setup, timeline.clone(), a.outbox)
+            .inspect_err(|e| {
+                eprintln!("warning: no sampler (queue depth and lag not recorded): {e:#}")
+            })
+            .ok()
     } else {
         None
     };

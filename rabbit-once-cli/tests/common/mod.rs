@@ -35,3 +35,51 @@ pub async fn delete_queues(conn: &rabbit_once::Connection, q: &str) {
         let _ = conn.delete_queue(&q).await;
     }
 }
+
+/// `rabbit-once` with `args` and broker `uri`; at most 60 s.
+pub async fn run_on(uri: &str, args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rabbit-once"))
+        .args(args)
+        .args(["--uri", uri])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command ends within 60 s")
+        .unwrap()
+}
+
+/// The exit status, with the output in the message when it is not `expected`.
+pub fn assert_status(out: &std::process::Output, expected: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(expected),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    rabbit_once_testkit::free_port().unwrap()
+}
+
+/// GET /metrics on `port`: the response, checked to be a 200.
+pub async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw
+}

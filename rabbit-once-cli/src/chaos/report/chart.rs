@@ -32,12 +32,15 @@ pub(super) fn nice_scale(max: f64) -> (f64, f64) {
     ((max / step - 1e-9).ceil().max(1.0) * step, step)
 }
 
-/// A tick label: grouped integers, or one decimal for steps below 1.
+/// A tick label: grouped integers for a whole step, else as many decimals as the step has
+/// (2.5 → one, 0.25 → two; at most three).
 fn tick_label(v: f64, step: f64) -> String {
-    if step < 1.0 {
-        format!("{v:.1}")
-    } else {
+    let whole = |x: f64| (x - x.round()).abs() < 1e-6 * x.abs().max(1.0);
+    let decimals = (0..3).find(|&d| whole(step * 10f64.powi(d))).unwrap_or(3) as usize;
+    if decimals == 0 {
         group(v.round() as u64)
+    } else {
+        format!("{v:.decimals$}")
     }
 }
 
@@ -379,5 +382,10 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(tick_label(0.4, 0.2), "0.4");
         assert_eq!(tick_label(2500.0, 500.0), "2,500");
+        assert_eq!(tick_label(2.5, 2.5), "2.5");
+        assert_eq!(tick_label(7.5, 2.5), "7.5");
+        assert_eq!(tick_label(10.0, 2.5), "10.0");
+        assert_eq!(tick_label(0.75, 0.25), "0.75");
+        assert_eq!(tick_label(50.0, 25.0), "50");
     }
 }

@@ -1,6 +1,7 @@
 //! [`ConsumerStats`]: what a consumer has done so far, and the atomic counters behind it.
 
 use crate::metrics::{self as m, Histogram, Labels, Tally};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Counters of a consumer since it started: read them with
 /// [`Consumer::stats`](crate::consumer::Consumer::stats), and the final ones come from
@@ -86,8 +87,13 @@ pub(super) struct ConsumerCounters {
     pub(super) handler_seconds: Histogram,
     pub(super) commit_seconds: Histogram,
     /// Why the dedup store is unreachable, while it is (as the last transaction found it):
-    /// set and cleared only when an outage starts and ends, read by `Consumer::health`.
+    /// set by every transaction that finds it unreachable, cleared by the first one of any
+    /// worker that it answers; read by `Consumer::health`. Written only under the lock, together
+    /// with `store_is_down`.
     pub(super) store_down: std::sync::Mutex<Option<String>>,
+    /// Whether `store_down` is set: the one atomic load a transaction that reached the store
+    /// pays, so the lock is taken only on the way into and out of an outage.
+    store_is_down: AtomicBool,
     pub(super) ack_lag_seconds: Histogram,
 }
 
@@ -125,6 +131,7 @@ impl ConsumerCounters {
             handler_seconds: m::histogram(m::CONSUMER_HANDLER_SECONDS, l),
             commit_seconds: m::histogram(m::CONSUMER_COMMIT_SECONDS, l),
             store_down: std::sync::Mutex::new(None),
+            store_is_down: AtomicBool::new(false),
             ack_lag_seconds: m::histogram(m::CONSUMER_ACK_LAG_SECONDS, l),
         }
     }
@@ -133,9 +140,26 @@ impl ConsumerCounters {
         c.add(n);
     }
 
-    /// Records that the dedup store became unreachable (`Some(reason)`) or answers again.
-    pub(super) fn set_store_down(&self, reason: Option<String>) {
-        *self.store_down.lock().expect("store_down lock") = reason;
+    /// Records that a transaction found the dedup store unreachable for `reason`; true if this
+    /// starts the outage (no transaction of this consumer found it down before).
+    pub(super) fn store_unreachable(&self, reason: String) -> bool {
+        let mut down = self.store_down.lock().expect("store_down lock");
+        *down = Some(reason);
+        !self.store_is_down.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records that a transaction got an answer from the dedup store (it committed, conflicted,
+    /// or its handler failed); true if this ends an outage. One atomic load when there is none.
+    pub(super) fn store_answered(&self) -> bool {
+        if !self.store_is_down.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut down = self.store_down.lock().expect("store_down lock");
+        if !self.store_is_down.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        *down = None;
+        true
     }
 
     pub(super) fn snapshot(&self) -> ConsumerStats {

@@ -67,13 +67,14 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             }
             let (queue, group) = (&self.config.queue, &self.config.group);
             let span = crate::trace::commit_span(queue, group, items.iter().map(|i| &i.d));
-            let wait = match span.run(queue, self.run_transaction(items)).await {
+            let outcome = span.run(queue, self.run_transaction(items)).await;
+            if !matches!(outcome, TxOutcome::Unavailable(_)) && self.counters.store_answered() {
+                // Whichever outcome and worker: the store answered, so the outage is over.
+                tracing::info!("dedup store reachable again");
+                self.conn.emit(Event::StoreRecovered);
+            }
+            let wait = match outcome {
                 TxOutcome::Committed { fresh, duplicates } => {
-                    if outage > 0 {
-                        tracing::info!("dedup store reachable again");
-                        self.counters.set_store_down(None);
-                        self.conn.emit(Event::StoreRecovered);
-                    }
                     let c = &self.counters;
                     ConsumerCounters::add(&c.applied, fresh as u64);
                     ConsumerCounters::add(&c.duplicates, duplicates as u64);
@@ -105,10 +106,11 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                     Duration::from_millis(ms)
                 }
                 TxOutcome::Unavailable(reason) => {
-                    if outage == 0 {
+                    // Every failure sets the reason (another worker may have just cleared it);
+                    // the outage is counted and announced once, by the worker that starts it.
+                    if self.counters.store_unreachable(reason.clone()) {
                         ConsumerCounters::add(&self.counters.store_outages, 1);
                         tracing::warn!(%reason, held = items.len(), "dedup store unreachable; holding messages unacked");
-                        self.counters.set_store_down(Some(reason.clone()));
                         self.conn.emit(Event::StoreUnavailable { reason });
                     }
                     let delay = self.config.store_backoff.delay(outage);
