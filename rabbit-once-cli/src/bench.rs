@@ -456,7 +456,10 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
         let mut tx = s.begin().await?;
         s.claim(&mut tx, &q, &["warm-up"]).await?;
         tx.rollback().await?;
-        eprintln!("first claim (store opened cold): {:.3} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "first claim (store opened cold): {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let conn = connect(
         a,
