@@ -1,7 +1,7 @@
 //! The consumer's spans: `rabbit_once.handle` per message (a child of the publisher's span),
 //! and per batch `rabbit_once.commit` (linked to its messages) with its `rabbit_once.ack`.
 
-use super::headers::extract;
+use super::headers::{extract, otel_records};
 use crate::consumer::Delivery;
 #[cfg(feature = "dedup")]
 use opentelemetry::trace::TraceContextExt;
@@ -124,10 +124,13 @@ impl CommitSpan {
             return;
         }
         let _in = span.enter();
+        // The ids go only to an OpenTelemetry layer (a logging-only subscriber shows no
+        // event of this span): no string built for nothing.
+        let with_ids = self.otel == Some(true);
         let (mut n, mut ids) = (0u64, String::new());
         for d in deliveries {
             n += 1;
-            if let Some(id) = d.message_id() {
+            if with_ids && let Some(id) = d.message_id() {
                 if !ids.is_empty() {
                     ids.push(' ');
                 }
@@ -136,7 +139,9 @@ impl CommitSpan {
             d.ack();
         }
         span.record("messages", n);
-        span.record("message_ids", ids.as_str());
+        if with_ids {
+            span.record("message_ids", ids.as_str());
+        }
     }
 }
 
@@ -152,7 +157,7 @@ pub(crate) fn ack_settled(delivery: Delivery, queue: &str, outcome: &'static str
         messages = 1u64,
         outcome,
     );
-    if !span.is_disabled()
+    if otel_records(&span)
         && let Some(cx) = extract(delivery.properties())
     {
         let _ = span.set_parent(cx);
