@@ -192,7 +192,7 @@ impl Task {
     /// [`GAUGES_EVERY`] ahead while the buffer holds messages): the oldest message's age keeps
     /// moving while the broker confirms nothing or the connection is down.
     fn gauges_due(&self, due: &mut Option<Instant>) -> Option<Instant> {
-        if self.buf.len() == 0 {
+        if self.buf.is_empty() {
             *due = None;
         } else if due.is_none() {
             *due = Some(Instant::now() + GAUGES_EVERY);
