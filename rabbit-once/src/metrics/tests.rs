@@ -165,8 +165,8 @@ fn the_reason_words_are_those_the_docs_list() {
     assert_eq!(words, known);
 }
 
-/// Every metric in docs/metrics.md's tables is described, with a unit from its name, and
-/// nothing else is.
+/// Every metric of the library in docs/metrics.md's tables is described, with a unit from
+/// its name, and nothing else is.
 #[test]
 fn every_documented_metric_is_described() {
     let rec = Recorded::default();
@@ -177,6 +177,8 @@ fn every_documented_metric_is_described() {
         .lines()
         .filter_map(|l| l.strip_prefix("| `rabbit_once_"))
         .map(|rest| &rest[..rest.find('`').unwrap()])
+        // The CLI's `chaos` command describes its own.
+        .filter(|n| !n.starts_with("chaos_"))
         .collect();
     documented.sort();
     let mut names: Vec<&str> = described
