@@ -1,7 +1,9 @@
 //! The consumer's spans: `rabbit_once.handle` per message (a child of the publisher's span),
 //! and per batch `rabbit_once.commit` (linked to its messages) with its `rabbit_once.ack`.
 
-use super::headers::{extract, otel_records};
+use super::headers::extract;
+#[cfg(feature = "dedup")]
+use super::headers::otel_records;
 use crate::consumer::Delivery;
 #[cfg(feature = "dedup")]
 use opentelemetry::trace::TraceContextExt;
