@@ -160,6 +160,41 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     async move { signals.take().await }
 }
 
+/// Waits for `closing` (a close that settles `what`, e.g. "the batch in hand"); a Ctrl-C or
+/// SIGTERM gives up waiting (`None`). When the command's run ended on a signal (`signalled`)
+/// the next one gives up; when it ended by itself (`--until-idle`, `--until-empty`, ...) the
+/// first one only says what it waits for, and the one after gives up.
+pub async fn close_or_stop<F: std::future::Future>(
+    closing: F,
+    signalled: bool,
+    what: &str,
+) -> Option<F::Output> {
+    let signals = Signals::installed();
+    close_or_stop_on(&signals, closing, signalled, what).await
+}
+
+/// [`close_or_stop`] with the signals `signals`.
+async fn close_or_stop_on<F: std::future::Future>(
+    signals: &Signals,
+    closing: F,
+    signalled: bool,
+    what: &str,
+) -> Option<F::Output> {
+    let mut closing = std::pin::pin!(closing);
+    if !signalled {
+        tokio::select! {
+            out = &mut closing => return Some(out),
+            _ = signals.take() => eprintln!(
+                "interrupted: still waiting for {what} to be settled (Ctrl-C again to stop at once)"
+            ),
+        }
+    }
+    tokio::select! {
+        out = &mut closing => Some(out),
+        _ = signals.take() => None,
+    }
+}
+
 /// The signals heard and the waits they ended: one listener task for the whole process.
 struct Signals {
     /// Signals received since the handlers were installed.
@@ -171,6 +206,21 @@ struct Signals {
 }
 
 impl Signals {
+    /// No signal heard yet, none taken; [`Signals::heard`] feeds it.
+    fn new() -> Signals {
+        Signals {
+            heard: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts one signal, and wakes the waits.
+    fn heard(&self) {
+        self.heard.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
     /// The process's signals; the first call installs the handlers (in the running tokio
     /// runtime) and spawns the task that counts them.
     fn installed() -> Arc<Signals> {
@@ -178,11 +228,7 @@ impl Signals {
         SIGNALS
             .get_or_init(|| {
                 use tokio::signal::unix::{SignalKind, signal};
-                let signals = Arc::new(Signals {
-                    heard: AtomicU64::new(0),
-                    taken: AtomicU64::new(0),
-                    notify: tokio::sync::Notify::new(),
-                });
+                let signals = Arc::new(Signals::new());
                 // Installed here, synchronously: a signal from now on is counted. A handler
                 // that cannot be installed is a signal never heard.
                 let mut term = signal(SignalKind::terminate()).ok();
@@ -195,8 +241,7 @@ impl Signals {
                             Some(()) = recv(&mut int) => {}
                             else => return,
                         }
-                        counter.heard.fetch_add(1, Ordering::AcqRel);
-                        counter.notify.notify_waiters();
+                        counter.heard();
                     }
                 });
                 signals
@@ -311,36 +356,76 @@ mod tests {
     }
 
     /// A signal that comes while nothing waits for one ends the next wait; each signal ends one
-    /// wait. (The only test here that installs the handlers: they live on this test's runtime.)
+    /// wait. (No real signal: the counting is fed by hand.)
     #[tokio::test]
     async fn a_signal_between_two_waits_is_kept_for_the_second() {
-        drop(stop_signal()); // installs the handlers
-        let signals = Signals::installed();
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &std::process::id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        for _ in 0..1000 {
-            if signals.heard.load(Ordering::Acquire) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let signals = Signals::new();
+        signals.heard();
         assert_eq!(
             signals.heard.load(Ordering::Acquire),
             1,
             "heard, with no wait"
         );
-        tokio::time::timeout(Duration::from_secs(10), stop_signal())
+        tokio::time::timeout(Duration::from_secs(10), signals.take())
             .await
             .expect("the kept signal ends the next wait");
         assert_eq!(signals.taken.load(Ordering::Acquire), 1);
-        let mut next = std::pin::pin!(stop_signal());
+        let mut next = std::pin::pin!(signals.take());
         assert!(
             poll_once(next.as_mut()).await.is_pending(),
             "a taken signal ends no other wait"
         );
+        signals.heard();
+        assert!(poll_once(next.as_mut()).await.is_ready(), "a new one does");
+        assert_eq!(signals.taken.load(Ordering::Acquire), 2);
+    }
+
+    /// After a run that ended by itself, the first signal during the close keeps waiting and
+    /// the second gives up; after a run that ended on a signal, the next one gives up.
+    #[tokio::test]
+    async fn the_first_signal_during_a_close_after_a_normal_finish_keeps_waiting() {
+        let signals = Signals::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut closing = std::pin::pin!(close_or_stop_on(&signals, rx, false, "the test"));
+        assert!(poll_once(closing.as_mut()).await.is_pending());
+        signals.heard();
+        assert!(
+            poll_once(closing.as_mut()).await.is_pending(),
+            "the first signal keeps waiting"
+        );
+        assert_eq!(signals.taken.load(Ordering::Acquire), 1);
+        tx.send(7).unwrap();
+        assert!(matches!(
+            poll_once(closing.as_mut()).await,
+            std::task::Poll::Ready(Some(Ok(7)))
+        ));
+
+        let (_tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut closing = std::pin::pin!(close_or_stop_on(&signals, rx, false, "the test"));
+        assert!(poll_once(closing.as_mut()).await.is_pending());
+        signals.heard();
+        assert!(poll_once(closing.as_mut()).await.is_pending());
+        signals.heard();
+        assert!(
+            matches!(
+                poll_once(closing.as_mut()).await,
+                std::task::Poll::Ready(None)
+            ),
+            "the second gives up"
+        );
+
+        let (_tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut closing = std::pin::pin!(close_or_stop_on(&signals, rx, true, "the test"));
+        assert!(poll_once(closing.as_mut()).await.is_pending());
+        signals.heard();
+        assert!(
+            matches!(
+                poll_once(closing.as_mut()).await,
+                std::task::Poll::Ready(None)
+            ),
+            "after a signalled run the next one gives up"
+        );
+        assert_eq!(signals.taken.load(Ordering::Acquire), 4);
     }
 
     /// Polls `f` once.

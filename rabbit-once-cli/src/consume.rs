@@ -243,10 +243,16 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     let mut idle_since = Instant::now();
     let mut stop = std::pin::pin!(crate::common::stop_signal());
     let mut last_report = Instant::now();
+    // Whether the loop ended on a signal: if not (--until-idle, --until-count), the first one
+    // during the close only says what it waits for.
+    let mut signalled = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                signalled = true;
+                break;
+            }
         }
         let s = consumer.stats();
         if a.report.is_some() && last_report.elapsed() >= Duration::from_millis(500) {
@@ -292,14 +298,17 @@ pub async fn consume(conn: &Connection, db: &Db, a: &Args) -> anyhow::Result<(Co
     let secs = started.elapsed().as_secs_f64();
     // The batch in hand finishes (commit and ack, or roll back); a second Ctrl-C / SIGTERM
     // stops the wait at once (exit 1).
-    let stats = tokio::select! {
-        s = consumer.close(Duration::from_secs(10)) => s,
-        _ = crate::common::stop_signal() => {
-            return Err(anyhow::anyhow!(
-                "stopped again before the batch in hand was settled: the broker delivers its \
-                 messages again (one that committed is skipped as a duplicate)"
-            ));
-        }
+    let Some(stats) = crate::common::close_or_stop(
+        consumer.close(Duration::from_secs(10)),
+        signalled,
+        "the batch in hand",
+    )
+    .await
+    else {
+        return Err(anyhow::anyhow!(
+            "stopped again before the batch in hand was settled: the broker delivers its \
+             messages again (one that committed is skipped as a duplicate)"
+        ));
     };
     if let Some(relay) = relay {
         // What it has not published stays in the outbox for the next relay.

@@ -5,7 +5,7 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, free_port};
+use common::{delete_queues, free_port, send};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -177,12 +177,8 @@ async fn run_and_scrape(args: &[&str], port: u16) -> (serde_json::Value, Scraped
     .await
     .expect("the command finished its work");
     let samples = scrape(port).await;
-    let pid = child.id().expect("still lingering") as i32;
     // SIGTERM ends the linger: the command exits with its own status.
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    send("TERM", child.id().expect("still lingering"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("exits after SIGTERM")
@@ -349,12 +345,15 @@ async fn relay_reports_the_rows_left_in_the_outbox() {
     conn.declare(&rabbit_once::Topology::new().queue(rabbit_once::Queue::new(&q)))
         .await
         .unwrap();
+    let written = std::time::Instant::now();
     let mut tx = rabbit_once::Store::begin(&store).await.unwrap();
     let nowhere = rabbit_once::Message::new(format!("{q}-missing-exchange"), "k", "refused");
     outbox.enqueue(&mut tx, nowhere).await.unwrap();
     let good = (0..3).map(|i| rabbit_once::Message::to_queue(&q, format!("{i}")));
     outbox.enqueue_all(&mut tx, good).await.unwrap();
     tx.commit().await.unwrap();
+    // The rows are at least 2 s old at every count (whole seconds: the age shows >= 1).
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let port = free_port();
     let mut child = tokio::process::Command::new(BIN)
@@ -387,13 +386,14 @@ async fn relay_reports_the_rows_left_in_the_outbox() {
     }
     let m = last.expect("the relay counted the one row left");
     let age = value(&m, "rabbit_once_outbox_oldest_pending_age_seconds", &[]);
-    assert!(age >= 0.0, "{age}");
+    let elapsed = written.elapsed().as_secs_f64();
+    assert!(
+        (1.0..=elapsed + 1.0).contains(&age),
+        "the refused row's age {age} s, written {elapsed} s ago"
+    );
     bounded_labels(&m);
     m.every_family_has_help();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
+    send("TERM", child.id().unwrap());
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("exits after SIGTERM")

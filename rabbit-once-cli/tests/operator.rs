@@ -6,14 +6,12 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{assert_status, delete_queues, json};
+use common::{BIN, assert_status, delete_queues, finish, json, send, spawn};
 use rabbit_once::sqlx;
 use rabbit_once::{Subscription, SubscriptionConfig};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
 
 /// `rabbit-once` with `args` and `env`, stdin from `input`; at most 60 s.
 async fn run(args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output {
@@ -398,12 +396,7 @@ async fn ctrl_c_on_publish_prints_the_summary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(arrived, "publishing started");
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send("INT", child.id().unwrap());
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("stops within 30 s")
@@ -534,12 +527,7 @@ async fn ctrl_c_on_demo_removes_its_queues_and_files() {
     }
     assert!(running, "the demo started publishing");
     assert!(db.exists());
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send("INT", child.id().unwrap());
     let mut rest = Vec::new();
     while let Some(line) = stdout.next_line().await.unwrap() {
         rest.push(line);
@@ -566,36 +554,6 @@ async fn ctrl_c_on_demo_removes_its_queues_and_files() {
         assert!(!std::path::Path::new(&f).exists(), "{f} was removed");
     }
     conn.close().await;
-}
-
-/// Sends `signal` (`INT`, `TERM`) to the process `pid`.
-fn send(signal: &str, pid: u32) {
-    let kill = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-}
-
-/// `rabbit-once` with `args`, its stdin, stdout and stderr piped, killed if dropped.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// The output of `child`, which must end within 60 s.
-async fn finish(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command ends within 60 s")
-        .unwrap()
 }
 
 /// Waits (at most 20 s) until `queue` holds at least `n` messages; false if it never does.

@@ -7,38 +7,16 @@ mod common;
 #[path = "../../rabbit-once/tests/support/mod.rs"]
 mod support;
 
-use common::{delete_queues, json};
+use common::{delete_queues, finish, json, send, spawn};
 use rabbit_once::sqlx;
 use std::collections::BTreeMap;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
-
-/// `rabbit-once` with `args`, stdout and stderr piped, killed if dropped.
-fn spawn(args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// The output of `child`, which must end within 60 s.
-async fn finish(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command ends within 60 s")
-        .unwrap()
-}
-
 /// Runs `args` to its end; it must exit 0. Returns its JSON summary.
 async fn run_to_end(args: &[&str]) -> serde_json::Value {
-    let out = finish(spawn(args)).await;
+    let out = finish(spawn(args, &[])).await;
     assert_success(&out, args);
     json(&out)
 }
@@ -53,15 +31,6 @@ fn assert_success(out: &Output, what: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Sends `signal` (`INT`, `TERM`) to the process `pid`.
-fn send(signal: &str, pid: u32) {
-    let kill = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
 }
 
 /// Waits (at most 30 s) until `f(messages ready on queue)` holds; false if it never does.
@@ -102,10 +71,10 @@ async fn consume_stopped_by(signal: &str, q: &str, store: &[&str], db: &Ledger) 
     };
     let first = consume(&[]);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    let child = spawn(&first);
-    // Mid-way: it has taken 1,500 beyond its prefetch (500), so it has committed batches and
-    // holds more in hand.
-    let taken = wait_queue(&conn, q, |ready| ready <= CONSUMED - 2000).await;
+    let child = spawn(&first, &[]);
+    // Early, so that it lands mid-way however fast the machine: it has taken 500 beyond its
+    // prefetch (500), so it has committed batches and holds more in hand.
+    let taken = wait_queue(&conn, q, |ready| ready <= CONSUMED - 1000).await;
     assert!(taken, "the consumer took messages");
     send(signal, child.id().unwrap());
     let out = finish(child).await;
@@ -241,8 +210,9 @@ async fn relay_stopped_by(signal: &str, q: &str, outbox: &[&str]) {
         outbox,
     ]
     .concat();
-    let child = spawn(&relay);
-    let flowing = wait_queue(&conn, q, |ready| ready >= 2000).await;
+    let child = spawn(&relay, &[]);
+    // Early (a tenth of the rows), so that it lands mid-way however fast the machine.
+    let flowing = wait_queue(&conn, q, |ready| ready >= 1000).await;
     assert!(flowing, "the relay publishes");
     send(signal, child.id().unwrap());
     let out = finish(child).await;
@@ -320,8 +290,8 @@ async fn a_second_signal_stops_consume_at_once_and_nothing_is_applied_twice() {
     let consume = [
         "consume", "--queue", &q, "--batch", "20", "--json", "--uri", &uri, "--store", &spec,
     ];
-    let child = spawn(&consume);
-    let taken = wait_queue(&conn, &q, |ready| ready <= CONSUMED - 2000).await;
+    let child = spawn(&consume, &[]);
+    let taken = wait_queue(&conn, &q, |ready| ready <= CONSUMED - 1000).await;
     assert!(taken, "the consumer took messages");
     let pid = child.id().unwrap();
     send("STOP", pid);

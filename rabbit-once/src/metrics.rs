@@ -15,10 +15,12 @@ use crate::error::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod describe;
+mod max_gauge;
 #[cfg(all(test, feature = "metrics"))]
 mod tests;
 
 pub use describe::describe;
+pub(crate) use max_gauge::MaxGauge;
 
 // ---- publisher ----
 /// Counter: messages accepted into a publisher's buffer.
@@ -232,15 +234,25 @@ pub(crate) fn counter(name: &'static str, l: Labels<'_>) -> Counter {
     }
 }
 
-/// A gauge handle, resolved once.
+/// A gauge handle (the series is the sum of its handles' values), resolved once.
 pub(crate) fn gauge(name: &'static str, l: Labels<'_>) -> Gauge {
+    Gauge::new(facade_gauge(name, l))
+}
+
+/// The facade's gauge handle `name` with labels `l`, resolved once.
+fn facade_gauge(name: &'static str, l: Labels<'_>) -> FacadeGauge {
     #[cfg(feature = "metrics")]
-    return Gauge::new(::metrics::gauge!(name, labels(l)));
+    return ::metrics::gauge!(name, labels(l));
     #[cfg(not(feature = "metrics"))]
     {
         let _ = (name, l);
-        Gauge::new(FacadeGauge)
+        FacadeGauge
     }
+}
+
+/// An age gauge handle (the series is the largest of its handles' values), resolved once.
+pub(crate) fn max_gauge(name: &'static str, l: Labels<'_>) -> MaxGauge {
+    MaxGauge::new(name, l)
 }
 
 /// A histogram handle, resolved once.
@@ -456,6 +468,8 @@ mod noop {
         pub(crate) fn increment(&self, _: f64) {}
         #[inline]
         pub(crate) fn decrement(&self, _: f64) {}
+        #[inline]
+        pub(crate) fn set(&self, _: f64) {}
     }
     /// Does nothing.
     #[derive(Debug, Clone, Default)]

@@ -342,7 +342,10 @@ async fn a_schema_newer_than_this_version_is_refused() {
         .await
         .unwrap();
     let e = s.migrate().await.unwrap_err().to_string();
-    assert!(e.contains("version 99, newer than this rabbit-once knows"), "{e}");
+    assert!(
+        e.contains("version 99, newer than this rabbit-once knows"),
+        "{e}"
+    );
 }
 
 /// A consumer whose store seals every 50 records: ids sent again after they were sealed are

@@ -65,6 +65,9 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
         .publisher(PublisherConfig::default().window((a.batch as usize / 2).max(1)));
     let relay = db.relay(&conn, config)?;
     let mut refused_only = false;
+    // Whether the wait ended on a signal: if not (--until-empty), the first one during the
+    // close only says what it waits for.
+    let mut signalled = true;
     if a.until_empty {
         tokio::select! {
             r = async {
@@ -86,7 +89,10 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            } => refused_only = r?,
+            } => {
+                refused_only = r?;
+                signalled = false;
+            }
             _ = stop_signal() => {}
         }
     } else {
@@ -94,14 +100,17 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     }
     // The rows in hand are settled and the confirmed ones deleted; a second Ctrl-C / SIGTERM
     // stops the wait at once (exit 1).
-    let stats = tokio::select! {
-        s = relay.close(Duration::from_secs(5)) => s,
-        _ = stop_signal() => {
-            return Err(anyhow::anyhow!(
-                "stopped again before the rows in hand were settled: rows the broker confirmed \
-                 and not yet deleted are published again by the next relay (same message_id)"
-            ));
-        }
+    let Some(stats) = crate::common::close_or_stop(
+        relay.close(Duration::from_secs(5)),
+        signalled,
+        "the rows in hand",
+    )
+    .await
+    else {
+        return Err(anyhow::anyhow!(
+            "stopped again before the rows in hand were settled: rows the broker confirmed \
+             and not yet deleted are published again by the next relay (same message_id)"
+        ));
     };
     let status = db.status().await?;
     conn.close().await;

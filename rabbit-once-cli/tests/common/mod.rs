@@ -83,3 +83,36 @@ pub async fn scrape(port: u16) -> String {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     raw
 }
+
+/// The `rabbit-once` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
+
+/// `rabbit-once` with `args` and `env`, its stdin, stdout and stderr piped, killed if dropped.
+pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The output of `child` (its stdin closed first), which must end within 60 s.
+pub async fn finish(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command ends within 60 s")
+        .unwrap()
+}
+
+/// Sends `signal` (`INT`, `TERM`, ...) to the process `pid`.
+pub fn send(signal: &str, pid: u32) {
+    let kill = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}

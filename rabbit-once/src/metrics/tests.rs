@@ -95,6 +95,35 @@ fn two_gauge_handles_with_the_same_labels_sum() {
 }
 
 #[test]
+fn two_age_handles_with_the_same_labels_show_the_largest() {
+    let rec = Recorded::default();
+    // Labels of this test's own: the series registry is process-wide.
+    let l: Labels<'_> = &[("connection", "max-test"), ("publisher", "default")];
+    let (a, b) = ::metrics::with_local_recorder(&rec, || {
+        (
+            max_gauge(PUBLISHER_OLDEST_UNCONFIRMED_AGE, l),
+            max_gauge(PUBLISHER_OLDEST_UNCONFIRMED_AGE, l),
+        )
+    });
+    let id = "rabbit_once_publisher_oldest_unconfirmed_age_seconds{connection=max-test,publisher=default}";
+    a.set(30.0);
+    b.set(20.0);
+    assert_eq!(rec.gauge(id), 30.0, "the largest, not the sum");
+    a.set(10.0);
+    assert_eq!(rec.gauge(id), 20.0, "the other handle's, now the largest");
+    b.set(40.0);
+    assert_eq!(rec.gauge(id), 40.0);
+    drop(b);
+    assert_eq!(
+        rec.gauge(id),
+        10.0,
+        "a dropped handle's value leaves the series"
+    );
+    drop(a);
+    assert_eq!(rec.gauge(id), 0.0);
+}
+
+#[test]
 fn failures_by_reason_count_known_and_unknown_words_apart() {
     let rec = Recorded::default();
     let by = ::metrics::with_local_recorder(&rec, || {
@@ -136,8 +165,8 @@ fn the_reason_words_are_those_the_docs_list() {
     assert_eq!(words, known);
 }
 
-/// Every metric in docs/metrics.md's tables is described, with a unit from its name, and
-/// nothing else is.
+/// Every metric of the library in docs/metrics.md's tables is described, with a unit from
+/// its name, and nothing else is.
 #[test]
 fn every_documented_metric_is_described() {
     let rec = Recorded::default();

@@ -3,9 +3,8 @@
 //! pipeline never waits for the count (a `COUNT(*)` of a long table takes a while).
 
 use super::backend::Backend;
-use crate::metrics::{self as m, Gauge};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::metrics::{self as m, Gauge, MaxGauge};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,9 +24,23 @@ pub(super) struct Backlog {
 #[derive(Debug)]
 struct Shared {
     rows: Gauge,
-    age: Gauge,
+    /// The largest of the relays' of this connection name (ages do not add up).
+    age: MaxGauge,
     /// False while the relay stands by or has stopped: a count that ends then is not shown.
-    active: AtomicBool,
+    /// The gauges are set under this lock, so a count that ends as [`Backlog::clear`] runs
+    /// cannot set them after it (a task being aborted may be running).
+    active: Mutex<bool>,
+}
+
+impl Shared {
+    /// Sets the gauges, unless the relay stands by or stopped (`only_active`).
+    fn show(&self, rows: f64, age: f64, only_active: bool) {
+        let active = self.active.lock().expect("backlog lock");
+        if *active || !only_active {
+            self.rows.set(rows);
+            self.age.set(age);
+        }
+    }
 }
 
 impl Backlog {
@@ -37,8 +50,8 @@ impl Backlog {
         Backlog {
             shared: Arc::new(Shared {
                 rows: m::gauge(m::RELAY_PENDING_ROWS, l),
-                age: m::gauge(m::RELAY_OLDEST_PENDING_AGE, l),
-                active: AtomicBool::new(false),
+                age: m::max_gauge(m::RELAY_OLDEST_PENDING_AGE, l),
+                active: Mutex::new(false),
             }),
             task: None,
             last: None,
@@ -54,16 +67,17 @@ impl Backlog {
             return;
         }
         self.last = Some(Instant::now());
-        self.shared.active.store(true, Ordering::Release);
+        *self.shared.active.lock().expect("backlog lock") = true;
         let (backend, shared) = (backend.clone(), self.shared.clone());
         self.task = Some(tokio::spawn(async move {
             match backend.backlog().await {
-                Ok((rows, age)) if shared.active.load(Ordering::Acquire) => {
-                    shared.rows.set(rows as f64);
-                    shared.age.set(age.unwrap_or(0) as f64);
+                Ok((rows, age)) => shared.show(rows as f64, age.unwrap_or(0) as f64, true),
+                Err(e) => {
+                    // Not the last count's values, stale for as long as the database fails:
+                    // 0 until a count succeeds again.
+                    tracing::debug!(error = %e, "outbox relay: could not count the rows");
+                    shared.show(0.0, 0.0, true);
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "outbox relay: could not count the rows"),
             }
         }));
     }
@@ -71,13 +85,12 @@ impl Backlog {
     /// The relay stands by or stops: no count under way, the gauges back to 0 (another relay's
     /// of the same name may be counting the same rows).
     pub(super) fn clear(&mut self) {
-        self.shared.active.store(false, Ordering::Release);
+        *self.shared.active.lock().expect("backlog lock") = false;
         if let Some(t) = self.task.take() {
             t.abort();
         }
         self.last = None;
-        self.shared.rows.set(0.0);
-        self.shared.age.set(0.0);
+        self.shared.show(0.0, 0.0, false);
     }
 }
 

@@ -313,6 +313,8 @@ impl<B: Backend> Worker<B> {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %e, "outbox relay: reading or deleting failed; trying again");
+                    // Counted still: a count that fails too shows 0, not the last values.
+                    self.backlog.tick(&self.backend);
                     let delay = crate::backoff::Backoff::default().delay(failures);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -244,7 +244,7 @@ macro_rules! operator_methods {
 #[cfg(feature = "sqlite")]
 impl super::SqliteOutbox {
     operator_methods!(
-        "CAST(strftime('%s', 'now') AS INTEGER) - MIN(created_at)",
+        super::store::SQLITE_AGE_SECONDS,
         async |o: &Self| -> Result<(), crate::Error> {
             o.wake.notify_one();
             Ok(())
@@ -255,7 +255,7 @@ impl super::SqliteOutbox {
 #[cfg(feature = "postgres")]
 impl super::PostgresOutbox {
     operator_methods!(
-        "CAST(EXTRACT(EPOCH FROM now() - MIN(created_at)) AS BIGINT)",
+        super::store::POSTGRES_AGE_SECONDS,
         async |o: &Self| -> Result<(), crate::Error> {
             o.wake.notify_one();
             // Relays in other processes too.

@@ -1,6 +1,6 @@
 //! [`PublisherStats`], what a publisher reports, and the atomic counters behind it.
 
-use crate::metrics::{self as m, ByReason, Gauge, Histogram, Labels, Tally};
+use crate::metrics::{self as m, ByReason, Gauge, Histogram, Labels, MaxGauge, Tally};
 use std::sync::atomic::AtomicUsize;
 
 /// Counters of a publisher, for progress and tests.
@@ -47,7 +47,7 @@ pub(crate) struct PublisherCounters {
     pub(super) buffered_gauge: Gauge,
     pub(super) buffered_bytes_gauge: Gauge,
     pub(super) in_flight_gauge: Gauge,
-    pub(super) oldest_unconfirmed_gauge: Gauge,
+    pub(super) oldest_unconfirmed_gauge: MaxGauge,
     pub(super) confirm_seconds: Histogram,
 }
 
@@ -70,7 +70,7 @@ impl PublisherCounters {
             buffered_gauge: m::gauge(m::PUBLISHER_BUFFERED, l),
             buffered_bytes_gauge: m::gauge(m::PUBLISHER_BUFFERED_BYTES, l),
             in_flight_gauge: m::gauge(m::PUBLISHER_IN_FLIGHT, l),
-            oldest_unconfirmed_gauge: m::gauge(m::PUBLISHER_OLDEST_UNCONFIRMED_AGE, l),
+            oldest_unconfirmed_gauge: m::max_gauge(m::PUBLISHER_OLDEST_UNCONFIRMED_AGE, l),
             confirm_seconds: m::histogram(m::PUBLISHER_CONFIRM_SECONDS, l),
         }
     }

@@ -2,6 +2,8 @@
 //! and per batch `rabbit_once.commit` (linked to its messages) with its `rabbit_once.ack`.
 
 use super::headers::extract;
+#[cfg(feature = "dedup")]
+use super::headers::otel_records;
 use crate::consumer::Delivery;
 #[cfg(feature = "dedup")]
 use opentelemetry::trace::TraceContextExt;
@@ -124,10 +126,13 @@ impl CommitSpan {
             return;
         }
         let _in = span.enter();
+        // The ids go only to an OpenTelemetry layer (a logging-only subscriber shows no
+        // event of this span): no string built for nothing.
+        let with_ids = self.otel == Some(true);
         let (mut n, mut ids) = (0u64, String::new());
         for d in deliveries {
             n += 1;
-            if let Some(id) = d.message_id() {
+            if with_ids && let Some(id) = d.message_id() {
                 if !ids.is_empty() {
                     ids.push(' ');
                 }
@@ -136,7 +141,9 @@ impl CommitSpan {
             d.ack();
         }
         span.record("messages", n);
-        span.record("message_ids", ids.as_str());
+        if with_ids {
+            span.record("message_ids", ids.as_str());
+        }
     }
 }
 
@@ -152,7 +159,7 @@ pub(crate) fn ack_settled(delivery: Delivery, queue: &str, outcome: &'static str
         messages = 1u64,
         outcome,
     );
-    if !span.is_disabled()
+    if otel_records(&span)
         && let Some(cx) = extract(delivery.properties())
     {
         let _ = span.set_parent(cx);

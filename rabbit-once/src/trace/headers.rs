@@ -42,11 +42,37 @@ impl Extractor for HeaderExtractor<'_> {
 /// header up first: a message without one costs a scan of its headers, no parse.
 pub(super) fn extract(properties: &Properties) -> Option<opentelemetry::Context> {
     properties.header(TRACEPARENT)?;
+    #[cfg(test)]
+    PARSES.with(|n| n.set(n.get() + 1));
     let cx = TraceContextPropagator::new().extract_with_context(
         &opentelemetry::Context::new(),
         &HeaderExtractor(properties.headers.as_ref()),
     );
     cx.span().span_context().is_valid().then_some(cx)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Traceparents parsed on this thread (tests check that no layer means no parse).
+    pub(super) static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether an OpenTelemetry layer records `span` (contextual, not started yet): a parent
+/// read from a `traceparent` is worth parsing only then. Probed by setting the parent it has
+/// already — the current span's context, or the current OpenTelemetry context — which fails
+/// at once without a layer (a logging-only subscriber) and can be set again after. Not by
+/// `span.context()`, which would start the span (its parent could then not be set).
+pub(super) fn otel_records(span: &tracing::Span) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
+    let current = tracing::Span::current();
+    let parent = if current.is_disabled() {
+        opentelemetry::Context::current()
+    } else {
+        current.context()
+    };
+    span.set_parent(parent).is_ok()
 }
 
 impl Delivery {
@@ -68,8 +94,8 @@ impl Delivery {
 /// consumer's copies), `span` joins that trace as its child.
 pub(super) fn inject(msg: &mut Message, span: &tracing::Span, frame_max: u32) {
     if msg.header(TRACEPARENT).is_some() {
-        if !span.is_disabled()
-            && tracing::Span::current().is_disabled()
+        if tracing::Span::current().is_disabled()
+            && otel_records(span)
             && let Some(cx) = extract(&msg.properties)
         {
             let _ = span.set_parent(cx);

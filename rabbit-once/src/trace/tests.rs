@@ -4,33 +4,33 @@
 use super::*;
 use crate::message::Message;
 
-/// Inside a span with a subscriber installed, a message is accepted; whether its headers
-/// get trace context.
-fn publish_in_a_span(msg: Message) -> Message {
+/// Runs `f` on `msg` inside a `caller` span with a logging-only subscriber (no OpenTelemetry
+/// layer) installed; returns the message.
+fn in_a_logged_span(msg: Message, f: impl FnOnce(&mut Message)) -> Message {
     let mut msg = msg;
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::sink)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
         let _in = tracing::info_span!("caller").entered();
-        let mut trace = on_publish(&mut msg, 131_072);
-        trace.finish(&Ok::<(), String>(()));
+        f(&mut msg);
     });
     msg
+}
+
+/// Inside a span with a subscriber installed, a message is accepted; whether its headers
+/// get trace context.
+fn publish_in_a_span(msg: Message) -> Message {
+    in_a_logged_span(msg, |msg| {
+        let mut trace = on_publish(msg, 131_072);
+        trace.finish(&Ok::<(), String>(()));
+    })
 }
 
 /// [`publish_in_a_span`] for a message written into the outbox.
 #[cfg(feature = "dedup")]
 fn enqueue_in_a_span(msg: Message) -> Message {
-    let mut msg = msg;
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::sink)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        let _in = tracing::info_span!("caller").entered();
-        on_enqueue(&mut msg, 131_072);
-    });
-    msg
+    in_a_logged_span(msg, |msg| on_enqueue(msg, 131_072))
 }
 
 #[cfg(all(not(feature = "opentelemetry"), feature = "dedup"))]
@@ -216,4 +216,37 @@ fn a_valid_traceparent_is_read_back_and_a_malformed_one_is_ignored() {
     assert!(!bad.trace_context().span().span_context().is_valid());
     let none = crate::consumer::Delivery::builder("x").build();
     assert!(!none.trace_context().span().span_context().is_valid());
+}
+
+/// With a logging-only subscriber, a message that carries a `traceparent` already is
+/// published (the relay's case, no current span) and a settled delivery acked without its
+/// `traceparent` being parsed; with an OpenTelemetry layer both parse it.
+#[cfg(all(feature = "opentelemetry", feature = "dedup"))]
+#[test]
+fn without_an_opentelemetry_layer_no_traceparent_is_parsed() {
+    use super::headers::PARSES;
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let run = || {
+        let before = PARSES.with(|n| n.get());
+        let mut msg = Message::to_queue("q", "x").with_header(TRACEPARENT, TP);
+        let mut trace = on_publish(&mut msg, 131_072);
+        trace.finish(&Ok::<(), String>(()));
+        let d = crate::consumer::Delivery::builder("x")
+            .header(TRACEPARENT, TP)
+            .build();
+        ack_settled(d, "q", "retried");
+        PARSES.with(|n| n.get()) - before
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .finish();
+    assert_eq!(tracing::subscriber::with_default(logs, run), 0);
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("unit"));
+    let otel = tracing_subscriber::registry().with(layer);
+    assert_eq!(tracing::subscriber::with_default(otel, run), 2);
 }

@@ -38,6 +38,24 @@ async fn ranges_are_exact<B: crate::outbox::backend::Backend>(backend: &B, ids: 
     );
 }
 
+/// The relay's backlog count (its gauges): the rows left and the first row's age (just
+/// written: under a minute); none left, no age.
+async fn backlog_is_counted<B: crate::outbox::backend::Backend>(backend: &B) {
+    use crate::outbox::store::Filter;
+    let left: Vec<i64> = backend
+        .pending(100, &Filter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let (rows, age) = backend.backlog().await.unwrap();
+    assert_eq!(rows, left.len() as u64);
+    assert!(age.is_some_and(|a| a < 60), "{age:?}");
+    backend.remove(&left).await.unwrap();
+    assert_eq!(backend.backlog().await.unwrap(), (0, None));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_reads_and_deletes_by_id_ranges_are_exact() {
     let db = Lite::new("ro-outbox").await;
@@ -57,6 +75,7 @@ async fn sqlite_reads_and_deletes_by_id_ranges_are_exact() {
         .map(|r| r.id)
         .collect();
     ranges_are_exact(&outbox, &ids).await;
+    backlog_is_counted(&outbox).await;
     store.pool().close().await;
 }
 
@@ -102,6 +121,7 @@ async fn postgres_reads_and_deletes_by_id_ranges_are_exact() {
     assert!(late[0] < ids[0], "the late row has the lowest id");
     outbox.remove(&late).await.unwrap();
     ranges_are_exact(&outbox, &ids).await;
+    backlog_is_counted(&outbox).await;
     drop_schema(store, schema).await;
 }
 

@@ -20,5 +20,7 @@ mod events;
 mod handles;
 mod send;
 mod session;
+#[cfg(all(test, feature = "metrics"))]
+mod tests;
 
 pub(super) use session::run;

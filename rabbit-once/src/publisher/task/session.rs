@@ -18,6 +18,10 @@ use tokio::time::Instant;
 /// How many commands or events to take in one go before looking at the other side.
 pub(super) const DRAIN: usize = 512;
 
+/// How often the buffer's gauges are refreshed while it holds messages and nothing else
+/// happens (the oldest unconfirmed message's age).
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
 /// The publisher's task, started by [`Publisher::new`](crate::Publisher::new): runs until the
 /// publisher is closed, or every handle is gone and the buffer is empty.
 pub(in crate::publisher) async fn run(
@@ -153,17 +157,24 @@ impl Task {
         let connection = self.connection.clone();
         let next = connection.next_session(after);
         tokio::pin!(next);
+        let mut gauges_due = None;
         loop {
             self.complete();
             if self.try_finish() {
                 return None;
             }
+            let due = self.gauges_due(&mut gauges_due);
             let woke = self
                 .unless_close_deadline(async |t| {
                     tokio::select! {
                         s = &mut next => Some(s),
                         cmd = t.rx.recv(), if t.rx_open => {
                             t.on_cmd(cmd);
+                            None
+                        }
+                        _ = sleep_until_some(due) => {
+                            gauges_due = None;
+                            t.gauges();
                             None
                         }
                     }
@@ -177,10 +188,23 @@ impl Task {
         }
     }
 
+    /// When the buffer's gauges are next refreshed with no other event (`due`, armed
+    /// [`GAUGES_EVERY`] ahead while the buffer holds messages): the oldest message's age keeps
+    /// moving while the broker confirms nothing or the connection is down.
+    fn gauges_due(&self, due: &mut Option<Instant>) -> Option<Instant> {
+        if self.buf.is_empty() {
+            *due = None;
+        } else if due.is_none() {
+            *due = Some(Instant::now() + GAUGES_EVERY);
+        }
+        *due
+    }
+
     /// Sends and settles on one channel until it or its connection is lost, or we are done.
     async fn pump(&mut self, ch: &mut Channel, session: &Session) -> Exit {
         let mut blocked = session.link.blocked();
         let mut outbox_full = false;
+        let mut gauges_due = None;
         loop {
             if self.recycle {
                 if self.buf.in_flight() == 0 {
@@ -200,6 +224,7 @@ impl Task {
                 return Exit::Done;
             }
             let retry = self.buf.next_retry().map(Instant::from_std);
+            let due = self.gauges_due(&mut gauges_due);
             let woke = self
                 .unless_close_deadline(async |t| {
                     tokio::select! {
@@ -226,6 +251,10 @@ impl Task {
                         _ = session.link.writable(), if outbox_full => outbox_full = false,
                         _ = sleep_until_some(retry) => {
                             t.buf.wake_retries(std::time::Instant::now());
+                        }
+                        _ = sleep_until_some(due) => {
+                            gauges_due = None;
+                            t.gauges();
                         }
                     }
                     None
