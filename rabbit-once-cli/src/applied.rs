@@ -244,13 +244,33 @@ impl Db {
     /// `sqlite:PATH` (or a path) or `postgres://…`; `schema` for PostgreSQL only. An error
     /// names the database without its password.
     pub async fn open(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
+        Self::open_with(spec, schema, 0).await
+    }
+
+    /// [`Db::open`], a SQLite store sealing its dedup table every `segment_rows` records
+    /// (`SqliteOptions::segment_rows`; 0: never).
+    pub async fn open_with(
+        spec: &str,
+        schema: Option<String>,
+        segment_rows: u64,
+    ) -> anyhow::Result<Db> {
         use anyhow::Context;
-        Self::open_unnamed(spec, schema)
+        let postgres = spec.starts_with("postgres://") || spec.starts_with("postgresql://");
+        if postgres && segment_rows > 0 {
+            return Err(crate::exit::usage(
+                "--segment-rows is for SQLite stores (sealed dedup segments)",
+            ));
+        }
+        Self::open_unnamed(spec, schema, segment_rows)
             .await
             .with_context(|| format!("could not open the database {}", without_password(spec)))
     }
 
-    async fn open_unnamed(spec: &str, schema: Option<String>) -> anyhow::Result<Db> {
+    async fn open_unnamed(
+        spec: &str,
+        schema: Option<String>,
+        segment_rows: u64,
+    ) -> anyhow::Result<Db> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             let store = PostgresStore::connect_with(
                 spec,
@@ -271,7 +291,16 @@ impl Db {
                 "--store: give sqlite:PATH or postgres://…",
             ));
         }
-        Ok(Db::Sqlite(SqliteStore::open(path).await?))
+        Ok(Db::Sqlite(
+            SqliteStore::open_with(
+                path,
+                rabbit_once::SqliteOptions {
+                    segment_rows,
+                    ..Default::default()
+                },
+            )
+            .await?,
+        ))
     }
 
     /// Creates the `applied` table (and, through the store, the dedup table).

@@ -72,6 +72,10 @@ pub struct Args {
     /// `chaos`, which may kill this process at any moment).
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
+    /// SQLite store: seal the dedup table into a read-only segment every this many records
+    /// (`SqliteOptions::segment_rows`: for random message ids and large tables; 0: never).
+    #[arg(long, default_value_t = 0)]
+    pub segment_rows: u64,
 }
 
 /// The consumer's counters: printed at the end, and the lines of `--report`.
@@ -106,7 +110,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn consume_and_report(a: Args) -> anyhow::Result<ExitCode> {
-    let db = Db::open(&a.store, a.schema.clone()).await?;
+    let db = Db::open_with(&a.store, a.schema.clone(), a.segment_rows).await?;
     db.prepare().await.with_context(|| {
         format!(
             "could not prepare the database {}",

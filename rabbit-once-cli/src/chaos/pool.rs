@@ -73,6 +73,8 @@ pub(super) struct Launcher {
     heartbeat: u64,
     /// With `--outbox`: messages per transaction.
     outbox_tx: Option<u64>,
+    /// `--segment-rows` for the consumers (0: none).
+    segment_rows: u64,
     /// With `--pipeline`: the second stage's queue, store and schema.
     stage2: Option<(String, String, Option<String>)>,
     /// Where each start, kill and exit is marked.
@@ -93,6 +95,7 @@ impl Launcher {
             via_uris: setup.via.iter().map(|e| e.to_uri()).collect(),
             quorum: setup.cluster.is_some(),
             publishers: a.publishers,
+            segment_rows: a.segment_rows,
             queue: setup.queue.clone(),
             store: setup.store.clone(),
             schema: setup.schema.clone(),
@@ -266,6 +269,9 @@ impl Launcher {
         }
         if let Some(s) = schema {
             cmd.args(["--schema", s]);
+        }
+        if self.segment_rows > 0 {
+            cmd.args(["--segment-rows", &self.segment_rows.to_string()]);
         }
         cmd.args(["--heartbeat", &self.heartbeat.to_string(), "--json"])
             .arg("--report")

@@ -168,13 +168,17 @@ impl Segments {
         }
         let leaves = tree.leaves();
         if leaves.len() as i64 != fp.1 || leaves.last().map_or(0, |s| s.seq) != fp.0 {
-            // Cannot happen: the list and the fingerprint were read in one transaction.
-            return Err(sqlx::Error::Protocol(format!(
-                "dedup segments: {} loaded, the list says {} up to {}",
-                leaves.len(),
-                fp.1,
-                fp.0
-            )));
+            // Cannot happen: the list and the fingerprint were read in one transaction. (Not an
+            // outage: a `Decode` error is a failure of this transaction, classed `Other`.)
+            return Err(sqlx::Error::Decode(
+                format!(
+                    "dedup segments: {} loaded, the list says {} up to {}",
+                    leaves.len(),
+                    fp.1,
+                    fp.0
+                )
+                .into(),
+            ));
         }
         let tree = Arc::new(tree);
         let mut k = self.known();

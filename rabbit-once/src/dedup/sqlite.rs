@@ -56,8 +56,9 @@ pub struct SqliteOptions {
     /// Bloom filter kept in memory (2 bytes a record for the segments' own filters, as much
     /// again for each level of filters covering 16, 256, … segments: about 6 bytes a record
     /// at 10 million). 20,000 measured well (docs/benchmarks.md, "What a grown dedup table
-    /// costs"). Segments once sealed are always read, whatever this option says — and a
-    /// rabbit-once from before segments refuses the file. A store opened on a file with many
+    /// costs"). Segments once sealed are always read, whatever this option says; a later
+    /// rabbit-once than the one that wrote the file reads them, an earlier one refuses the file
+    /// from this version on (versions before it had no such check: do not go back to one). A store opened on a file with many
     /// segments loads their filters in its first claim (about a second at 10 million records).
     /// Each store counts the records it inserted itself: with several processes on one file
     /// the table is sealed once one of them has inserted this many since it last looked.

@@ -140,26 +140,30 @@ impl ConsumerCounters {
         c.add(n);
     }
 
-    /// Records that a transaction found the dedup store unreachable for `reason`; true if this
-    /// starts the outage (no transaction of this consumer found it down before).
-    pub(super) fn store_unreachable(&self, reason: String) -> bool {
+    /// Records that a transaction found the dedup store unreachable for `reason`; if this
+    /// starts the outage (no transaction of this consumer found it down before), runs
+    /// `started` — under the lock, so the announcements of an outage's start and end keep
+    /// their order whichever workers make them.
+    pub(super) fn store_unreachable(&self, reason: String, started: impl FnOnce(&str)) {
         let mut down = self.store_down.lock().expect("store_down lock");
+        if !self.store_is_down.swap(true, Ordering::AcqRel) {
+            started(&reason);
+        }
         *down = Some(reason);
-        !self.store_is_down.swap(true, Ordering::AcqRel)
     }
 
     /// Records that a transaction got an answer from the dedup store (it committed, conflicted,
-    /// or its handler failed); true if this ends an outage. One atomic load when there is none.
-    pub(super) fn store_answered(&self) -> bool {
+    /// or its handler failed); if this ends an outage, runs `ended` under the lock. One atomic
+    /// load when there is none.
+    pub(super) fn store_answered(&self, ended: impl FnOnce()) {
         if !self.store_is_down.load(Ordering::Acquire) {
-            return false;
+            return;
         }
         let mut down = self.store_down.lock().expect("store_down lock");
-        if !self.store_is_down.swap(false, Ordering::AcqRel) {
-            return false;
+        if self.store_is_down.swap(false, Ordering::AcqRel) {
+            *down = None;
+            ended();
         }
-        *down = None;
-        true
     }
 
     pub(super) fn snapshot(&self) -> ConsumerStats {

@@ -68,10 +68,12 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
             let (queue, group) = (&self.config.queue, &self.config.group);
             let span = crate::trace::commit_span(queue, group, items.iter().map(|i| &i.d));
             let outcome = span.run(queue, self.run_transaction(items)).await;
-            if !matches!(outcome, TxOutcome::Unavailable(_)) && self.counters.store_answered() {
+            if !matches!(outcome, TxOutcome::Unavailable(_)) {
                 // Whichever outcome and worker: the store answered, so the outage is over.
-                tracing::info!("dedup store reachable again");
-                self.conn.emit(Event::StoreRecovered);
+                self.counters.store_answered(|| {
+                    tracing::info!("dedup store reachable again");
+                    self.conn.emit(Event::StoreRecovered);
+                });
             }
             let wait = match outcome {
                 TxOutcome::Committed { fresh, duplicates } => {
@@ -108,11 +110,14 @@ impl<S: Store, H: Handler<S::Db>> Worker<S, H> {
                 TxOutcome::Unavailable(reason) => {
                     // Every failure sets the reason (another worker may have just cleared it);
                     // the outage is counted and announced once, by the worker that starts it.
-                    if self.counters.store_unreachable(reason.clone()) {
+                    let held = items.len();
+                    self.counters.store_unreachable(reason, |reason| {
                         ConsumerCounters::add(&self.counters.store_outages, 1);
-                        tracing::warn!(%reason, held = items.len(), "dedup store unreachable; holding messages unacked");
-                        self.conn.emit(Event::StoreUnavailable { reason });
-                    }
+                        tracing::warn!(%reason, held, "dedup store unreachable; holding messages unacked");
+                        self.conn.emit(Event::StoreUnavailable {
+                            reason: reason.to_string(),
+                        });
+                    });
                     let delay = self.config.store_backoff.delay(outage);
                     outage = outage.saturating_add(1);
                     delay
