@@ -210,6 +210,15 @@ async fn prefill(db: &Db, group: &str, n: u64, ids: Ids, segment_rows: u64) -> a
     Ok(())
 }
 
+/// A SQLite database in a directory of its own for workload `w` (removed by the caller).
+async fn sqlite_db(w: &str, segment_rows: u64) -> anyhow::Result<(std::path::PathBuf, Db)> {
+    let dir = std::env::temp_dir().join(queue_name(w));
+    std::fs::create_dir_all(&dir)?;
+    let spec = format!("sqlite:{}", dir.join("bench.db").display());
+    let db = Db::open_with(&spec, None, segment_rows).await?;
+    Ok((dir, db))
+}
+
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -537,18 +546,7 @@ pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
             "consume_ack" => consume_workload(&a, w).await?,
             "roundtrip_latency" => latency_workload(&a, w).await?,
             "idempotent_consume_sqlite" => {
-                let dir = std::env::temp_dir().join(queue_name(w));
-                std::fs::create_dir_all(&dir)?;
-                let db = Db::Sqlite(
-                    rabbit_once::SqliteStore::open_with(
-                        dir.join("bench.db"),
-                        rabbit_once::SqliteOptions {
-                            segment_rows: a.segment_rows,
-                            ..Default::default()
-                        },
-                    )
-                    .await?,
-                );
+                let (dir, db) = sqlite_db(w, a.segment_rows).await?;
                 let r = idempotent_workload(&a, w, db).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 r?;
@@ -567,18 +565,7 @@ pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
                 r?;
             }
             "outbox_sqlite" | "outbox_latency_sqlite" => {
-                let dir = std::env::temp_dir().join(queue_name(w));
-                std::fs::create_dir_all(&dir)?;
-                let db = Db::Sqlite(
-                    rabbit_once::SqliteStore::open_with(
-                        dir.join("bench.db"),
-                        rabbit_once::SqliteOptions {
-                            segment_rows: a.segment_rows,
-                            ..Default::default()
-                        },
-                    )
-                    .await?,
-                );
+                let (dir, db) = sqlite_db(w, 0).await?;
                 let r = crate::bench_outbox::run(&a, w, db, w.contains("latency")).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 r?;
