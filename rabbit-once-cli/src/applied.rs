@@ -247,20 +247,14 @@ impl Db {
         Self::open_with(spec, schema, 0).await
     }
 
-    /// [`Db::open`], a SQLite store sealing its dedup table every `segment_rows` records
-    /// (`SqliteOptions::segment_rows`; 0: never).
+    /// [`Db::open`], a store sealing its dedup table every `segment_rows` records
+    /// (`SqliteOptions::segment_rows`, `PostgresOptions::segment_rows`; 0: never).
     pub async fn open_with(
         spec: &str,
         schema: Option<String>,
         segment_rows: u64,
     ) -> anyhow::Result<Db> {
         use anyhow::Context;
-        let postgres = spec.starts_with("postgres://") || spec.starts_with("postgresql://");
-        if postgres && segment_rows > 0 {
-            return Err(crate::exit::usage(
-                "--segment-rows is for SQLite stores (sealed dedup segments)",
-            ));
-        }
         Self::open_unnamed(spec, schema, segment_rows)
             .await
             .with_context(|| format!("could not open the database {}", without_password(spec)))
@@ -276,6 +270,7 @@ impl Db {
                 spec,
                 PostgresOptions {
                     schema,
+                    segment_rows,
                     ..Default::default()
                 },
             )

@@ -84,8 +84,8 @@ pub struct Args {
     /// (random UUIDs, what foreign producers often send).
     #[arg(long, value_enum, default_value_t = Ids::V7)]
     pub ids: Ids,
-    /// idempotent_consume_sqlite: seal the dedup table into a segment every this many records
-    /// (`SqliteOptions::segment_rows`; 0: never). With `--prefill`, the pre-filled records are
+    /// Idempotent workloads: seal the dedup table into a segment every this many records
+    /// (`SqliteOptions::segment_rows`, `PostgresOptions::segment_rows`; 0: never). With `--prefill`, the pre-filled records are
     /// laid out as a store that has run a while has them: sealed segments of this size, and
     /// half a segment not yet sealed.
     #[arg(long = "segment-rows", default_value_t = 0)]
@@ -132,33 +132,30 @@ async fn prefill(db: &Db, group: &str, n: u64, ids: Ids, segment_rows: u64) -> a
         return Ok(());
     }
     let base = (now_ns() / 1_000_000) as i64 - n as i64 - 60_000;
-    match db {
-        Db::Sqlite(s) => {
-            let id = match ids {
-                Ids::V4 => {
-                    "substr(h,1,8)||'-'||substr(h,9,4)||'-4'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
-                }
-                Ids::V7 => {
-                    "substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
-                }
-            };
-            // Chunks of 1M rows (or of a segment): one transaction each, sorted within it.
-            let chunk = if segment_rows > 0 {
-                segment_rows
-            } else {
-                1_000_000
-            };
-            let unsealed = if segment_rows > 0 {
-                (segment_rows / 2).min(n)
-            } else {
-                n
-            };
-            let mut done = 0u64;
-            while done < n {
-                let k = if done < n - unsealed {
-                    (n - unsealed - done).min(chunk)
-                } else {
-                    (n - done).min(chunk)
+    // Chunks of 1M rows on SQLite (all at once on PostgreSQL), or of a segment: one
+    // transaction each, sorted within it; with segments, half a segment left unsealed.
+    let (chunk, unsealed) = match (segment_rows, db) {
+        (0, Db::Sqlite(_)) => (1_000_000, n),
+        (0, Db::Postgres(_)) => (n, n),
+        (rows, _) => (rows, (rows / 2).min(n)),
+    };
+    let mut done = 0u64;
+    while done < n {
+        let k = if done < n - unsealed {
+            (n - unsealed - done).min(chunk)
+        } else {
+            (n - done).min(chunk)
+        };
+        let first = base + done as i64;
+        match db {
+            Db::Sqlite(s) => {
+                let id = match ids {
+                    Ids::V4 => {
+                        "substr(h,1,8)||'-'||substr(h,9,4)||'-4'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
+                    }
+                    Ids::V7 => {
+                        "substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12)"
+                    }
                 };
                 let sql = format!(
                     "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < ?), \
@@ -168,43 +165,50 @@ async fn prefill(db: &Db, group: &str, n: u64, ids: Ids, segment_rows: u64) -> a
                 );
                 rabbit_once::sqlx::query(&sql)
                     .bind(k as i64)
-                    .bind(base + done as i64)
+                    .bind(first)
                     .bind(group)
                     .bind(base / 1000)
                     .execute(s.pool())
                     .await?;
-                done += k;
-                if done <= n - unsealed {
-                    s.seal_segment().await?;
-                }
             }
+            Db::Postgres(s) => {
+                let id = match ids {
+                    Ids::V4 => "gen_random_uuid()::text",
+                    Ids::V7 => {
+                        "(SELECT substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12) \
+                                FROM (SELECT lpad(to_hex($3::bigint + i), 12, '0') AS t, md5(random()::text) AS h) x)"
+                    }
+                };
+                let sql = format!(
+                    "INSERT INTO rabbit_once_processed (consumer_group, message_id, processed_at) \
+                     SELECT $1, {id}, now() - interval '1 day' FROM generate_series(0, $2 - 1) i ORDER BY 2"
+                );
+                let mut q = rabbit_once::sqlx::query(&sql).bind(group).bind(k as i64);
+                if ids == Ids::V7 {
+                    q = q.bind(first);
+                }
+                q.execute(s.pool()).await?;
+            }
+        }
+        done += k;
+        if segment_rows > 0 && done <= n - unsealed {
+            match db {
+                Db::Sqlite(s) => s.seal_segment().await?,
+                Db::Postgres(s) => s.seal_segment().await?,
+            };
+        }
+    }
+    // Let the database settle, so the run measures the grown table, not the fill.
+    match db {
+        Db::Sqlite(s) => {
             rabbit_once::sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(s.pool())
                 .await?;
         }
         Db::Postgres(s) => {
-            let id = match ids {
-                Ids::V4 => "gen_random_uuid()::text",
-                Ids::V7 => {
-                    "(SELECT substr(t,1,8)||'-'||substr(t,9,4)||'-7'||substr(h,14,3)||'-a'||substr(h,18,3)||'-'||substr(h,21,12) \
-                            FROM (SELECT lpad(to_hex($3::bigint + i), 12, '0') AS t, md5(random()::text) AS h) x)"
-                }
-            };
-            let sql = format!(
-                "INSERT INTO rabbit_once_processed (consumer_group, message_id, processed_at) \
-                 SELECT $1, {id}, now() - interval '1 day' FROM generate_series(0, $2 - 1) i ORDER BY 2"
-            );
-            let mut q = rabbit_once::sqlx::query(&sql).bind(group).bind(n as i64);
-            if ids == Ids::V7 {
-                q = q.bind(base);
+            for sql in ["VACUUM ANALYZE rabbit_once_processed", "CHECKPOINT"] {
+                rabbit_once::sqlx::query(sql).execute(s.pool()).await?;
             }
-            q.execute(s.pool()).await?;
-            rabbit_once::sqlx::query("VACUUM ANALYZE rabbit_once_processed")
-                .execute(s.pool())
-                .await?;
-            rabbit_once::sqlx::query("CHECKPOINT")
-                .execute(s.pool())
-                .await?;
         }
     }
     Ok(())
@@ -459,12 +463,21 @@ async fn idempotent_workload(a: &Args, w: &str, db: Db) -> anyhow::Result<()> {
     prefill(&db, &q, a.prefill, a.ids, a.segment_rows).await?;
     // A consumer that has been running has its store warm (SQLite: the segment filters loaded
     // and covered); the first claim of a freshly opened store pays that once, untimed here.
-    if let Db::Sqlite(s) = &db {
+    {
         use rabbit_once::Store;
         let t = Instant::now();
-        let mut tx = s.begin().await?;
-        s.claim(&mut tx, &q, &["warm-up"]).await?;
-        tx.rollback().await?;
+        match &db {
+            Db::Sqlite(s) => {
+                let mut tx = s.begin().await?;
+                s.claim(&mut tx, &q, &["warm-up"]).await?;
+                tx.rollback().await?;
+            }
+            Db::Postgres(s) => {
+                let mut tx = s.begin().await?;
+                s.claim(&mut tx, &q, &["warm-up"]).await?;
+                tx.rollback().await?;
+            }
+        }
         eprintln!(
             "first claim (store opened cold): {:.3} s",
             t.elapsed().as_secs_f64()
@@ -553,7 +566,7 @@ pub async fn run(mut a: Args) -> anyhow::Result<std::process::ExitCode> {
             }
             "idempotent_consume_postgres" => {
                 let schema = queue_name("bench").replace('-', "_");
-                let db = Db::open(&a.pg, Some(schema.clone())).await?;
+                let db = Db::open_with(&a.pg, Some(schema.clone()), a.segment_rows).await?;
                 let r = idempotent_workload(&a, w, db.clone()).await;
                 if let Db::Postgres(s) = &db {
                     let _ = rabbit_once::sqlx::query(&format!(

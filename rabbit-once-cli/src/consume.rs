@@ -72,8 +72,9 @@ pub struct Args {
     /// `chaos`, which may kill this process at any moment).
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
-    /// SQLite store: seal the dedup table into a read-only segment every this many records
-    /// (`SqliteOptions::segment_rows`: for random message ids and large tables; 0: never).
+    /// Seal the dedup table into a read-only segment every this many records
+    /// (`SqliteOptions::segment_rows`, `PostgresOptions::segment_rows`: for random message ids
+    /// and large tables; 0: never).
     #[arg(long, default_value_t = 0)]
     pub segment_rows: u64,
 }

@@ -307,10 +307,6 @@ async fn dedup_rows(spec: &str, schema: Option<String>) -> anyhow::Result<Vec<(S
         return Err(exit::store(format!("no dedup store at {path}")));
     }
     let db = Db::open(spec, schema.clone()).await?;
-    let counts = format!(
-        "SELECT consumer_group, COUNT(*) FROM {DEDUP_TABLE} GROUP BY consumer_group \
-         ORDER BY consumer_group"
-    );
     let rows = match &db {
         Db::Sqlite(s) => {
             let table: Option<String> = sqlx::query_scalar(
@@ -331,16 +327,11 @@ async fn dedup_rows(spec: &str, schema: Option<String>) -> anyhow::Result<Vec<(S
                 None => None,
             }
         }
-        Db::Postgres(s) => {
-            let table: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-                .bind(DEDUP_TABLE)
-                .fetch_one(s.pool())
-                .await?;
-            match table {
-                Some(_) => Some(sqlx::query_as(&counts).fetch_all(s.pool()).await?),
-                None => None,
-            }
-        }
+        // Sealed segments included (`PostgresOptions::segment_rows`).
+        Db::Postgres(s) => s
+            .records_by_group()
+            .await?
+            .map(|rows| rows.into_iter().map(|(g, n)| (g, n as i64)).collect()),
     };
     match &db {
         Db::Sqlite(s) => s.pool().close().await,

@@ -2,7 +2,8 @@
 //! consumer processes given every node through per-node fault proxies, one PostgreSQL dedup
 //! store; the work queue's leader node killed with `kill -9` and started again, a follower's app
 //! stopped and started, cuts and a black hole on one node's proxy, consumer and publisher
-//! SIGKILLs — and the ledger must balance. Bounded to 4,000 messages (about 80 s here). Then a
+//! SIGKILLs, the consumers sealing dedup segments every 200 records — and the ledger must
+//! balance. Bounded to 4,000 messages (about 80 s here). Then a
 //! run interrupted with Ctrl-C must remove what it made: nodes, child processes, schema.
 //!
 //! A test binary of its own: cargo runs test binaries one after the other, so the cluster never
@@ -39,6 +40,9 @@ async fn chaos_on_a_three_node_cluster_with_the_leader_killed_loses_nothing_and_
         .args(["--restarts", "1", "--broker-kills", "1"])
         .args(["--consumer-kills", "2", "--publisher-kills", "1"])
         .args(["--heartbeat", "2", "--fault-interval", "1.0"])
+        // Three consumer processes seal one PostgreSQL dedup table as they go (sealed
+        // segments under node kills, cuts and consumer kills).
+        .args(["--segment-rows", "200"])
         .args(["--timeout", "240", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -44,9 +44,10 @@ pub struct Args {
     /// PostgreSQL schema (default: a fresh one per run, dropped at the end).
     #[arg(long)]
     pub schema: Option<String>,
-    /// SQLite store: the consumers seal the dedup table every this many records (`consume
-    /// --segment-rows`; 0: never), so a run checks sealed segments under faults.
-    #[arg(long, default_value_t = 0, conflicts_with = "cluster")]
+    /// The consumers seal the dedup table every this many records (`consume --segment-rows`;
+    /// 0: never), so a run checks sealed segments under faults (several consumer processes
+    /// sealing one SQLite file or one PostgreSQL schema).
+    #[arg(long, default_value_t = 0)]
     pub segment_rows: u64,
     /// Messages per second, all publishers together (default: spread over the fault schedule).
     #[arg(long)]

@@ -15,15 +15,6 @@ use std::time::{Duration, Instant};
 /// Runs the chaos test and prints its ledger; success only if it balances. With `--report`,
 /// writes the run's page however it ends; with `--metrics-addr`, serves the run's metrics.
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if a.segment_rows > 0
-        && a.store
-            .as_deref()
-            .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
-    {
-        return Err(crate::exit::usage(
-            "--segment-rows is for SQLite stores (sealed dedup segments)",
-        ));
-    }
     // A report that cannot be written fails now (exit 2), not after the run.
     if let Some(path) = &a.report {
         std::fs::File::create(path).map_err(|e| {

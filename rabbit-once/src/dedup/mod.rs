@@ -13,13 +13,13 @@
 //! PostgreSQL a concurrent insert of a pair another transaction holds waits for that transaction:
 //! if it commits, this one sees a duplicate; if it rolls back, this one wins.
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod covers;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod filter;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod segments;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

@@ -2,12 +2,16 @@
 //! batch in sorted order, so two processes claiming overlapping batches take row locks in the
 //! same order and never deadlock on each other.
 
+use super::segments::SEGMENTS_TABLE;
+use super::segments::{Segments, postgres as sealing};
 use super::sql::{self, Dialect};
 use super::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure, classify_common, unix_seconds};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Each migration is a list of statements, applied in one transaction.
@@ -28,6 +32,7 @@ const MIGRATIONS: &[&[&str]] = &[
         updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (consumer_group, message_id)
     )"],
+    sealing::MIGRATION,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations across processes.
@@ -46,6 +51,18 @@ pub struct PostgresOptions {
     /// How long to wait for a connection before the database counts as unavailable (default
     /// 5 s).
     pub acquire_timeout: Duration,
+    /// Seal the dedup table into a read-only segment each time it holds this many records
+    /// (default 0: never): what keeps random message ids (UUIDv4 from foreign producers) cheap
+    /// once the table holds millions of records, as [`SqliteOptions::segment_rows`]
+    /// (crate::SqliteOptions::segment_rows) does for SQLite — filters in memory (about 6 bytes
+    /// a record at 10 million), a segment's table read only for the ids its filter cannot rule
+    /// out. A seal moves the records in one transaction that waits for the claims in flight (at
+    /// most a second, then it is tried later) and holds new ones back while it runs (a few tens
+    /// of milliseconds for 100,000 records). Segments once sealed are always read, by every
+    /// process, whatever this option says. Each store counts the records it inserted itself:
+    /// with several processes the table is sealed once one of them counted this many since it
+    /// last looked (it counts the table before sealing). docs/benchmarks.md has the figures.
+    pub segment_rows: u64,
 }
 
 impl Default for PostgresOptions {
@@ -54,6 +71,7 @@ impl Default for PostgresOptions {
             schema: None,
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            segment_rows: 0,
         }
     }
 }
@@ -78,6 +96,10 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: PgPool,
     schema: Option<String>,
+    segments: Segments,
+    /// The dedup table is known to exist (this store migrated): claims' transactions begin
+    /// with its lock ([`sealing::BEGIN`]).
+    migrated: Arc<AtomicBool>,
 }
 
 fn quote_ident(s: &str) -> String {
@@ -105,6 +127,8 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             schema: o.schema,
+            segments: Segments::new(o.segment_rows),
+            migrated: Arc::default(),
         })
     }
 
@@ -116,6 +140,23 @@ impl PostgresStore {
     /// The schema of the dedup table, if one was set.
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_deref()
+    }
+
+    /// Moves the dedup records of the table that takes inserts into a new sealed segment now
+    /// (what [`PostgresOptions::segment_rows`] does on its own when the table reaches that
+    /// size); returns how many records moved (0 when the table was empty). Waits at most a
+    /// second for the claims in flight (then fails with a lock timeout). Needs the store's
+    /// tables ([`Consumer::start`](crate::Consumer::start) creates them).
+    pub async fn seal_segment(&self) -> Result<u64, sqlx::Error> {
+        let rows = sealing::seal(&self.segments, &self.pool, 1).await;
+        self.segments.forget_count();
+        rows
+    }
+
+    /// Dedup records per consumer group (sealed or not), by group name; `None` when the dedup
+    /// table does not exist (nothing is created by looking).
+    pub async fn records_by_group(&self) -> Result<Option<Vec<(String, u64)>>, sqlx::Error> {
+        sealing::records_by_group(&self.pool).await
     }
 }
 
@@ -146,11 +187,22 @@ impl Store for PostgresStore {
                 .await?;
         }
         sql::migrate(&mut tx, sql::SCHEMA_TABLE, MIGRATIONS).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.migrated.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+        sealing::seal_if_due(&self.segments, &self.pool).await;
+        if self.migrated.load(Ordering::Relaxed) {
+            self.pool.begin_with(sealing::BEGIN).await
+        } else {
+            // Not migrated by this store: the table may not exist (a store only used to begin
+            // the application's transactions). A claim in it is still safe under the default
+            // READ COMMITTED: its insert takes the lock, and the list is read in the same
+            // statement, with a snapshot taken after it.
+            self.pool.begin().await
+        }
     }
 
     async fn claim<'a>(
@@ -161,19 +213,50 @@ impl Store for PostgresStore {
     ) -> Result<Vec<bool>, sqlx::Error> {
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
+        // The insert, and the segment list's fingerprint in the same statement (one snapshot,
+        // taken under the lock that keeps seals out: see `segments::postgres`).
         let rows = sqlx::query(&format!(
-            "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
-             SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
-             ON CONFLICT DO NOTHING RETURNING message_id"
+            "WITH ins AS (
+               INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
+               SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
+               ON CONFLICT DO NOTHING RETURNING message_id)
+             SELECT message_id, NULL::bigint, NULL::bigint FROM ins
+             UNION ALL
+             SELECT NULL::text, COALESCE(MAX(seq), 0)::bigint, COUNT(*) FROM {SEGMENTS_TABLE}"
         ))
         .bind(group)
         .bind(&sorted)
         .fetch_all(&mut **tx)
         .await?;
         let mut fresh: HashSet<String> = HashSet::with_capacity(rows.len());
+        let mut fp = (0, 0);
         for row in rows {
-            fresh.insert(row.try_get::<String, _>(0)?);
+            match row.try_get::<Option<String>, _>(0)? {
+                Some(id) => {
+                    fresh.insert(id);
+                }
+                None => fp = (row.try_get(1)?, row.try_get(2)?),
+            }
         }
+        // A new id a sealed segment holds is a duplicate: its insert is taken back.
+        let new: Vec<&str> = sorted
+            .iter()
+            .copied()
+            .filter(|id| fresh.contains(*id))
+            .collect();
+        let sealed = Segments::sealed::<Postgres>(&self.segments, tx, fp, group, &new).await?;
+        if !sealed.is_empty() {
+            let back: Vec<&str> = new.into_iter().filter(|id| sealed.contains(*id)).collect();
+            sqlx::query(&format!(
+                "DELETE FROM {DEDUP_TABLE} WHERE consumer_group = $1 AND message_id = ANY($2)"
+            ))
+            .bind(group)
+            .bind(&back)
+            .execute(&mut **tx)
+            .await?;
+            fresh.retain(|id| !sealed.contains(id));
+        }
+        self.segments.inserted(fresh.len() as u64);
         Ok(ids.iter().map(|id| fresh.contains(*id)).collect())
     }
 
@@ -220,7 +303,12 @@ impl Store for PostgresStore {
         .bind(limit as i64)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        let n = r.rows_affected();
+        if n >= limit as u64 {
+            return Ok(n);
+        }
+        let sealed = sealing::purge(&self.pool, group, before, limit - n as u32).await?;
+        Ok(n + sealed)
     }
 
     async fn ping(&self) -> Result<(), sqlx::Error> {

@@ -2,7 +2,7 @@
 //! timeout, and `BEGIN IMMEDIATE` transactions (the write lock is taken up front, so two
 //! writers never deadlock on a lock upgrade).
 
-use super::segments::{self, Segments};
+use super::segments::{self, Segments, sqlite as sealing};
 use super::sql::{self, Dialect};
 use super::{DEDUP_TABLE, RUNS_TABLE, Store, StoreFailure, classify_common, unix_seconds};
 use sqlx::sqlite::{
@@ -34,7 +34,7 @@ const MIGRATIONS: &[&[&str]] = &[
         updated_at     INTEGER NOT NULL,
         PRIMARY KEY (consumer_group, message_id)
     ) WITHOUT ROWID"],
-    segments::MIGRATION,
+    sealing::MIGRATION,
 ];
 
 /// Options for [`SqliteStore`].
@@ -144,7 +144,7 @@ impl SqliteStore {
     /// returns how many records moved (0 when the table was empty). Needs the store's tables
     /// ([`Consumer::start`](crate::Consumer::start) creates them).
     pub async fn seal_segment(&self) -> Result<u64, sqlx::Error> {
-        let rows = self.segments.seal(&self.pool, 1).await;
+        let rows = sealing::seal(&self.segments, &self.pool, 1).await;
         self.segments.forget_count();
         rows
     }
@@ -152,7 +152,7 @@ impl SqliteStore {
     /// Dedup records per consumer group (sealed or not), by group name. Creates nothing: the
     /// dedup table must exist.
     pub async fn records_by_group(&self) -> Result<Vec<(String, u64)>, sqlx::Error> {
-        Segments::records_by_group(&self.pool).await
+        sealing::records_by_group(&self.pool).await
     }
 }
 
@@ -178,7 +178,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.segments.seal_if_due(&self.pool).await;
+        sealing::seal_if_due(&self.segments, &self.pool).await;
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
@@ -193,7 +193,8 @@ impl Store for SqliteStore {
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
         // Ids a sealed segment holds are duplicates; the rest go to the table that takes inserts.
-        let sealed = self.segments.sealed(tx, group, &sorted).await?;
+        let fp = segments::fingerprint::<Sqlite>(tx).await?;
+        let sealed = Segments::sealed::<Sqlite>(&self.segments, tx, fp, group, &sorted).await?;
         if !sealed.is_empty() {
             sorted.retain(|id| !sealed.contains(*id));
         }
@@ -264,10 +265,7 @@ impl Store for SqliteStore {
         if n >= limit as u64 {
             return Ok(n);
         }
-        let sealed = self
-            .segments
-            .purge(&self.pool, group, before, limit - n as u32)
-            .await?;
+        let sealed = sealing::purge(&self.pool, group, before, limit - n as u32).await?;
         Ok(n + sealed)
     }
 

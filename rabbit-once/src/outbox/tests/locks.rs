@@ -87,6 +87,7 @@ async fn postgres_relay_takes_no_pool_connection_and_its_lock_session_has_keepal
             schema: Some(schema.clone()),
             max_connections: 2,
             acquire_timeout: Duration::from_secs(3),
+            ..PostgresOptions::default()
         },
     )
     .await

@@ -1,0 +1,432 @@
+//! Sealed segments of a dedup table: what keeps random (UUIDv4) message ids cheap when the table
+//! has grown to millions of records, in SQLite and in PostgreSQL.
+//!
+//! A random id lands on a random leaf of the dedup table's B-tree; once the tree is much larger
+//! than a group commit, every id dirties a page of its own (written to the WAL — on PostgreSQL as
+//! a full-page image after each checkpoint — and written back later). So the table that takes
+//! inserts is kept small: when it holds `segment_rows` records
+//! ([`SqliteOptions`](crate::SqliteOptions), [`PostgresOptions`](crate::PostgresOptions)), they
+//! are moved in one transaction, in key order, into a new *sealed segment* table that is never
+//! written again (`rabbit_once_processed_<seq>`), listed in `rabbit_once_segments`, its Bloom
+//! filter and key hashes in `rabbit_once_segment_filters`. A claim asks the filters (in memory,
+//! under covers: `covers`) about each id and reads a segment's table only for the ids they
+//! cannot rule out; retention deletes from segments and drops the ones it empties.
+//!
+//! - this file: what both backends share — the in-memory tree kept equal to the committed list,
+//!   the lookups, the filter a seal builds;
+//! - `sqlite`, `postgres`: sealing, retention and counting, which take each backend's locks.
+//!
+//! Correctness rests on these, each tested:
+//! - a claim reads the list while no seal or drop can commit until it does: under SQLite's
+//!   write lock (`BEGIN IMMEDIATE`); on PostgreSQL under the `ROW EXCLUSIVE` lock on the table
+//!   that takes inserts, taken by the claim's transaction before its first query (so even a
+//!   `REPEATABLE READ` snapshot is taken after it), against which a seal or drop takes
+//!   `ACCESS EXCLUSIVE`;
+//! - the in-memory tree holds exactly the committed list it was checked against: the list's
+//!   `(max seq, count)` is compared on every claim (seqs are never reused), every listed segment
+//!   the tree lacks is loaded (older ones too, rebuilding the tree in order), and a seal adds its
+//!   own segment only when the tree was exactly the list before it;
+//! - a filter never says no to a key it holds;
+//! - segments are read whether or not this store seals: a database sealed by another process, or
+//!   by an earlier run with the option on, is always read. (A rabbit-once older than segments
+//!   would not read them: `migrate` refuses a schema newer than it knows.)
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+use super::DEDUP_TABLE;
+use super::covers::{Segment, Tree};
+use super::filter::{Filter, key_hash};
+use super::sql::Dialect;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The list of sealed segments (small rows: read on every claim).
+pub(crate) const SEGMENTS_TABLE: &str = "rabbit_once_segments";
+/// Each segment's filter and key hashes (read once per segment and process).
+pub(crate) const FILTERS_TABLE: &str = "rabbit_once_segment_filters";
+/// The format byte at the start of a stored list of key hashes.
+const HASHES_FORMAT: u8 = 1;
+/// Ids per lookup in a segment's table.
+const LOOKUP_CHUNK: usize = 500;
+
+/// A segment's table: always made from its seq, never read from the database.
+pub(crate) fn table(seq: i64) -> String {
+    format!("{DEDUP_TABLE}_{seq}")
+}
+
+/// The query counting dedup records per group (group, count: BIGINT), by group name, in the
+/// table that takes inserts and the segments `seqs`.
+pub(crate) fn count_by_group(seqs: &[i64]) -> String {
+    let parts: Vec<String> = std::iter::once(DEDUP_TABLE.to_string())
+        .chain(seqs.iter().map(|s| table(*s)))
+        .map(|t| format!("SELECT consumer_group, COUNT(*) AS n FROM {t} GROUP BY consumer_group"))
+        .collect();
+    format!(
+        "SELECT consumer_group, CAST(SUM(n) AS BIGINT) FROM ({}) AS parts \
+         GROUP BY consumer_group ORDER BY consumer_group",
+        parts.join(" UNION ALL ")
+    )
+}
+
+/// The bounds the shared queries need of a backend (written once, for both).
+macro_rules! segment_db {
+    ($(#[$m:meta])* $v:vis async fn $name:ident<$DB:ident>($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$m])*
+        $v async fn $name<$DB>($($arg: $ty),*) -> $ret
+        where
+            $DB: Dialect,
+            for<'c> &'c mut $DB::Connection: Executor<'c, Database = $DB>,
+            for<'q> $DB::Arguments<'q>: IntoArguments<'q, $DB> + Default,
+            for<'q> &'q str: Encode<'q, $DB> + Type<$DB>,
+            for<'q> i64: Encode<'q, $DB>,
+            i64: Type<$DB> + for<'r> Decode<'r, $DB>,
+            Vec<u8>: Type<$DB> + for<'r> Decode<'r, $DB>,
+            String: Type<$DB> + for<'r> Decode<'r, $DB>,
+            usize: ColumnIndex<$DB::Row>,
+        $body
+    };
+}
+
+segment_db! {
+    /// `(max seq, count)` of the committed list.
+    pub(crate) async fn fingerprint<DB>(conn: &mut DB::Connection) -> Result<(i64, i64), sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM {SEGMENTS_TABLE}"
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+}
+
+segment_db! {
+    /// The listed seqs, oldest first.
+    pub(crate) async fn listed<DB>(conn: &mut DB::Connection) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(&format!("SELECT seq FROM {SEGMENTS_TABLE} ORDER BY seq"))
+            .fetch_all(&mut *conn)
+            .await
+    }
+}
+
+segment_db! {
+    /// A segment's stored `filter` or `hashes` column.
+    async fn filter_column<DB>(conn: &mut DB::Connection, column: &str, seq: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar(&format!(
+            "SELECT {column} FROM {FILTERS_TABLE} WHERE seq = {}",
+            DB::param(1)
+        ))
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await
+    }
+}
+
+segment_db! {
+    /// How many key hashes segment `seq` has stored (`None`: none readable).
+    async fn hash_count<DB>(conn: &mut DB::Connection, seq: i64) -> Result<Option<usize>, sqlx::Error> {
+        let len: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT CAST(length(hashes) AS BIGINT) FROM {FILTERS_TABLE} WHERE seq = {}",
+            DB::param(1)
+        ))
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(match len {
+            Some(n) if n > 1 && (n - 1) % 8 == 0 => Some((n as usize - 1) / 8),
+            _ => None,
+        })
+    }
+}
+
+segment_db! {
+    /// Which of `ids` the table `table` holds for `group`.
+    async fn holding<DB>(conn: &mut DB::Connection, table: &str, group: &str, ids: &[&str], found: &mut HashSet<String>) -> Result<(), sqlx::Error> {
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| DB::param(i + 2)).collect();
+            let sql = format!(
+                "SELECT message_id FROM {table} WHERE consumer_group = {} AND message_id IN ({})",
+                DB::param(1),
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(group);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                found.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+segment_db! {
+    /// A segment's filter, read from the database (`None` if unreadable: the table is always
+    /// read).
+    async fn load<DB>(conn: &mut DB::Connection, seq: i64) -> Result<Arc<Segment>, sqlx::Error> {
+        let bytes = filter_column::<DB>(conn, "filter", seq).await?;
+        let filter = bytes.as_deref().and_then(Filter::from_bytes);
+        if filter.is_none() {
+            tracing::warn!(segment = %table(seq), "unreadable dedup segment filter; its table is read for every id");
+        }
+        Ok(Arc::new(Segment {
+            seq,
+            table: table(seq),
+            filter,
+        }))
+    }
+}
+
+segment_db! {
+    /// A filter over the keys of the segments `seqs`, from their stored key hashes (read one
+    /// segment at a time); `None` if one of them has none readable (the cover then always looks
+    /// below).
+    async fn cover_filter<DB>(conn: &mut DB::Connection, seqs: &[i64]) -> Result<Option<Filter>, sqlx::Error> {
+        let mut keys = 0usize;
+        for seq in seqs {
+            match hash_count::<DB>(conn, *seq).await? {
+                Some(n) => keys += n,
+                None => return Ok(None),
+            }
+        }
+        let mut filter = Filter::with_capacity(keys);
+        for seq in seqs {
+            let bytes = filter_column::<DB>(conn, "hashes", *seq).await?.unwrap_or_default();
+            match bytes.split_first() {
+                Some((&HASHES_FORMAT, rest)) if rest.len() % 8 == 0 => {
+                    for h in rest.chunks_exact(8) {
+                        filter.insert(u64::from_le_bytes(h.try_into().expect("8 bytes")));
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(filter))
+    }
+}
+
+/// What a store knows of the sealed segments: shared by its clones.
+#[derive(Debug, Default)]
+struct Known {
+    /// `(max seq, count)` of the committed list the tree equals; `(-1, -1)`: check again.
+    fingerprint: (i64, i64),
+    tree: Arc<Tree>,
+    /// Records in the table that takes inserts, as far as this store knows (`None`: count it).
+    hot_rows: Option<u64>,
+}
+
+/// A store's sealed segments: the list, the filters, and when to seal.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Segments {
+    /// Seal when the table that takes inserts holds this many records (0: never).
+    seal_at: u64,
+    known: Arc<Mutex<Known>>,
+}
+
+/// A segment being sealed: its filter and key hashes, built one record at a time.
+pub(crate) struct Sealing {
+    filter: Filter,
+    hashes: Vec<u8>,
+    pub(crate) min_at: i64,
+    pub(crate) max_at: i64,
+}
+
+impl Sealing {
+    /// For a segment of `rows` records.
+    pub(crate) fn new(rows: u64) -> Self {
+        let mut hashes = Vec::with_capacity(1 + rows as usize * 8);
+        hashes.push(HASHES_FORMAT);
+        Sealing {
+            filter: Filter::with_capacity(rows as usize),
+            hashes,
+            min_at: i64::MAX,
+            max_at: i64::MIN,
+        }
+    }
+
+    /// Adds a record (`at`: processed at, Unix seconds).
+    pub(crate) fn add(&mut self, group: &str, id: &str, at: i64) {
+        let h = key_hash(group, id);
+        self.filter.insert(h);
+        self.hashes.extend_from_slice(&h.to_le_bytes());
+        self.min_at = self.min_at.min(at);
+        self.max_at = self.max_at.max(at);
+    }
+
+    /// The stored filter and key hashes.
+    pub(crate) fn bytes(&self) -> (Vec<u8>, &[u8]) {
+        (self.filter.to_bytes(), &self.hashes)
+    }
+}
+
+impl Segments {
+    pub(crate) fn new(seal_at: u64) -> Self {
+        Segments {
+            seal_at,
+            known: Arc::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a seal is due: the table that takes inserts holds `segment_rows` records as far
+    /// as this store counted, or it has not counted yet.
+    pub(crate) fn due(&self) -> bool {
+        self.seal_at > 0
+            && match self.known().hot_rows {
+                Some(rows) => rows >= self.seal_at,
+                None => true,
+            }
+    }
+
+    /// The threshold (0: never seal).
+    pub(crate) fn seal_at(&self) -> u64 {
+        self.seal_at
+    }
+
+    /// Forgets how many records the table that takes inserts holds: counted at the next claim
+    /// (after records were written behind this store's back, or sealed by hand, or a seal
+    /// failed).
+    pub(crate) fn forget_count(&self) {
+        self.known().hot_rows = None;
+    }
+
+    /// The table that takes inserts was just counted: `rows` records.
+    pub(crate) fn counted(&self, rows: u64) {
+        self.known().hot_rows = Some(rows);
+    }
+
+    /// Counts `n` records just inserted into the table that takes inserts.
+    pub(crate) fn inserted(&self, n: u64) {
+        if let Some(rows) = self.known().hot_rows.as_mut() {
+            *rows += n;
+        }
+    }
+
+    /// After a seal committed segment `seq` (with `sealing`'s filter): the tree takes it if it
+    /// was exactly the list `before` the seal (read in the seal's transaction); else the next
+    /// claim reads the list again.
+    pub(crate) fn sealed_one(&self, before: (i64, i64), seq: i64, sealing: Sealing) {
+        let mut k = self.known();
+        k.hot_rows = Some(0);
+        if k.fingerprint == before && seq > k.tree.last_seq() {
+            // The tree was the whole list before this seal: with this segment it is the whole
+            // list after it (the next claim covers it if a cover is due).
+            let mut tree = (*k.tree).clone();
+            tree.push(Arc::new(Segment {
+                seq,
+                table: table(seq),
+                filter: Some(sealing.filter),
+            }));
+            k.tree = Arc::new(tree);
+            k.fingerprint = (seq, before.1 + 1);
+        } else {
+            k.fingerprint = (-1, -1);
+        }
+    }
+
+    segment_db! {
+        /// The committed segments, whose list's fingerprint `fp` the caller read in its
+        /// transaction (while no seal or drop can commit); read again if the list changed since
+        /// the last look.
+        async fn current<DB>(self_: &Self, conn: &mut DB::Connection, fp: (i64, i64)) -> Result<Arc<Tree>, sqlx::Error> {
+            let old = {
+                let k = self_.known();
+                if k.fingerprint == fp && k.tree.next_to_cover().is_none() {
+                    return Ok(k.tree.clone());
+                }
+                k.tree.clone()
+            };
+            let listed = listed::<DB>(conn).await?;
+            let mut tree = (*old).clone();
+            let wanted: HashSet<i64> = listed.iter().copied().collect();
+            tree.retain(|seq| wanted.contains(&seq));
+            let held: HashMap<i64, Arc<Segment>> = tree
+                .leaves()
+                .into_iter()
+                .map(|s| (s.seq, s.clone()))
+                .collect();
+            let last = tree.last_seq();
+            if listed
+                .iter()
+                .any(|seq| *seq < last && !held.contains_key(seq))
+            {
+                // An older segment the tree never had: build it again in order, keeping the
+                // filters already loaded.
+                tree = Tree::default();
+                for seq in &listed {
+                    let leaf = match held.get(seq) {
+                        Some(s) => s.clone(),
+                        None => load::<DB>(conn, *seq).await?,
+                    };
+                    tree.push(leaf);
+                }
+            } else {
+                for seq in listed.iter().filter(|seq| **seq > last) {
+                    tree.push(load::<DB>(conn, *seq).await?);
+                }
+            }
+            // Cover every FANOUT nodes of a level with one filter, from the leaves' key hashes.
+            while let Some(range) = tree.next_to_cover() {
+                let under = tree.seqs_under(range.clone());
+                let filter = cover_filter::<DB>(conn, &under).await?;
+                tree.cover(range, filter);
+            }
+            let leaves = tree.leaves();
+            if leaves.len() as i64 != fp.1 || leaves.last().map_or(0, |s| s.seq) != fp.0 {
+                // Cannot happen: the list and the fingerprint were read while no seal or drop
+                // could commit. (Not an outage: a `Decode` error is a failure of this
+                // transaction, classed `Other`.)
+                return Err(sqlx::Error::Decode(
+                    format!(
+                        "dedup segments: {} loaded, the list says {} up to {}",
+                        leaves.len(),
+                        fp.1,
+                        fp.0
+                    )
+                    .into(),
+                ));
+            }
+            let tree = Arc::new(tree);
+            let mut k = self_.known();
+            k.fingerprint = fp;
+            k.tree = tree.clone();
+            Ok(tree)
+        }
+    }
+
+    segment_db! {
+        /// Which of `ids` (sorted, distinct) a sealed segment holds for `group`; `fp` is the
+        /// list's fingerprint, read in the caller's transaction (see [`Segments::current`]).
+        pub(crate) async fn sealed<DB>(self_: &Self, conn: &mut DB::Connection, fp: (i64, i64), group: &str, ids: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
+            let tree = Segments::current::<DB>(self_, conn, fp).await?;
+            let mut found = HashSet::new();
+            if tree.is_empty() || ids.is_empty() {
+                return Ok(found);
+            }
+            // The ids each segment may hold, by the filters on the way down to it.
+            let mut asks: Vec<(&Arc<Segment>, Vec<&str>)> = Vec::new();
+            let mut candidates = Vec::new();
+            for id in ids {
+                candidates.clear();
+                tree.candidates(key_hash(group, id), &mut candidates);
+                for s in &candidates {
+                    match asks.iter_mut().find(|(t, _)| Arc::ptr_eq(t, s)) {
+                        Some((_, list)) => list.push(id),
+                        None => asks.push((s, vec![id])),
+                    }
+                }
+            }
+            for (s, maybe) in asks {
+                holding::<DB>(conn, &s.table, group, &maybe, &mut found).await?;
+            }
+            Ok(found)
+        }
+    }
+}

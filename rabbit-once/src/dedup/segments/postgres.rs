@@ -1,0 +1,282 @@
+//! Sealing, retention and counting of a PostgreSQL store's segments.
+//!
+//! Many processes claim at once, so the list is guarded by a table lock rather than a write
+//! lock: every claim's transaction holds `ROW EXCLUSIVE` on the table that takes inserts from
+//! its first statement to its end ([`BEGIN`]); a seal, or the drop of a segment retention
+//! emptied, takes `ACCESS EXCLUSIVE` on it, so it commits only between claims, and a claim's
+//! snapshot (taken after its lock) always sees the list as the seal left it. The seal waits at
+//! most [`LOCK_WAIT`] for the claims in flight (claims meanwhile queue behind it): a seal that
+//! cannot get the lock gives up and is tried again later.
+
+use super::{
+    FILTERS_TABLE, SEGMENTS_TABLE, Sealing, Segments, count_by_group, fingerprint,
+    listed as listed_seqs, table,
+};
+use crate::dedup::{DEDUP_TABLE, unix_seconds};
+use futures_util::TryStreamExt;
+use sqlx::{PgPool, Postgres, Row};
+use std::time::SystemTime;
+
+/// The migration that creates the segment tables.
+pub(crate) const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rabbit_once_segments (
+        seq    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        rows   BIGINT NOT NULL,
+        min_at BIGINT NOT NULL,
+        max_at BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS rabbit_once_segment_filters (
+        seq    BIGINT PRIMARY KEY,
+        filter BYTEA NOT NULL,
+        hashes BYTEA NOT NULL
+    )",
+];
+
+/// How a claim's transaction begins: the lock before any query, so that no seal or drop commits
+/// while it runs and its snapshot (even a `REPEATABLE READ` one) comes after the last one that
+/// did. One round trip, like a plain `BEGIN`.
+pub(crate) const BEGIN: &str = "BEGIN; LOCK TABLE rabbit_once_processed IN ROW EXCLUSIVE MODE";
+
+/// The longest a seal or a drop waits for the claims in flight.
+const LOCK_WAIT: &str = "1s";
+
+/// Takes the lock that keeps claims out, waiting at most [`LOCK_WAIT`].
+async fn lock_out_claims(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "LOCK TABLE {DEDUP_TABLE} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SET LOCAL lock_timeout = DEFAULT")
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+}
+
+/// Seals the table that takes inserts if it has reached the threshold: in a transaction of its
+/// own, before a claim's transaction begins. A failure (also a lock not had in time) is logged;
+/// the table is counted again at the next claim.
+pub(crate) async fn seal_if_due(segments: &Segments, pool: &PgPool) {
+    if !segments.due() {
+        return;
+    }
+    if let Err(e) = seal(segments, pool, segments.seal_at()).await {
+        let busy = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"));
+        if busy {
+            tracing::debug!(
+                "sealing a dedup segment waited too long for the claims in flight; will try again"
+            );
+        } else {
+            tracing::warn!(error = %e, "sealing a dedup segment failed; will try again");
+        }
+        segments.forget_count();
+    }
+}
+
+/// Moves every record of the table that takes inserts into a new sealed segment, if it holds
+/// at least `min_rows`; returns the records moved (0: nothing sealed).
+pub(crate) async fn seal(
+    segments: &Segments,
+    pool: &PgPool,
+    min_rows: u64,
+) -> Result<u64, sqlx::Error> {
+    let count = format!("SELECT COUNT(*) FROM {DEDUP_TABLE}");
+    // Counted without the lock first: a seal that is not due must not stall the claims.
+    let rows: i64 = sqlx::query_scalar(&count).fetch_one(pool).await?;
+    if rows <= 0 || (rows as u64) < min_rows {
+        segments.counted(rows.max(0) as u64);
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    lock_out_claims(&mut tx).await?;
+    let before = fingerprint::<Postgres>(&mut tx).await?;
+    let rows: i64 = sqlx::query_scalar(&count).fetch_one(&mut *tx).await?;
+    let rows = rows.max(0) as u64;
+    if rows == 0 || rows < min_rows {
+        tx.rollback().await?;
+        segments.counted(rows);
+        return Ok(0);
+    }
+    // An identity: never a seq used before, even by a seal that rolled back.
+    let seq: i64 = sqlx::query_scalar(&format!(
+        "INSERT INTO {SEGMENTS_TABLE} (rows, min_at, max_at) VALUES (0, 0, 0) RETURNING seq"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    let name = table(seq);
+    sqlx::query(&format!(
+        "CREATE TABLE {name} (
+            consumer_group TEXT NOT NULL,
+            message_id     TEXT NOT NULL,
+            processed_at   TIMESTAMPTZ NOT NULL
+        )"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {name} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE} \
+         ORDER BY consumer_group, message_id"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    // The key built once over the sorted rows, and statistics, so lookups use it at once.
+    for sql in [
+        format!("ALTER TABLE {name} ADD PRIMARY KEY (consumer_group, message_id)"),
+        format!("ANALYZE {name}"),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    let mut sealing = Sealing::new(rows);
+    {
+        // Streamed: one row at a time in memory.
+        let sql = format!(
+            "SELECT consumer_group, message_id, CAST(EXTRACT(EPOCH FROM processed_at) AS BIGINT) \
+             FROM {name}"
+        );
+        let mut stream = sqlx::query(&sql).fetch(&mut *tx);
+        while let Some(row) = stream.try_next().await? {
+            sealing.add(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        }
+    }
+    sqlx::query(&format!(
+        "UPDATE {SEGMENTS_TABLE} SET rows = $1, min_at = $2, max_at = $3 WHERE seq = $4"
+    ))
+    .bind(rows as i64)
+    .bind(sealing.min_at)
+    .bind(sealing.max_at)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await?;
+    let (filter, hashes) = sealing.bytes();
+    sqlx::query(&format!(
+        "INSERT INTO {FILTERS_TABLE} (seq, filter, hashes) VALUES ($1, $2, $3)"
+    ))
+    .bind(seq)
+    .bind(filter)
+    .bind(hashes)
+    .execute(&mut *tx)
+    .await?;
+    // Emptied at once, no dead rows left behind (the lock is held: no claim sees it).
+    sqlx::query(&format!("TRUNCATE {DEDUP_TABLE}"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::debug!(segment = %name, rows, "sealed a dedup segment");
+    segments.sealed_one(before, seq, sealing);
+    Ok(rows)
+}
+
+/// An arbitrary constant: the advisory lock that lets one retention pass at a time work on the
+/// segments (two deleting from one segment, then one dropping it, would deadlock).
+const PURGE_LOCK: i64 = 0x7261_6262_6974_7067;
+
+/// Deletes up to `limit` records of `group` older than `before` from the sealed segments,
+/// oldest segment first; drops the segments left empty. Returns how many were deleted.
+pub(crate) async fn purge(
+    pool: &PgPool,
+    group: &str,
+    before: SystemTime,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let before = unix_seconds(before);
+    let candidates: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT seq FROM {SEGMENTS_TABLE} WHERE min_at < $1 ORDER BY seq"
+    ))
+    .bind(before)
+    .fetch_all(pool)
+    .await?;
+    let mut deleted = 0u64;
+    for seq in candidates {
+        let left = limit as u64 - deleted;
+        if left == 0 {
+            break;
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PURGE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        // Read again under the lock: another process may have dropped it meanwhile.
+        let max_at: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT max_at FROM {SEGMENTS_TABLE} WHERE seq = $1"
+        ))
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(max_at) = max_at else {
+            tx.rollback().await?;
+            continue;
+        };
+        let name = table(seq);
+        // A segment wholly older than the cutoff: the group's records; else only the ones
+        // older than the cutoff.
+        let older = if max_at < before {
+            ""
+        } else {
+            "AND processed_at < to_timestamp($3)"
+        };
+        let sql = format!(
+            "DELETE FROM {name} WHERE ctid IN
+               (SELECT ctid FROM {name} WHERE consumer_group = $1 {older} LIMIT $2)"
+        );
+        let mut q = sqlx::query(&sql).bind(group).bind(left as i64);
+        if !older.is_empty() {
+            q = q.bind(before as f64);
+        }
+        deleted += q.execute(&mut *tx).await?.rows_affected();
+        let empty: Option<i32> = sqlx::query_scalar(&format!("SELECT 1 FROM {name} LIMIT 1"))
+            .fetch_optional(&mut *tx)
+            .await?;
+        if empty.is_none() {
+            // No claim may be reading it when it goes.
+            lock_out_claims(&mut tx).await?;
+            sqlx::query(&format!("DROP TABLE {name}"))
+                .execute(&mut *tx)
+                .await?;
+            for t in [SEGMENTS_TABLE, FILTERS_TABLE] {
+                sqlx::query(&format!("DELETE FROM {t} WHERE seq = $1"))
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(deleted)
+}
+
+/// Dedup records per consumer group, in the table that takes inserts and in every sealed
+/// segment, by group name. `None` when the dedup table does not exist (nothing is created by
+/// looking).
+pub(crate) async fn records_by_group(
+    pool: &PgPool,
+) -> Result<Option<Vec<(String, u64)>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let exists = |t: &str| {
+        sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass($1)::text").bind(t.to_string())
+    };
+    if exists(DEDUP_TABLE).fetch_one(&mut *tx).await?.is_none() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    // Neither a seal nor a drop commits between reading the list and counting the tables.
+    sqlx::query(&format!("LOCK TABLE {DEDUP_TABLE} IN ACCESS SHARE MODE"))
+        .execute(&mut *tx)
+        .await?;
+    let seqs = match exists(SEGMENTS_TABLE).fetch_one(&mut *tx).await? {
+        Some(_) => listed_seqs::<Postgres>(&mut tx).await?,
+        None => Vec::new(),
+    };
+    let rows: Vec<(String, i64)> = sqlx::query_as(&count_by_group(&seqs))
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(g, n)| (g, n.max(0) as u64))
+            .collect(),
+    ))
+}
