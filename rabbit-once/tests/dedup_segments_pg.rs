@@ -147,20 +147,26 @@ async fn other_stores_on_the_schema_and_a_reopened_one_see_the_segments() {
     assert!(a.seal_segment().await.unwrap() >= 300);
     assert!(claim(&b, "g", &second).await.iter().all(|&n| !n));
     assert!(claim(&a, "g", &second).await.iter().all(|&n| !n));
-    // `c` counts 3 of its own and seals them in its next begin(), after `a` sealed again
-    // behind its back: it still reads `a`'s segment.
+    // `c` counts 3 records of its own, then `a` seals (them too) behind `c`'s back and `b`
+    // inserts 10 more: `c`'s next begin() seals those 10 with a tree that predates `a`'s seal,
+    // and must still read `a`'s segment.
     let c = open(&schema, 3).await;
     assert!(claim(&c, "g", &keys("c", 0..3)).await.iter().all(|&n| n));
     let third = keys("z", 0..10);
     assert!(claim(&a, "g", &third).await.iter().all(|&n| n));
     let before = segments(&a).await.len();
-    a.seal_segment().await.unwrap();
+    assert_eq!(a.seal_segment().await.unwrap(), 13);
+    let fourth = keys("w", 0..10);
+    assert!(claim(&b, "g", &fourth).await.iter().all(|&n| n));
     assert!(claim(&c, "g", &third).await.iter().all(|&n| !n));
-    assert_eq!(segments(&c).await.len(), before + 1);
+    assert_eq!(segments(&c).await.len(), before + 2, "a's seal and c's");
+    assert_eq!(hot(&c).await, 0, "c sealed b's 10");
+    assert!(claim(&c, "g", &fourth).await.iter().all(|&n| !n));
+    assert!(claim(&c, "g", &keys("c", 0..3)).await.iter().all(|&n| !n));
     drop((a, b, c));
     // Reopened: the filters come back from the database.
     let d = open(&schema, 100).await;
-    for ids in [&first, &second, &third] {
+    for ids in [&first, &second, &third, &fourth] {
         assert!(claim(&d, "g", ids).await.iter().all(|&n| !n));
     }
 }
@@ -217,22 +223,27 @@ async fn concurrent_claims_while_sealing(url: &str, isolation: &str) {
                             break;
                         }
                         Err(e) if PostgresStore::classify(&e) == StoreFailure::Conflict => {
+                            // REPEATABLE READ: two claims of one id, the later one refused.
                             conflicts += 1;
+                            assert!(conflicts < 1000, "worker {w}: conflicts without end: {e}");
                         }
                         Err(e) => panic!("worker {w}: {e}"),
                     }
                 }
                 if w == 3 && b % 10 == 0 {
-                    // The store that never seals on its own seals by hand now and then.
-                    let _ = s.seal_segment().await;
+                    // The store that never seals on its own seals by hand now and then (a
+                    // lock not had within a second is a conflict, tried at the next turn).
+                    if let Err(e) = s.seal_segment().await {
+                        assert_eq!(PostgresStore::classify(&e), StoreFailure::Conflict, "{e}");
+                    }
                 }
             }
-            (new, conflicts)
+            new
         }));
     }
     let mut times: HashMap<String, u32> = HashMap::new();
     for t in tasks {
-        let (new, _) = t.await.unwrap();
+        let new = t.await.unwrap();
         for id in new {
             *times.entry(id).or_default() += 1;
         }

@@ -97,9 +97,9 @@ pub struct PostgresStore {
     pool: PgPool,
     schema: Option<String>,
     segments: Segments,
-    /// The dedup table is known to exist (this store migrated): claims' transactions begin
-    /// with its lock ([`sealing::BEGIN`]).
-    migrated: Arc<AtomicBool>,
+    /// The store's transactions are not READ COMMITTED (the database's or role's default, seen
+    /// by `migrate`): claims' transactions begin with the lock ([`sealing::LOCK_FOR_CLAIM`]).
+    lock_first: Arc<AtomicBool>,
 }
 
 fn quote_ident(s: &str) -> String {
@@ -128,7 +128,7 @@ impl PostgresStore {
             pool,
             schema: o.schema,
             segments: Segments::new(o.segment_rows),
-            migrated: Arc::default(),
+            lock_first: Arc::default(),
         })
     }
 
@@ -187,22 +187,26 @@ impl Store for PostgresStore {
                 .await?;
         }
         sql::migrate(&mut tx, sql::SCHEMA_TABLE, MIGRATIONS).await?;
+        let isolation: String =
+            sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
-        self.migrated.store(true, Ordering::Relaxed);
+        self.lock_first
+            .store(isolation != "read committed", Ordering::Relaxed);
         Ok(())
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         sealing::seal_if_due(&self.segments, &self.pool).await;
-        if self.migrated.load(Ordering::Relaxed) {
-            self.pool.begin_with(sealing::BEGIN).await
-        } else {
-            // Not migrated by this store: the table may not exist (a store only used to begin
-            // the application's transactions). A claim in it is still safe under the default
-            // READ COMMITTED: its insert takes the lock, and the list is read in the same
-            // statement, with a snapshot taken after it.
-            self.pool.begin().await
+        let mut tx = self.pool.begin().await?;
+        if self.lock_first.load(Ordering::Relaxed) {
+            // A statement of its own: if it fails, dropping `tx` rolls the transaction back.
+            sqlx::query(sealing::LOCK_FOR_CLAIM)
+                .execute(&mut *tx)
+                .await?;
         }
+        Ok(tx)
     }
 
     async fn claim<'a>(
@@ -220,9 +224,10 @@ impl Store for PostgresStore {
                INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
                SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
                ON CONFLICT DO NOTHING RETURNING message_id)
-             SELECT message_id, NULL::bigint, NULL::bigint FROM ins
+             SELECT message_id, NULL::bigint, NULL::bigint, NULL::text FROM ins
              UNION ALL
-             SELECT NULL::text, COALESCE(MAX(seq), 0)::bigint, COUNT(*) FROM {SEGMENTS_TABLE}"
+             SELECT NULL::text, COALESCE(MAX(seq), 0)::bigint, COUNT(*),
+                    current_setting('transaction_isolation') FROM {SEGMENTS_TABLE}"
         ))
         .bind(group)
         .bind(&sorted)
@@ -230,13 +235,29 @@ impl Store for PostgresStore {
         .await?;
         let mut fresh: HashSet<String> = HashSet::with_capacity(rows.len());
         let mut fp = (0, 0);
+        let mut isolation = String::new();
         for row in rows {
             match row.try_get::<Option<String>, _>(0)? {
                 Some(id) => {
                     fresh.insert(id);
                 }
-                None => fp = (row.try_get(1)?, row.try_get(2)?),
+                None => {
+                    fp = (row.try_get(1)?, row.try_get(2)?);
+                    isolation = row.try_get(3)?;
+                }
             }
+        }
+        if isolation != "read committed" && !self.lock_first.load(Ordering::Relaxed) {
+            // Its snapshot may predate a seal that emptied the table it inserted into: it could
+            // take a sealed id for a new one. (`migrate` sees the isolation and makes `begin`
+            // take the lock first.)
+            return Err(sqlx::Error::Configuration(
+                format!(
+                    "a dedup claim in a {isolation} transaction needs a transaction from \
+                     PostgresStore::begin of a store that ran migrate"
+                )
+                .into(),
+            ));
         }
         // A new id a sealed segment holds is a duplicate: its insert is taken back.
         let new: Vec<&str> = sorted

@@ -78,7 +78,7 @@ macro_rules! segment_db {
         $(#[$m])*
         $v async fn $name<$DB>($($arg: $ty),*) -> $ret
         where
-            $DB: Dialect,
+            $DB: Dialect + sqlx::database::HasStatementCache,
             for<'c> &'c mut $DB::Connection: Executor<'c, Database = $DB>,
             for<'q> $DB::Arguments<'q>: IntoArguments<'q, $DB> + Default,
             for<'q> &'q str: Encode<'q, $DB> + Type<$DB>,
@@ -152,7 +152,9 @@ segment_db! {
                 DB::param(1),
                 list.join(", ")
             );
-            let mut q = sqlx::query(&sql).bind(group);
+            // Not kept prepared: one statement per segment and list length would crowd the
+            // connection's statement cache.
+            let mut q = sqlx::query(&sql).persistent(false).bind(group);
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -217,6 +219,10 @@ struct Known {
     tree: Arc<Tree>,
     /// Records in the table that takes inserts, as far as this store knows (`None`: count it).
     hot_rows: Option<u64>,
+    /// A seal of this store is under way (one at a time per store and its clones).
+    sealing: bool,
+    /// After a failed seal: not before this, and how long the last wait was.
+    retry: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 /// A store's sealed segments: the list, the filters, and when to seal.
@@ -275,24 +281,54 @@ impl Segments {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a seal is due: the table that takes inserts holds `segment_rows` records as far
-    /// as this store counted, or it has not counted yet.
-    pub(crate) fn due(&self) -> bool {
-        self.seal_at > 0
-            && match self.known().hot_rows {
-                Some(rows) => rows >= self.seal_at,
-                None => true,
+    /// Seals with `seal` (which moves the records if the table holds at least the threshold) if
+    /// one is due: the table that takes inserts holds `segment_rows` records as far as this
+    /// store counted, or it has not counted yet; no other seal of this store is under way; and
+    /// the last failure's wait is over (1 s, doubling up to a minute: a seal that cannot get its
+    /// lock must not be tried again on every transaction). A failure is logged.
+    pub(crate) async fn seal_if_due<F, Fut>(&self, seal: F)
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+    {
+        {
+            let mut k = self.known();
+            let due = self.seal_at > 0
+                && !k.sealing
+                && k.retry
+                    .is_none_or(|(at, _)| std::time::Instant::now() >= at)
+                && k.hot_rows.is_none_or(|rows| rows >= self.seal_at);
+            if !due {
+                return;
             }
-    }
-
-    /// The threshold (0: never seal).
-    pub(crate) fn seal_at(&self) -> u64 {
-        self.seal_at
+            k.sealing = true;
+        }
+        let result = seal(self.seal_at).await;
+        let mut k = self.known();
+        k.sealing = false;
+        match result {
+            Ok(_) => k.retry = None,
+            Err(e) => {
+                let wait = k.retry.map_or(std::time::Duration::from_secs(1), |(_, w)| {
+                    (w * 2).min(std::time::Duration::from_secs(60))
+                });
+                k.retry = Some((std::time::Instant::now() + wait, wait));
+                let busy =
+                    matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"));
+                if busy {
+                    tracing::debug!(
+                        ?wait,
+                        "sealing a dedup segment waited too long for the claims in flight; will try again"
+                    );
+                } else {
+                    tracing::warn!(error = %e, ?wait, "sealing a dedup segment failed; will try again");
+                }
+            }
+        }
     }
 
     /// Forgets how many records the table that takes inserts holds: counted at the next claim
-    /// (after records were written behind this store's back, or sealed by hand, or a seal
-    /// failed).
+    /// (after records were sealed by hand).
     pub(crate) fn forget_count(&self) {
         self.known().hot_rows = None;
     }

@@ -2,10 +2,11 @@
 //!
 //! Many processes claim at once, so the list is guarded by a table lock rather than a write
 //! lock: every claim's transaction holds `ROW EXCLUSIVE` on the table that takes inserts from
-//! its first statement to its end ([`BEGIN`]); a seal, or the drop of a segment retention
+//! its insert (or, when its isolation is not READ COMMITTED, its first statement,
+//! [`LOCK_FOR_CLAIM`]) to its end; a seal, or the drop of a segment retention
 //! emptied, takes `ACCESS EXCLUSIVE` on it, so it commits only between claims, and a claim's
 //! snapshot (taken after its lock) always sees the list as the seal left it. The seal waits at
-//! most [`LOCK_WAIT`] for the claims in flight (claims meanwhile queue behind it): a seal that
+//! most a second for the claims in flight (claims meanwhile queue behind it): a seal that
 //! cannot get the lock gives up and is tried again later.
 
 use super::{
@@ -32,48 +33,42 @@ pub(crate) const MIGRATION: &[&str] = &[
     )",
 ];
 
-/// How a claim's transaction begins: the lock before any query, so that no seal or drop commits
-/// while it runs and its snapshot (even a `REPEATABLE READ` one) comes after the last one that
-/// did. One round trip, like a plain `BEGIN`.
-pub(crate) const BEGIN: &str = "BEGIN; LOCK TABLE rabbit_once_processed IN ROW EXCLUSIVE MODE";
+/// What a claim's transaction runs first when the store's transactions are not READ COMMITTED:
+/// the lock before any query, so that no seal or drop commits while it runs and its snapshot
+/// (taken at its first query) comes after the last one that did. (Under READ COMMITTED the
+/// claim's insert takes the lock and reads the list in one statement, whose snapshot is taken
+/// after the lock: nothing to run first.)
+pub(crate) const LOCK_FOR_CLAIM: &str = "LOCK TABLE rabbit_once_processed IN ROW EXCLUSIVE MODE";
 
-/// The longest a seal or a drop waits for the claims in flight.
-const LOCK_WAIT: &str = "1s";
+/// How the seal's, retention's and counting's own transactions begin: whatever the database's
+/// default, each statement sees what committed before it (a lock waited for, then a look).
+const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
-/// Takes the lock that keeps claims out, waiting at most [`LOCK_WAIT`].
-async fn lock_out_claims(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!(
-        "LOCK TABLE {DEDUP_TABLE} IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("SET LOCAL lock_timeout = DEFAULT")
-        .execute(&mut *tx)
-        .await
-        .map(|_| ())
+/// Takes the lock that keeps claims out (and, for a drop, the segment's table), waiting at most
+/// a second; the transaction's other lock waits are bounded the same way.
+async fn lock_out_claims(
+    tx: &mut sqlx::PgConnection,
+    also: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let tables = match also {
+        Some(t) => format!("{DEDUP_TABLE}, {t}"),
+        None => DEDUP_TABLE.to_string(),
+    };
+    for sql in [
+        "SET LOCAL lock_timeout = '1s'".to_string(),
+        format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// Seals the table that takes inserts if it has reached the threshold: in a transaction of its
-/// own, before a claim's transaction begins. A failure (also a lock not had in time) is logged;
-/// the table is counted again at the next claim.
+/// own, before a claim's transaction begins (see [`Segments::seal_if_due`]).
 pub(crate) async fn seal_if_due(segments: &Segments, pool: &PgPool) {
-    if !segments.due() {
-        return;
-    }
-    if let Err(e) = seal(segments, pool, segments.seal_at()).await {
-        let busy = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"));
-        if busy {
-            tracing::debug!(
-                "sealing a dedup segment waited too long for the claims in flight; will try again"
-            );
-        } else {
-            tracing::warn!(error = %e, "sealing a dedup segment failed; will try again");
-        }
-        segments.forget_count();
-    }
+    segments
+        .seal_if_due(|min_rows| seal(segments, pool, min_rows))
+        .await;
 }
 
 /// Moves every record of the table that takes inserts into a new sealed segment, if it holds
@@ -90,8 +85,10 @@ pub(crate) async fn seal(
         segments.counted(rows.max(0) as u64);
         return Ok(0);
     }
-    let mut tx = pool.begin().await?;
-    lock_out_claims(&mut tx).await?;
+    let started = std::time::Instant::now();
+    let mut tx = pool.begin_with(BEGIN_READ_COMMITTED).await?;
+    lock_out_claims(&mut tx, None).await?;
+    let waited = started.elapsed();
     let before = fingerprint::<Postgres>(&mut tx).await?;
     let rows: i64 = sqlx::query_scalar(&count).fetch_one(&mut *tx).await?;
     let rows = rows.max(0) as u64;
@@ -116,13 +113,13 @@ pub(crate) async fn seal(
     ))
     .execute(&mut *tx)
     .await?;
+    // Copied as they lie (a sort here costs more than the rest of the seal), the key built once
+    // over all of them, and statistics, so lookups use it at once.
     sqlx::query(&format!(
-        "INSERT INTO {name} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE} \
-         ORDER BY consumer_group, message_id"
+        "INSERT INTO {name} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE}"
     ))
     .execute(&mut *tx)
     .await?;
-    // The key built once over the sorted rows, and statistics, so lookups use it at once.
     for sql in [
         format!("ALTER TABLE {name} ADD PRIMARY KEY (consumer_group, message_id)"),
         format!("ANALYZE {name}"),
@@ -164,7 +161,7 @@ pub(crate) async fn seal(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::debug!(segment = %name, rows, "sealed a dedup segment");
+    tracing::debug!(segment = %name, rows, ?waited, took = ?started.elapsed(), "sealed a dedup segment");
     segments.sealed_one(before, seq, sealing);
     Ok(rows)
 }
@@ -194,7 +191,7 @@ pub(crate) async fn purge(
         if left == 0 {
             break;
         }
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_with(BEGIN_READ_COMMITTED).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PURGE_LOCK)
             .execute(&mut *tx)
@@ -232,7 +229,7 @@ pub(crate) async fn purge(
             .await?;
         if empty.is_none() {
             // No claim may be reading it when it goes.
-            lock_out_claims(&mut tx).await?;
+            lock_out_claims(&mut tx, Some(&name)).await?;
             sqlx::query(&format!("DROP TABLE {name}"))
                 .execute(&mut *tx)
                 .await?;
@@ -254,7 +251,7 @@ pub(crate) async fn purge(
 pub(crate) async fn records_by_group(
     pool: &PgPool,
 ) -> Result<Option<Vec<(String, u64)>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(BEGIN_READ_COMMITTED).await?;
     let exists = |t: &str| {
         sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass($1)::text").bind(t.to_string())
     };

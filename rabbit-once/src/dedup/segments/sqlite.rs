@@ -27,16 +27,11 @@ pub(crate) const MIGRATION: &[&str] = &[
 ];
 
 /// Seals the table that takes inserts if it has reached the threshold: in a transaction of its
-/// own, before a claim's transaction begins. A failure is logged; the table is counted again at
-/// the next claim.
+/// own, before a claim's transaction begins (see [`Segments::seal_if_due`]).
 pub(crate) async fn seal_if_due(segments: &Segments, pool: &SqlitePool) {
-    if !segments.due() {
-        return;
-    }
-    if let Err(e) = seal(segments, pool, segments.seal_at()).await {
-        tracing::warn!(error = %e, "sealing a dedup segment failed; will try again");
-        segments.forget_count();
-    }
+    segments
+        .seal_if_due(|min_rows| seal(segments, pool, min_rows))
+        .await;
 }
 
 /// Moves every record of the table that takes inserts into a new sealed segment, if it holds
