@@ -267,6 +267,15 @@ async fn concurrent_claims_while_sealing(url: &str, isolation: &str) {
         Some(vec![("g".to_string(), 2000)]),
         "one record per id, sealed or not"
     );
+    // Nothing was written into a segment after it was sealed (its filter would not know it).
+    for (seq, rows) in segments(s).await {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM rabbit_once_processed_{seq}"))
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert_eq!(n, rows, "segment {seq}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

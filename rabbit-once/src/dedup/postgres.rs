@@ -14,17 +14,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// Each migration is a list of statements, applied in one transaction.
-const MIGRATIONS: &[&[&str]] = &[
-    &[
-        "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
+/// The dedup table that takes inserts: the first migration, and what a seal makes anew after it
+/// has turned the table into a segment (a migration that changed this table would have to
+/// change this too).
+pub(crate) const HOT_TABLE: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rabbit_once_processed (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,
         processed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (consumer_group, message_id)
     )",
-        "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
-    ],
+    "CREATE INDEX IF NOT EXISTS rabbit_once_processed_at ON rabbit_once_processed (consumer_group, processed_at)",
+];
+
+/// Each migration is a list of statements, applied in one transaction.
+const MIGRATIONS: &[&[&str]] = &[
+    HOT_TABLE,
     &["CREATE TABLE IF NOT EXISTS rabbit_once_runs (
         consumer_group TEXT NOT NULL,
         message_id     TEXT NOT NULL,

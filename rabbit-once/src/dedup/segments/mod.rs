@@ -50,8 +50,8 @@ pub(crate) const SEGMENTS_TABLE: &str = "rabbit_once_segments";
 pub(crate) const FILTERS_TABLE: &str = "rabbit_once_segment_filters";
 /// The format byte at the start of a stored list of key hashes.
 const HASHES_FORMAT: u8 = 1;
-/// Ids per lookup in a segment's table.
-const LOOKUP_CHUNK: usize = 500;
+/// Bound values per lookup statement (SQLite allows 32,766, PostgreSQL 65,535).
+const LOOKUP_BINDS: usize = 2_000;
 
 /// A segment's table: always made from its seq, never read from the database.
 pub(crate) fn table(seq: i64) -> String {
@@ -143,23 +143,43 @@ segment_db! {
 }
 
 segment_db! {
-    /// Which of `ids` the table `table` holds for `group`.
-    async fn holding<DB>(conn: &mut DB::Connection, table: &str, group: &str, ids: &[&str], found: &mut HashSet<String>) -> Result<(), sqlx::Error> {
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| DB::param(i + 2)).collect();
-            let sql = format!(
-                "SELECT message_id FROM {table} WHERE consumer_group = {} AND message_id IN ({})",
-                DB::param(1),
-                list.join(", ")
-            );
-            // Not kept prepared: one statement per segment and list length would crowd the
-            // connection's statement cache.
-            let mut q = sqlx::query(&sql).persistent(false).bind(group);
-            for id in chunk {
-                q = q.bind(*id);
+    /// Which of the ids asked of each table (`asks`: a table, the ids it may hold) it holds for
+    /// `group`: all tables in one statement (one round trip a claim, not one a segment), split
+    /// only past [`LOOKUP_BINDS`] bound values.
+    async fn holding<DB>(conn: &mut DB::Connection, group: &str, asks: &[(&str, Vec<&str>)], found: &mut HashSet<String>) -> Result<(), sqlx::Error> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut binds: Vec<&str> = Vec::new();
+        let mut pairs: Vec<(&str, &[&str])> = Vec::new();
+        for (table, ids) in asks {
+            for chunk in ids.chunks(LOOKUP_BINDS - 1) {
+                pairs.push((table, chunk));
             }
-            for row in q.fetch_all(&mut *conn).await? {
-                found.insert(row.try_get::<String, _>(0)?);
+        }
+        for (k, &(table, chunk)) in pairs.iter().enumerate() {
+            let first = binds.len() + 1;
+            let list: Vec<String> = (0..chunk.len()).map(|i| DB::param(first + 1 + i)).collect();
+            parts.push(format!(
+                "SELECT message_id FROM {table} WHERE consumer_group = {} AND message_id IN ({})",
+                DB::param(first),
+                list.join(", ")
+            ));
+            binds.push(group);
+            binds.extend_from_slice(chunk);
+            let full = pairs
+                .get(k + 1)
+                .is_none_or(|(_, next)| binds.len() + 1 + next.len() > LOOKUP_BINDS);
+            if full {
+                // Not kept prepared: the statement differs with every set of tables and ids,
+                // and would crowd the connection's statement cache.
+                let sql = parts.join(" UNION ALL ");
+                let mut q = sqlx::query(&sql).persistent(false);
+                for b in binds.drain(..) {
+                    q = q.bind(b);
+                }
+                for row in q.fetch_all(&mut *conn).await? {
+                    found.insert(row.try_get::<String, _>(0)?);
+                }
+                parts.clear();
             }
         }
         Ok(())
@@ -459,9 +479,9 @@ impl Segments {
                     }
                 }
             }
-            for (s, maybe) in asks {
-                holding::<DB>(conn, &s.table, group, &maybe, &mut found).await?;
-            }
+            let asks: Vec<(&str, Vec<&str>)> =
+                asks.into_iter().map(|(s, ids)| (s.table.as_str(), ids)).collect();
+            holding::<DB>(conn, group, &asks, &mut found).await?;
             Ok(found)
         }
     }

@@ -104,34 +104,12 @@ pub(crate) async fn seal(
     .fetch_one(&mut *tx)
     .await?;
     let name = table(seq);
-    sqlx::query(&format!(
-        "CREATE TABLE {name} (
-            consumer_group TEXT NOT NULL,
-            message_id     TEXT NOT NULL,
-            processed_at   TIMESTAMPTZ NOT NULL
-        )"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    // Copied as they lie (a sort here costs more than the rest of the seal), the key built once
-    // over all of them, and statistics, so lookups use it at once.
-    sqlx::query(&format!(
-        "INSERT INTO {name} SELECT consumer_group, message_id, processed_at FROM {DEDUP_TABLE}"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    for sql in [
-        format!("ALTER TABLE {name} ADD PRIMARY KEY (consumer_group, message_id)"),
-        format!("ANALYZE {name}"),
-    ] {
-        sqlx::query(&sql).execute(&mut *tx).await?;
-    }
     let mut sealing = Sealing::new(rows);
     {
         // Streamed: one row at a time in memory.
         let sql = format!(
             "SELECT consumer_group, message_id, CAST(EXTRACT(EPOCH FROM processed_at) AS BIGINT) \
-             FROM {name}"
+             FROM {DEDUP_TABLE}"
         );
         let mut stream = sqlx::query(&sql).fetch(&mut *tx);
         while let Some(row) = stream.try_next().await? {
@@ -156,10 +134,19 @@ pub(crate) async fn seal(
     .bind(hashes)
     .execute(&mut *tx)
     .await?;
-    // Emptied at once, no dead rows left behind (the lock is held: no claim sees it).
-    sqlx::query(&format!("TRUNCATE {DEDUP_TABLE}"))
-        .execute(&mut *tx)
-        .await?;
+    // The table becomes the segment as it is, keys and all (nothing copied: the claims wait only
+    // for the filter to be built), and a new, empty one of the same make takes the inserts.
+    // Claims waiting for the lock find the new table by its name once they have it.
+    for sql in [
+        format!("ALTER TABLE {DEDUP_TABLE} RENAME TO {name}"),
+        format!("ALTER INDEX IF EXISTS {DEDUP_TABLE}_pkey RENAME TO {name}_pkey"),
+        format!("ALTER INDEX IF EXISTS {DEDUP_TABLE}_at RENAME TO {name}_at"),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    for sql in crate::dedup::postgres::HOT_TABLE {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     tracing::debug!(segment = %name, rows, ?waited, took = ?started.elapsed(), "sealed a dedup segment");
     segments.sealed_one(before, seq, sealing);
