@@ -388,3 +388,41 @@ async fn a_consumer_skips_ids_sent_again_after_they_were_sealed() {
     cleanup(&conn, &q).await;
     conn.close().await;
 }
+
+/// Retention over a segment only partly older than the cutoff: the old records go, and the
+/// segment's `min_at` moves to what is left, so later passes do not scan it again.
+#[tokio::test]
+async fn a_segment_partly_past_retention_is_not_scanned_again() {
+    let f = TempDb::new();
+    let s = open(&f, 0).await;
+    let all = keys("p", 0..100);
+    claim(&s, "g", &all).await;
+    // Half of them a day old.
+    sqlx::query(
+        "UPDATE rabbit_once_processed SET processed_at = processed_at - 86400 \
+         WHERE message_id IN (SELECT message_id FROM rabbit_once_processed LIMIT 50)",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(s.seal_segment().await.unwrap(), 100);
+    let cutoff = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(s.purge("g", cutoff, 1000).await.unwrap(), 50);
+    let min_at: i64 = sqlx::query_scalar("SELECT min_at FROM rabbit_once_segments")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    let cutoff_s = cutoff
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        min_at >= cutoff_s,
+        "min_at {min_at} moved past the cutoff {cutoff_s}"
+    );
+    assert_eq!(s.purge("g", cutoff, 1000).await.unwrap(), 0);
+    assert_eq!(
+        claim(&s, "g", &all).await.iter().filter(|&&n| n).count(),
+        50
+    );
+}

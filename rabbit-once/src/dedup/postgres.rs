@@ -206,6 +206,15 @@ impl Store for PostgresStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        if self.segments.take_cold() {
+            // Best effort, before the transaction: the claim checks the list again under its
+            // lock and loads what it lacks.
+            if let Ok(mut conn) = self.pool.acquire().await
+                && let Err(e) = Segments::warm::<Postgres>(&self.segments, &mut conn).await
+            {
+                tracing::debug!(error = %e, "loading the dedup segments before a claim failed; the claim loads them");
+            }
+        }
         sealing::seal_if_due(&self.segments, &self.pool).await;
         let mut tx = self.pool.begin().await?;
         if self.lock_first.load(Ordering::Relaxed) {

@@ -178,6 +178,15 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        if self.segments.take_cold() {
+            // Best effort, before the transaction: the claim checks the list again under its
+            // lock and loads what it lacks.
+            if let Ok(mut conn) = self.pool.acquire().await
+                && let Err(e) = Segments::warm::<Sqlite>(&self.segments, &mut conn).await
+            {
+                tracing::debug!(error = %e, "loading the dedup segments before a claim failed; the claim loads them");
+            }
+        }
         sealing::seal_if_due(&self.segments, &self.pool).await;
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }

@@ -243,6 +243,8 @@ struct Known {
     sealing: bool,
     /// After a failed seal: not before this, and how long the last wait was.
     retry: Option<(std::time::Instant, std::time::Duration)>,
+    /// The segments were loaded once outside a transaction (or that was tried).
+    warmed: bool,
 }
 
 /// A store's sealed segments: the list, the filters, and when to seal.
@@ -454,6 +456,24 @@ impl Segments {
             k.fingerprint = fp;
             k.tree = tree.clone();
             Ok(tree)
+        }
+    }
+
+    /// Whether this store has yet to load the segments once outside a transaction (true once:
+    /// the caller then calls [`Segments::warm`]).
+    pub(crate) fn take_cold(&self) -> bool {
+        !std::mem::replace(&mut self.known().warmed, true)
+    }
+
+    segment_db! {
+        /// Loads the listed segments (filters and covers) outside any transaction: a store opened
+        /// on a database with many segments pays for that here (about a second at 10 million
+        /// records), not inside its first claim's transaction (under SQLite's write lock, or
+        /// holding a PostgreSQL seal back). The claim still checks the list under its lock: if the
+        /// list changed meanwhile (or this fails), it loads what changed.
+        pub(crate) async fn warm<DB>(self_: &Self, conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
+            let fp = fingerprint::<DB>(conn).await?;
+            Segments::current::<DB>(self_, conn, fp).await.map(|_| ())
         }
     }
 

@@ -210,7 +210,8 @@ pub(crate) async fn purge(
         if !older.is_empty() {
             q = q.bind(before as f64);
         }
-        deleted += q.execute(&mut *tx).await?.rows_affected();
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        deleted += n;
         let empty: Option<i32> = sqlx::query_scalar(&format!("SELECT 1 FROM {name} LIMIT 1"))
             .fetch_optional(&mut *tx)
             .await?;
@@ -226,6 +227,15 @@ pub(crate) async fn purge(
                     .execute(&mut *tx)
                     .await?;
             }
+        } else {
+            // What is left may all be younger than the cutoff: the next pass skips it then.
+            sqlx::query(&format!(
+                "UPDATE {SEGMENTS_TABLE} SET min_at = (SELECT CAST(EXTRACT(EPOCH FROM \
+                 MIN(processed_at)) AS BIGINT) FROM {name}) WHERE seq = $1"
+            ))
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
     }

@@ -178,6 +178,15 @@ pub(crate) async fn purge(
                     .execute(&mut *tx)
                     .await?;
             }
+        } else {
+            // What is left may all be younger than the cutoff: the next pass skips it then.
+            sqlx::query(&format!(
+                "UPDATE {SEGMENTS_TABLE} SET min_at = (SELECT MIN(processed_at) FROM {name}) \
+                 WHERE seq = ?"
+            ))
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
     }
