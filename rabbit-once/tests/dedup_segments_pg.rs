@@ -453,3 +453,27 @@ async fn a_segment_partly_past_retention_is_not_scanned_again() {
         50
     );
 }
+
+/// Two processes inserting in turn: each counts the table again after a quarter of
+/// `segment_rows` of its own inserts, so the table is sealed near `segment_rows` records, not
+/// once one process alone has inserted that many.
+#[tokio::test]
+async fn two_stores_inserting_in_turn_seal_near_the_threshold() {
+    let schema = PgSchema::new();
+    let a = open(&schema, 100).await;
+    let b = open(&schema, 100).await;
+    let mut most = 0;
+    for round in 0..10u32 {
+        for (name, s) in [("a", &a), ("b", &b)] {
+            let ids = keys(&format!("{name}{round}"), 0..10);
+            assert!(claim(s, "g", &ids).await.iter().all(|&n| n));
+            most = most.max(hot(s).await);
+        }
+    }
+    // 200 records, 100 from each store: sealed once the table held about 100, not 200.
+    assert!(!segments(&a).await.is_empty(), "sealed while inserting");
+    assert!(
+        most <= 100 + 25 + 10,
+        "the table grew to {most} records before a seal"
+    );
+}

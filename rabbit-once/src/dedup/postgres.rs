@@ -67,9 +67,10 @@ pub struct PostgresOptions {
     /// for 20,000 records, measured here: the table itself becomes the segment). Segments once sealed are always read, by every process of this version,
     /// whatever this option says; an older rabbit-once refuses the database at `migrate`, but one
     /// already running does not look again: turn this on only once every process sharing the
-    /// database runs this version. Each store counts the records it inserted itself: with
-    /// several processes the table is sealed once one of them counted this many since it last
-    /// looked (it counts the table before sealing). docs/benchmarks.md has the figures.
+    /// database runs this version. Each store counts the table again each time it has inserted
+    /// a quarter of this many records itself: with several processes the table holds at most
+    /// about this many plus a quarter for each other process before one of them seals it.
+    /// docs/benchmarks.md has the figures.
     pub segment_rows: u64,
 }
 

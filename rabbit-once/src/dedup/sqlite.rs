@@ -60,8 +60,9 @@ pub struct SqliteOptions {
     /// rabbit-once than the one that wrote the file reads them, an earlier one refuses the file
     /// from this version on (versions before it had no such check: do not go back to one). A store opened on a file with many
     /// segments loads their filters in its first claim (about a second at 10 million records).
-    /// Each store counts the records it inserted itself: with several processes on one file
-    /// the table is sealed once one of them has inserted this many since it last looked.
+    /// Each store counts the table again each time it has inserted a quarter of this many
+    /// records itself: with several processes on one file the table holds at most about this
+    /// many plus a quarter for each other process before one of them seals it.
     pub segment_rows: u64,
 }
 

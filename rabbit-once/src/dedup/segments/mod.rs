@@ -239,6 +239,9 @@ struct Known {
     tree: Arc<Tree>,
     /// Records in the table that takes inserts, as far as this store knows (`None`: count it).
     hot_rows: Option<u64>,
+    /// Records this store inserted since it last counted the table: other processes insert
+    /// too, so it counts again after a quarter of the threshold.
+    since_count: u64,
     /// A seal of this store is under way (one at a time per store and its clones).
     sealing: bool,
     /// After a failed seal: not before this, and how long the last wait was.
@@ -305,7 +308,8 @@ impl Segments {
 
     /// Seals with `seal` (which moves the records if the table holds at least the threshold) if
     /// one is due: the table that takes inserts holds `segment_rows` records as far as this
-    /// store counted, or it has not counted yet; no other seal of this store is under way; and
+    /// store counted, or it has not counted yet, or this store inserted a quarter of
+    /// `segment_rows` since it last counted (other processes insert too); no other seal of this store is under way; and
     /// the last failure's wait is over (1 s, doubling up to a minute: a seal that cannot get its
     /// lock must not be tried again on every transaction). A failure is logged.
     pub(crate) async fn seal_if_due<F, Fut>(&self, seal: F)
@@ -319,7 +323,8 @@ impl Segments {
                 && !k.sealing
                 && k.retry
                     .is_none_or(|(at, _)| std::time::Instant::now() >= at)
-                && k.hot_rows.is_none_or(|rows| rows >= self.seal_at);
+                && (k.hot_rows.is_none_or(|rows| rows >= self.seal_at)
+                    || k.since_count >= (self.seal_at / 4).max(1));
             if !due {
                 return;
             }
@@ -357,12 +362,16 @@ impl Segments {
 
     /// The table that takes inserts was just counted: `rows` records.
     pub(crate) fn counted(&self, rows: u64) {
-        self.known().hot_rows = Some(rows);
+        let mut k = self.known();
+        k.hot_rows = Some(rows);
+        k.since_count = 0;
     }
 
     /// Counts `n` records just inserted into the table that takes inserts.
     pub(crate) fn inserted(&self, n: u64) {
-        if let Some(rows) = self.known().hot_rows.as_mut() {
+        let mut k = self.known();
+        k.since_count += n;
+        if let Some(rows) = k.hot_rows.as_mut() {
             *rows += n;
         }
     }
@@ -373,6 +382,7 @@ impl Segments {
     pub(crate) fn sealed_one(&self, before: (i64, i64), seq: i64, sealing: Sealing) {
         let mut k = self.known();
         k.hot_rows = Some(0);
+        k.since_count = 0;
         if k.fingerprint == before && seq > k.tree.last_seq() {
             // The tree was the whole list before this seal: with this segment it is the whole
             // list after it (the next claim covers it if a cover is due).
