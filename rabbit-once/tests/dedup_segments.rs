@@ -426,3 +426,29 @@ async fn a_segment_partly_past_retention_is_not_scanned_again() {
         50
     );
 }
+
+/// One claim whose ids the filters send to more segments than one SQL statement may name
+/// (SQLite allows 500 terms in a compound SELECT): asked in several statements, all found.
+#[tokio::test]
+async fn a_claim_asking_more_segments_than_one_statement_may_name() {
+    let f = TempDb::new();
+    // 600 seals: without a sync on each commit (what is tested is the lookup).
+    let s = SqliteStore::open_with(
+        &f.path,
+        SqliteOptions {
+            synchronous_full: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    s.migrate().await.unwrap();
+    let all = keys("u", 0..600);
+    for id in all.chunks(1) {
+        claim(&s, "g", id).await;
+        s.seal_segment().await.unwrap();
+    }
+    assert_eq!(segments(&s).await.len(), 600);
+    // Every id in a segment of its own: 600 segments asked by one claim.
+    assert!(claim(&s, "g", &all).await.iter().all(|&n| !n));
+}

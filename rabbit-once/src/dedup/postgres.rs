@@ -67,7 +67,10 @@ pub struct PostgresOptions {
     /// for 20,000 records, measured here: the table itself becomes the segment). Segments once sealed are always read, by every process of this version,
     /// whatever this option says; an older rabbit-once refuses the database at `migrate`, but one
     /// already running does not look again: turn this on only once every process sharing the
-    /// database runs this version. Each store counts the table again each time it has inserted
+    /// database runs this version. A seal renames the table into the segment and creates a new
+    /// one: the role the stores connect as must own the dedup table (the role that ran `migrate`
+    /// does), and privileges granted to other roles on it are not carried to the new table.
+    /// Each store counts the table again each time it has inserted
     /// a quarter of this many records itself: with several processes the table holds at most
     /// about this many plus a quarter for each other process before one of them seals it.
     /// docs/benchmarks.md has the figures.
@@ -111,7 +114,7 @@ pub struct PostgresStore {
     lock_first: Arc<AtomicBool>,
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

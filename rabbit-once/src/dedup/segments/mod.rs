@@ -52,6 +52,8 @@ pub(crate) const FILTERS_TABLE: &str = "rabbit_once_segment_filters";
 const HASHES_FORMAT: u8 = 1;
 /// Bound values per lookup statement (SQLite allows 32,766, PostgreSQL 65,535).
 const LOOKUP_BINDS: usize = 2_000;
+/// Segments asked in one lookup statement (SQLite allows 500 terms in a compound SELECT).
+const LOOKUP_PARTS: usize = 250;
 
 /// A segment's table: always made from its seq, never read from the database.
 pub(crate) fn table(seq: i64) -> String {
@@ -145,7 +147,7 @@ segment_db! {
 segment_db! {
     /// Which of the ids asked of each table (`asks`: a table, the ids it may hold) it holds for
     /// `group`: all tables in one statement (one round trip a claim, not one a segment), split
-    /// only past [`LOOKUP_BINDS`] bound values.
+    /// only past [`LOOKUP_BINDS`] bound values or [`LOOKUP_PARTS`] tables.
     async fn holding<DB>(conn: &mut DB::Connection, group: &str, asks: &[(&str, Vec<&str>)], found: &mut HashSet<String>) -> Result<(), sqlx::Error> {
         let mut parts: Vec<String> = Vec::new();
         let mut binds: Vec<&str> = Vec::new();
@@ -165,9 +167,10 @@ segment_db! {
             ));
             binds.push(group);
             binds.extend_from_slice(chunk);
-            let full = pairs
-                .get(k + 1)
-                .is_none_or(|(_, next)| binds.len() + 1 + next.len() > LOOKUP_BINDS);
+            let full = parts.len() >= LOOKUP_PARTS
+                || pairs
+                    .get(k + 1)
+                    .is_none_or(|(_, next)| binds.len() + 1 + next.len() > LOOKUP_BINDS);
             if full {
                 // Not kept prepared: the statement differs with every set of tables and ids,
                 // and would crowd the connection's statement cache.
@@ -330,16 +333,31 @@ impl Segments {
             }
             k.sealing = true;
         }
+        // Cleared however the seal ends, also when the caller's future is dropped mid-seal (a
+        // consumer aborted on close, a timeout around `begin`): that counts as a failure.
+        struct SealGuard<'a>(&'a Segments, bool);
+        impl Drop for SealGuard<'_> {
+            fn drop(&mut self) {
+                let mut k = self.0.known();
+                k.sealing = false;
+                if self.1 {
+                    k.retry = None;
+                } else {
+                    let wait = k.retry.map_or(std::time::Duration::from_secs(1), |(_, w)| {
+                        (w * 2).min(std::time::Duration::from_secs(60))
+                    });
+                    k.retry = Some((std::time::Instant::now() + wait, wait));
+                }
+            }
+        }
+        let mut guard = SealGuard(self, false);
         let result = seal(self.seal_at).await;
-        let mut k = self.known();
-        k.sealing = false;
+        guard.1 = result.is_ok();
+        drop(guard);
         match result {
-            Ok(_) => k.retry = None,
+            Ok(_) => {}
             Err(e) => {
-                let wait = k.retry.map_or(std::time::Duration::from_secs(1), |(_, w)| {
-                    (w * 2).min(std::time::Duration::from_secs(60))
-                });
-                k.retry = Some((std::time::Instant::now() + wait, wait));
+                let wait = self.known().retry.map(|(_, w)| w);
                 let busy =
                     matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"));
                 if busy {
@@ -483,7 +501,15 @@ impl Segments {
         /// list changed meanwhile (or this fails), it loads what changed.
         pub(crate) async fn warm<DB>(self_: &Self, conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
             let fp = fingerprint::<DB>(conn).await?;
-            Segments::current::<DB>(self_, conn, fp).await.map(|_| ())
+            let tree = Segments::current::<DB>(self_, conn, fp).await?;
+            if tree.leaves().iter().any(|s| s.filter.is_none()) {
+                // A filter not read (unreadable, or its segment dropped between the reads): left
+                // to the claim, which reads the list again under its lock, from scratch.
+                let mut k = self_.known();
+                k.tree = Arc::default();
+                k.fingerprint = (-1, -1);
+            }
+            Ok(())
         }
     }
 

@@ -108,7 +108,7 @@ pub(crate) async fn seal(
     {
         // Streamed: one row at a time in memory.
         let sql = format!(
-            "SELECT consumer_group, message_id, CAST(EXTRACT(EPOCH FROM processed_at) AS BIGINT) \
+            "SELECT consumer_group, message_id, CAST(FLOOR(EXTRACT(EPOCH FROM processed_at)) AS BIGINT) \
              FROM {DEDUP_TABLE}"
         );
         let mut stream = sqlx::query(&sql).fetch(&mut *tx);
@@ -132,6 +132,20 @@ pub(crate) async fn seal(
     .bind(seq)
     .bind(filter)
     .bind(hashes)
+    .execute(&mut *tx)
+    .await?;
+    // Everything below in the schema the table is in (the first schema on the search path that
+    // exists may be another one).
+    let schema: String = sqlx::query_scalar(&format!(
+        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = '{DEDUP_TABLE}'::regclass"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}",
+        crate::dedup::postgres::quote_ident(&schema)
+    ))
     .execute(&mut *tx)
     .await?;
     // The table becomes the segment as it is, keys and all (nothing copied: the claims wait only
@@ -227,11 +241,12 @@ pub(crate) async fn purge(
                     .execute(&mut *tx)
                     .await?;
             }
-        } else {
-            // What is left may all be younger than the cutoff: the next pass skips it then.
+        } else if n > 0 {
+            // What is left may all be younger than the cutoff: the next pass skips it then. (A
+            // pass that deleted nothing leaves it: another group's records hold `min_at`.)
             sqlx::query(&format!(
-                "UPDATE {SEGMENTS_TABLE} SET min_at = (SELECT CAST(EXTRACT(EPOCH FROM \
-                 MIN(processed_at)) AS BIGINT) FROM {name}) WHERE seq = $1"
+                "UPDATE {SEGMENTS_TABLE} SET min_at = (SELECT CAST(FLOOR(EXTRACT(EPOCH FROM \
+                 MIN(processed_at))) AS BIGINT) FROM {name}) WHERE seq = $1"
             ))
             .bind(seq)
             .execute(&mut *tx)

@@ -178,8 +178,9 @@ pub(crate) async fn purge(
                     .execute(&mut *tx)
                     .await?;
             }
-        } else {
-            // What is left may all be younger than the cutoff: the next pass skips it then.
+        } else if n > 0 {
+            // What is left may all be younger than the cutoff: the next pass skips it then. (A
+            // pass that deleted nothing leaves it: another group's records hold `min_at`.)
             sqlx::query(&format!(
                 "UPDATE {SEGMENTS_TABLE} SET min_at = (SELECT MIN(processed_at) FROM {name}) \
                  WHERE seq = ?"
