@@ -142,24 +142,19 @@ async fn consume_and_report(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// What the connection declares: the work queue (a quorum consumer declares its own) and the
-/// queue it emits to, of the same type.
+/// queue it emits to, of the same type — a quorum one exactly as its own `consume --quorum`
+/// declares it with the default `--max-attempts` (as `publish --quorum` does): a plain quorum
+/// queue of that name would be refused (406) by the next stage's consumer, or refuse it.
 fn topology(a: &Args) -> Topology {
-    let queue = |name: &str| {
-        let q = Queue::new(name);
-        if a.quorum {
-            q.queue_type(QueueType::Quorum)
-        } else {
-            q
-        }
-    };
     let mut t = Topology::new();
     if !a.quorum {
-        t = t.queue(queue(&a.queue));
+        t = t.queue(Queue::new(&a.queue));
     }
-    if let Some(next) = &a.emit_to {
-        t = t.queue(queue(next));
+    match (&a.emit_to, a.quorum) {
+        (Some(next), true) => t.merge(&consumer_config(next, MAX_ATTEMPTS, true).topology()),
+        (Some(next), false) => t.queue(Queue::new(next)),
+        (None, _) => t,
     }
-    t
 }
 
 fn summary(s: &ConsumerStats, conn: &Connection, secs: f64) -> Summary {
@@ -338,4 +333,36 @@ async fn emit_outbox(conn: &Connection, db: &Db) -> anyhow::Result<(EmitOutbox, 
             (EmitOutbox::Postgres(o), relay)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        consume: Args,
+    }
+
+    #[test]
+    fn a_quorum_stage_declares_the_queue_it_emits_to_as_the_next_stage_declares_it() {
+        let args = |extra: &[&str]| {
+            let base = ["consume", "--queue", "s1", "--store", "sqlite::memory:"];
+            Cli::parse_from(base.iter().chain(extra)).consume
+        };
+        // The next stage (`consume --quorum --queue s2`) declares its queues with the consumer;
+        // a plain quorum `s2` beside them would be refused (406 inequivalent arg).
+        assert_eq!(
+            topology(&args(&["--quorum", "--emit-to", "s2"])),
+            consumer_config("s2", MAX_ATTEMPTS, true).topology()
+        );
+        assert_eq!(
+            topology(&args(&["--emit-to", "s2"])),
+            Topology::new()
+                .queue(Queue::new("s1"))
+                .queue(Queue::new("s2"))
+        );
+    }
 }

@@ -3,11 +3,14 @@
 //! store; the work queue's leader node killed with `kill -9` and started again, a follower's app
 //! stopped and started, cuts and a black hole on one node's proxy, consumer and publisher
 //! SIGKILLs, the consumers sealing dedup segments every 200 records — and the ledger must
-//! balance. Bounded to 4,000 messages (about 80 s here). Then a
-//! run interrupted with Ctrl-C must remove what it made: nodes, child processes, schema.
+//! balance. Bounded to 4,000 messages (about 80 s here). The same faults with `--outbox`: the
+//! publishers commit through the shared PostgreSQL outbox, a relay process helps them, and
+//! publisher and relay processes are SIGKILLed too — every committed message applied once
+//! (2,500 messages). Then a run interrupted with Ctrl-C must remove what it made: nodes, child
+//! processes, schema.
 //!
 //! A test binary of its own: cargo runs test binaries one after the other, so the cluster never
-//! shares the machine's 2 cores with the other chaos runs; and its two tests take turns
+//! shares the machine's 2 cores with the other chaos runs; and its tests take turns
 //! ([`ONE_CLUSTER_AT_A_TIME`]).
 
 mod common;
@@ -18,6 +21,8 @@ use tokio::io::AsyncBufReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rabbit-once");
 const MESSAGES: u64 = 4_000;
+/// The `--outbox` run's messages.
+const OUTBOX_MESSAGES: u64 = 2_500;
 
 /// Held by each test while its cluster may run: two clusters at once are too much for 2 cores.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -27,23 +32,23 @@ fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_on_a_three_node_cluster_with_the_leader_killed_loses_nothing_and_applies_nothing_twice()
- {
-    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let pg = pg_url();
+/// A finished `chaos --cluster` run: its ledger, its stderr, whether it exited 0, and the
+/// chaos process's id (its nodes, children and schema are named after it).
+struct ClusterRun {
+    ledger: serde_json::Value,
+    stderr: String,
+    success: bool,
+    pid: u32,
+}
+
+/// Runs `chaos --cluster 3 --store <pg>` with `args` (and `--json`) to its end, checks that
+/// its 3 nodes were seen running and that nothing of it is left (no node, child process or
+/// schema), and returns the run. A run that fails to end in 420 s fails the test.
+async fn run_cluster_chaos(pg: &str, args: &[&str]) -> ClusterRun {
     let child = tokio::process::Command::new(BIN)
-        .args(["chaos", "--cluster", "3", "--store", &pg])
-        .args(["--messages", &MESSAGES.to_string()])
-        .args(["--publishers", "2", "--consumers", "3"])
-        .args(["--cuts", "3", "--blackholes", "1"])
-        .args(["--restarts", "1", "--broker-kills", "1"])
-        .args(["--consumer-kills", "2", "--publisher-kills", "1"])
-        .args(["--heartbeat", "2", "--fault-interval", "1.0"])
-        // Three consumer processes seal one PostgreSQL dedup table as they go (sealed
-        // segments under node kills, cuts and consumer kills).
-        .args(["--segment-rows", "200"])
-        .args(["--timeout", "240", "--json"])
+        .args(["chaos", "--cluster", "3", "--store", pg])
+        .args(args)
+        .arg("--json")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -71,9 +76,90 @@ async fn chaos_on_a_three_node_cluster_with_the_leader_killed_loses_nothing_and_
         .await
         .expect("the chaos run ends")
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let l = json(&out);
-    eprintln!("{stderr}\n{l}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let ledger = json(&out);
+    eprintln!("{stderr}\n{ledger}");
+    // Nothing left behind: no node, child process or schema of the run.
+    watch.abort();
+    // (`rabbitmqctl` runs in a VM of its own, with the node's environment: more may be seen.)
+    assert!(
+        seen.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "the run's 3 nodes were seen running (so the next check looks for what was there)"
+    );
+    assert_eq!(left_behind(pid, pg).await, (vec![], vec![], 0), "{ledger}");
+    ClusterRun {
+        ledger,
+        stderr,
+        success: out.status.success(),
+        pid,
+    }
+}
+
+/// Every kind of fault in `kinds` fired at least once, each kill of the leader named a node of
+/// the run's cluster and another one next, and no single-node fault was planned.
+fn assert_cluster_faults(run: &ClusterRun, kinds: &[&str]) {
+    let l = &run.ledger;
+    let f = |k: &str| l["faults"][k].as_u64().unwrap_or(0);
+    for kind in kinds {
+        assert!(f(kind) >= 1, "{kind} did not fire: {l}");
+    }
+    assert_eq!(l["faults_not_fired"], serde_json::json!([]), "{l}");
+    // The single-node faults have no place on a cluster.
+    assert_eq!(f("broker_kill9") + f("broker_restart"), 0, "{l}");
+    let kills = l["leader_kills"].as_array().expect("leader_kills");
+    assert_eq!(kills.len() as u64, f("leader_kill9"), "{l}");
+    let ours = node_pattern(run.pid);
+    for k in kills {
+        let (killed, next) = (
+            k["killed"].as_str().unwrap(),
+            k["new_leader"].as_str().unwrap(),
+        );
+        assert!(
+            killed.starts_with(&ours) && next.starts_with(&ours) && killed != next,
+            "a node of the run's cluster led, another one next: {l}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_a_three_node_cluster_with_the_leader_killed_loses_nothing_and_applies_nothing_twice()
+ {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let run = run_cluster_chaos(
+        &pg_url(),
+        &[
+            "--messages",
+            &MESSAGES.to_string(),
+            "--publishers",
+            "2",
+            "--consumers",
+            "3",
+            "--cuts",
+            "3",
+            "--blackholes",
+            "1",
+            "--restarts",
+            "1",
+            "--broker-kills",
+            "1",
+            "--consumer-kills",
+            "2",
+            "--publisher-kills",
+            "1",
+            "--heartbeat",
+            "2",
+            "--fault-interval",
+            "1.0",
+            // Three consumer processes seal one PostgreSQL dedup table as they go (sealed
+            // segments under node kills, cuts and consumer kills).
+            "--segment-rows",
+            "200",
+            "--timeout",
+            "240",
+        ],
+    )
+    .await;
+    let (l, stderr) = (&run.ledger, &run.stderr);
     let n = |k: &str| {
         l[k].as_u64()
             .unwrap_or_else(|| panic!("{k} missing in {l}\n{stderr}"))
@@ -87,41 +173,95 @@ async fn chaos_on_a_three_node_cluster_with_the_leader_killed_loses_nothing_and_
     // limit is far above what the faults can cause).
     assert_eq!(n("retried"), 0, "{l}");
     assert_eq!(n("dead_lettered"), 0, "{l}");
-    let f = |k: &str| l["faults"][k].as_u64().unwrap_or(0);
-    assert_eq!(f("cut"), 3, "{l}");
-    for kind in [
-        "blackhole",
-        "leader_kill9",
-        "node_stop_app",
-        "consumer_kill",
-        "publisher_kill",
-    ] {
-        assert!(f(kind) >= 1, "{kind} did not fire: {l}");
-    }
-    assert_eq!(l["faults_not_fired"], serde_json::json!([]), "{l}");
-    // The single-node faults have no place on a cluster.
-    assert_eq!(f("broker_kill9") + f("broker_restart"), 0, "{l}");
-    let kills = l["leader_kills"].as_array().expect("leader_kills");
-    assert_eq!(kills.len(), 1, "{l}");
-    let (killed, next) = (
-        kills[0]["killed"].as_str().unwrap(),
-        kills[0]["new_leader"].as_str().unwrap(),
+    assert_eq!(l["faults"]["cut"].as_u64(), Some(3), "{l}");
+    assert_cluster_faults(
+        &run,
+        &[
+            "blackhole",
+            "leader_kill9",
+            "node_stop_app",
+            "consumer_kill",
+            "publisher_kill",
+        ],
     );
-    let ours = node_pattern(pid);
-    assert!(
-        killed.starts_with(&ours) && next.starts_with(&ours) && killed != next,
-        "a node of the run's cluster led, another one next: {l}"
-    );
-    assert!(out.status.success(), "{stderr}");
+    assert_eq!(l["leader_kills"].as_array().map(Vec::len), Some(1), "{l}");
+    assert!(run.success, "{stderr}");
+}
 
-    // Nothing left behind: no node, child process or schema of the run.
-    watch.abort();
-    // (`rabbitmqctl` runs in a VM of its own, with the node's environment: more may be seen.)
+/// `chaos --cluster 3 --outbox`: the publishers commit each message with its `sent` row through
+/// the PostgreSQL outbox they share, a relay process helps them (every relay given every node
+/// through the proxies, declaring the quorum queues as the consumers do); the leader's node is
+/// killed, a follower's app restarted, one node's proxy cut and black-holed, and consumer,
+/// publisher and relay processes SIGKILLed — every committed message is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_outbox_on_a_three_node_cluster_applies_every_committed_message_once() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let run = run_cluster_chaos(
+        &pg_url(),
+        &[
+            "--outbox",
+            "--messages",
+            &OUTBOX_MESSAGES.to_string(),
+            "--publishers",
+            "2",
+            "--consumers",
+            "3",
+            "--relays",
+            "1",
+            "--cuts",
+            "2",
+            "--blackholes",
+            "1",
+            "--restarts",
+            "1",
+            "--broker-kills",
+            "1",
+            "--consumer-kills",
+            "1",
+            "--publisher-kills",
+            "1",
+            "--relay-kills",
+            "1",
+            "--heartbeat",
+            "2",
+            "--fault-interval",
+            "1.0",
+            "--timeout",
+            "240",
+        ],
+    )
+    .await;
+    let (l, stderr) = (&run.ledger, &run.stderr);
+    for (k, want) in [
+        ("lost", 0),
+        ("applied_twice", 0),
+        ("missing", 0),
+        ("committed", OUTBOX_MESSAGES),
+        ("confirmed", OUTBOX_MESSAGES),
+        ("applied_once", OUTBOX_MESSAGES),
+        // No handler fails, and a quorum queue's delivery limit is out of the faults' reach.
+        ("retried", 0),
+        ("dead_lettered", 0),
+    ] {
+        assert_eq!(l[k].as_u64(), Some(want), "{k}: {l}\n{stderr}");
+    }
     assert!(
-        seen.load(std::sync::atomic::Ordering::Relaxed) >= 3,
-        "the run's 3 nodes were seen running (so the next check looks for what was there)"
+        l.get("unconfirmed_at_crash").is_none(),
+        "no such column with the outbox: {l}"
     );
-    assert_eq!(left_behind(pid, &pg).await, (vec![], vec![], 0));
+    assert_eq!(l["faults"]["cut"].as_u64(), Some(2), "{l}");
+    assert_cluster_faults(
+        &run,
+        &[
+            "blackhole",
+            "leader_kill9",
+            "node_stop_app",
+            "consumer_kill",
+            "publisher_kill",
+            "relay_kill",
+        ],
+    );
+    assert!(run.success, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

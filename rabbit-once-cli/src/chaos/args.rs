@@ -17,12 +17,12 @@ pub struct Args {
     /// `kill -9` of the work queue's leader node and its restart (`--broker-kills`),
     /// `stop_app`/`start_app` of a follower node (`--restarts`), cuts and black holes on one
     /// node's proxy, and the process kills. The store defaults to PostgreSQL (the consumers share
-    /// it). Not with --outbox or --pipeline.
+    /// it; with --outbox the publishers and the relay processes share its outbox). The relays
+    /// declare the queues they publish to as the consumers do.
     #[arg(
         long,
         value_name = "N",
-        value_parser = clap::value_parser!(u64).range(3..=7),
-        conflicts_with_all = ["outbox", "pipeline"]
+        value_parser = clap::value_parser!(u64).range(3..=7)
     )]
     pub cluster: Option<u64>,
     /// Messages in all (split between the publishers).

@@ -7,7 +7,9 @@
 //! queues are quorum queues, every child is given every node's endpoint (each in an order of its
 //! own, so they spread over the nodes), the consumers share one PostgreSQL store, and the faults
 //! include `kill -9` of the work queue's leader node (then its restart) and `stop_app`/`start_app`
-//! of a follower; cuts and black holes hit one node's proxy at a time.
+//! of a follower; cuts and black holes hit one node's proxy at a time. `--outbox` and
+//! `--pipeline` run there too: the relay processes are given every endpoint like the other
+//! children and declare the queues they publish to as the consumers do (quorum queues).
 //!
 //! With `--outbox` the publishers commit through a transactional outbox (`publish --outbox
 //! --resume`), relay processes share a PostgreSQL outbox and are SIGKILLed too, and the ledger

@@ -64,6 +64,8 @@ pub(super) struct Launcher {
     quorum: bool,
     /// Publisher processes (consumer `j` is child `publishers + j` in the endpoint rotation).
     publishers: u64,
+    /// Consumer processes, both stages (relay `i` is child `publishers + consumers + i`).
+    consumers: u64,
     queue: String,
     store: String,
     schema: Option<String>,
@@ -95,6 +97,7 @@ impl Launcher {
             via_uris: setup.via.iter().map(|e| e.to_uri()).collect(),
             quorum: setup.cluster.is_some(),
             publishers: a.publishers,
+            consumers: a.consumers() + if a.pipeline { a.stage2_consumers } else { 0 },
             segment_rows: a.segment_rows,
             queue: setup.queue.clone(),
             store: setup.store.clone(),
@@ -157,7 +160,8 @@ impl Launcher {
     ///
     /// Child `k` is given every endpoint, starting with endpoint `k` and going round: on a
     /// cluster the children spread over the nodes, and each moves on to the next node when its
-    /// own fails.
+    /// own fails. On a cluster every child declares the queues as quorum queues (`--quorum`;
+    /// a relay declares the queues it publishes to, see [`Self::spawn_relay`]).
     fn child(&self, subcommand: &str, k: u64) -> Command {
         let mut cmd = Command::new(&self.exe);
         for (name, _) in std::env::vars_os() {
@@ -172,7 +176,7 @@ impl Launcher {
         cmd.env("RABBIT_ONCE_URI", uris.join(","))
             .env("RABBIT_ONCE_CONNECT_WAIT", "0")
             .arg(subcommand);
-        if self.quorum && subcommand != "relay" {
+        if self.quorum {
             cmd.arg("--quorum");
         }
         cmd
@@ -188,11 +192,19 @@ impl Launcher {
         self.timeline.process(role, slot, happened);
     }
 
-    /// Relay process `i` on the run's shared outbox (`again`: a restart).
+    /// Relay process `i` on the run's shared outbox (`again`: a restart), given every endpoint
+    /// in an order of its own like the other children. It declares the queues its rows go to
+    /// (the work queue; with `--pipeline` stage 2's too, whose rows the stage-1 consumers emit
+    /// into the same outbox) as the publishers and consumers do — on a cluster as quorum
+    /// queues with the consumers' arguments — so a relay that comes first finds them.
     fn spawn_relay(&self, i: usize, again: bool) -> anyhow::Result<Child> {
         self.started(Role::Relay, format!("relay {i}"), again);
         let o = self.outbox_of(0);
-        let mut cmd = self.child("relay", 0);
+        let mut cmd = self.child("relay", self.publishers + self.consumers + i as u64);
+        cmd.args(["--declare", &self.queue]);
+        if let Some((stage2, _, _)) = &self.stage2 {
+            cmd.args(["--declare", stage2]);
+        }
         cmd.env("RABBIT_ONCE_OUTBOX", &o.spec) // not on the command line: it may hold a password
             .args([
                 "--heartbeat",

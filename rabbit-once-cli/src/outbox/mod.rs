@@ -35,6 +35,9 @@ pub enum OutboxDb {
 const CREATE_SENT: &str =
     "CREATE TABLE IF NOT EXISTS sent (seq BIGINT PRIMARY KEY, message_id TEXT NOT NULL)";
 
+/// The advisory lock (an arbitrary constant) that serializes the creation of `sent`.
+const SENT_LOCK: i64 = 0x7365_6e74; // "sent"
+
 impl OutboxDb {
     /// Opens the database `args` names and creates the outbox table (and the schema) if missing.
     pub async fn open(args: &OutboxArgs) -> anyhow::Result<Self> {
@@ -139,14 +142,22 @@ impl OutboxDb {
         }))
     }
 
-    /// Creates the `sent` table if missing.
+    /// Creates the `sent` table if missing. On PostgreSQL under an advisory lock: publishers
+    /// sharing a schema start together (`chaos`), and concurrent `CREATE TABLE IF NOT EXISTS`
+    /// collide in the catalog (`pg_type_typname_nsp_index`), failing all but one of them.
     pub async fn create_sent(&self) -> anyhow::Result<()> {
         match self {
             OutboxDb::Sqlite(s, _) => {
                 sqlx::query(CREATE_SENT).execute(s.pool()).await?;
             }
             OutboxDb::Postgres(s, _) => {
-                sqlx::query(CREATE_SENT).execute(s.pool()).await?;
+                let mut tx = s.pool().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SENT_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(CREATE_SENT).execute(&mut *tx).await?;
+                tx.commit().await?;
             }
         }
         Ok(())

@@ -4,7 +4,7 @@
 
 use super::{OutboxArgs, OutboxDb};
 use crate::common::{Conn, stop_signal};
-use rabbit_once::{PublisherConfig, RelayConfig, RelayStats};
+use rabbit_once::{PublisherConfig, Queue, RelayConfig, RelayStats, Topology};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,6 +17,17 @@ pub struct Args {
     /// The outbox to relay.
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    /// Declare this queue (durable) on every session before publishing, as `publish --queue`
+    /// does, so the rows for it are not refused as unroutable when the relay comes before the
+    /// queue's consumers; repeat for several. The relay publishes every row all the same.
+    #[arg(long = "declare", value_name = "QUEUE")]
+    pub declare: Vec<String>,
+    /// With --declare: the queues are quorum queues, declared exactly as `consume --quorum`
+    /// declares them with its default `--max-attempts` (with their retry and dead-letter
+    /// queues; a queue declared with other arguments is refused by the broker), as `publish
+    /// --quorum` does.
+    #[arg(long, requires = "declare")]
+    pub quorum: bool,
     /// The Prometheus endpoint.
     #[command(flatten)]
     pub metrics: crate::common::Metrics,
@@ -56,7 +67,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     let db = OutboxDb::open(&a.outbox).await?;
-    let conn = crate::common::connect(&a.conn, a.conn.config("rabbit-once relay")?).await?;
+    let config = a.conn.config("rabbit-once relay")?.topology(declared(&a));
+    let conn = crate::common::connect(&a.conn, config).await?;
     let config = RelayConfig::default()
         .batch(a.batch)
         .poll(Duration::from_millis(a.poll_ms.max(1)))
@@ -124,6 +136,20 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What the relay declares on every session: the `--declare` queues, durable, or with
+/// `--quorum` each as `consume --quorum` declares it (what `publish --quorum` declares too).
+fn declared(a: &Args) -> Topology {
+    a.declare.iter().fold(Topology::new(), |t, q| {
+        if a.quorum {
+            t.merge(
+                &crate::consume::consumer_config(q, crate::consume::MAX_ATTEMPTS, true).topology(),
+            )
+        } else {
+            t.queue(Queue::new(q))
+        }
+    })
+}
+
 fn print(stats: &RelayStats, pending: u64, parked: u64, json: bool) -> anyhow::Result<()> {
     if json {
         let v = serde_json::json!({
@@ -141,4 +167,40 @@ fn print(stats: &RelayStats, pending: u64, parked: u64, json: bool) -> anyhow::R
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        relay: Args,
+    }
+
+    #[test]
+    fn a_relay_declares_its_queues_as_their_consumers_do() {
+        let args = |extra: &[&str]| {
+            let base = ["relay", "--outbox", "sqlite::memory:"];
+            Cli::parse_from(base.iter().chain(extra)).relay
+        };
+        assert_eq!(declared(&args(&[])), Topology::new());
+        assert_eq!(
+            declared(&args(&["--declare", "a", "--declare", "b"])),
+            Topology::new()
+                .queue(Queue::new("a"))
+                .queue(Queue::new("b"))
+        );
+        // As `consume --quorum` declares each (or the broker refuses one of the two: 406).
+        let quorum = |q: &str| {
+            crate::consume::consumer_config(q, crate::consume::MAX_ATTEMPTS, true).topology()
+        };
+        assert_eq!(
+            declared(&args(&["--declare", "a", "--declare", "b", "--quorum"])),
+            quorum("a").merge(&quorum("b"))
+        );
+        assert!(Cli::try_parse_from(["relay", "--outbox", "x", "--quorum"]).is_err());
+    }
 }
