@@ -88,6 +88,8 @@ macro_rules! segment_db {
             i64: Type<$DB> + for<'r> Decode<'r, $DB>,
             Vec<u8>: Type<$DB> + for<'r> Decode<'r, $DB>,
             String: Type<$DB> + for<'r> Decode<'r, $DB>,
+            for<'r> &'r str: Decode<'r, $DB>,
+            for<'q> Vec<u8>: Encode<'q, $DB>,
             usize: ColumnIndex<$DB::Row>,
         $body
     };
@@ -231,6 +233,42 @@ segment_db! {
             }
         }
         Ok(Some(filter))
+    }
+}
+
+segment_db! {
+    /// The sealing part both backends share: reads every record of the table to seal through
+    /// `records` (a query of `consumer_group, message_id, processed_at` as Unix seconds), one
+    /// row at a time, into the segment's filter and key hashes, and records both and the
+    /// segment's size and age span in the list (row `seq`, already inserted).
+    pub(crate) async fn record_segment<DB>(conn: &mut DB::Connection, seq: i64, rows: u64, records: &str) -> Result<Sealing, sqlx::Error> {
+        let mut sealing = Sealing::new(rows);
+        {
+            let mut stream = sqlx::query(records).fetch(&mut *conn);
+            while let Some(row) = futures_util::TryStreamExt::try_next(&mut stream).await? {
+                sealing.add(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            }
+        }
+        let (p1, p2, p3, p4) = (DB::param(1), DB::param(2), DB::param(3), DB::param(4));
+        sqlx::query(&format!(
+            "UPDATE {SEGMENTS_TABLE} SET rows = {p1}, min_at = {p2}, max_at = {p3} WHERE seq = {p4}"
+        ))
+        .bind(rows as i64)
+        .bind(sealing.min_at)
+        .bind(sealing.max_at)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+        let (filter, hashes) = sealing.bytes();
+        sqlx::query(&format!(
+            "INSERT INTO {FILTERS_TABLE} (seq, filter, hashes) VALUES ({p1}, {p2}, {p3})"
+        ))
+        .bind(seq)
+        .bind(filter)
+        .bind(hashes.to_vec())
+        .execute(&mut *conn)
+        .await?;
+        Ok(sealing)
     }
 }
 

@@ -10,12 +10,11 @@
 //! cannot get the lock gives up and is tried again later.
 
 use super::{
-    FILTERS_TABLE, SEGMENTS_TABLE, Sealing, Segments, count_by_group, fingerprint,
-    listed as listed_seqs, table,
+    FILTERS_TABLE, SEGMENTS_TABLE, Segments, count_by_group, fingerprint, listed as listed_seqs,
+    record_segment, table,
 };
 use crate::dedup::{DEDUP_TABLE, unix_seconds};
-use futures_util::TryStreamExt;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 use std::time::SystemTime;
 
 /// The migration that creates the segment tables.
@@ -104,36 +103,11 @@ pub(crate) async fn seal(
     .fetch_one(&mut *tx)
     .await?;
     let name = table(seq);
-    let mut sealing = Sealing::new(rows);
-    {
-        // Streamed: one row at a time in memory.
-        let sql = format!(
-            "SELECT consumer_group, message_id, CAST(FLOOR(EXTRACT(EPOCH FROM processed_at)) AS BIGINT) \
-             FROM {DEDUP_TABLE}"
-        );
-        let mut stream = sqlx::query(&sql).fetch(&mut *tx);
-        while let Some(row) = stream.try_next().await? {
-            sealing.add(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        }
-    }
-    sqlx::query(&format!(
-        "UPDATE {SEGMENTS_TABLE} SET rows = $1, min_at = $2, max_at = $3 WHERE seq = $4"
-    ))
-    .bind(rows as i64)
-    .bind(sealing.min_at)
-    .bind(sealing.max_at)
-    .bind(seq)
-    .execute(&mut *tx)
-    .await?;
-    let (filter, hashes) = sealing.bytes();
-    sqlx::query(&format!(
-        "INSERT INTO {FILTERS_TABLE} (seq, filter, hashes) VALUES ($1, $2, $3)"
-    ))
-    .bind(seq)
-    .bind(filter)
-    .bind(hashes)
-    .execute(&mut *tx)
-    .await?;
+    let records = format!(
+        "SELECT consumer_group, message_id, CAST(FLOOR(EXTRACT(EPOCH FROM processed_at)) AS BIGINT) \
+         FROM {DEDUP_TABLE}"
+    );
+    let sealing = record_segment::<Postgres>(&mut tx, seq, rows, &records).await?;
     // Everything below in the schema the table is in (the first schema on the search path that
     // exists may be another one).
     let schema: String = sqlx::query_scalar(&format!(

@@ -3,12 +3,11 @@
 //! process or another.
 
 use super::{
-    FILTERS_TABLE, SEGMENTS_TABLE, Sealing, Segments, count_by_group, fingerprint,
-    listed as listed_seqs, table,
+    FILTERS_TABLE, SEGMENTS_TABLE, Segments, count_by_group, fingerprint, listed as listed_seqs,
+    record_segment, table,
 };
 use crate::dedup::{DEDUP_TABLE, unix_seconds};
-use futures_util::TryStreamExt;
-use sqlx::{Row, Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqlitePool};
 use std::time::SystemTime;
 
 /// The migration that creates the segment tables.
@@ -78,33 +77,8 @@ pub(crate) async fn seal(
     ))
     .execute(&mut *tx)
     .await?;
-    let mut sealing = Sealing::new(rows);
-    {
-        // Streamed: one row at a time in memory.
-        let sql = format!("SELECT consumer_group, message_id, processed_at FROM {name}");
-        let mut stream = sqlx::query(&sql).fetch(&mut *tx);
-        while let Some(row) = stream.try_next().await? {
-            sealing.add(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        }
-    }
-    sqlx::query(&format!(
-        "UPDATE {SEGMENTS_TABLE} SET rows = ?, min_at = ?, max_at = ? WHERE seq = ?"
-    ))
-    .bind(rows as i64)
-    .bind(sealing.min_at)
-    .bind(sealing.max_at)
-    .bind(seq)
-    .execute(&mut *tx)
-    .await?;
-    let (filter, hashes) = sealing.bytes();
-    sqlx::query(&format!(
-        "INSERT INTO {FILTERS_TABLE} (seq, filter, hashes) VALUES (?, ?, ?)"
-    ))
-    .bind(seq)
-    .bind(filter)
-    .bind(hashes)
-    .execute(&mut *tx)
-    .await?;
+    let records = format!("SELECT consumer_group, message_id, processed_at FROM {name}");
+    let sealing = record_segment::<Sqlite>(&mut tx, seq, rows, &records).await?;
     sqlx::query(&format!("DELETE FROM {DEDUP_TABLE}"))
         .execute(&mut *tx)
         .await?;
