@@ -241,14 +241,13 @@ impl Store for PostgresStore {
         // The insert, and the segment list's fingerprint in the same statement (one snapshot,
         // taken under the lock that keeps seals out: see `segments::postgres`).
         let rows = sqlx::query(&format!(
-            "WITH ins AS (
-               INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
-               SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
-               ON CONFLICT DO NOTHING RETURNING message_id)
-             SELECT message_id, NULL::bigint, NULL::bigint, NULL::text FROM ins
-             UNION ALL
-             SELECT NULL::text, COALESCE(MAX(seq), 0)::bigint, COUNT(*),
-                    current_setting('transaction_isolation') FROM {SEGMENTS_TABLE}"
+            "INSERT INTO {DEDUP_TABLE} (consumer_group, message_id)
+             SELECT $1, id FROM unnest($2::text[]) AS t(id) ORDER BY id
+             ON CONFLICT DO NOTHING
+             RETURNING message_id,
+               (SELECT COALESCE(MAX(seq), 0) FROM {SEGMENTS_TABLE}),
+               (SELECT COUNT(*) FROM {SEGMENTS_TABLE}),
+               (SELECT current_setting('transaction_isolation'))"
         ))
         .bind(group)
         .bind(&sorted)
@@ -257,16 +256,17 @@ impl Store for PostgresStore {
         let mut fresh: HashSet<String> = HashSet::with_capacity(rows.len());
         let mut fp = (0, 0);
         let mut isolation = String::new();
-        for row in rows {
-            match row.try_get::<Option<String>, _>(0)? {
-                Some(id) => {
-                    fresh.insert(id);
-                }
-                None => {
-                    fp = (row.try_get(1)?, row.try_get(2)?);
-                    isolation = row.try_get(3)?;
-                }
+        for (i, row) in rows.iter().enumerate() {
+            fresh.insert(row.try_get::<String, _>(0)?);
+            if i == 0 {
+                // The same in every row (evaluated once a statement).
+                fp = (row.try_get(1)?, row.try_get(2)?);
+                isolation = row.try_get(3)?;
             }
+        }
+        if fresh.is_empty() {
+            // No new id: nothing a segment could make a duplicate.
+            return Ok(vec![false; ids.len()]);
         }
         if isolation != "read committed" && !self.lock_first.load(Ordering::Relaxed) {
             // Its snapshot may predate a seal that emptied the table it inserted into: it could
