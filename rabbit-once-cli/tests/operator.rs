@@ -794,7 +794,7 @@ async fn flags_that_need_another_are_refused_without_it() {
 }
 
 /// Credentials refused on a reconnect end the run with status 3 — numbered `publish`,
-/// `publish --from` and `consume` alike — as wrong credentials at the start do.
+/// `publish --from`, `consume` and `relay` alike — as wrong credentials at the start do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_refused_on_a_reconnect_exit_3() {
     let q = unique("cli-refused");
@@ -859,6 +859,43 @@ async fn credentials_refused_on_a_reconnect_exit_3() {
         stderr(&out)
     );
     delete_queues(&conn, &q).await;
+
+    // relay, mid-run: it exits rather than hold the outbox with a connection that gave up.
+    let outbox = TempDb::new();
+    let outbox_spec = format!("sqlite:{}", outbox.path.display());
+    let declared = unique("cli-refused-relay");
+    let turncoat = Turncoat::start().await;
+    let uri = turncoat.uri();
+    let child = spawn(
+        &[
+            "relay",
+            "--outbox",
+            &outbox_spec,
+            "--declare",
+            &declared,
+            "--uri",
+            &uri,
+        ],
+        &[],
+    );
+    let mut up = false;
+    for _ in 0..1000 {
+        if conn.queue_info(&declared).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up, "the relay connected (and declared its queue)");
+    turncoat.betray();
+    let out = finish(child).await;
+    assert_status(&out, 3);
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = conn.delete_queue(&declared).await;
     conn.close().await;
 }
 

@@ -36,7 +36,7 @@ const CREATE_SENT: &str =
     "CREATE TABLE IF NOT EXISTS sent (seq BIGINT PRIMARY KEY, message_id TEXT NOT NULL)";
 
 /// The advisory lock (an arbitrary constant) that serializes the creation of `sent`.
-const SENT_LOCK: i64 = 0x7365_6e74; // "sent"
+const SENT_LOCK: i64 = 0x7261_6262_6974_7365; // "rabbitse": beside the library's "rabbit…" keys
 
 impl OutboxDb {
     /// Opens the database `args` names and creates the outbox table (and the schema) if missing.

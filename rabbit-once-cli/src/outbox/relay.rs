@@ -20,14 +20,16 @@ pub struct Args {
     /// Declare this queue (durable) on every session before publishing, as `publish --queue`
     /// does, so the rows for it are not refused as unroutable when the relay comes before the
     /// queue's consumers; repeat for several. The relay publishes every row all the same.
-    #[arg(long = "declare", value_name = "QUEUE")]
+    #[arg(long = "declare", value_name = "QUEUE", value_delimiter = ',')]
     pub declare: Vec<String>,
-    /// With --declare: the queues are quorum queues, declared exactly as `consume --quorum`
-    /// declares them with its default `--max-attempts` (with their retry and dead-letter
-    /// queues; a queue declared with other arguments is refused by the broker), as `publish
-    /// --quorum` does.
+    /// With --declare: the queues are quorum queues, declared exactly as `consume --quorum
+    /// --max-attempts N` declares them (with their retry and dead-letter queues; a queue
+    /// declared with other arguments is refused by the broker), as `publish --quorum` does.
     #[arg(long, requires = "declare")]
     pub quorum: bool,
+    /// With --quorum: the consumers' `--max-attempts` (it sets the queues' delivery limit).
+    #[arg(long, default_value_t = crate::consume::MAX_ATTEMPTS, requires = "quorum")]
+    pub max_attempts: u32,
     /// The Prometheus endpoint.
     #[command(flatten)]
     pub metrics: crate::common::Metrics,
@@ -80,6 +82,9 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     // Whether the wait ended on a signal: if not (--until-empty), the first one during the
     // close only says what it waits for.
     let mut signalled = true;
+    // The connection gave up for good (a queue it declares refused on a reconnect, credentials
+    // revoked): the relay exits rather than hold the outbox with nothing it can publish.
+    let mut failed = None;
     if a.until_empty {
         tokio::select! {
             r = async {
@@ -106,9 +111,19 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
                 signalled = false;
             }
             _ = stop_signal() => {}
+            e = gave_up(&conn) => {
+                failed = Some(e);
+                signalled = false;
+            }
         }
     } else {
-        stop_signal().await;
+        tokio::select! {
+            _ = stop_signal() => {}
+            e = gave_up(&conn) => {
+                failed = Some(e);
+                signalled = false;
+            }
+        }
     }
     // The rows in hand are settled and the confirmed ones deleted; a second Ctrl-C / SIGTERM
     // stops the wait at once (exit 1).
@@ -129,6 +144,10 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     db.close().await;
     print(&stats, status.pending, status.parked, a.json)?;
     super::report_refused(&status);
+    if let Some(e) = failed {
+        // Its kind decides the exit status (as for `publish`).
+        return Err(anyhow::Error::from(e).context("the connection gave up"));
+    }
     Ok(if refused_only || (a.until_empty && status.parked > 0) {
         ExitCode::FAILURE
     } else {
@@ -136,14 +155,25 @@ async fn relay(a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Resolves with the error once the connection has given up for good; never if it closes.
+async fn gave_up(conn: &rabbit_once::Connection) -> rabbit_once::Error {
+    let mut state = conn.watch_state();
+    loop {
+        if let rabbit_once::ConnectionState::Failed(e) = &*state.borrow_and_update() {
+            return e.clone();
+        }
+        if state.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// What the relay declares on every session: the `--declare` queues, durable, or with
 /// `--quorum` each as `consume --quorum` declares it (what `publish --quorum` declares too).
 fn declared(a: &Args) -> Topology {
     a.declare.iter().fold(Topology::new(), |t, q| {
         if a.quorum {
-            t.merge(
-                &crate::consume::consumer_config(q, crate::consume::MAX_ATTEMPTS, true).topology(),
-            )
+            t.merge(&crate::consume::consumer_config(q, a.max_attempts, true).topology())
         } else {
             t.queue(Queue::new(q))
         }
