@@ -56,6 +56,10 @@ pub struct Ledger {
     pub dead_lettered: u64,
     /// Consumer reconnects, by the consumers' last reports.
     pub reconnects: u64,
+    /// With `--outbox`: relay processes that exited on their own (a relay refused at every
+    /// start would otherwise go unseen: the publishers' own relays deliver all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_exits: Option<u64>,
     /// Faults injected, by kind (`cut`, `blackhole`, `broker_restart`, `leader_kill9`, …).
     pub faults: BTreeMap<String, u32>,
     /// Kinds of fault planned that never fired (a publisher kill after every publisher
@@ -119,6 +123,7 @@ impl Ledger {
             l.published = o.committed.len() as u64;
             l.confirmed = (o.committed.len() as u64).saturating_sub(o.pending);
             l.unconfirmed_at_crash = None;
+            l.relay_exits = Some(pool.relay_exits);
         }
         for r in pool.consumer_reports() {
             if let Some(s) = last_consumer_report(r) {

@@ -307,6 +307,8 @@ pub(super) struct Pool {
     /// Messages accepted but not yet confirmed by publisher processes when they were killed
     /// (not counted with `--outbox`: a killed publisher's commits stay in its outbox).
     pub(super) unconfirmed_at_crash: u64,
+    /// Relay processes that exited on their own (not killed by a fault) and were started again.
+    pub(super) relay_exits: u64,
 }
 
 impl Pool {
@@ -361,6 +363,7 @@ impl Pool {
             consumers,
             relays,
             unconfirmed_at_crash: 0,
+            relay_exits: 0,
         })
     }
 
@@ -502,6 +505,7 @@ impl Pool {
         for (i, slot) in self.relays.iter_mut().enumerate() {
             if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 say(format!("  relay {i} exited with {status}; restarting"));
+                self.relay_exits += 1;
                 self.launcher
                     .timeline
                     .process(Role::Relay, format!("relay {i}"), Happened::Exited);
